@@ -1,0 +1,114 @@
+"""Finding adapters: built-in ones, installed plug-ins, and ``module:attribute`` names.
+
+Nothing here imports a framework. Built-in adapters are listed with the import names they need, so
+that a missing framework is found with :func:`importlib.util.find_spec` (which does not import it) and
+reported as ``skipped: <framework> not installed``. Third-party adapters are found through the entry
+point group :data:`ENTRY_POINT_GROUP` or named directly as ``package.module:Attribute``; their module is
+imported (by contract it does not import its framework at import time) and their ``requires`` checked
+the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+
+from adapters.base import Adapter
+
+ENTRY_POINT_GROUP = "backprop_conformance.adapters"
+"""Entry-point group for third-party adapters: ``name = "package.module:AdapterClass"``."""
+
+
+class AdapterUnavailable(Exception):
+    """The adapter cannot run here (its framework is missing); the message is the skip reason."""
+
+
+class UnknownAdapter(ValueError):
+    """A name that is neither a known adapter nor a ``module:attribute`` reference."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Where an adapter lives and what it needs, known without importing it."""
+
+    name: str
+    target: str
+    source: str
+    requires: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """Import names among :attr:`requires` that are not installed (checked without importing them)."""
+        return [module for module in self.requires if not _installed(module)]
+
+    def load(self) -> Adapter:
+        """Import and instantiate the adapter, or raise :class:`AdapterUnavailable` with the reason."""
+        missing = self.missing()
+        if missing:
+            raise AdapterUnavailable(f"skipped: {', '.join(missing)} not installed (needed by adapter {self.name!r})")
+        module_name, _, attribute = self.target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise AdapterUnavailable(f"skipped: adapter {self.name!r} could not be imported from {module_name!r}: {exc}") from exc
+        try:
+            obj = getattr(module, attribute)
+        except AttributeError:
+            raise UnknownAdapter(
+                f"module {module_name!r} has no attribute {attribute!r} (adapter {self.name!r}, from {self.source})"
+            ) from None
+        adapter = obj() if isinstance(obj, type) else obj
+        if not isinstance(adapter, Adapter):
+            raise UnknownAdapter(
+                f"{self.target} is a {type(adapter).__name__}, not an adapters.base.Adapter subclass or instance "
+                "(see docs/adapters.md for the contract)"
+            )
+        missing = [module for module in type(adapter).requires if not _installed(module)]
+        if missing:
+            raise AdapterUnavailable(f"skipped: {', '.join(missing)} not installed (needed by adapter {self.name!r})")
+        return adapter
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+BUILTIN: dict[str, AdapterSpec] = {
+    "torch": AdapterSpec("torch", "adapters.torch_adapter:TorchAdapter", "built-in", ("torch",)),
+    "jax": AdapterSpec("jax", "adapters.jax_adapter:JaxAdapter", "built-in", ("jax",)),
+}
+
+
+def entry_point_specs() -> dict[str, AdapterSpec]:
+    """Adapters installed by other packages under :data:`ENTRY_POINT_GROUP`."""
+    specs = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        specs[ep.name] = AdapterSpec(ep.name, ep.value, f"entry point of {ep.dist.name if ep.dist else 'an installed package'}")
+    return specs
+
+
+def known_specs() -> dict[str, AdapterSpec]:
+    """Every adapter known by name: built-ins first, then plug-ins (a plug-in cannot shadow a built-in)."""
+    specs = dict(entry_point_specs())
+    specs.update(BUILTIN)
+    return specs
+
+
+def resolve(name: str) -> AdapterSpec:
+    """The spec for a known adapter name or a ``module:attribute`` reference.
+
+    Raises :class:`UnknownAdapter` listing the valid names when ``name`` is neither.
+    """
+    specs = known_specs()
+    if name in specs:
+        return specs[name]
+    module_name, sep, attribute = name.partition(":")
+    if sep and module_name and attribute and all(part.isidentifier() for part in [*module_name.split("."), attribute]):
+        return AdapterSpec(attribute, name, "command line")
+    raise UnknownAdapter(
+        f"unknown adapter {name!r}; known adapters are {', '.join(sorted(specs))}, or name a third-party one as package.module:Attribute"
+    )

@@ -1,0 +1,92 @@
+"""The floating-point formats the suite knows, named by string, with the constants the error bound needs.
+
+Why strings and not numpy dtypes: bfloat16 has no numpy dtype (only the optional ``ml_dtypes``
+package provides one), yet it is one of the formats frameworks are tried in. The suite therefore
+names formats by string and carries bfloat16 values in float32 arrays whose every element is exactly
+representable in bfloat16 (:func:`round_to` produces them, :func:`is_representable` checks them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """One storage format.
+
+    Attributes:
+        name: the suite's name for it ("float64", "float32", "float16", "bfloat16").
+        u: unit roundoff of storage, 2^-p for a p-bit significand (round to nearest).
+        tiny: smallest positive normal number; the error bound's underflow allowance eta, because
+            XLA on CPU flushes subnormals to zero and so may any framework.
+        carrier: the numpy dtype that holds values of this format.
+    """
+
+    name: str
+    u: float
+    tiny: float
+    carrier: np.dtype
+
+
+FORMATS: dict[str, FloatFormat] = {
+    "float64": FloatFormat("float64", 2.0**-53, float(np.finfo(np.float64).tiny), np.dtype(np.float64)),
+    "float32": FloatFormat("float32", 2.0**-24, float(np.finfo(np.float32).tiny), np.dtype(np.float32)),
+    "float16": FloatFormat("float16", 2.0**-11, float(np.finfo(np.float16).tiny), np.dtype(np.float16)),
+    # bfloat16 keeps float32's exponent range and 8 significand bits.
+    "bfloat16": FloatFormat("bfloat16", 2.0**-8, float(np.finfo(np.float32).tiny), np.dtype(np.float32)),
+}
+
+
+def float_format(name: str) -> FloatFormat:
+    """Look up a format by name, with an error that lists the valid names."""
+    try:
+        return FORMATS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown floating-point format {name!r}; the suite knows {', '.join(FORMATS)}") from None
+
+
+def _round_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """Round to the nearest bfloat16 (ties to even), returned in float32.
+
+    Done on the bit pattern so that no optional package is needed: bfloat16 is the upper half of a
+    float32, so rounding adds half an ulp of the lower half (plus the tie-breaking bit) and truncates.
+    Inputs are finite here (the model rejects NaN and infinity), so no special-value handling is needed
+    beyond overflow, which the integer addition carries correctly into the exponent (to infinity).
+    """
+    as32 = np.asarray(values, dtype=np.float32)
+    bits = as32.view(np.uint32).astype(np.uint64)
+    bias = np.uint64(0x7FFF) + ((bits >> np.uint64(16)) & np.uint64(1))
+    rounded = ((bits + bias) & np.uint64(0xFFFF0000)).astype(np.uint32)
+    return rounded.view(np.float32).reshape(as32.shape)
+
+
+def round_to(name: str, values: np.ndarray) -> np.ndarray:
+    """Round float64 values to the named format, returned in that format's carrier dtype.
+
+    float64 -> bfloat16 goes through float32 first; the double rounding this implies can differ from
+    a direct rounding in the last bfloat16 bit for values within 2^-33 relative of a tie. The suite
+    only needs *some* representable value (the reference is then evaluated at exactly that value), so
+    this does not affect any verdict.
+    """
+    fmt = float_format(name)
+    if name == "bfloat16":
+        return _round_to_bfloat16(values)
+    return np.asarray(values).astype(fmt.carrier)
+
+
+def is_representable(name: str, values: np.ndarray) -> bool:
+    """True when every element of ``values`` is exactly a value of the named format.
+
+    Non-finite elements count as representable (every format has inf and NaN); whether they are
+    *correct* is the verdict's business, not the format check's.
+    """
+    arr = np.asarray(values)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return False
+    finite = np.isfinite(arr)
+    as64 = arr.astype(np.float64)[finite]
+    back = round_to(name, as64).astype(np.float64)
+    return bool(np.array_equal(back, as64))

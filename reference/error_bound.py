@@ -1,0 +1,190 @@
+"""Per-element bounds on the rounding error of a gradient: the tolerance of every verdict.
+
+Implements the running error bound of the design note ``shared/design/error-bound.md`` (first order,
+standard model of floating point, Higham's γ_n). A framework's gradient passes when, element by
+element,
+
+    |g_framework − g_reference| ≤ K · (E(framework precision) + E(reference precision)),   K = 2,
+
+where E is computed here from the float64 reference's own forward and backward values at the very
+point (parameters and data already rounded to the framework's format) the framework was given.
+
+Why a bound instead of rtol/atol: the note's measurements show that a fixed relative tolerance fails
+almost every correct float32 network, while the usual absolute tolerance passes pure rounding noise
+and misses float32 arithmetic hidden in a float64 run. The bound follows each element's own
+conditioning: width enters through γ_n, magnitude through |W||a| and |W|ᵀ|δ|, depth through the
+recursion, and saturation through E_s, the error of σ′ as frameworks compute it, a(1 − a).
+
+Symbols (all elementwise, all |·| taken in float64): u is the unit roundoff of storage, u_a that of
+accumulation (a float16 or bfloat16 dot product accumulated in float32 has u_a = 2^-24), η the
+underflow allowance (``finfo.tiny``: XLA on CPU flushes subnormals to zero), c_σ ≈ 4 the error of one
+sigmoid evaluation in ulps, σ′_l = σ(z^l)σ(−z^l) evaluated stably.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from reference.dtypes import float_format
+from reference.model import Batch, Gradients, Network
+from reference.sigmoid import sigmoid_prime
+from reference.vectorized import BackpropTrace
+
+K = 2.0
+"""Safety factor of the verdict. The note measured a worst error/bound ratio of 0.55 (float32) and 0.83
+(float16) with K = 2 over ~1,200 correct networks, so K = 2 leaves margin without hiding real bugs."""
+
+C_SIGMA = 4.0
+"""Error of one sigmoid evaluation, in ulps; torch and jax measured ≤ 1.76 ulp in float32."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The rounding constants of one computation: storage u, accumulation u_a, underflow η, sigmoid c_σ."""
+
+    u: float
+    u_a: float
+    eta: float
+    c_sigma: float = C_SIGMA
+
+    @classmethod
+    def of(cls, storage: str, accumulation: str | None = None) -> Precision:
+        """Constants for a format named as in :mod:`reference.dtypes`, optionally accumulated in another.
+
+        ``Precision.of("float16", accumulation="float32")`` describes float16 storage with float32
+        dot-product accumulation, which is what torch and jax do on CPU.
+        """
+        fmt = float_format(storage)
+        acc = float_format(accumulation) if accumulation is not None else fmt
+        return cls(u=fmt.u, u_a=acc.u, eta=fmt.tiny)
+
+
+FLOAT64 = Precision.of("float64")
+"""The reference's own precision: its rounding errors are part of every tolerance."""
+
+
+def gamma(n: int, u_a: float) -> float:
+    """γ_n = n·u_a / (1 − n·u_a), Higham's bound for a length-n dot product.
+
+    Raises when n·u_a ≥ 1: the first-order bound is then infinite, and an infinite tolerance would
+    pass anything -- a verdict that cannot fail is worse than none.
+    """
+    nu = n * u_a
+    if nu >= 1:
+        raise ValueError(
+            f"the error bound is vacuous for a length-{n} sum with accumulation unit roundoff {u_a:.3g} "
+            f"(n·u_a = {nu:.3g} ≥ 1); use a smaller layer/batch or a wider accumulation format"
+        )
+    return nu / (1 - nu)
+
+
+@dataclass(frozen=True)
+class ErrorBounds:
+    """Bounds on the absolute error of each computed quantity, same keys and shapes as the trace.
+
+    ``z``, ``a``, ``sigma_prime``, ``dC_da`` and ``delta`` are per example, shape (B, n(l)); ``a`` has
+    l = 1..L, the others l = 2..L. ``gradients`` bounds ∂C/∂w^l and ∂C/∂b^l; ``cost`` bounds C.
+    """
+
+    z: Mapping[int, np.ndarray]
+    a: Mapping[int, np.ndarray]
+    sigma_prime: Mapping[int, np.ndarray]
+    dC_da: Mapping[int, np.ndarray]
+    delta: Mapping[int, np.ndarray]
+    gradients: Gradients
+    cost: float
+
+    def __add__(self, other: ErrorBounds) -> ErrorBounds:
+        return _combine(self, other, lambda p, q: p + q)
+
+    def scaled(self, factor: float) -> ErrorBounds:
+        return _combine(self, self, lambda p, _q: factor * p)
+
+
+def _combine(x: ErrorBounds, y: ErrorBounds, op: object) -> ErrorBounds:
+    def each(m: Mapping[int, np.ndarray], n: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+        return {l: op(m[l], n[l]) for l in m}  # type: ignore[operator]
+
+    return ErrorBounds(
+        z=each(x.z, y.z),
+        a=each(x.a, y.a),
+        sigma_prime=each(x.sigma_prime, y.sigma_prime),
+        dC_da=each(x.dC_da, y.dC_da),
+        delta=each(x.delta, y.delta),
+        gradients=Gradients(each(x.gradients.w, y.gradients.w), each(x.gradients.b, y.gradients.b)),
+        cost=float(op(x.cost, y.cost)),  # type: ignore[operator]
+    )
+
+
+def error_bounds(network: Network, batch: Batch, trace: BackpropTrace, precision: Precision) -> ErrorBounds:
+    """First-order bounds E on the error of a computation done at ``precision``.
+
+    ``trace`` must be the float64 reference's trace at exactly ``network`` and ``batch``. Equations
+    (design note, in the page's indices; products with |W| are matrix products, per example):
+
+    Forward, layer l with fan-in n = n(l−1), E_a^1 = u|x|:
+        E_z^l = |W^l| E_a^{l−1} + (γ_{n+1} + 2u)(|W^l||a^{l−1}| + |b^l|)
+        E_a^l = σ′_l E_z^l + c_σ u a^l + η
+        E_s^l = |1 − 2a^l| E_a^l + 2u σ′_l + η        (error of σ′ computed as a(1 − a))
+    Backward, r = a^L − y, h^l = ∂C/∂a^l = (W^{l+1})ᵀ δ^{l+1}:
+        E_h^L = E_a^L + u(|r| + |y|)
+        E_δ^L = E_h^L σ′_L + |r| E_s^L + 3u|δ^L| + η
+        E_h^l = |W^{l+1}|ᵀ E_δ^{l+1} + γ_{n(l+1)} |W^{l+1}|ᵀ|δ^{l+1}|
+        E_δ^l = E_h^l σ′_l + |h^l| E_s^l + 2u|δ^l| + η
+    Gradients summed over B examples:
+        E[∂C/∂w^l] = E_δ^l |a^{l−1}|ᵀ + |δ^l| (E_a^{l−1})ᵀ + (u + γ_B)|δ^l||a^{l−1}|ᵀ + η
+        E[∂C/∂b^l] = Σ_batch E_δ^l + γ_B Σ_batch |δ^l| + η
+    Cost, with N = B·n(L) terms (not in the note; the same model applied to C = Σ 1/2 r²):
+        E_C = Σ |r| E_h^L + (u + γ_N) Σ 1/2 r² + η
+    """
+    u, u_a, eta, c_sigma = precision.u, precision.u_a, precision.eta, precision.c_sigma
+    L = network.depth
+    B = batch.size
+    absw = {l: np.abs(network.w[l].astype(np.float64)) for l in network.layers}
+    absb = {l: np.abs(network.b[l].astype(np.float64)) for l in network.layers}
+    a = {l: np.asarray(v, dtype=np.float64) for l, v in trace.a.items()}
+    sp = {l: sigmoid_prime(np.asarray(trace.z[l], dtype=np.float64)) for l in network.layers}
+
+    E_a: dict[int, np.ndarray] = {1: u * np.abs(a[1])}
+    E_z: dict[int, np.ndarray] = {}
+    E_s: dict[int, np.ndarray] = {}
+    for l in network.layers:
+        n = network.widths[l - 2]
+        E_z[l] = E_a[l - 1] @ absw[l].T + (gamma(n + 1, u_a) + 2 * u) * (np.abs(a[l - 1]) @ absw[l].T + absb[l])
+        E_a[l] = sp[l] * E_z[l] + c_sigma * u * a[l] + eta
+        E_s[l] = np.abs(1 - 2 * a[l]) * E_a[l] + 2 * u * sp[l] + eta
+
+    y = np.asarray(batch.y, dtype=np.float64)
+    r = np.asarray(trace.dC_da[L], dtype=np.float64)
+    delta = {l: np.abs(np.asarray(v, dtype=np.float64)) for l, v in trace.delta.items()}
+    h = {l: np.abs(np.asarray(v, dtype=np.float64)) for l, v in trace.dC_da.items()}
+    E_h: dict[int, np.ndarray] = {L: E_a[L] + u * (np.abs(r) + np.abs(y))}
+    E_d: dict[int, np.ndarray] = {L: E_h[L] * sp[L] + np.abs(r) * E_s[L] + 3 * u * delta[L] + eta}
+    for l in range(L - 1, 1, -1):
+        n_next = network.widths[l]
+        E_h[l] = E_d[l + 1] @ absw[l + 1] + gamma(n_next, u_a) * (delta[l + 1] @ absw[l + 1])
+        E_d[l] = E_h[l] * sp[l] + h[l] * E_s[l] + 2 * u * delta[l] + eta
+
+    g_B = gamma(B, u_a)
+    E_w = {
+        l: E_d[l].T @ np.abs(a[l - 1]) + delta[l].T @ E_a[l - 1] + (u + g_B) * (delta[l].T @ np.abs(a[l - 1])) + eta for l in network.layers
+    }
+    E_b = {l: E_d[l].sum(axis=0) + g_B * delta[l].sum(axis=0) + eta for l in network.layers}
+    g_N = gamma(B * network.widths[-1], u_a)
+    E_C = float(np.sum(np.abs(r) * E_h[L]) + (u + g_N) * np.sum(0.5 * r * r) + eta)
+    return ErrorBounds(z=E_z, a=E_a, sigma_prime=E_s, dC_da=E_h, delta=E_d, gradients=Gradients(E_w, E_b), cost=E_C)
+
+
+def tolerance(
+    network: Network,
+    batch: Batch,
+    trace: BackpropTrace,
+    framework: Precision,
+    reference: Precision = FLOAT64,
+    k: float = K,
+) -> ErrorBounds:
+    """The verdict's tolerance, K·(E(framework) + E(reference)), for every quantity of the trace."""
+    return (error_bounds(network, batch, trace, framework) + error_bounds(network, batch, trace, reference)).scaled(k)
