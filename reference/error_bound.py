@@ -119,26 +119,42 @@ def _combine(x: ErrorBounds, y: ErrorBounds, op: object) -> ErrorBounds:
     )
 
 
-def error_bounds(network: Network, batch: Batch, trace: BackpropTrace, precision: Precision) -> ErrorBounds:
+def error_bounds(
+    network: Network, batch: Batch, trace: BackpropTrace, precision: Precision, *, stable_sigma_prime: bool = False
+) -> ErrorBounds:
     """First-order bounds E on the error of a computation done at ``precision``.
+
+    With ``stable_sigma_prime`` the bound describes a computation whose σ′ is as accurate as
+    σ(z)σ(−z) evaluated in the format (a few ulps *relative*), instead of the a(1 − a) that frameworks
+    compute, whose error is absolute (≈ u·a). It is the exactness standard of the suite's fidelity
+    tier: E_s^l = |1 − 2a^l| σ′_l E_z^l + 2c_σ u σ′_l + η (the first term propagates z's error through
+    σ″ = (1 − 2σ)σ′, the second is the evaluation of the two factors).
 
     ``trace`` must be the float64 reference's trace at exactly ``network`` and ``batch``. Equations
     (design note, in the page's indices; products with |W| are matrix products, per example):
 
     Forward, layer l with fan-in n = n(l−1), E_a^1 = u|x|:
-        E_z^l = |W^l| E_a^{l−1} + (γ_{n+1} + 2u)(|W^l||a^{l−1}| + |b^l|)
+        E_z^l = |W^l| E_a^{l−1} + (γ_{n+1} + 2u)(|W^l||a^{l−1}| + |b^l|) + (2n + 1)η
         E_a^l = σ′_l E_z^l + c_σ u a^l + η
         E_s^l = |1 − 2a^l| E_a^l + 2u σ′_l + η        (error of σ′ computed as a(1 − a))
     Backward, r = a^L − y, h^l = ∂C/∂a^l = (W^{l+1})ᵀ δ^{l+1}:
         E_h^L = E_a^L + u(|r| + |y|)
         E_δ^L = E_h^L σ′_L + |r| E_s^L + 3u|δ^L| + η
-        E_h^l = |W^{l+1}|ᵀ E_δ^{l+1} + γ_{n(l+1)} |W^{l+1}|ᵀ|δ^{l+1}|
+        E_h^l = |W^{l+1}|ᵀ E_δ^{l+1} + γ_{n(l+1)} |W^{l+1}|ᵀ|δ^{l+1}| + 2n(l+1)η
         E_δ^l = E_h^l σ′_l + |h^l| E_s^l + 2u|δ^l| + η
     Gradients summed over B examples:
-        E[∂C/∂w^l] = E_δ^l |a^{l−1}|ᵀ + |δ^l| (E_a^{l−1})ᵀ + (u + γ_B)|δ^l||a^{l−1}|ᵀ + η
-        E[∂C/∂b^l] = Σ_batch E_δ^l + γ_B Σ_batch |δ^l| + η
+        E[∂C/∂w^l] = E_δ^l |a^{l−1}|ᵀ + |δ^l| (E_a^{l−1})ᵀ + (u + γ_B)|δ^l||a^{l−1}|ᵀ + 2Bη
+        E[∂C/∂b^l] = Σ_batch E_δ^l + γ_B Σ_batch |δ^l| + Bη
+    Underflow is charged η per term of a sum, where the note adds η once per quantity: with
+    flush-to-zero every product of a dot product and every partial sum can lose up to η on its own.
+    Found by the suite: XLA returned 0 for a float32 ∂C/∂w^3 of 2.7e-38 whose four per-example
+    products were each below float32's tiny and flushed. The extra terms matter only for values
+    within a few η of zero.
     Cost, with N = B·n(L) terms (not in the note; the same model applied to C = Σ 1/2 r²):
-        E_C = Σ |r| E_h^L + (u + γ_N) Σ 1/2 r² + η
+        E_C = Σ (|r| E_h^L + 1/2 (E_h^L)²) + (u + γ_N) Σ 1/2 r² + 2Nη
+    The second-order term 1/2 (E_h^L)² is kept because 1/2 (r + e)² − 1/2 r² = r·e + 1/2 e²: when the
+    targets equal the outputs (r = 0, a corner the suite generates on purpose) the first-order
+    term vanishes and a framework's cost of 1/2 e² ≈ 1e-33 would otherwise be judged wrong.
     """
     u, u_a, eta, c_sigma = precision.u, precision.u_a, precision.eta, precision.c_sigma
     L = network.depth
@@ -153,9 +169,12 @@ def error_bounds(network: Network, batch: Batch, trace: BackpropTrace, precision
     E_s: dict[int, np.ndarray] = {}
     for l in network.layers:
         n = network.widths[l - 2]
-        E_z[l] = E_a[l - 1] @ absw[l].T + (gamma(n + 1, u_a) + 2 * u) * (np.abs(a[l - 1]) @ absw[l].T + absb[l])
+        E_z[l] = E_a[l - 1] @ absw[l].T + (gamma(n + 1, u_a) + 2 * u) * (np.abs(a[l - 1]) @ absw[l].T + absb[l]) + (2 * n + 1) * eta
         E_a[l] = sp[l] * E_z[l] + c_sigma * u * a[l] + eta
-        E_s[l] = np.abs(1 - 2 * a[l]) * E_a[l] + 2 * u * sp[l] + eta
+        if stable_sigma_prime:
+            E_s[l] = np.abs(1 - 2 * a[l]) * sp[l] * E_z[l] + 2 * c_sigma * u * sp[l] + eta
+        else:
+            E_s[l] = np.abs(1 - 2 * a[l]) * E_a[l] + 2 * u * sp[l] + eta
 
     y = np.asarray(batch.y, dtype=np.float64)
     r = np.asarray(trace.dC_da[L], dtype=np.float64)
@@ -165,16 +184,17 @@ def error_bounds(network: Network, batch: Batch, trace: BackpropTrace, precision
     E_d: dict[int, np.ndarray] = {L: E_h[L] * sp[L] + np.abs(r) * E_s[L] + 3 * u * delta[L] + eta}
     for l in range(L - 1, 1, -1):
         n_next = network.widths[l]
-        E_h[l] = E_d[l + 1] @ absw[l + 1] + gamma(n_next, u_a) * (delta[l + 1] @ absw[l + 1])
+        E_h[l] = E_d[l + 1] @ absw[l + 1] + gamma(n_next, u_a) * (delta[l + 1] @ absw[l + 1]) + 2 * n_next * eta
         E_d[l] = E_h[l] * sp[l] + h[l] * E_s[l] + 2 * u * delta[l] + eta
 
     g_B = gamma(B, u_a)
     E_w = {
-        l: E_d[l].T @ np.abs(a[l - 1]) + delta[l].T @ E_a[l - 1] + (u + g_B) * (delta[l].T @ np.abs(a[l - 1])) + eta for l in network.layers
+        l: E_d[l].T @ np.abs(a[l - 1]) + delta[l].T @ E_a[l - 1] + (u + g_B) * (delta[l].T @ np.abs(a[l - 1])) + 2 * B * eta
+        for l in network.layers
     }
-    E_b = {l: E_d[l].sum(axis=0) + g_B * delta[l].sum(axis=0) + eta for l in network.layers}
+    E_b = {l: E_d[l].sum(axis=0) + g_B * delta[l].sum(axis=0) + B * eta for l in network.layers}
     g_N = gamma(B * network.widths[-1], u_a)
-    E_C = float(np.sum(np.abs(r) * E_h[L]) + (u + g_N) * np.sum(0.5 * r * r) + eta)
+    E_C = float(np.sum(np.abs(r) * E_h[L] + 0.5 * E_h[L] ** 2) + (u + g_N) * np.sum(0.5 * r * r) + 2 * B * network.widths[-1] * eta)
     return ErrorBounds(z=E_z, a=E_a, sigma_prime=E_s, dC_da=E_h, delta=E_d, gradients=Gradients(E_w, E_b), cost=E_C)
 
 

@@ -32,23 +32,21 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 def _check_float_array(value: object, what: str) -> np.ndarray:
-    """Convert to an ndarray and check that it is a real floating array with finite entries."""
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except ValueError as exc:  # ragged nested lists
-            raise ModelError(f"{what} is ragged or not array-like: {exc}") from None
+    """Convert to a plain ndarray and check that it is a real floating array with finite entries.
+
+    ``np.asarray`` also drops subclasses such as masked arrays, whose masked NaN would otherwise
+    pass the finiteness check and reach the network.
+    """
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, RuntimeError) as exc:  # ragged nested lists, tensors that refuse conversion
+        raise ModelError(f"{what} is ragged or not array-like: {exc}") from None
     if arr.dtype == object:
         raise ModelError(f"{what} is ragged or holds non-numbers (numpy made an object array of it)")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise ModelError(f"{what} has complex dtype {arr.dtype}; the page's model is real: use float16, float32 or float64")
     if not np.issubdtype(arr.dtype, np.floating):
-        raise ModelError(
-            f"{what} has dtype {arr.dtype}; a floating dtype (float16, float32 or float64) is required, "
-            "so that integer arithmetic cannot silently truncate the data"
-        )
+        raise ModelError(f"{what} has dtype {arr.dtype}; a real floating dtype (float16, float32, float64 or longdouble) is required")
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ModelError(
@@ -75,13 +73,17 @@ class Network:
                 "weights and biases must be mappings keyed by the page's layer number l = 2..L "
                 "(use Network.from_lists for 0-based sequences)"
             )
-        layers = sorted(w)
+        for name, mapping in (("weights", w), ("biases", b)):
+            bad_keys = [key for key in mapping if isinstance(key, bool) or not isinstance(key, (int, np.integer))]
+            if bad_keys:
+                raise ModelError(f"{name} must be keyed by the page's integer layer numbers l = 2..L; got keys {bad_keys!r}")
+        layers = sorted(int(key) for key in w)
         if len(layers) < 1:
             raise ModelError("the network needs L >= 2 layers (an input layer and at least one computed layer); got no weights")
         expected_layers = list(range(2, len(layers) + 2))
         if layers != expected_layers:
             raise ModelError(f"weights must be keyed by layers 2..L without gaps; got keys {layers}")
-        if sorted(b) != expected_layers:
+        if sorted(int(key) for key in b) != expected_layers:
             raise ModelError(f"biases must be keyed by the same layers as the weights, {expected_layers}; got keys {sorted(b)}")
         ws: dict[int, np.ndarray] = {}
         bs: dict[int, np.ndarray] = {}
@@ -116,6 +118,10 @@ class Network:
     @classmethod
     def from_lists(cls, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]) -> Network:
         """Build from 0-based sequences: ``weights[0]`` is w^2, ``weights[-1]`` is w^L."""
+        if not isinstance(weights, Sequence) or not isinstance(biases, Sequence):
+            raise ModelError(
+                f"from_lists takes two sequences (w^2..w^L and b^2..b^L); got {type(weights).__name__} and {type(biases).__name__}"
+            )
         if len(weights) != len(biases):
             raise ModelError(f"got {len(weights)} weight matrices but {len(biases)} bias vectors; one of each per layer 2..L")
         return cls({l: wl for l, wl in enumerate(weights, start=2)}, {l: bl for l, bl in enumerate(biases, start=2)})

@@ -26,17 +26,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from reference.model import Batch, Gradients, Network, check_compatible
-from reference.sigmoid import sigmoid, sigmoid_prime
+from reference.sigmoid import sigmoid_and_prime
 
 
 def weighted_input(w_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray) -> np.ndarray:
     """z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j, for every example (row) of ``a_prev`` at once."""
-    return a_prev @ w_l.T + b_l
+    z = a_prev @ w_l.T
+    z += b_l
+    return z
 
 
-def activation(z_l: np.ndarray) -> np.ndarray:
-    """a^l_j = σ(z^l_j), with the overflow-free σ of :mod:`reference.sigmoid`."""
-    return sigmoid(z_l)
+def activation(z_l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a^l_j = σ(z^l_j), with the overflow-free σ of :mod:`reference.sigmoid`.
+
+    Returned together with σ′(z^l_j) = σ(z)σ(−z), computed from the same exponential: the backward
+    pass needs σ′ at exactly these z (see :func:`error`).
+    """
+    return sigmoid_and_prime(z_l)
 
 
 def quadratic_cost(a_L: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -53,14 +59,14 @@ def output_activation_gradient(a_L: np.ndarray, y: np.ndarray) -> np.ndarray:
     return a_L - y
 
 
-def error(dC_da_l: np.ndarray, z_l: np.ndarray) -> np.ndarray:
-    """δ^l_j = ∂C/∂z^l_j = ∂C/∂a^l_j σ′(z^l_j).
+def error(dC_da_l: np.ndarray, sigma_prime_l: np.ndarray) -> np.ndarray:
+    """δ^l_j = ∂C/∂z^l_j = ∂C/∂a^l_j σ′(z^l_j), given σ′(z^l_j) from :func:`activation`.
 
     The page never names this product but uses it in every formula; naming it lets the backward
     recursion and both gradients share it, and lets a failure report say where it first goes wrong.
     The σ′ here is the one the page prints as σ(z^l_j) in its theorem statement (lost prime).
     """
-    return dC_da_l * sigmoid_prime(z_l)
+    return dC_da_l * sigma_prime_l
 
 
 def hidden_activation_gradient(w_next: np.ndarray, delta_next: np.ndarray) -> np.ndarray:
@@ -125,20 +131,22 @@ def backprop(network: Network, batch: Batch, dtype: np.dtype | type = np.float64
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"backprop computes in a floating dtype (float16, float32, float64, longdouble); got {dtype}")
-    w = {l: network.w[l].astype(dtype) for l in network.layers}
-    b = {l: network.b[l].astype(dtype) for l in network.layers}
+    # copy=False: the network's arrays are read-only and only read, so no copy is needed in float64.
+    w = {l: network.w[l].astype(dtype, copy=False) for l in network.layers}
+    b = {l: network.b[l].astype(dtype, copy=False) for l in network.layers}
     L = network.depth
-    a: dict[int, np.ndarray] = {1: batch.x.astype(dtype)}
+    a: dict[int, np.ndarray] = {1: batch.x.astype(dtype, copy=False)}
     z: dict[int, np.ndarray] = {}
+    sigma_prime: dict[int, np.ndarray] = {}
     for l in range(2, L + 1):
         z[l] = weighted_input(w[l], a[l - 1], b[l])
-        a[l] = activation(z[l])
-    y = batch.y.astype(dtype)
+        a[l], sigma_prime[l] = activation(z[l])
+    y = batch.y.astype(dtype, copy=False)
     dC_da: dict[int, np.ndarray] = {L: output_activation_gradient(a[L], y)}
-    delta: dict[int, np.ndarray] = {L: error(dC_da[L], z[L])}
+    delta: dict[int, np.ndarray] = {L: error(dC_da[L], sigma_prime[L])}
     for l in range(L - 1, 1, -1):
         dC_da[l] = hidden_activation_gradient(w[l + 1], delta[l + 1])
-        delta[l] = error(dC_da[l], z[l])
+        delta[l] = error(dC_da[l], sigma_prime[l])
     gradients = Gradients(
         {l: weight_gradient(delta[l], a[l - 1]) for l in range(2, L + 1)},
         {l: bias_gradient(delta[l]) for l in range(2, L + 1)},

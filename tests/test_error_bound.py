@@ -1,0 +1,541 @@
+"""The running error bound (reference/error_bound.py) as a unit: its formula, and the two properties the
+design note (shared/design/error-bound.md) claims for it.
+
+The formula is checked against an independent transcription of the note's equations in plain Python
+floats, per index (w^l_jk, layer l = 1..L with layer 1 the input), once on a one-neuron network by hand
+and then on random networks. The claims are checked empirically: a correct lower-precision computation
+stays inside K·(E_fw + E_ref), and planted float64 bugs -- a 1e-9 relative perturbation, one layer's
+matmul done in float32 -- fall outside the float64 tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reference.dtypes import float_format, round_to
+from reference.error_bound import FLOAT64, ErrorBounds, K, Precision, error_bounds, gamma, tolerance
+from reference.model import Batch, Network
+from reference.sigmoid import sigmoid, sigmoid_prime
+from reference.vectorized import BackpropTrace, backprop
+
+# --- random cases -----------------------------------------------------------------------------------
+
+
+def _random_case(seed: int, widths: tuple[int, ...], batch_size: int, scale: float) -> tuple[Network, Batch]:
+    """A float64 network with layer widths (n(1), ..., n(L)) and a batch, from a numpy seed.
+
+    Values come from numpy's generator rather than from hypothesis floats, so that they are generic
+    (not 0, 1 or 0.5, which would make a float32 computation exact and a planted bug invisible).
+    """
+    rng = np.random.default_rng(seed)
+    w = {l: rng.normal(0.0, scale / math.sqrt(widths[l - 2]), (widths[l - 1], widths[l - 2])) for l in range(2, len(widths) + 1)}
+    b = {l: rng.normal(0.0, scale, widths[l - 1]) for l in range(2, len(widths) + 1)}
+    x = rng.normal(0.0, 1.0, (batch_size, widths[0]))
+    y = rng.uniform(0.0, 1.0, (batch_size, widths[-1]))
+    return Network(w, b), Batch(x, y)
+
+
+@st.composite
+def cases(draw: st.DrawFn, max_depth: int = 5, max_width: int = 12, max_batch: int = 8) -> tuple[Network, Batch]:
+    depth = draw(st.integers(2, max_depth), label="L")
+    widths = tuple(draw(st.lists(st.integers(1, max_width), min_size=depth, max_size=depth), label="widths"))
+    batch_size = draw(st.integers(1, max_batch), label="B")
+    scale = draw(st.floats(0.25, 3.0), label="scale")
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+    return _random_case(seed, widths, batch_size, scale)
+
+
+def _rounded(fmt: str, network: Network, batch: Batch) -> tuple[Network, Batch]:
+    """The point a computation in ``fmt`` is given: parameters and data rounded to that format."""
+    return network.map(lambda v: round_to(fmt, v)), batch.map(lambda v: round_to(fmt, v))
+
+
+def _gradient_ratio(gradients_w: dict, gradients_b: dict, trace: BackpropTrace, tol: ErrorBounds) -> float:
+    """max over every element of |g − g_reference| / tolerance; ≤ 1 is a pass."""
+    ratios = [np.max(np.abs(np.asarray(gradients_w[l], dtype=np.float64) - trace.gradients.w[l]) / tol.gradients.w[l]) for l in gradients_w]
+    ratios += [
+        np.max(np.abs(np.asarray(gradients_b[l], dtype=np.float64) - trace.gradients.b[l]) / tol.gradients.b[l]) for l in gradients_b
+    ]
+    return float(max(ratios))
+
+
+# --- gamma and Precision ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "u", "expected"),
+    [
+        (0, 2.0**-53, 0.0),
+        (1, 2.0**-53, 2.0**-53 / (1 - 2.0**-53)),
+        (3, 0.25, 3.0),
+        (10, 0.01, 1 / 9),
+        (2047, 2.0**-11, 2047.0),
+        (1000, 2.0**-24, 1000 * 2.0**-24 / (1 - 1000 * 2.0**-24)),
+    ],
+)
+def test_gamma_values(n: int, u: float, expected: float) -> None:
+    assert gamma(n, u) == pytest.approx(expected, rel=1e-14, abs=0.0)
+
+
+@pytest.mark.parametrize(("n", "u"), [(4, 0.25), (5, 0.25), (2048, 2.0**-11), (257, 2.0**-8), (2**24, 2.0**-24)])
+def test_gamma_refuses_a_vacuous_bound(n: int, u: float) -> None:
+    with pytest.raises(ValueError, match=rf"vacuous for a length-{n} sum .*n·u_a = .* ≥ 1"):
+        gamma(n, u)
+
+
+def test_wide_layer_in_bfloat16_needs_a_wider_accumulation() -> None:
+    """γ_{n+1} with u_a = 2^-8 is infinite for fan-in n ≥ 255; with float32 accumulation it is small."""
+    network, batch = _random_case(0, (300, 2), 2, 1.0)
+    network, batch = _rounded("bfloat16", network, batch)
+    trace = backprop(network, batch)
+    with pytest.raises(ValueError, match=r"vacuous for a length-301 sum"):
+        error_bounds(network, batch, trace, Precision.of("bfloat16"))
+    bounds = error_bounds(network, batch, trace, Precision.of("bfloat16", accumulation="float32"))
+    assert np.all(np.isfinite(bounds.gradients.w[2]))
+
+
+@pytest.mark.parametrize("name", ["float64", "float32", "float16", "bfloat16"])
+def test_precision_of_takes_the_format_constants(name: str) -> None:
+    fmt = float_format(name)
+    p = Precision.of(name)
+    assert (p.u, p.u_a, p.eta, p.c_sigma) == (fmt.u, fmt.u, fmt.tiny, 4.0)
+    mixed = Precision.of(name, accumulation="float32")
+    assert (mixed.u, mixed.u_a, mixed.eta) == (fmt.u, 2.0**-24, fmt.tiny)
+
+
+def test_precision_of_unknown_format() -> None:
+    with pytest.raises(ValueError, match=r"unknown floating-point format 'float8'; the suite knows float64, float32, float16, bfloat16"):
+        Precision.of("float8")
+    with pytest.raises(ValueError, match=r"unknown floating-point format 'fp32'"):
+        Precision.of("float16", accumulation="fp32")
+
+
+# --- shape, sign and monotonicity -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["float64", "float32", "float16", "bfloat16"])
+@given(case=cases())
+@settings(max_examples=10, deadline=None)
+def test_bounds_have_the_trace_shapes_and_are_positive_and_finite(name: str, case: tuple[Network, Batch]) -> None:
+    network, batch = _rounded(name, *case)
+    trace = backprop(network, batch)
+    bounds = error_bounds(network, batch, trace, Precision.of(name))
+    L = network.depth
+    assert sorted(bounds.a) == list(range(1, L + 1))
+    for field in ("z", "sigma_prime", "dC_da", "delta"):
+        assert sorted(getattr(bounds, field)) == list(network.layers), field
+    for l in range(1, L + 1):
+        assert bounds.a[l].shape == trace.a[l].shape
+    for l in network.layers:
+        for field, traced in (("z", trace.z), ("sigma_prime", trace.z), ("dC_da", trace.dC_da), ("delta", trace.delta)):
+            assert getattr(bounds, field)[l].shape == traced[l].shape, (field, l)
+        assert bounds.gradients.w[l].shape == network.w[l].shape
+        assert bounds.gradients.b[l].shape == network.b[l].shape
+    arrays = [*bounds.z.values(), *bounds.sigma_prime.values(), *bounds.dC_da.values(), *bounds.delta.values()]
+    arrays += [*(bounds.a[l] for l in network.layers), *bounds.gradients.w.values(), *bounds.gradients.b.values()]
+    for arr in arrays:
+        assert np.all(np.isfinite(arr)) and np.all(arr > 0)
+    # a^1 = x is exact input data; its bound u|x| is 0 where x is 0, positive elsewhere.
+    np.testing.assert_array_equal(bounds.a[1], float_format(name).u * np.abs(batch.x.astype(np.float64)))
+    assert math.isfinite(bounds.cost) and bounds.cost > 0
+
+
+@given(case=cases(), factor=st.sampled_from([2.0, 16.0, 2.0**10]))
+@settings(max_examples=20, deadline=None)
+def test_a_larger_unit_roundoff_gives_a_larger_bound(case: tuple[Network, Batch], factor: float) -> None:
+    network, batch = case
+    trace = backprop(network, batch)
+    small = Precision(u=2.0**-40, u_a=2.0**-40, eta=1e-300)
+    large = Precision(u=factor * small.u, u_a=factor * small.u_a, eta=small.eta)
+    lo, hi = error_bounds(network, batch, trace, small), error_bounds(network, batch, trace, large)
+    for field in ("z", "a", "sigma_prime", "dC_da", "delta"):
+        for l, arr in getattr(lo, field).items():
+            assert np.all(getattr(hi, field)[l] >= arr), (field, l)
+    for l in network.layers:
+        assert np.all(hi.a[l] > lo.a[l])
+        assert np.all(hi.gradients.w[l] >= lo.gradients.w[l])
+        assert np.all(hi.gradients.b[l] >= lo.gradients.b[l])
+    L = network.depth
+    assert np.all(hi.gradients.b[L] > lo.gradients.b[L])
+    assert hi.cost > lo.cost
+
+
+# --- the formula, by hand ---------------------------------------------------------------------------
+
+
+def _sigma(t: float) -> float:
+    e = math.exp(-abs(t))
+    return (1.0 if t >= 0 else e) / (1.0 + e)
+
+
+def test_one_neuron_network_by_hand() -> None:
+    """L = 2, n(1) = n(2) = 1, B = 1: every equation of the note written out with scalars."""
+    x, y, w, b = 0.75, 0.25, 2.0, -0.5
+    u, u_a, eta, c = 2.0**-24, 2.0**-24, 2.0**-126, 4.0
+
+    def g(n: int) -> float:
+        return n * u_a / (1 - n * u_a)
+
+    z = w * x + b  # 1.0
+    a = _sigma(z)
+    sp = _sigma(z) * _sigma(-z)
+    r = a - y
+    delta = r * sp
+
+    E_a1 = u * abs(x)
+    # fan-in n(1) = 1, so γ_{n+1} = γ_2; underflow is charged η per term of a sum: (2n + 1)η = 3η here
+    E_z = abs(w) * E_a1 + (g(2) + 2 * u) * (abs(w) * abs(x) + abs(b)) + 3 * eta
+    E_a = sp * E_z + c * u * a + eta
+    E_s = abs(1 - 2 * a) * E_a + 2 * u * sp + eta
+    E_s_stable = abs(1 - 2 * a) * sp * E_z + 2 * c * u * sp + eta  # σ′ evaluated as σ(z)σ(−z): relative error
+    E_h = E_a + u * (abs(r) + abs(y))
+    E_d = E_h * sp + abs(r) * E_s + 3 * u * abs(delta) + eta
+    E_w = E_d * abs(x) + abs(delta) * E_a1 + (u + g(1)) * abs(delta) * abs(x) + 2 * eta  # 2Bη, B = 1
+    E_b = E_d + g(1) * abs(delta) + eta  # Bη
+    E_C = abs(r) * E_h + 0.5 * E_h**2 + (u + g(1)) * 0.5 * r * r + 2 * eta  # 1/2 (r + e)² − 1/2 r² = r·e + 1/2 e²; 2Nη, N = 1
+
+    network = Network({2: np.array([[w]])}, {2: np.array([b])})
+    batch = Batch(np.array([[x]]), np.array([[y]]))
+    precision = Precision(u=u, u_a=u_a, eta=eta, c_sigma=c)
+    bounds = error_bounds(network, batch, backprop(network, batch), precision)
+    expected = {"a1": E_a1, "z": E_z, "a": E_a, "sigma_prime": E_s, "dC_da": E_h, "delta": E_d, "w": E_w, "b": E_b}
+    got = {
+        "a1": bounds.a[1][0, 0],
+        "z": bounds.z[2][0, 0],
+        "a": bounds.a[2][0, 0],
+        "sigma_prime": bounds.sigma_prime[2][0, 0],
+        "dC_da": bounds.dC_da[2][0, 0],
+        "delta": bounds.delta[2][0, 0],
+        "w": bounds.gradients.w[2][0, 0],
+        "b": bounds.gradients.b[2][0],
+    }
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-13), name
+    assert bounds.cost == pytest.approx(E_C, rel=1e-13)
+    stable = error_bounds(network, batch, backprop(network, batch), precision, stable_sigma_prime=True)
+    assert stable.sigma_prime[2][0, 0] == pytest.approx(E_s_stable, rel=1e-13)
+
+
+def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_prime: bool) -> dict[str, object]:
+    """The note's equations, index by index, in plain Python floats (no numpy arithmetic, no module code).
+
+    Two refinements the module documents beyond the note are included: underflow is charged η per term
+    of each sum (flush-to-zero can lose η on every product and partial sum), and the cost bound keeps
+    the second-order term 1/2 (E_h^L)².
+
+    ``stable_sigma_prime`` selects the E_s of a σ′ evaluated as σ(z)σ(−z) (relative error) instead of a(1 − a).
+    Returns per-example lists keyed [e][l][j] and gradient bounds keyed [l][j][k] / [l][j].
+    """
+    u, u_a, eta, c = p.u, p.u_a, p.eta, p.c_sigma
+    L = network.depth
+    n = dict(enumerate(network.widths, start=1))
+    w = {l: network.w[l].tolist() for l in network.layers}
+    b = {l: network.b[l].tolist() for l in network.layers}
+    xs, ys = batch.x.tolist(), batch.y.tolist()
+    B = len(xs)
+
+    def g(m: int) -> float:
+        return m * u_a / (1 - m * u_a)
+
+    per_example = []
+    for x, y in zip(xs, ys, strict=True):
+        a = {1: x}
+        E_a = {1: [u * abs(v) for v in x]}
+        z, sp, E_z, E_s = {}, {}, {}, {}
+        for l in range(2, L + 1):
+            z[l] = [math.fsum([w[l][j][k] * a[l - 1][k] for k in range(n[l - 1])] + [b[l][j]]) for j in range(n[l])]
+            a[l] = [_sigma(t) for t in z[l]]
+            sp[l] = [_sigma(t) * _sigma(-t) for t in z[l]]
+            E_z[l] = [
+                sum(abs(w[l][j][k]) * E_a[l - 1][k] for k in range(n[l - 1]))
+                + (g(n[l - 1] + 1) + 2 * u) * (sum(abs(w[l][j][k]) * abs(a[l - 1][k]) for k in range(n[l - 1])) + abs(b[l][j]))
+                + (2 * n[l - 1] + 1) * eta
+                for j in range(n[l])
+            ]
+            E_a[l] = [sp[l][j] * E_z[l][j] + c * u * a[l][j] + eta for j in range(n[l])]
+            if stable_sigma_prime:
+                E_s[l] = [abs(1 - 2 * a[l][j]) * sp[l][j] * E_z[l][j] + 2 * c * u * sp[l][j] + eta for j in range(n[l])]
+            else:
+                E_s[l] = [abs(1 - 2 * a[l][j]) * E_a[l][j] + 2 * u * sp[l][j] + eta for j in range(n[l])]
+        r = [a[L][j] - y[j] for j in range(n[L])]
+        h = {L: r}
+        delta = {L: [r[j] * sp[L][j] for j in range(n[L])]}
+        E_h = {L: [E_a[L][j] + u * (abs(r[j]) + abs(y[j])) for j in range(n[L])]}
+        E_d = {L: [E_h[L][j] * sp[L][j] + abs(r[j]) * E_s[L][j] + 3 * u * abs(delta[L][j]) + eta for j in range(n[L])]}
+        for l in range(L - 1, 1, -1):
+            h[l] = [math.fsum(delta[l + 1][i] * w[l + 1][i][j] for i in range(n[l + 1])) for j in range(n[l])]
+            delta[l] = [h[l][j] * sp[l][j] for j in range(n[l])]
+            E_h[l] = [
+                sum(abs(w[l + 1][i][j]) * E_d[l + 1][i] for i in range(n[l + 1]))
+                + g(n[l + 1]) * sum(abs(w[l + 1][i][j]) * abs(delta[l + 1][i]) for i in range(n[l + 1]))
+                + 2 * n[l + 1] * eta
+                for j in range(n[l])
+            ]
+            E_d[l] = [E_h[l][j] * sp[l][j] + abs(h[l][j]) * E_s[l][j] + 2 * u * abs(delta[l][j]) + eta for j in range(n[l])]
+        per_example.append({"a": a, "delta": delta, "r": r, "E_a": E_a, "E_z": E_z, "E_s": E_s, "E_h": E_h, "E_d": E_d})
+
+    E_w = {
+        l: [
+            [
+                sum(
+                    ex["E_d"][l][j] * abs(ex["a"][l - 1][k])
+                    + abs(ex["delta"][l][j]) * ex["E_a"][l - 1][k]
+                    + (u + g(B)) * abs(ex["delta"][l][j]) * abs(ex["a"][l - 1][k])
+                    for ex in per_example
+                )
+                + 2 * B * eta
+                for k in range(n[l - 1])
+            ]
+            for j in range(n[l])
+        ]
+        for l in range(2, L + 1)
+    }
+    E_b = {
+        l: [
+            sum(ex["E_d"][l][j] for ex in per_example) + g(B) * sum(abs(ex["delta"][l][j]) for ex in per_example) + B * eta
+            for j in range(n[l])
+        ]
+        for l in range(2, L + 1)
+    }
+    E_C = (
+        sum(abs(ex["r"][j]) * ex["E_h"][L][j] + 0.5 * ex["E_h"][L][j] ** 2 for ex in per_example for j in range(n[L]))
+        + (u + g(B * n[L])) * sum(0.5 * ex["r"][j] ** 2 for ex in per_example for j in range(n[L]))
+        + 2 * B * n[L] * eta
+    )
+    return {"examples": per_example, "w": E_w, "b": E_b, "cost": E_C}
+
+
+@given(
+    case=cases(max_depth=4, max_width=5, max_batch=4),
+    name=st.sampled_from(["float64", "float32", "float16", "bfloat16"]),
+    stable_sigma_prime=st.booleans(),
+)
+@settings(max_examples=30, deadline=None)
+def test_module_matches_the_notes_equations_index_by_index(case: tuple[Network, Batch], name: str, stable_sigma_prime: bool) -> None:
+    """Non-square layers, several examples and depth ≥ 3 exercise every transpose and the backward recursion."""
+    network, batch = _rounded(name, *case)
+    p = Precision.of(name)
+    bounds = error_bounds(network, batch, backprop(network, batch), p, stable_sigma_prime=stable_sigma_prime)
+    hand = _bounds_by_hand(network, batch, p, stable_sigma_prime)
+    rel = 1e-9
+    for e, ex in enumerate(hand["examples"]):
+        for l in range(1, network.depth + 1):
+            np.testing.assert_allclose(bounds.a[l][e], ex["E_a"][l], rtol=rel, err_msg=f"E_a^{l}")
+        for l in network.layers:
+            np.testing.assert_allclose(bounds.z[l][e], ex["E_z"][l], rtol=rel, err_msg=f"E_z^{l}")
+            np.testing.assert_allclose(bounds.sigma_prime[l][e], ex["E_s"][l], rtol=rel, err_msg=f"E_s^{l}")
+            np.testing.assert_allclose(bounds.dC_da[l][e], ex["E_h"][l], rtol=rel, err_msg=f"E_h^{l}")
+            np.testing.assert_allclose(bounds.delta[l][e], ex["E_d"][l], rtol=rel, err_msg=f"E_δ^{l}")
+    for l in network.layers:
+        np.testing.assert_allclose(bounds.gradients.w[l], hand["w"][l], rtol=rel, err_msg=f"E[∂C/∂w^{l}]")
+        np.testing.assert_allclose(bounds.gradients.b[l], hand["b"][l], rtol=rel, err_msg=f"E[∂C/∂b^{l}]")
+    assert bounds.cost == pytest.approx(hand["cost"], rel=rel)
+
+
+@given(case=cases(max_depth=4, max_width=6), k=st.sampled_from([K, 1.0, 3.5]), name=st.sampled_from(["float32", "float16", "bfloat16"]))
+@settings(max_examples=15, deadline=None)
+def test_tolerance_is_k_times_the_sum_of_both_bounds(case: tuple[Network, Batch], k: float, name: str) -> None:
+    network, batch = _rounded(name, *case)
+    trace = backprop(network, batch)
+    framework = Precision.of(name)
+    e_fw = error_bounds(network, batch, trace, framework)
+    e_ref = error_bounds(network, batch, trace, FLOAT64)
+    tol = tolerance(network, batch, trace, framework, k=k)
+    for field in ("z", "a", "sigma_prime", "dC_da", "delta"):
+        for l, arr in getattr(tol, field).items():
+            np.testing.assert_allclose(arr, k * (getattr(e_fw, field)[l] + getattr(e_ref, field)[l]), rtol=1e-15, err_msg=field)
+    for l in network.layers:
+        np.testing.assert_allclose(tol.gradients.w[l], k * (e_fw.gradients.w[l] + e_ref.gradients.w[l]), rtol=1e-15)
+        np.testing.assert_allclose(tol.gradients.b[l], k * (e_fw.gradients.b[l] + e_ref.gradients.b[l]), rtol=1e-15)
+    assert tol.cost == pytest.approx(k * (e_fw.cost + e_ref.cost), rel=1e-15)
+    default = tolerance(network, batch, trace, framework)
+    np.testing.assert_allclose(default.gradients.b[2], K * (e_fw.gradients.b[2] + e_ref.gradients.b[2]), rtol=1e-15)
+    assert K == 2.0
+    other_reference = tolerance(network, batch, trace, framework, reference=Precision.of("float32"))
+    e32 = error_bounds(network, batch, trace, Precision.of("float32"))
+    np.testing.assert_allclose(other_reference.gradients.w[2], K * (e_fw.gradients.w[2] + e32.gradients.w[2]), rtol=1e-15)
+
+
+# --- claim (a): a correct lower-precision computation passes -----------------------------------------
+
+
+def test_numpy_float16_accumulation_facts() -> None:
+    """Which accumulation the numpy float16 reference really uses, and so which Precision describes it.
+
+    Measured with numpy 2.x: float16 matmul accumulates in float32 and rounds once (the result equals the
+    float64 product rounded to float16), but ``sum(axis=0)`` -- the batch sum of the bias gradient --
+    adds row by row *in float16*. The batch sum therefore needs u_a = 2^-11, so the numpy float16
+    reference is described by ``Precision.of("float16")``, not ``Precision.of("float16", "float32")``.
+    If this test fails, numpy changed its float16 loops and the choice below must be revisited.
+    """
+    ones = np.ones(9, dtype=np.float16)
+    values = np.array([1, 1, 1, 1, 2048, 1, 1, 1, 1], dtype=np.float16)
+    assert float(ones @ values) == 2056.0  # float32 accumulation: exact 2056; float16 would stop at 2052
+    column = values[:, None].repeat(2, axis=1)
+    assert list(column.sum(axis=0)) == [2052.0, 2052.0]  # float16 row-by-row: 4 + 2048, then each + 1 ties back to 2052
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("float32", np.float32), ("float16", np.float16)])
+@given(case=cases())
+@settings(max_examples=25, deadline=None)
+def test_reference_in_lower_precision_stays_within_tolerance(name: str, dtype: type, case: tuple[Network, Batch]) -> None:
+    """The reference's own backprop in float32/float16 numpy is a correct computation: it must pass, and
+    so must each of its intermediates (z, a, ∂C/∂a, δ) and the cost."""
+    network, batch = _rounded(name, *case)
+    reference = backprop(network, batch)
+    low = backprop(network, batch, dtype=dtype)
+    tol = tolerance(network, batch, reference, Precision.of(name))
+    assert _gradient_ratio(dict(low.gradients.w), dict(low.gradients.b), reference, tol) <= 1.0
+    for field in ("z", "a", "dC_da", "delta"):
+        for l, bound in getattr(tol, field).items():
+            error = np.abs(getattr(low, field)[l].astype(np.float64) - getattr(reference, field)[l])
+            assert np.all(error <= bound), (field, l, float(np.max(error / bound)))
+    assert abs(low.cost - reference.cost) <= tol.cost
+
+
+def _float32_backprop_sigma_prime_from_output(network: Network, batch: Batch) -> tuple[dict, dict, dict]:
+    """Backprop in float32 the way frameworks do it: σ′ computed from the output as a(1 − a).
+
+    Returns (∂C/∂w, ∂C/∂b, σ′) keyed by the page's l. For a^l_j that rounds to 1 (z ≳ 16.7 in float32)
+    the computed σ′ is exactly 0, although the true σ′ = e^{-z}(1 + ...) is a positive float32 number.
+    """
+    f = np.float32
+    L = network.depth
+    a = {1: batch.x.astype(f)}
+    sp = {}
+    for l in network.layers:
+        z = a[l - 1] @ network.w[l].astype(f).T + network.b[l].astype(f)
+        a[l] = f(1) / (f(1) + np.exp(-z))
+        sp[l] = a[l] * (f(1) - a[l])
+    delta = {L: (a[L] - batch.y.astype(f)) * sp[L]}
+    for l in range(L - 1, 1, -1):
+        delta[l] = (delta[l + 1] @ network.w[l + 1].astype(f)) * sp[l]
+    return {l: delta[l].T @ a[l - 1] for l in network.layers}, {l: delta[l].sum(axis=0) for l in network.layers}, sp
+
+
+@given(
+    depth=st.integers(2, 4),
+    widths=st.lists(st.integers(1, 8), min_size=4, max_size=4),
+    batch_size=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=25, deadline=None)
+def test_saturated_float32_with_sigma_prime_from_output_is_within_bound(depth: int, widths: list[int], batch_size: int, seed: int) -> None:
+    """|z| in 20..40: a(1 − a) in float32 is exactly 0 for the saturated-high units, a relative error of 1
+    in σ′ and in every gradient that flows through it, and yet correct float32 arithmetic. E_s is the term
+    that admits it; this checks it does, in σ′ itself and in the gradients."""
+    rng = np.random.default_rng(seed)
+    n = widths[:depth]
+    w = {l: rng.uniform(-1.0, 1.0, (n[l - 1], n[l - 2])) for l in range(2, depth + 1)}
+    b = {l: rng.choice([-1.0, 1.0], n[l - 1]) * rng.uniform(20.0, 40.0, n[l - 1]) for l in range(2, depth + 1)}
+    # Output neuron 1 saturates high for sure: z^L_1 ≥ 26 − Σ_k |w^L_1k| ≥ 26 − 8 = 18, where σ rounds to 1 in float32.
+    b[depth][0] = rng.uniform(26.0, 40.0)
+    x = rng.uniform(-1.0, 1.0, (batch_size, n[0]))
+    y = rng.uniform(0.0, 1.0, (batch_size, n[-1]))
+    network, batch = _rounded("float32", Network(w, b), Batch(x, y))
+
+    gw, gb, sp32 = _float32_backprop_sigma_prime_from_output(network, batch)
+    reference = backprop(network, batch)
+    tol = tolerance(network, batch, reference, Precision.of("float32"))
+
+    L = network.depth
+    exact_sp = sigmoid_prime(reference.z[L])
+    assert np.all(sp32[L][:, 0] == 0) and np.all(exact_sp[:, 0] > 0)  # the case under test really occurs
+    assert gb[L][0] == 0 and reference.gradients.b[L][0] != 0  # relative error 1 in ∂C/∂b^L_1
+    for l in network.layers:
+        error = np.abs(sp32[l].astype(np.float64) - sigmoid_prime(reference.z[l]))
+        assert np.all(error <= tol.sigma_prime[l]), (l, float(np.max(error / tol.sigma_prime[l])))
+    assert _gradient_ratio(gw, gb, reference, tol) <= 1.0
+
+    # The fidelity tier's stricter E_s (σ′ to a few ulps relative) refuses those zeros, and admits the
+    # reference's own float32 σ′, which is evaluated stably as σ(z)σ(−z).
+    stable = (
+        error_bounds(network, batch, reference, Precision.of("float32"), stable_sigma_prime=True)
+        + error_bounds(network, batch, reference, FLOAT64, stable_sigma_prime=True)
+    ).scaled(K)
+    assert np.all(np.abs(sp32[L][:, 0] - exact_sp[:, 0]) > stable.sigma_prime[L][:, 0])
+    low = backprop(network, batch, dtype=np.float32)
+    for l in network.layers:
+        stable_error = np.abs(sigmoid_prime(low.z[l]).astype(np.float64) - sigmoid_prime(reference.z[l]))
+        assert np.all(stable_error <= stable.sigma_prime[l]), (l, float(np.max(stable_error / stable.sigma_prime[l])))
+
+
+# --- claim (b): planted float64 bugs are caught ------------------------------------------------------
+
+
+@given(case=cases(), data=st.data())
+@settings(max_examples=30, deadline=None)
+def test_a_1e9_relative_perturbation_is_caught(case: tuple[Network, Batch], data: st.DataObject) -> None:
+    """One element of a float64 gradient off by 1e-9 relative fails the float64 tolerance.
+
+    The perturbed element is the largest in magnitude of the chosen array: a relative perturbation of an
+    element that is itself rounding noise (|g| ≈ its bound) is not a detectable bug by any tolerance.
+    """
+    network, batch = case
+    trace = backprop(network, batch)
+    tol = tolerance(network, batch, trace, FLOAT64)
+    kind = data.draw(st.sampled_from(["w", "b"]), label="kind")
+    l = data.draw(st.sampled_from(list(network.layers)), label="l")
+    sign = data.draw(st.sampled_from([-1.0, 1.0]), label="sign")
+    g = getattr(trace.gradients, kind)[l]
+    index = np.unravel_index(np.argmax(np.abs(g)), g.shape)
+    perturbed = g.copy()
+    perturbed[index] *= 1.0 + sign * 1e-9
+    assert perturbed[index] != g[index]
+    assert abs(perturbed[index] - g[index]) > getattr(tol.gradients, kind)[l][index]
+
+
+def _matmul(p: np.ndarray, q: np.ndarray, in_float32: bool) -> np.ndarray:
+    """p @ q by broadcasting and summing (a different summation order from BLAS), optionally in float32."""
+    if in_float32:
+        p, q = p.astype(np.float32), q.astype(np.float32)
+    return np.sum(p[:, :, None] * q[None, :, :], axis=1).astype(np.float64)
+
+
+def _float64_backprop_with_one_float32_matmul(network: Network, batch: Batch, layer: int | None, which: str) -> tuple[dict, dict]:
+    """Float64 backprop written independently of the reference; ``which`` matmul of ``layer`` is done in float32.
+
+    ``which`` is "z" (z^l = a^{l−1} w^lᵀ), "dC_da" (∂C/∂a^l = δ^{l+1} w^{l+1}) or "w" (∂C/∂w^l = δ^lᵀ a^{l−1});
+    ``layer=None`` plants nothing, giving a correct float64 computation with its own rounding.
+    """
+    L = network.depth
+    a = {1: batch.x}
+    z = {}
+    for l in network.layers:
+        z[l] = _matmul(a[l - 1], network.w[l].T, layer == l and which == "z") + network.b[l]
+        a[l] = sigmoid(z[l])
+    delta = {L: (a[L] - batch.y) * sigmoid_prime(z[L])}
+    for l in range(L - 1, 1, -1):
+        delta[l] = _matmul(delta[l + 1], network.w[l + 1], layer == l and which == "dC_da") * sigmoid_prime(z[l])
+    gw = {l: _matmul(delta[l].T, a[l - 1], layer == l and which == "w") for l in network.layers}
+    gb = {l: delta[l].sum(axis=0) for l in network.layers}
+    return gw, gb
+
+
+@given(case=cases(), data=st.data())
+@settings(max_examples=30, deadline=None)
+def test_one_float32_matmul_in_a_float64_run_is_caught(case: tuple[Network, Batch], data: st.DataObject) -> None:
+    network, batch = case
+    L = network.depth
+    plants = [("z", l) for l in network.layers] + [("dC_da", l) for l in range(2, L)] + [("w", l) for l in network.layers]
+    which, layer = data.draw(st.sampled_from(plants), label="plant")
+    trace = backprop(network, batch)
+    tol = tolerance(network, batch, trace, FLOAT64)
+    assert _gradient_ratio(*_float64_backprop_with_one_float32_matmul(network, batch, None, which), trace, tol) <= 1.0
+    assert _gradient_ratio(*_float64_backprop_with_one_float32_matmul(network, batch, layer, which), trace, tol) > 1.0
+
+
+def test_the_float16_reference_is_not_described_by_float32_storage() -> None:
+    """Sanity of the comparisons above: the float16 computation does not pass a float32 tolerance, so
+    passing the float16 one is not vacuous."""
+    network, batch = _rounded("float16", *_random_case(7, (8, 8, 8, 3), 8, 1.0))
+    reference = backprop(network, batch)
+    low = backprop(network, batch, dtype=np.float16)
+    gw, gb = dict(low.gradients.w), dict(low.gradients.b)
+    assert _gradient_ratio(gw, gb, reference, tolerance(network, batch, reference, Precision.of("float16"))) <= 1.0
+    assert _gradient_ratio(gw, gb, reference, tolerance(network, batch, reference, Precision.of("float32"))) > 1.0
