@@ -85,7 +85,7 @@ class Adapter(abc.ABC):
 
     Subclasses set :attr:`requires` to the import names of what they need, so that a missing
     framework is reported as a skip with a reason without importing anything, and implement
-    :meth:`capabilities` and :meth:`run`.
+    :meth:`capabilities`, :meth:`load_parameters` and :meth:`run`.
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
@@ -93,6 +93,14 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def capabilities(self) -> Capabilities:
         """Declare name, version, dtypes, paths, devices and accumulation formats."""
+
+    @abc.abstractmethod
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        """Build the framework's model from ``network`` and read its parameters back in page layout.
+
+        The suite checks that this round trip is the identity: a layout transposed on the way in is
+        invisible in the shapes of a square layer and would otherwise show only as wrong gradients.
+        """
 
     @abc.abstractmethod
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:

@@ -1,0 +1,392 @@
+"""The built-in PyTorch adapter: the page's network built from ``torch.nn`` and differentiated by torch.
+
+The network is what a PyTorch user writes: an ``nn.Sequential`` of ``nn.Linear(n(l−1), n(l))`` and
+``nn.Sigmoid()`` for l = 2..L. ``nn.Linear.weight`` has shape (n(l), n(l−1)) and its element [j−1, k−1]
+is the page's w^l_jk, so the page-layout arrays of :class:`~reference.model.Network` load unchanged.
+Forward hooks on those modules record z^l (each Linear's output) and a^l (each Sigmoid's output) for
+diagnosis, so the model itself stays exactly the user's model.
+
+Execution paths, each putting a different piece of torch's machinery on trial:
+
+* ``eager``: C = ½ Σ (y − a^L)² written with torch ops, ``C.backward()`` (autograd's tape);
+* ``func``: the same cost as a pure function of the parameters through ``torch.func.functional_call``,
+  differentiated by ``torch.func.grad`` (functorch's transforms, not the tape);
+* ``mse``: C = ½ · ``mse_loss(a^L, y, reduction="sum")``, ``C.backward()``: the framework's own loss and
+  its backward formula are on trial, not ours;
+* ``compile``: the forward pass and cost through ``torch.compile`` (TorchDynamo + Inductor, which also
+  compiles the backward graph), then ``C.backward()``. Supported but not a default path: on 2 CPU
+  cores the first compilation in a process took ~20 s and each new architecture, batch size or dtype
+  ~1–15 s more.
+
+Why the care about global state: a conformance suite must measure the framework as configured for
+exact float32 arithmetic, and must not change how the rest of the user's process computes. Each call
+builds a fresh model (no gradient can accumulate from one call into the next), initialises it without
+touching torch's random number generator (``nn.utils.skip_init``), pins float32 matrix products to IEEE
+arithmetic (no TF32 on CUDA, no bf16 through oneDNN on CPU, no reduced-precision float16/bfloat16
+reductions in cuBLAS) only for the duration of the call, and restores every flag it touched.
+
+Importing this module does not import torch (see :mod:`adapters.base`); torch is imported inside the
+methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from adapters.base import Adapter, AdapterOutput, Capabilities
+from reference.dtypes import FORMATS, is_representable
+from reference.model import Batch, Gradients, Network, check_compatible
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+PATHS = ("eager", "func", "mse", "compile")
+DEFAULT_PATHS = ("eager", "func", "mse")
+ACCUMULATION = {"float16": "float32", "bfloat16": "float32"}
+"""float16 and bfloat16 dot products and sums accumulate in float32 in torch on CPU. Measured (torch
+2.13, AVX2): every reduction the paths use -- Linear forward, its input, weight and bias gradients,
+``torch.sum``, ``mse_loss(reduction="sum")`` -- returned the correctly rounded sum of 4096 terms in
+200 of 200 trials, where summing in the format itself (pairwise or sequentially) missed it in 22–100 %.
+On CUDA the same is expected of cuBLAS with its reduced-precision reductions switched off, which
+:func:`_ieee_arithmetic` does for the call (not measured here: no GPU was available)."""
+
+
+RECOMPILE_LIMIT = 4096
+"""Dynamo's limits on compiled variants of one function, lifted while the compile path runs.
+
+Each new architecture, batch size, dtype or device compiles anew (1–20 s each on CPU), and the default
+limit (8) is reached by any suite that tries 4 dtypes on a few architectures. Past it Dynamo runs the
+function *eagerly*, with nothing but a logged warning (measured, torch 2.13), so the compile path
+would pass while testing nothing. The limits are lifted for the call, and the function is compiled
+with ``fullgraph=True``, which turns any fallback to eager (a graph break, or a limit reached after
+all) into an error."""
+
+
+class TorchAdapterError(ValueError):
+    """A request the torch adapter cannot serve; the message names what was wrong and what is allowed."""
+
+
+class TorchAdapter(Adapter):
+    """Puts PyTorch on trial: ``nn.Linear`` + ``nn.Sigmoid`` network, quadratic cost summed over the batch."""
+
+    requires: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def capabilities(self) -> Capabilities:
+        """Declare dtypes, paths and accumulation; "cuda" is listed only where torch can use a GPU."""
+        import torch
+
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+        return Capabilities(
+            name="torch",
+            framework="PyTorch",
+            version=torch.__version__,
+            dtypes=DTYPES,
+            paths=PATHS,
+            default_paths=DEFAULT_PATHS,
+            devices=devices,
+            accumulation=dict(ACCUMULATION),
+        )
+
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        """Build the ``nn.Sequential`` from ``network`` and read each ``nn.Linear``'s weight and bias back out.
+
+        The suite checks that this round trip is the identity: it is the evidence that
+        ``nn.Linear.weight[j−1, k−1]`` really is the page's w^l_jk, which a square layer's shapes
+        cannot show. Returned in ``dtype``'s carrier dtype, like the gradients.
+        """
+        self._validate(network, None, dtype=dtype, path=None, device=device)
+        import torch
+
+        model = _build(torch, network, getattr(torch, dtype), device)
+        linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+        return Network(
+            {l: _to_numpy(torch, m.weight, dtype) for l, m in enumerate(linears, start=2)},
+            {l: _to_numpy(torch, m.bias, dtype) for l, m in enumerate(linears, start=2)},
+        )
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        """∂C/∂w^l_jk, ∂C/∂b^l_j of C = Σ_x ½ Σ_j (y_j − a^L_j)², computed by torch in ``dtype`` on ``device``.
+
+        Returns gradients in page layout and in ``dtype``'s carrier (bfloat16 values in float32 arrays),
+        the cost, a^l (l = 1..L) and z^l (l = 2..L) on every path, and δ^l = ∂C/∂z^l (l = 2..L) on the
+        paths that run autograd's tape on the uncompiled model (``eager``, ``mse``), where they are the
+        ``.grad`` of the retained Linear outputs.
+        """
+        self._validate(network, batch, dtype=dtype, path=path, device=device)
+        import torch
+
+        tdtype = getattr(torch, dtype)
+        with _ieee_arithmetic(torch, device), torch.inference_mode(False), torch.enable_grad():
+            model = _build(torch, network, tdtype, device)
+            x = torch.tensor(batch.x, dtype=tdtype, device=device)
+            y = torch.tensor(batch.y, dtype=tdtype, device=device)
+            recorder = _Recorder(torch, model)
+            result = _PATHS[path](torch, model, recorder, x, y)
+        return _to_output(torch, result, x, dtype)
+
+    def _validate(self, network: Network, batch: Batch | None, *, dtype: str, path: str | None, device: str) -> None:
+        """Check the request against :meth:`capabilities` and the inputs against the model and the format."""
+        caps = self.capabilities()
+        _check_choice("dtype", dtype, caps.dtypes)
+        if path is not None:
+            _check_choice("path", path, caps.paths)
+        _check_choice("device", device, caps.devices)
+        arrays = [(f"w^{l}", network.w[l]) for l in network.layers] + [(f"b^{l}", network.b[l]) for l in network.layers]
+        if batch is not None:
+            check_compatible(network, batch)
+            arrays += [("x (the inputs)", batch.x), ("y (the targets)", batch.y)]
+        _check_representable(arrays, dtype)
+
+
+def _check_choice(what: str, value: object, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise TorchAdapterError(f"torch adapter: unsupported {what} {value!r}; valid {what}s are {', '.join(valid)}")
+
+
+def _check_representable(arrays: list[tuple[str, np.ndarray]], dtype: str) -> None:
+    """Refuse values that torch would round on conversion: the reference would then judge a different point.
+
+    The suite rounds parameters and data to the format first (:func:`reference.dtypes.round_to`);
+    a caller who forgets gets this error instead of a verdict about a network nobody computed.
+    """
+    for name, arr in arrays:
+        if not is_representable(dtype, arr):
+            raise TorchAdapterError(
+                f"torch adapter: {name} holds values that are not exactly representable in {dtype}; "
+                f"round them first with reference.dtypes.round_to({dtype!r}, ...) so that torch and the reference see the same numbers"
+            )
+
+
+@contextlib.contextmanager
+def _ieee_arithmetic(torch: Any, device: str) -> Iterator[None]:
+    """Pin float32 matrix products to IEEE float32 and float16/bfloat16 reductions to float32 for one call.
+
+    TF32 on CUDA (10-bit significand) and TF32/bf16 through oneDNN on CPU are opt-in speed settings a
+    user may have switched on (``torch.set_float32_matmul_precision("high")`` or ``"medium"``); cuBLAS
+    reduced-precision float16/bfloat16 reductions are on by default. The error bound assumes IEEE
+    arithmetic in the requested format with the declared accumulation, so all of them are switched off
+    here and every flag is restored on exit. Recent torch (2.13 here) has per-backend
+    ``fp32_precision`` settings, and reading the legacy ``allow_tf32`` after setting those raises
+    (measured), so that API is used whenever it exists and the legacy flags only on torch versions
+    that predate it.
+    """
+    pinned: list[tuple[Callable[[Any], None], Any]] = []
+
+    def pin(getter: Callable[[], Any], setter: Callable[[Any], None], value: Any) -> None:
+        pinned.append((setter, getter()))
+        setter(value)
+
+    def attribute(obj: Any, name: str, value: Any) -> None:
+        pin(lambda: getattr(obj, name), lambda v: setattr(obj, name, v), value)
+
+    backends = torch.backends
+    try:
+        if hasattr(backends, "fp32_precision"):
+            if device == "cuda":
+                attribute(backends.cuda.matmul, "fp32_precision", "ieee")
+                attribute(backends.cudnn.conv, "fp32_precision", "ieee")
+                attribute(backends.cudnn.rnn, "fp32_precision", "ieee")
+            else:
+                attribute(backends.mkldnn.matmul, "fp32_precision", "ieee")
+        else:
+            pin(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, "highest")
+            if device == "cuda":
+                attribute(backends.cuda.matmul, "allow_tf32", False)
+                attribute(backends.cudnn, "allow_tf32", False)
+        if device == "cuda":
+            matmul = backends.cuda.matmul
+            for fmt in ("fp16", "bf16"):
+                flag = f"allow_{fmt}_reduced_precision_reduction"
+                split_k = f"{flag}_split_k"
+                if hasattr(matmul, split_k):
+                    # The setter takes (allow, allow_split_k); the getter returns only the first, so read both to restore both.
+                    pin(
+                        lambda flag=flag, split_k=split_k: (getattr(matmul, flag), getattr(matmul, split_k)),
+                        functools.partial(setattr, matmul, flag),
+                        False,
+                    )
+                else:
+                    attribute(matmul, flag, False)
+            if hasattr(matmul, "allow_fp16_accumulation"):
+                attribute(matmul, "allow_fp16_accumulation", False)
+        yield
+    finally:
+        for setter, value in reversed(pinned):
+            setter(value)
+
+
+def _build(torch: Any, network: Network, tdtype: Any, device: str) -> Any:
+    """The page's network as a PyTorch user builds it: Linear(n(l−1), n(l)) then Sigmoid, for l = 2..L.
+
+    ``skip_init`` allocates the layers without their random initialisation, so building a model does
+    not advance torch's global random number generator; the page's w^l and b^l are then copied in.
+    """
+    layers = []
+    for l in network.layers:
+        n_out, n_in = network.w[l].shape
+        linear = torch.nn.utils.skip_init(torch.nn.Linear, n_in, n_out, device=device, dtype=tdtype)
+        with torch.no_grad():
+            linear.weight.copy_(torch.tensor(network.w[l], dtype=tdtype, device=device))
+            linear.bias.copy_(torch.tensor(network.b[l], dtype=tdtype, device=device))
+        layers += [linear, torch.nn.Sigmoid()]
+    return torch.nn.Sequential(*layers)
+
+
+class _Recorder:
+    """Forward hooks that record z^l (each Linear's output) and a^l (each Sigmoid's output), l = 2..L.
+
+    Hooks rather than a hand-written loop, so that every path runs the user's ``model(x)`` unchanged.
+    Each call builds a new model and recorder, so the lists hold exactly one forward pass.
+    """
+
+    def __init__(self, torch: Any, model: Any) -> None:
+        self.z: list[Any] = []
+        self.a: list[Any] = []
+        self.linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+        for module in model:
+            record = self.z if isinstance(module, torch.nn.Linear) else self.a
+            module.register_forward_hook(lambda _module, _inputs, output, record=record: record.append(output))
+
+
+@dataclass
+class _PathResult:
+    """What a path computed, as torch tensors: per layer l = 2..L in order, ∂C/∂w^l, ∂C/∂b^l, z^l, a^l, δ^l."""
+
+    grad_w: list[Any]
+    grad_b: list[Any]
+    cost: Any
+    z: list[Any]
+    a: list[Any]
+    delta: list[Any] | None
+
+
+def _quadratic_cost(torch: Any, a_L: Any, y: Any) -> Any:
+    """C = Σ_x ½ Σ_j (y_j − a^L_j)², written out with torch ops (the page's cost, summed over the batch)."""
+    return 0.5 * torch.sum((y - a_L) ** 2)
+
+
+def _mse_cost(torch: Any, a_L: Any, y: Any) -> Any:
+    """The same C through torch's own loss: ``mse_loss(reduction="sum")`` is Σ (a − y)², so C is half of it."""
+    return 0.5 * torch.nn.functional.mse_loss(a_L, y, reduction="sum")
+
+
+def _tape(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any, cost_fn: Callable[[Any, Any, Any], Any]) -> _PathResult:
+    """Autograd's tape: forward, retain the Linear outputs z^l, ``backward()``; δ^l is then ``z^l.grad``."""
+    a_L = model(x)
+    for z in recorder.z:
+        z.retain_grad()
+    cost = cost_fn(torch, a_L, y)
+    cost.backward()
+    return _PathResult(
+        grad_w=[m.weight.grad for m in recorder.linears],
+        grad_b=[m.bias.grad for m in recorder.linears],
+        cost=cost,
+        z=list(recorder.z),
+        a=list(recorder.a),
+        delta=[z.grad for z in recorder.z],
+    )
+
+
+def _eager(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+    return _tape(torch, model, recorder, x, y, _quadratic_cost)
+
+
+def _mse(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+    return _tape(torch, model, recorder, x, y, _mse_cost)
+
+
+def _func(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+    """``torch.func.grad`` of the cost as a pure function of the parameters (``functional_call``).
+
+    z^l and a^l are returned as auxiliary outputs; δ^l is not: the transform differentiates with
+    respect to the parameters only.
+    """
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def cost_of(parameters: dict[str, Any]) -> tuple[Any, tuple[Any, list[Any], list[Any]]]:
+        a_L = torch.func.functional_call(model, parameters, (x,))
+        cost = _quadratic_cost(torch, a_L, y)
+        return cost, (cost, list(recorder.z), list(recorder.a))
+
+    grads, (cost, z, a) = torch.func.grad(cost_of, has_aux=True)(params)
+    names = [name for name, _ in model.named_parameters()]
+    return _PathResult(
+        grad_w=[grads[n] for n in names if n.endswith("weight")],
+        grad_b=[grads[n] for n in names if n.endswith("bias")],
+        cost=cost,
+        z=z,
+        a=a,
+        delta=None,
+    )
+
+
+@functools.cache
+def _compiled_forward_cost() -> Callable[[Any, Any, Any], Any]:
+    """One ``torch.compile``-d forward-and-cost function per process.
+
+    Created once so that Dynamo's cache (keyed by this function's code) is reused: a second call with
+    the same architecture, dtype and device runs the compiled graphs again, even though every call
+    builds a new model (parameters are graph inputs, not constants).
+    """
+    import torch
+
+    def forward_cost(model: Any, x: Any, y: Any) -> Any:
+        return _quadratic_cost(torch, model(x), y)
+
+    return torch.compile(forward_cost, fullgraph=True)
+
+
+def _compile(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+    """Forward and cost compiled by ``torch.compile``; ``backward()`` runs the backward graph compiled with it.
+
+    δ^l is not available: the recorded z^l are outputs of the compiled graph beside the cost, not on
+    the path from the parameters to it, so autograd never fills their ``.grad``.
+    """
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT):
+        cost = _compiled_forward_cost()(model, x, y)
+        cost.backward()
+    return _PathResult(
+        grad_w=[m.weight.grad for m in recorder.linears],
+        grad_b=[m.bias.grad for m in recorder.linears],
+        cost=cost,
+        z=list(recorder.z),
+        a=list(recorder.a),
+        delta=None,
+    )
+
+
+_PATHS: dict[str, Callable[[Any, Any, _Recorder, Any, Any], _PathResult]] = {
+    "eager": _eager,
+    "func": _func,
+    "mse": _mse,
+    "compile": _compile,
+}
+
+
+def _to_numpy(torch: Any, t: Any, dtype: str) -> np.ndarray:
+    """A tensor as a numpy array in ``dtype``'s carrier (bfloat16 goes through float32, which holds it exactly)."""
+    t = t.detach().to("cpu")
+    if t.dtype == torch.bfloat16:
+        t = t.to(torch.float32)
+    return np.array(t.numpy(), dtype=FORMATS[dtype].carrier)
+
+
+def _to_output(torch: Any, result: _PathResult, x: Any, dtype: str) -> AdapterOutput:
+    """Convert to numpy in the format's carrier dtype, keyed by the page's layer l (a^1 is the input x)."""
+
+    def by_layer(tensors: list[Any], first: int = 2) -> dict[int, np.ndarray]:
+        return {l: _to_numpy(torch, t, dtype) for l, t in enumerate(tensors, start=first)}
+
+    return AdapterOutput(
+        gradients=Gradients(by_layer(result.grad_w), by_layer(result.grad_b)),
+        cost=float(result.cost.detach().to("cpu", torch.float64)),
+        a=by_layer([x, *result.a], first=1),
+        z=by_layer(result.z),
+        delta=by_layer(result.delta) if result.delta is not None else None,
+    )

@@ -1,0 +1,52 @@
+"""A complete third-party adapter: hand-written numpy backpropagation, put on trial by the suite.
+
+Run it through the whole suite (from the repository root, so that ``examples`` is importable):
+
+    python -m pytest conformance --backend examples.numpy_adapter:NumpyAdapter
+
+This is the template for a framework author: replace the numpy code in ``run`` with your framework's
+model, cost and gradient calls. Everything the suite needs is below.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adapters.base import Adapter, AdapterOutput, Capabilities
+from reference.model import Batch, Gradients, Network
+
+
+class NumpyAdapter(Adapter):
+    requires = ("numpy",)  # import names of what the adapter needs; missing ones make the suite skip it
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            name="numpy-example",
+            framework="NumPy (hand-written backprop)",
+            version=np.__version__,
+            dtypes=("float64", "float32"),
+            paths=("manual",),
+            default_paths=("manual",),
+            accumulation={},  # dot products accumulate in the storage format itself
+        )
+
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        # A real framework would build its model here and read the parameters back out of it.
+        return Network({l: network.w[l].astype(dtype) for l in network.layers}, {l: network.b[l].astype(dtype) for l in network.layers})
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        w = {l: network.w[l].astype(dtype) for l in network.layers}
+        b = {l: network.b[l].astype(dtype) for l in network.layers}
+        a, z = {1: batch.x.astype(dtype)}, {}
+        for l in network.layers:  # forward: z^l = a^{l-1} (w^l)^T + b^l, a^l = σ(z^l)
+            z[l] = a[l - 1] @ w[l].T + b[l]
+            with np.errstate(over="ignore"):  # the textbook σ: e^{-z} overflows for very negative z, and 1/inf = 0 is right
+                a[l] = 1 / (1 + np.exp(-z[l]))
+        L = network.depth
+        r = a[L] - batch.y.astype(dtype)
+        cost = 0.5 * np.sum(r * r)
+        delta = {L: r * a[L] * (1 - a[L])}  # δ^L = (a^L − y) σ′(z^L), σ′ from the output
+        for l in range(L - 1, 1, -1):  # δ^l = (δ^{l+1} w^{l+1}) ⊙ σ′(z^l)
+            delta[l] = (delta[l + 1] @ w[l + 1]) * a[l] * (1 - a[l])
+        grads = Gradients({l: delta[l].T @ a[l - 1] for l in network.layers}, {l: delta[l].sum(axis=0) for l in network.layers})
+        return AdapterOutput(grads, float(cost), a=a, z=z, delta=delta)
