@@ -1,0 +1,261 @@
+"""The built-in JAX adapter: the page's sigmoid network written as JAX users write an MLP.
+
+Parameters are a list of (W, b) pairs, one per layer l = 2..L, with W = w^l in page layout (n(l), n(l−1)), so
+``W[j-1, k-1]`` is w^l_jk and a layer is ``z = a @ W.T + b`` (z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j), a = σ(z) with
+``jax.nn.sigmoid``. The cost is the page's C = 1/2 Σ_j (y_j − a^L_j)², summed over the batch too.
+
+Execution paths, each one of JAX's own ways to get a gradient:
+
+* ``"grad"``: ``jax.grad`` run eagerly (op by op, no ``jax.jit``);
+* ``"jit"``: ``jax.jit(jax.grad(...))``, one XLA program for the whole backward pass;
+* ``"jacfwd"``: ``jax.jit(jax.jacfwd(...))``, forward mode: a different algorithm from backpropagation, whose
+  gradient must still agree. It pushes one tangent per parameter, so its cost grows with the square of the
+  parameter count; it is jitted because op-by-op it compiles ~35 primitives per new shape (1-2 s), and the
+  op-by-op machinery is already on trial in ``"grad"``;
+* ``"vjp"``: ``jax.vjp`` with the cotangent 1 applied by hand, the primitive under ``jax.grad``. It also returns
+  δ^l = ∂C/∂z^l, by differentiating with respect to a zero perturbation added to every z^l: the cotangent of
+  that perturbation is δ^l itself, so the page's error terms come out of the same backward pass for free.
+
+Why the details below matter for a verdict:
+
+* Matmuls run at ``precision=HIGHEST``, passed to each product rather than set globally: on GPUs the default
+  float32 precision may use TF32 (10-bit significands), which the error bound does not describe and which must
+  not leak into, or out of, the user's process.
+* float64 runs inside the scoped ``enable_x64`` context, never by flipping the global ``jax_enable_x64`` flag:
+  the suite runs inside users' processes and must leave their JAX configuration as it found it.
+* The differentiated functions are built once per path, at module level: ``jax.jit`` caches compiled programs
+  per function object, and rebuilding ``jax.jit(jax.grad(f))`` on every call would recompile every time. The
+  cache then keys on shapes, dtypes, device and the x64 context, so a repeated architecture never recompiles.
+* Importing this module does not import JAX (adapter contract): JAX is imported inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from adapters.base import Adapter, AdapterOutput, Capabilities
+from reference.dtypes import float_format, is_representable
+from reference.model import Batch, Gradients, Network, check_compatible
+
+DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
+PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp")
+DEFAULT_PATHS: tuple[str, ...] = ("grad", "jit", "vjp")
+"""``jacfwd`` is supported but opt-in: forward mode pushes one tangent per parameter, so its time and memory grow
+with the square of the parameter count. Measured on 2 CPU cores for a depth-8, width-64 net (29,120 parameters,
+batch 32): 6 s per call and 4.0 GB peak memory in float32, 8 s and 7.8 GB in float64, where ``"jit"`` takes 3 ms
+and 0.25 GB. On the small nets of the design note's lower range it is as fast as the others (7 ms, 26 parameters)."""
+
+ACCUMULATION: dict[str, str] = {"float16": "float32", "bfloat16": "float32"}
+"""float16 and bfloat16 dot products accumulate in float32 in XLA on CPU (measured with jax 0.10.2: a length-1024
+dot of random float16/bfloat16 values equals the correctly rounded exact sum in 50 of 50 trials, eager and
+jitted, forward products and the transposed products of the weight gradient alike). One sum does not: the batch
+sum of ∂C/∂b^l, which JAX gets as the transpose of b's broadcast, a reduce_sum kept in the storage format. Its
+error is 1.6-3.3 u·Σ|δ| for 7 to 16,384 terms (a blocked or pairwise sum; exactly sequential at 7 terms), where
+float32 accumulation would give at most u/2 relative. The error bound's per-dtype accumulation cannot describe
+that one sum; its other terms cover it in practice (bias-gradient error/bound ratio at most 0.14 with same-sign
+residuals up to B = 16,384)."""
+
+
+def _jax() -> Any:
+    """Import JAX on first use only, so that listing adapters never imports (or fails on) it."""
+    import jax
+
+    return jax
+
+
+def _x64_context() -> contextlib.AbstractContextManager[Any]:
+    """The scoped x64 switch: ``jax.enable_x64(True)`` (JAX ≥ 0.8), else ``jax.experimental.enable_x64(True)``.
+
+    Both restore the previous value on exit and are thread-local, unlike ``jax.config.update``, which would
+    switch 64-bit types on for the rest of the user's process.
+    """
+    jax = _jax()
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:
+        from jax.experimental import enable_x64
+    return enable_x64(True)
+
+
+def _forward(params: list[tuple[Any, Any]], x: Any, y: Any, perturbations: list[Any] | None = None) -> tuple[Any, tuple[Any, ...]]:
+    """C and the forward trace (C, [z^2..z^L], [a^1..a^L]) of the page's network, in the arrays' own dtype.
+
+    ``params[l - 2]`` is (w^l, b^l). ``perturbations``, when given, holds one zero array per layer added to
+    z^l, so that differentiating with respect to it yields δ^l = ∂C/∂z^l (adding zeros leaves z^l exact).
+    """
+    jax = _jax()
+    jnp = jax.numpy
+    highest = jax.lax.Precision.HIGHEST
+    a = x
+    zs = []
+    activations = [x]
+    for index, (w, b) in enumerate(params):
+        # z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j, one example per row.
+        z = jnp.matmul(a, w.T, precision=highest) + b
+        if perturbations is not None:
+            z = z + perturbations[index]
+        # a^l_j = σ(z^l_j)
+        a = jax.nn.sigmoid(z)
+        zs.append(z)
+        activations.append(a)
+    # C = Σ_x 1/2 Σ_j (y_j − a^L_j)²
+    cost = 0.5 * jnp.sum((y - a) ** 2)
+    return cost, (cost, zs, activations)
+
+
+@functools.cache
+def _differentiated(path: str) -> Callable[[Any, Any, Any], tuple[Any, Any, Any]]:
+    """The transformed function for ``path``, built once per process so that ``jax.jit``'s cache is reused.
+
+    Each takes (params, x, y) and returns ([(∂C/∂w^l, ∂C/∂b^l)], [δ^l] or None, (C, [z^l], [a^l])).
+    """
+    jax = _jax()
+    if path in ("grad", "jit", "jacfwd"):
+        transform = jax.jacfwd(_forward, has_aux=True) if path == "jacfwd" else jax.grad(_forward, has_aux=True)
+        if path != "grad":
+            transform = jax.jit(transform)
+
+        def gradients_and_trace(params: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
+            gradients, trace = transform(params, x, y)
+            return gradients, None, trace
+
+        return gradients_and_trace
+
+    def pulled_back(params: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
+        # One zero perturbation per z^l, on the parameters' device: (B, n(l)).
+        zeros = [jax.device_put(np.zeros((x.shape[0], w.shape[0]), dtype=w.dtype), next(iter(w.devices()))) for w, _ in params]
+        cost, pullback, trace = jax.vjp(lambda p, e: _forward(p, x, y, e), params, zeros, has_aux=True)
+        gradients, deltas = pullback(jax.numpy.ones_like(cost))
+        return gradients, deltas, trace
+
+    return pulled_back
+
+
+class JaxAdapterError(ValueError):
+    """A request the JAX adapter cannot serve; the message names what was wrong and what is allowed."""
+
+
+class JaxAdapter(Adapter):
+    """The page's network and cost in ``jax.numpy``, differentiated by grad, jit(grad), jacfwd or vjp."""
+
+    requires: ClassVar[tuple[str, ...]] = ("jax",)
+
+    def capabilities(self) -> Capabilities:
+        """Paths, dtypes and devices; "gpu" is listed only when ``jax.devices("gpu")`` finds one."""
+        jax = _jax()
+        return Capabilities(
+            name="jax",
+            framework="JAX",
+            version=jax.__version__,
+            dtypes=DTYPES,
+            paths=PATHS,
+            default_paths=DEFAULT_PATHS,
+            devices=_devices(),
+            accumulation=dict(ACCUMULATION),
+        )
+
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        """Put w^l and b^l on ``device`` as the (W, b) pairs ``run`` differentiates, and read them back in page layout."""
+        _check_choice("dtype", dtype, DTYPES)
+        _check_choice("device", device, _devices())
+        _check_network(network, dtype)
+        with _precision_scope(dtype):
+            params = _parameters(network, dtype, device)
+            carrier = float_format(dtype).carrier
+            return Network.from_lists([_to_numpy(w, carrier) for w, _ in params], [_to_numpy(b, carrier) for _, b in params])
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        """∂C/∂w^l and ∂C/∂b^l (l = 2..L) of C = Σ_x 1/2 Σ_j (y_j − a^L_j)², computed by JAX in ``dtype``.
+
+        Returns gradients in page layout and ``dtype``'s carrier (bfloat16 in float32 arrays), the cost, a^l
+        (l = 1..L) and z^l (l = 2..L) on every path, and δ^l = ∂C/∂z^l on the ``"vjp"`` path.
+        """
+        _check_choice("dtype", dtype, DTYPES)
+        _check_choice("path", path, PATHS)
+        _check_choice("device", device, _devices())
+        check_compatible(network, batch)
+        _check_network(network, dtype)
+        _check_representable(dtype, batch.x, "x (the inputs)")
+        _check_representable(dtype, batch.y, "y (the targets)")
+        with _precision_scope(dtype):
+            return _run(network, batch, dtype=dtype, path=path, device=device)
+
+
+def _check_choice(what: str, value: object, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise JaxAdapterError(f"jax adapter: unsupported {what} {value!r}; valid {what}s are {', '.join(valid)}")
+
+
+def _check_network(network: Network, dtype: str) -> None:
+    for l in network.layers:
+        _check_representable(dtype, network.w[l], f"w^{l}")
+        _check_representable(dtype, network.b[l], f"b^{l}")
+
+
+def _check_representable(dtype: str, array: np.ndarray, what: str) -> None:
+    """Refuse values the format cannot hold: converting them would silently round, and the reference would
+    then be evaluated at a different point from the one JAX sees."""
+    if not is_representable(dtype, array):
+        raise JaxAdapterError(
+            f"jax adapter: {what} holds values that are not exactly representable in {dtype}; "
+            f"round them first with reference.dtypes.round_to({dtype!r}, ...) so that JAX and the reference see the same numbers"
+        )
+
+
+@functools.cache
+def _devices() -> tuple[str, ...]:
+    """("cpu",), plus "gpu" when JAX has a GPU backend here (``jax.devices("gpu")`` raises RuntimeError if not)."""
+    jax = _jax()
+    try:
+        has_gpu = len(jax.devices("gpu")) > 0
+    except RuntimeError:
+        has_gpu = False
+    return ("cpu", "gpu") if has_gpu else ("cpu",)
+
+
+def _precision_scope(dtype: str) -> contextlib.AbstractContextManager[Any]:
+    """The scoped x64 switch for float64, nothing for the other formats (which JAX handles without it)."""
+    return _x64_context() if dtype == "float64" else contextlib.nullcontext()
+
+
+def _put(array: np.ndarray, dtype: str, device: str) -> Any:
+    """``array`` as a JAX array of format ``dtype`` on ``device``.
+
+    numpy converts exactly (the values are representable, checked before); ``jax.numpy.dtype("bfloat16")`` is
+    ml_dtypes' bfloat16, which numpy can convert to. Must run inside :func:`_precision_scope` for float64.
+    """
+    jax = _jax()
+    return jax.device_put(np.asarray(array, dtype=jax.numpy.dtype(dtype)), jax.devices(device)[0])
+
+
+def _parameters(network: Network, dtype: str, device: str) -> list[tuple[Any, Any]]:
+    """The page's w^l, b^l as the JAX user's parameter list: ``params[l - 2] = (W, b)``, W of shape (n(l), n(l−1))."""
+    return [(_put(network.w[l], dtype, device), _put(network.b[l], dtype, device)) for l in network.layers]
+
+
+def _to_numpy(array: Any, carrier: np.dtype) -> np.ndarray:
+    """A JAX array as numpy in the format's carrier (bfloat16 widens exactly to float32)."""
+    return np.asarray(array).astype(carrier)
+
+
+def _run(network: Network, batch: Batch, *, dtype: str, path: str, device: str) -> AdapterOutput:
+    """Put the inputs on ``device`` in ``dtype``, differentiate along ``path``, and bring the results back."""
+    params = _parameters(network, dtype, device)
+    x, y = _put(batch.x, dtype, device), _put(batch.y, dtype, device)
+    gradients, deltas, (cost, zs, activations) = _differentiated(path)(params, x, y)
+    carrier = float_format(dtype).carrier
+
+    def by_layer(arrays: list[Any], first: int = 2) -> dict[int, np.ndarray]:
+        return {l: _to_numpy(array, carrier) for l, array in enumerate(arrays, start=first)}
+
+    return AdapterOutput(
+        gradients=Gradients(by_layer([w for w, _ in gradients]), by_layer([b for _, b in gradients])),
+        cost=float(cost),
+        a=by_layer(activations, first=1),
+        z=by_layer(zs),
+        delta=None if deltas is None else by_layer(deltas),
+    )

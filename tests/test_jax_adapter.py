@@ -1,0 +1,387 @@
+"""The built-in JAX adapter (adapters/jax_adapter.py) against the float64 reference and the adapter contract.
+
+Every path × dtype cell must agree with :func:`reference.vectorized.backprop`, evaluated at exactly the point
+JAX sees (parameters and data rounded to the format, then widened back to float64), within the design note's
+error bound K·(E(JAX's precision) + E(float64)). The bound is per element, so these checks fail on a transposed
+w^l_jk, a lost σ′, float32 arithmetic hidden in a float64 run, or a gradient accumulated across calls, while a
+correct float16 run passes. The architectures cover the page's corner cases: L = 2 (no hidden layer, so the
+recursion over l never runs), width-1 layers, square layers (where a transposed w^l has a valid shape), depth 7,
+batch sizes 1 and 7, and saturated units (|z^l_j| > 40: for z > 40, σ(z) rounds to 1 in float32 and in float64,
+and σ′ computed as a(1 − a) is 0 while the true σ′ is about e^−40).
+
+Beside the numbers: importing the adapter must not import JAX; a float64 call must not leave 64-bit mode on in
+the caller's process; a repeated architecture must not recompile; bad requests get errors that list what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from strategies import cases
+
+from adapters.base import AdapterOutput
+from adapters.registry import resolve
+from adapters.selfcheck import check_adapter
+from reference.dtypes import float_format, is_representable, round_to
+from reference.error_bound import Precision, tolerance
+from reference.model import Batch, ModelError, Network
+from reference.vectorized import backprop
+
+jax = pytest.importorskip("jax", reason="the JAX adapter needs jax (pip install backprop-conformance[jax])")
+
+from adapters.jax_adapter import DEFAULT_PATHS, DTYPES, PATHS, JaxAdapter, JaxAdapterError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+"""The monitoring event JAX records once per XLA compilation (eager primitives and jitted programs alike)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One architecture: layer widths (n(1), ..., n(L)), batch size B, and how its parameters are drawn."""
+
+    name: str
+    widths: tuple[int, ...]
+    batch_size: int
+    seed: int
+    saturate_layer_2: bool = False
+
+    def draw(self) -> tuple[Network, Batch]:
+        """Float64 parameters and data, not yet rounded; generic values (no zeros, no repeats) from the seed.
+
+        With ``saturate_layer_2`` the weights and biases of layer 2 are scaled by 60, so that most |z^2_j| exceed
+        40 (for z > 40, σ(z) rounds to exactly 1 in float32 and float64 and σ′ computed as a(1 − a) is 0), while the later
+        layers keep unit-scale weights and their gradients stay well away from zero.
+        """
+        rng = np.random.default_rng(self.seed)
+        n = self.widths
+        weights = [rng.standard_normal((n[i + 1], n[i])) / np.sqrt(n[i]) for i in range(len(n) - 1)]
+        biases = [rng.standard_normal(n[i + 1]) for i in range(len(n) - 1)]
+        if self.saturate_layer_2:
+            weights[0] *= 60.0 * np.sqrt(n[0])
+            biases[0] *= 60.0
+        x = rng.standard_normal((self.batch_size, n[0]))
+        y = rng.uniform(0.05, 0.95, (self.batch_size, n[-1]))
+        return Network.from_lists(weights, biases), Batch(x, y)
+
+
+CASES = (
+    Case("L=2", (3, 2), 1, seed=1),
+    Case("width-1", (1, 1, 1, 1), 1, seed=2),
+    Case("deep L=7", (3, 4, 4, 4, 4, 4, 2), 7, seed=3),
+    Case("saturated", (4, 4, 4), 7, seed=5, saturate_layer_2=True),
+)
+"""Batch sizes 1 and 7; square layers (where a transposed w^l still has a valid shape) in "deep L=7" and
+"saturated". Few distinct shapes on purpose: JAX compiles each jitted program, and eagerly each primitive, once
+per shape, and compilation is most of this module's run time."""
+CASE = {case.name: case for case in CASES}
+
+
+def rounded(dtype: str, network: Network, batch: Batch) -> tuple[Network, Batch]:
+    """The point a ``dtype`` computation sees, in float64: every value rounded to the format and widened back exactly."""
+
+    def fn(values: np.ndarray) -> np.ndarray:
+        return round_to(dtype, values).astype(np.float64)
+
+    return network.map(fn), batch.map(fn)
+
+
+@pytest.fixture(scope="module")
+def adapter() -> JaxAdapter:
+    return JaxAdapter()
+
+
+def _ratio(got: np.ndarray, expected: np.ndarray, tol: np.ndarray) -> float:
+    """max |got − expected| / tol; inf where got is non-finite (the reference is finite here) or tol is 0 and they differ."""
+    g = np.asarray(got, dtype=np.float64)
+    diff = np.where(np.isfinite(g), np.abs(g - expected), np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, diff / tol)
+    return float(np.max(ratio, initial=0.0))
+
+
+def worst_ratios(adapter: JaxAdapter, case: Case, dtype: str, path: str) -> dict[str, float]:
+    """Worst error/bound ratio of each returned quantity for one case, after checking shapes and carrier dtypes.
+
+    Keys: "gradients" (every ∂C/∂w^l_jk and ∂C/∂b^l_j), "cost", "a", "z", and "delta" where the path returns δ^l.
+    A ratio above 1 is a failed verdict.
+    """
+    network, batch = rounded(dtype, *case.draw())
+    trace = backprop(network, batch)
+    precision = Precision.of(dtype, adapter.capabilities().accumulation_of(dtype))
+    tol = tolerance(network, batch, trace, precision)
+    out = adapter.run(network, batch, dtype=dtype, path=path)
+    _check_layout(out, network, batch, dtype)
+    ratios = {
+        "gradients": max(
+            max(_ratio(out.gradients.w[l], trace.gradients.w[l], tol.gradients.w[l]) for l in network.layers),
+            max(_ratio(out.gradients.b[l], trace.gradients.b[l], tol.gradients.b[l]) for l in network.layers),
+        ),
+        "cost": _ratio(np.array(out.cost), np.array(trace.cost), np.array(tol.cost)),
+        "a": max(_ratio(out.a[l], trace.a[l], tol.a[l]) for l in range(1, network.depth + 1)),
+        "z": max(_ratio(out.z[l], trace.z[l], tol.z[l]) for l in network.layers),
+    }
+    if out.delta is not None:
+        ratios["delta"] = max(_ratio(out.delta[l], trace.delta[l], tol.delta[l]) for l in network.layers)
+    return ratios
+
+
+def _check_layout(out: AdapterOutput, network: Network, batch: Batch, dtype: str) -> None:
+    """Page layout, the format's carrier dtype and values of the format, for every returned array."""
+    carrier = float_format(dtype).carrier
+    assert isinstance(out.cost, float)
+    for kind, l, g in out.gradients.items():
+        want = (network.w if kind == "w" else network.b)[l].shape
+        assert g.shape == want, f"∂C/∂{kind}^{l} has shape {g.shape}, expected {want}"
+        assert g.dtype == carrier, f"∂C/∂{kind}^{l} has dtype {g.dtype}, expected {carrier} for {dtype}"
+        assert is_representable(dtype, g), f"∂C/∂{kind}^{l} holds values that are not {dtype} values"
+    per_example: list[tuple[str, Mapping[int, np.ndarray] | None, range]] = [
+        ("a", out.a, range(1, network.depth + 1)),
+        ("z", out.z, network.layers),
+        ("δ", out.delta, network.layers),
+    ]
+    for symbol, values, layers in per_example:
+        if values is None:
+            continue
+        assert sorted(values) == list(layers), f"{symbol}^l keyed by {sorted(values)}, expected {list(layers)}"
+        for l in layers:
+            assert values[l].shape == (batch.size, network.widths[l - 1]), f"{symbol}^{l} has shape {values[l].shape}"
+            assert values[l].dtype == carrier, f"{symbol}^{l} has dtype {values[l].dtype}, expected {carrier}"
+
+
+# --- agreement with the reference ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", PATHS)
+def test_every_path_and_dtype_agrees_with_reference(adapter: JaxAdapter, path: str, dtype: str) -> None:
+    failures = []
+    for case in CASES:
+        ratios = worst_ratios(adapter, case, dtype, path)
+        failures += [f"{case.name}: worst |jax − reference|/bound of {what} = {r:.3g}" for what, r in ratios.items() if not r <= 1.0]
+    assert not failures, "\n".join(failures)
+
+
+def test_vjp_path_returns_delta_and_the_others_do_not(adapter: JaxAdapter) -> None:
+    """δ^l comes from the vjp path's zero perturbations of z^l; grad, jit and jacfwd differentiate only the parameters."""
+    network, batch = rounded("float32", *CASE["deep L=7"].draw())
+    for path in PATHS:
+        has_delta = adapter.run(network, batch, dtype="float32", path=path).delta is not None
+        assert has_delta == (path == "vjp"), path
+
+
+def test_saturated_case_saturates() -> None:
+    """The saturated fixture must really reach |z| > 40 in float32 and float64, or it tests nothing."""
+    case = next(c for c in CASES if c.saturate_layer_2)
+    for dtype in ("float32", "float64"):
+        trace = backprop(*rounded(dtype, *case.draw()))
+        z2 = np.abs(trace.z[2])
+        assert np.mean(z2 > 40) >= 0.5, f"{dtype}: only {np.mean(z2 > 40):.0%} of z^2 exceed 40"
+        assert np.all(np.abs(trace.z[3]) < 5), "the output layer must stay unsaturated so its gradients are informative"
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(depths=(3, 3), widths=(4, 4), batch_sizes=(7, 7)))
+def test_default_paths_agree_on_drawn_values(adapter: JaxAdapter, case: tuple[Network, Batch]) -> None:
+    """Hypothesis' awkward values (zeros, ±bounds, subnormals, repeats) on every default path and dtype.
+
+    The architecture is the saturated case's, so that no draw compiles anything new: the values vary, not the shapes.
+    """
+    for dtype in DTYPES:
+        network, batch = rounded(dtype, *case)
+        trace = backprop(network, batch)
+        tol = tolerance(network, batch, trace, Precision.of(dtype, adapter.capabilities().accumulation_of(dtype)))
+        for path in DEFAULT_PATHS:
+            out = adapter.run(network, batch, dtype=dtype, path=path)
+            for kind, l, g in out.gradients.items():
+                expected = (trace.gradients.w if kind == "w" else trace.gradients.b)[l]
+                bound = (tol.gradients.w if kind == "w" else tol.gradients.b)[l]
+                assert _ratio(g, expected, bound) <= 1.0, f"{path} {dtype} ∂C/∂{kind}^{l}: got {g}, expected {expected}, bound {bound}"
+
+
+# --- the adapter contract --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", PATHS)
+def test_contract_checks_pass(adapter: JaxAdapter, path: str, dtype: str) -> None:
+    """The suite's own contract checks: layout round trip (square layers), output shapes and dtypes, repeatability."""
+    network, batch = rounded(dtype, *CASE["deep L=7"].draw())
+    check_adapter(adapter, path, dtype, "cpu", network, batch)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_two_calls_give_identical_results(adapter: JaxAdapter, path: str) -> None:
+    """No state between calls: bit-identical gradients, cost and intermediates, with another input in between."""
+    network, batch = rounded("float32", *CASE["deep L=7"].draw())
+    other_network, other_batch = rounded("float32", *Case("other", CASE["deep L=7"].widths, 7, seed=99).draw())
+    first = adapter.run(network, batch, dtype="float32", path=path)
+    adapter.run(other_network, other_batch, dtype="float32", path=path)
+    second = adapter.run(network, batch, dtype="float32", path=path)
+    assert first.cost == second.cost
+    for (kind, l, g1), (_, _, g2) in zip(first.gradients.items(), second.gradients.items(), strict=True):
+        np.testing.assert_array_equal(g1, g2, err_msg=f"∂C/∂{kind}^{l}")
+    for l in network.layers:
+        np.testing.assert_array_equal(first.z[l], second.z[l])
+
+
+def test_load_parameters_round_trip_keeps_page_layout(adapter: JaxAdapter) -> None:
+    """w^l read back from JAX's (W, b) list is w^l itself: W[j-1, k-1] = w^l_jk, shape (n(l), n(l−1)), not transposed."""
+    network, _ = rounded("bfloat16", *CASE["deep L=7"].draw())
+    back = adapter.load_parameters(network, dtype="bfloat16")
+    for l in network.layers:
+        assert back.w[l].dtype == np.float32
+        np.testing.assert_array_equal(back.w[l], network.w[l])
+        np.testing.assert_array_equal(back.b[l], network.b[l])
+
+
+def test_capabilities(adapter: JaxAdapter) -> None:
+    caps = adapter.capabilities()
+    assert (caps.name, caps.framework, caps.version) == ("jax", "JAX", jax.__version__)
+    assert caps.dtypes == ("float64", "float32", "float16", "bfloat16")
+    assert caps.paths == ("grad", "jit", "jacfwd", "vjp")
+    assert caps.default_paths == DEFAULT_PATHS == ("grad", "jit", "vjp"), "jacfwd is opt-in: its cost grows with (parameters)²"
+    assert "cpu" in caps.devices
+    assert caps.accumulation_of("float16") == caps.accumulation_of("bfloat16") == "float32"
+    assert caps.accumulation_of("float32") == "float32"
+
+
+def test_registry_finds_the_adapter() -> None:
+    assert isinstance(resolve("jax").load(), JaxAdapter)
+
+
+def test_importing_the_module_does_not_import_jax() -> None:
+    """Adapter contract: listing adapters must never pay for (or fail on) importing the framework."""
+    code = "import sys, adapters.jax_adapter, adapters.registry; sys.exit(1 if 'jax' in sys.modules else 0)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"importing adapters.jax_adapter imported jax\n{result.stderr}"
+
+
+# --- x64 scoping and compilation caching -----------------------------------------------------------------
+
+
+def test_float64_call_leaves_x64_as_it_was(adapter: JaxAdapter) -> None:
+    """The suite runs in the user's process: 64-bit mode (off by default) must be as it was after a float64 call."""
+    network, batch = rounded("float64", *CASE["deep L=7"].draw())
+    before = bool(jax.config.jax_enable_x64)
+    out = adapter.run(network, batch, dtype="float64", path="jit")
+    assert out.gradients.w[2].dtype == np.float64
+    assert bool(jax.config.jax_enable_x64) == before
+    assert jax.numpy.zeros(1).dtype == (np.float64 if before else np.float32)
+
+
+_X64_SCRIPT = """
+import jax, numpy as np
+from adapters.jax_adapter import JaxAdapter
+from reference.model import Network, Batch
+net = Network.from_lists([np.array([[0.5, -1.0], [2.0, 0.25]])], [np.array([0.125, -0.5])])
+batch = Batch(np.array([[1.0, -2.0]]), np.array([[0.25, 0.75]]))
+before = bool(jax.config.jax_enable_x64)
+g64 = JaxAdapter().run(net, batch, dtype="float64", path="jit").gradients.w[2]
+g32 = JaxAdapter().run(net, batch, dtype="float32", path="grad").gradients.w[2]
+print(before, bool(jax.config.jax_enable_x64), g64.dtype, g32.dtype, jax.numpy.ones(1).dtype)
+"""
+
+
+def test_x64_stays_on_in_a_process_that_switched_it_on() -> None:
+    """The converse of the test above: a user who runs with 64-bit mode on keeps it on, and float32 stays float32."""
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    result = subprocess.run([sys.executable, "-c", _X64_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "float64", "float32", "float64"]
+
+
+@pytest.fixture
+def compilations() -> Iterator[list[str]]:
+    """The XLA compilations JAX performs while the test runs, one entry per compilation."""
+    events: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs: object) -> None:
+        if event == COMPILE_EVENT:
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_repeated_architecture_does_not_recompile(adapter: JaxAdapter, path: str, compilations: list[str]) -> None:
+    """A first call of a new shape compiles (so the counter works); a second one, with other values, compiles nothing."""
+    index = PATHS.index(path)
+    widths = (2, 3 + index, 3 + index, 2)  # shapes no other test uses, and distinct per path (eager paths share primitives)
+    network, batch = rounded("float32", *Case("fresh", widths, 6, seed=index).draw())
+    adapter.run(network, batch, dtype="float32", path=path)
+    assert compilations, "the first call of a new shape should compile something; is the compile event still recorded?"
+    compilations.clear()
+    network, batch = rounded("float32", *Case("fresh", widths, 6, seed=index + 10).draw())
+    adapter.run(network, batch, dtype="float32", path=path)
+    assert compilations == [], f"path {path!r} recompiled a repeated architecture {len(compilations)} time(s)"
+
+
+def test_jit_cache_keeps_float32_and_x64_traces_apart(adapter: JaxAdapter, compilations: list[str]) -> None:
+    """The float64 program is traced inside the x64 context and the float32 one outside it; both stay cached and
+    neither is used for the other: alternating dtypes compiles nothing and returns the same bits each time."""
+    network64, batch64 = rounded("float64", *CASE["deep L=7"].draw())
+    network32, batch32 = rounded("float32", *CASE["deep L=7"].draw())
+    first64 = adapter.run(network64, batch64, dtype="float64", path="jit")
+    first32 = adapter.run(network32, batch32, dtype="float32", path="jit")
+    compilations.clear()
+    for _ in range(2):
+        again64 = adapter.run(network64, batch64, dtype="float64", path="jit")
+        again32 = adapter.run(network32, batch32, dtype="float32", path="jit")
+        np.testing.assert_array_equal(again64.gradients.w[2], first64.gradients.w[2])
+        np.testing.assert_array_equal(again32.gradients.w[2], first32.gradients.w[2])
+        assert again64.gradients.w[2].dtype == np.float64 and again32.gradients.w[2].dtype == np.float32
+    assert compilations == []
+    assert not np.array_equal(first64.gradients.w[2], first32.gradients.w[2].astype(np.float64)), (
+        "float64 and float32 gave the same bits: one of them was not computed in its own format"
+    )
+
+
+# --- bad requests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragments"),
+    [
+        ({"dtype": "float8", "path": "jit"}, ["dtype 'float8'", "float64, float32, float16, bfloat16"]),
+        ({"dtype": "float32", "path": "eager"}, ["path 'eager'", "grad, jit, jacfwd, vjp"]),
+        ({"dtype": "float32", "path": "jit", "device": "tpu"}, ["device 'tpu'", "cpu"]),
+    ],
+)
+def test_unsupported_requests_name_the_adapter_and_the_valid_choices(adapter: JaxAdapter, kwargs: dict, fragments: list[str]) -> None:
+    network, batch = CASE["L=2"].draw()
+    with pytest.raises(JaxAdapterError) as info:
+        adapter.run(network, batch, **kwargs)
+    message = str(info.value)
+    assert message.startswith("jax adapter:")
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_values_the_format_cannot_hold_are_refused(adapter: JaxAdapter) -> None:
+    """0.1 is not a float16 value: converting it silently would give JAX a different network from the reference's."""
+    network = Network.from_lists([np.array([[0.1]])], [np.array([0.0])])
+    batch = Batch(np.array([[1.0]]), np.array([[0.5]]))
+    with pytest.raises(JaxAdapterError, match=r"w\^2 holds values that are not exactly representable in float16.*round_to"):
+        adapter.run(network, batch, dtype="float16", path="grad")
+    with pytest.raises(JaxAdapterError, match=r"w\^2 .* bfloat16"):
+        adapter.load_parameters(network, dtype="bfloat16")
+
+
+def test_a_batch_that_does_not_fit_the_network_is_refused(adapter: JaxAdapter) -> None:
+    network, _ = CASE["L=2"].draw()
+    with pytest.raises(ModelError, match=r"x has 2 columns but the input layer 1 has n\(1\) = 3"):
+        adapter.run(network, Batch(np.zeros((1, 2)), np.zeros((1, 2))), dtype="float64", path="grad")
