@@ -44,11 +44,18 @@ from reference.model import Batch, Gradients, Network, check_compatible
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
 PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp")
-DEFAULT_PATHS: tuple[str, ...] = ("grad", "jit", "vjp")
-"""``jacfwd`` is supported but opt-in: forward mode pushes one tangent per parameter, so its time and memory grow
-with the square of the parameter count. Measured on 2 CPU cores for a depth-8, width-64 net (29,120 parameters,
-batch 32): 6 s per call and 4.0 GB peak memory in float32, 8 s and 7.8 GB in float64, where ``"jit"`` takes 3 ms
-and 0.25 GB. On the small nets of the design note's lower range it is as fast as the others (7 ms, 26 parameters)."""
+DEFAULT_PATHS: tuple[str, ...] = ("jit",)
+"""The paths a plain ``pytest conformance`` runs: ``jit``, the canonical ``jax.jit(jax.grad(loss))`` training
+step.
+
+``grad`` and ``vjp`` (eager) are supported but opt-in (``--path grad``, ``--all-paths``): eager dispatch
+compiles every primitive for every new operand shape, ~0.7 s per new network shape on 2 CPU cores against ~0.2
+s for ``jit`` (measured over the suite's shape pool: 11 s for grad, 3 s for jit, per dtype), which alone would
+take the default run past its 60 s budget. ``jacfwd`` is opt-in too: forward mode pushes one tangent per
+parameter, so its time and memory grow with the square of the parameter count. Measured on 2 CPU cores for a
+depth-8, width-64 net (29,120 parameters, batch 32): 6 s per call and 4.0 GB peak memory in float32, 8 s and
+7.8 GB in float64, where ``"jit"`` takes 3 ms and 0.25 GB. On the small nets of the design note's lower range
+it is as fast as the others (7 ms, 26 parameters)."""
 
 ACCUMULATION: dict[str, str] = {"float16": "float32", "bfloat16": "float32"}
 """float16 and bfloat16 dot products accumulate in float32 in XLA on CPU (measured with jax 0.10.2: a length-1024

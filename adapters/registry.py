@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 from dataclasses import dataclass
 
 from adapters.base import Adapter
@@ -43,13 +44,22 @@ class AdapterSpec:
         return [module for module in self.requires if not _installed(module)]
 
     def load(self) -> Adapter:
-        """Import and instantiate the adapter, or raise :class:`AdapterUnavailable` with the reason."""
-        missing = self.missing()
-        if missing:
-            raise AdapterUnavailable(f"skipped: {', '.join(missing)} not installed (needed by adapter {self.name!r})")
+        """Import and instantiate the adapter, or raise :class:`AdapterUnavailable` with the reason.
+
+        A module that does not exist is a wrong name (:class:`UnknownAdapter`), not a missing framework:
+        a typo on the command line must fail the run, not skip it and pass having tested nothing.
+        """
+        self._raise_if_missing(self.requires)
         module_name, _, attribute = self.target.partition(":")
         try:
             module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            parents = {".".join(module_name.split(".")[: i + 1]) for i in range(module_name.count(".") + 1)}
+            if exc.name in parents:
+                raise UnknownAdapter(
+                    f"adapter {self.name!r}: there is no module {exc.name!r} (from {self.source}: {self.target})"
+                ) from None
+            raise AdapterUnavailable(f"skipped: adapter {self.name!r} could not be imported from {module_name!r}: {exc}") from exc
         except ImportError as exc:
             raise AdapterUnavailable(f"skipped: adapter {self.name!r} could not be imported from {module_name!r}: {exc}") from exc
         try:
@@ -58,16 +68,35 @@ class AdapterSpec:
             raise UnknownAdapter(
                 f"module {module_name!r} has no attribute {attribute!r} (adapter {self.name!r}, from {self.source})"
             ) from None
-        adapter = obj() if isinstance(obj, type) else obj
-        if not isinstance(adapter, Adapter):
+        if isinstance(obj, type):
+            if not issubclass(obj, Adapter):
+                raise UnknownAdapter(
+                    f"{self.target} is the class {obj.__name__}, not an adapters.base.Adapter subclass (see docs/adapters.md)"
+                )
+            if inspect.isabstract(obj):
+                missing_methods = ", ".join(sorted(obj.__abstractmethods__))
+                raise UnknownAdapter(f"{self.target} is abstract: it does not implement {missing_methods} (see docs/adapters.md)")
+            self._raise_if_missing(obj.requires)
+            try:
+                obj = obj()
+            except TypeError as exc:
+                raise UnknownAdapter(f"{self.target} cannot be instantiated without arguments: {exc}") from None
+        if not isinstance(obj, Adapter):
             raise UnknownAdapter(
-                f"{self.target} is a {type(adapter).__name__}, not an adapters.base.Adapter subclass or instance "
-                "(see docs/adapters.md for the contract)"
+                f"{self.target} is a {type(obj).__name__}, not an adapters.base.Adapter subclass or instance (see docs/adapters.md)"
             )
-        missing = [module for module in type(adapter).requires if not _installed(module)]
+        self._raise_if_missing(type(obj).requires)
+        return obj
+
+    def _raise_if_missing(self, requires: tuple[str, ...]) -> None:
+        missing = [module for module in requires if not _installed(module)]
         if missing:
             raise AdapterUnavailable(f"skipped: {', '.join(missing)} not installed (needed by adapter {self.name!r})")
-        return adapter
+
+    @property
+    def requested_as(self) -> str:
+        """How to name this adapter again on a command line (``--backend``): its name, or its ``module:attribute``."""
+        return self.target if self.source == "command line" else self.name
 
 
 def _installed(module: str) -> bool:

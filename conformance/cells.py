@@ -1,0 +1,111 @@
+"""The declarative table of what is tested: one cell per (backend, path, dtype, device).
+
+Each adapter declares its capabilities (:class:`adapters.base.Capabilities`); the table is their
+product, filtered by the user's ``--backend``/``--path``/``--dtype``/``--device`` options. Tests are
+generated from it, so a new adapter, path or dtype needs no new test code, and a backend that cannot
+run here still appears in the run, as a skip with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adapters.base import Adapter, Capabilities
+from adapters.registry import BUILTIN, AdapterSpec, AdapterUnavailable, resolve
+from reference.dtypes import FORMATS
+
+
+class SelectionError(ValueError):
+    """An option names something no selected backend offers; the message lists what is valid."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination the suite tests; its :attr:`id` is the pytest parameter id."""
+
+    backend: str
+    path: str
+    dtype: str
+    device: str = "cpu"
+
+    @property
+    def id(self) -> str:
+        parts = [self.backend, self.path, self.dtype] + ([self.device] if self.device != "cpu" else [])
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A requested adapter: loaded with its capabilities, or unavailable with the reason."""
+
+    spec: AdapterSpec
+    adapter: Adapter | None = None
+    capabilities: Capabilities | None = None
+    unavailable: str | None = None
+
+
+def load_backends(names: Sequence[str]) -> list[Backend]:
+    """Resolve and load each named adapter (built-in name or ``module:attribute``).
+
+    An adapter whose framework is missing comes back with ``unavailable`` set instead of raising, so
+    the run can report it as skipped; an unknown name raises :class:`adapters.registry.UnknownAdapter`.
+    """
+    backends = []
+    by_name: dict[str, AdapterSpec] = {}
+    for name in dict.fromkeys(names or BUILTIN):
+        spec = resolve(name)
+        try:
+            adapter = spec.load()
+        except AdapterUnavailable as exc:
+            backends.append(Backend(spec, unavailable=str(exc)))
+            continue
+        caps = adapter.capabilities()
+        # Capability names key the cells, the reproducers and the known defects: two adapters under one
+        # name would silently test only the first, and a plug-in calling itself "torch" would inherit
+        # torch's known-defect xfails.
+        if caps.name in by_name:
+            raise SelectionError(
+                f"two adapters declare the name {caps.name!r} ({by_name[caps.name].target} and {spec.target}); names must be unique"
+            )
+        if caps.name in BUILTIN and spec.source != "built-in":
+            raise SelectionError(f"{spec.target} declares the name {caps.name!r}, which belongs to a built-in adapter; choose another")
+        by_name[caps.name] = spec
+        backends.append(Backend(spec, adapter, caps))
+    return backends
+
+
+def select_cells(
+    backends: Sequence[Backend],
+    paths: Sequence[str] = (),
+    dtypes: Sequence[str] = (),
+    devices: Sequence[str] = ("cpu",),
+    all_paths: bool = False,
+) -> list[Cell]:
+    """The table: every loaded backend's (path, dtype, device) that the filters allow.
+
+    Without ``paths``, each backend's default paths run (opt-in ones, such as ``torch.compile``, only
+    when named, or with ``all_paths``). A name that no loaded backend offers is an error listing the
+    valid names, so that a typo cannot silently select nothing.
+    """
+    loaded = [b.capabilities for b in backends if b.capabilities is not None]
+    if loaded:
+        _check_names("path", paths, sorted({p for c in loaded for p in c.paths}))
+        _check_names("dtype", dtypes, sorted({d for c in loaded for d in c.dtypes}))
+        _check_names("device", devices, sorted({d for c in loaded for d in c.devices}))
+    else:
+        _check_names("dtype", dtypes, list(FORMATS))
+    cells = []
+    for caps in loaded:
+        chosen = caps.paths if all_paths else [p for p in caps.paths if p in paths] if paths else caps.default_paths
+        for path in chosen:
+            for dtype in [d for d in caps.dtypes if d in dtypes] if dtypes else caps.dtypes:
+                for device in [d for d in caps.devices if d in devices]:
+                    cells.append(Cell(caps.name, path, dtype, device))
+    return cells
+
+
+def _check_names(what: str, requested: Sequence[str], valid: list[str]) -> None:
+    unknown = [name for name in requested if name not in valid]
+    if unknown:
+        raise SelectionError(f"unknown --{what} {', '.join(map(repr, unknown))}; the selected backends offer {', '.join(valid)}")

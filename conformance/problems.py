@@ -1,0 +1,52 @@
+"""One test case: a network and a batch at a point representable in the format under test.
+
+A framework computing in float32 can only be handed float32 numbers. The suite therefore rounds the
+parameters and data to the format first and evaluates the float64 reference at exactly those rounded
+values: the comparison is then between two computations of the same mathematical function at the
+same point, and every difference is rounding error of the computations (bounded by the error bound)
+or a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from reference.dtypes import float_format, round_to
+from reference.model import Batch, Network
+from reference.vectorized import BackpropTrace, backprop
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A network and batch whose values are all exactly representable in ``dtype`` (held in float64)."""
+
+    network: Network
+    batch: Batch
+    dtype: str
+
+    @classmethod
+    def rounded(cls, network: Network, batch: Batch, dtype: str) -> Problem:
+        """Round ``network`` and ``batch`` to ``dtype`` and hold the result in float64."""
+        float_format(dtype)
+
+        def to_format(values: np.ndarray) -> np.ndarray:
+            return round_to(dtype, np.asarray(values, dtype=np.float64)).astype(np.float64)
+
+        return cls(network.astype(np.float64).map(to_format), batch.astype(np.float64).map(to_format), dtype)
+
+    @cached_property
+    def trace(self) -> BackpropTrace:
+        """The float64 reference at this exact point (computed once, shared by verdict and diagnosis)."""
+        return backprop(self.network, self.batch)
+
+    @property
+    def max_abs_z(self) -> float:
+        """Largest |z^l_j| over the whole batch: how deep into saturation this case goes."""
+        return float(max(np.max(np.abs(z)) for z in self.trace.z.values()))
+
+    def describe(self) -> str:
+        """One line for failure messages: architecture, batch size, saturation."""
+        return f"widths {self.network.widths} (L = {self.network.depth}), batch B = {self.batch.size}, max |z| = {self.max_abs_z:.4g}"

@@ -1,0 +1,151 @@
+"""Hypothesis strategies for whole networks: architectures, scales, data and targets.
+
+Why the values come from a seeded numpy generator and not from hypothesis' own float strategies:
+a depth-8, width-64 network has ~30,000 parameters, and drawing each through hypothesis would
+dominate the run time. Hypothesis draws the *structure* (depth, widths, batch size, scales, kind of
+targets) and a seed; shrinking acts on the structure, so a failure shrinks to the smallest network,
+batch and scale that still fails, which is what a bug report needs.
+
+The corners the strategies reach, and why each matters:
+
+* depth L from 2 to 8: errors compound through the backward recursion;
+* widths from 1 to 64, with width-1 layers and equal adjacent widths (a transposed square weight
+  gradient has the right shape and is only caught when the layer is square);
+* batch from 1 to 16 (a gradient taken from one example only, or a mean instead of a sum);
+* weight and bias scales up to saturation: |z| beyond 40 in float32 and beyond 800 in float64, where
+  σ′ computed as a(1 − a) degrades and then vanishes;
+* targets equal to the outputs (zero residual), binary targets, and targets within rounding of the
+  outputs, besides uniform ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import assume
+from hypothesis import strategies as st
+
+from conformance.problems import Problem
+from reference.dtypes import float_format
+from reference.model import Batch, Network
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest network the strategies generate (the ``large`` profile raises them)."""
+
+    max_depth: int = 8
+    max_width: int = 64
+    max_batch: int = 16
+
+
+DEFAULT_LIMITS = Limits()
+
+Z_REACH: dict[str, float] = {"float64": 1000.0, "float32": 100.0, "bfloat16": 100.0, "float16": 30.0}
+"""How far into saturation biases reach, per format: beyond 800 in float64 and 40 in float32/bfloat16
+(the design card's corners). float16 stops earlier: its range (65504) must hold every intermediate."""
+
+OVERFLOW_MARGIN = 64.0
+"""A case is rejected when any reference value exceeds finfo.max / OVERFLOW_MARGIN of the format:
+it would overflow in the framework for reasons that have nothing to do with gradients."""
+
+WEIGHT_SCALES = (1.0, 0.1, 4.0, 30.0)
+INPUT_SCALES = (1.0, 0.01, 10.0)
+TARGET_KINDS = ("uniform", "outputs", "binary", "near-outputs")
+
+
+@st.composite
+def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int, ...]:
+    """Widths (n(1), ..., n(L)); each layer either repeats the previous width or draws a new one.
+
+    The width cap is drawn first so that most networks are small and fast while some reach the
+    limit; both shrink toward 1.
+    """
+    depth = draw(st.integers(2, limits.max_depth), label="L")
+    cap = draw(st.sampled_from(sorted({1, 4, 16, limits.max_width})), label="width cap")
+    widths = [draw(st.integers(1, cap), label="n(1)")]
+    for l in range(2, depth + 1):
+        repeat = draw(st.booleans(), label=f"n({l}) = n({l - 1})")
+        widths.append(widths[-1] if repeat else draw(st.integers(1, cap), label=f"n({l})"))
+    return tuple(widths)
+
+
+SHAPE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
+    ((1, 1), 1),
+    ((2, 2), 3),
+    ((3, 1, 2), 2),
+    ((4, 4, 4), 1),
+    ((1, 3, 3, 1), 5),
+    ((7, 2), 10),
+    ((2, 3, 4, 3, 2), 7),
+    ((5, 5, 5, 5, 5), 9),
+    ((8, 16, 8), 16),
+    ((33, 4, 2), 4),
+    ((6, 40, 40, 3), 2),
+    ((64, 64), 3),
+    ((3, 3, 3, 3, 3, 3, 3), 4),
+    ((16, 64, 16, 1), 12),
+    ((2, 5, 1, 5, 2, 5, 1, 3), 6),
+    ((4, 4, 4, 4, 4, 4, 4, 4), 16),
+)
+"""Architectures (widths, batch size) most examples are drawn from; every corner of the default limits
+is in it: L = 2 and L = 8, width-1 layers, square layers, widths 33 and 64, batch 1, 9 and 16.
+
+Why a pool: compiling frameworks pay per *shape*. ``jax.jit`` compiles each new (widths, batch) in
+~0.2 s and eager ``jax.grad`` compiles every primitive for each new operand shape, while a repeated
+shape runs in about a millisecond. Values, scales and targets are drawn fresh for every example either
+way; only the shape is reused, so the cost of a run is bounded by the pool instead of growing with
+the number of examples.
+"""
+
+FREE_SHAPE_ODDS = 8
+"""One example in this many draws its shape freely from the full limits instead of from the pool;
+shrinking moves toward the free branch, so a failure still shrinks to the smallest failing network."""
+
+
+@st.composite
+def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[tuple[int, ...], int]:
+    """(widths, batch size): from :data:`SHAPE_POOL` (within ``limits``), or free one time in :data:`FREE_SHAPE_ODDS`."""
+    pool = [(w, b) for w, b in SHAPE_POOL if len(w) <= limits.max_depth and max(w) <= limits.max_width and b <= limits.max_batch]
+    if draw(st.integers(0, FREE_SHAPE_ODDS - 1), label="shape from pool") and pool:
+        return draw(st.sampled_from(pool), label="pooled shape")
+    return draw(architectures(limits)), draw(st.integers(1, limits.max_batch), label="B")
+
+
+@st.composite
+def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS) -> Problem:
+    """A network and batch in ``dtype`` (held in float64, see :class:`Problem`)."""
+    float_format(dtype)
+    widths, batch_size = draw(shapes(limits))
+    weight_scale = draw(st.sampled_from(WEIGHT_SCALES), label="weight scale")
+    bias_scale = draw(st.sampled_from((1.0, 0.1, 10.0, Z_REACH[dtype])), label="bias scale")
+    input_scale = draw(st.sampled_from(INPUT_SCALES), label="input scale")
+    targets = draw(st.sampled_from(TARGET_KINDS), label="targets")
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+
+    rng = np.random.default_rng(seed)
+    weights = [rng.standard_normal((widths[i + 1], widths[i])) * weight_scale / np.sqrt(widths[i]) for i in range(len(widths) - 1)]
+    biases = [rng.standard_normal(widths[i + 1]) * bias_scale for i in range(len(widths) - 1)]
+    x = rng.standard_normal((batch_size, widths[0])) * input_scale
+    provisional = Problem.rounded(Network.from_lists(weights, biases), Batch(x, np.zeros((batch_size, widths[-1]))), dtype)
+    outputs = provisional.trace.a[len(widths)]
+    if targets == "uniform":
+        y = rng.uniform(size=outputs.shape)
+    elif targets == "binary":
+        y = rng.integers(0, 2, size=outputs.shape).astype(np.float64)
+    elif targets == "outputs":
+        y = outputs
+    else:
+        y = outputs * (1 + rng.standard_normal(outputs.shape) * 4 * float_format(dtype).u)
+    problem = Problem.rounded(provisional.network, Batch(provisional.batch.x, y), dtype)
+    assume(_fits(problem))
+    return problem
+
+
+def _fits(problem: Problem) -> bool:
+    """True when no reference value comes near the format's overflow threshold."""
+    limit = float_format(problem.dtype).largest / OVERFLOW_MARGIN
+    trace = problem.trace
+    arrays = [*trace.z.values(), *trace.dC_da.values(), *trace.delta.values(), *(g for _, _, g in trace.gradients.items())]
+    return all(float(np.max(np.abs(v))) <= limit for v in arrays) and abs(trace.cost) <= limit

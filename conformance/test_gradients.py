@@ -1,0 +1,31 @@
+"""The conformance property: for every generated network, each cell's gradients are within the bound.
+
+One test item per cell (``test_gradients[torch-eager-float32]``); hypothesis draws the networks
+(:mod:`conformance.strategies`), steers toward the largest error/bound ratio with ``target``, and
+shrinks a failure to the smallest failing network. A failure also writes a reproducer case file.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, target
+from hypothesis import strategies as st
+
+from conformance.cells import Cell
+from conformance.plugin import adapter_for, record
+from conformance.strategies import problems
+from conformance.verdict import run_and_judge
+
+RATIO_CAP = 1e6
+"""hypothesis.target needs a finite score; ratios beyond this are failures anyway."""
+
+
+@given(data=st.data())
+def test_gradients(cell: Cell, data: st.DataObject, request: pytest.FixtureRequest) -> None:
+    """Every ∂C/∂w^l_jk and ∂C/∂b^l_j agrees with the reference within K·(E_framework + E_reference)."""
+    adapter = adapter_for(request.config, cell).adapter
+    problem = data.draw(problems(cell.dtype), label="problem")
+    verdict = run_and_judge(adapter, cell, problem)
+    record(request.config, request.node, cell, verdict)
+    target(min(verdict.worst_ratio, RATIO_CAP), label="error/bound")
+    assert verdict.passed, verdict.message()

@@ -1,0 +1,654 @@
+"""The proof of power: hand-written backprop adapters with exactly one planted bug each, and correct ones.
+
+A conformance suite is only worth its green when it turns red for a wrong framework. This module is a
+catalogue of adapters that the real suite (``pytest conformance``, default profile) must fail, each
+differing from a correct implementation in exactly one small hook, plus correct implementations that
+round differently (another σ′ formula, another summation order) and must pass. ``tests/test_mutants.py``
+runs the suite against all of them at once; ``benchmarks/kill_table.py`` prints which test caught which.
+
+Every adapter here is third-party from the suite's point of view: it is named on the command line as
+``--backend tests.mutants:ClassName`` (``tests`` is a namespace package: no ``__init__.py``).
+
+The page's notation throughout: layers l = 1..L with layer 1 the input, z^l = w^l a^{l−1} + b^l,
+a^l = σ(z^l), C = Σ_x 1/2 Σ_j (y_j − a^L_j)², δ^l = ∂C/∂z^l, ∂C/∂w^l_jk = Σ_x δ^l_j a^{l−1}_k and
+∂C/∂b^l_j = Σ_x δ^l_j. Per-example arrays have one row per example, shape (B, n(l)).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from adapters.base import Adapter, AdapterOutput, Capabilities
+from reference.dtypes import float_format
+from reference.model import Batch, Gradients, Network
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODULE = "tests.mutants"
+"""The import name the suite's subprocess uses, run from :data:`REPO_ROOT` (``tests/test_mutants.py`` imports this
+file as ``mutants``, the sibling-module convention of this test directory, so ``__name__`` cannot be used)."""
+PATH = "manual"
+"""The one execution path every adapter here declares."""
+
+Arrays = Mapping[int, np.ndarray]
+
+
+class ManualBackprop(Adapter):
+    """Correct: backprop written out by hand in numpy, σ′(z) = σ(z)·σ(−z) from a stable σ.
+
+    The reference implementation every mutant below starts from. Each step of the page's derivation
+    is one small method (a hook), so that a mutant is a subclass overriding exactly one hook.
+
+    The framework layout of a weight is the transpose of the page's: the adapter stores w^l as an
+    (n(l−1), n(l)) matrix W^l and computes z^l = a^{l−1} W^l + b^l, as a framework that multiplies
+    row vectors from the left does. That makes the layout round trip of
+    :meth:`load_parameters` a real conversion that can be got wrong.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("numpy",)
+    name: ClassVar[str] = "ok-stable"
+    dtypes: ClassVar[tuple[str, ...]] = ("float64", "float32")
+    cost_factor: ClassVar[float] = 0.5
+    """The ½ of C = Σ_x 1/2 Σ_j (y_j − a^L_j)²; ∂C/∂a^L_j = 2·cost_factor·(a^L_j − y_j)."""
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            name=self.name,
+            framework=f"NumPy hand-written backprop ({type(self).__name__}, tests/mutants.py)",
+            version=np.__version__,
+            dtypes=self.dtypes,
+            paths=(PATH,),
+            default_paths=(PATH,),
+        )
+
+    # Layout: page (n(l), n(l−1)) <-> framework (n(l−1), n(l)).
+
+    def to_framework_layout(self, w_l: np.ndarray) -> np.ndarray:
+        """W^l = (w^l)ᵀ: row k of W^l holds the weights leaving neuron k of layer l−1."""
+        return np.ascontiguousarray(w_l.T)
+
+    def from_framework_layout(self, stored: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Read W^l back in page layout: w^l = (W^l)ᵀ, of shape (n(l), n(l−1))."""
+        return stored.T
+
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        carrier = float_format(dtype).carrier
+        stored = {l: self.to_framework_layout(network.w[l].astype(carrier)) for l in network.layers}
+        return Network(
+            {l: self.from_framework_layout(stored[l], network.w[l].shape) for l in network.layers},
+            {l: network.b[l].astype(carrier) for l in network.layers},
+        )
+
+    # Forward pass.
+
+    def weighted_input(self, l: int, W_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray) -> np.ndarray:
+        """z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j for every example, as a^{l−1} W^l + b^l."""
+        return a_prev @ W_l + b_l
+
+    def sigmoid(self, z: np.ndarray) -> np.ndarray:
+        """σ(z) = 1/(1 + e^{−z}), exponentiating only −|z| so that nothing overflows."""
+        e = np.exp(-np.abs(z))
+        return np.where(z >= 0, 1, e) / (1 + e)
+
+    def sigma_prime(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """σ′(z) = σ(z)·σ(−z): the symmetric form, accurate to a few ulps relative even when a^l rounds to 1."""
+        return self.sigmoid(z) * self.sigmoid(-z)
+
+    # The cost and its derivative; the weights make a mean over outputs or examples a one-hook bug.
+
+    def output_weight(self, n_L: int) -> float:
+        """The weight of each output j in C: 1, since the page sums over j = 1..n(L)."""
+        return 1.0
+
+    def example_weight(self, B: int) -> float:
+        """The weight of each example in C: 1, since the suite's C sums over the batch."""
+        return 1.0
+
+    def cost(self, a_L: np.ndarray, y: np.ndarray) -> float:
+        """C = Σ_x 1/2 Σ_j (y_j − a^L_j)²."""
+        r = y - a_L
+        weight = self.cost_factor * self.output_weight(a_L.shape[1]) * self.example_weight(a_L.shape[0])
+        return float(weight * np.sum(r * r))
+
+    def output_gradient(self, a_L: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """∂C/∂a^L_j = a^L_j − y_j (the ½ cancels the 2 of the square)."""
+        weight = 2 * self.cost_factor * self.output_weight(a_L.shape[1]) * self.example_weight(a_L.shape[0])
+        return weight * (a_L - y)
+
+    # Backward pass.
+
+    def output_error(self, dC_da_L: np.ndarray, sp_L: np.ndarray) -> np.ndarray:
+        """δ^L_j = ∂C/∂a^L_j σ′(z^L_j) (the page's base case, with the prime it lost)."""
+        return dC_da_L * sp_L
+
+    def hidden_error(self, l: int, L: int, W_next: np.ndarray, delta_next: np.ndarray, sp_l: np.ndarray) -> np.ndarray:
+        """δ^l_j = (Σ_i δ^{l+1}_i w^{l+1}_ij) σ′(z^l_j); with W^{l+1} = (w^{l+1})ᵀ the sum is δ^{l+1} (W^{l+1})ᵀ."""
+        return (delta_next @ W_next.T) * sp_l
+
+    def batch_sum(self, per_example: np.ndarray) -> np.ndarray:
+        """Σ_x over the leading (example) axis."""
+        return per_example.sum(axis=0)
+
+    def weight_gradient(self, l: int, delta: Arrays, a: Arrays) -> np.ndarray:
+        """∂C/∂w^l_jk = Σ_x δ^l_j(x) a^{l−1}_k(x), in page layout (n(l), n(l−1))."""
+        return self.batch_sum(delta[l][:, :, None] * a[l - 1][:, None, :])
+
+    def bias_gradient(self, l: int, delta_l: np.ndarray) -> np.ndarray:
+        """∂C/∂b^l_j = Σ_x δ^l_j(x): the page's ``???``, the weight formula with a^{l−1}_k replaced by 1."""
+        return self.batch_sum(delta_l)
+
+    def gradient_layers(self, L: int) -> range:
+        """The layers that have parameters, l = 2..L."""
+        return range(2, L + 1)
+
+    def returned(self, kind: str, l: int, gradient: np.ndarray, carrier: np.dtype) -> np.ndarray:
+        """The gradient as handed to the suite: in the requested format's carrier dtype, nothing kept."""
+        return gradient.astype(carrier)
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        carrier = float_format(dtype).carrier
+        L = network.depth
+        W = {l: self.to_framework_layout(network.w[l].astype(carrier)) for l in network.layers}
+        b = {l: network.b[l].astype(carrier) for l in network.layers}
+        y = batch.y.astype(carrier)
+        a: dict[int, np.ndarray] = {1: batch.x.astype(carrier)}
+        z: dict[int, np.ndarray] = {}
+        for l in network.layers:
+            z[l] = self.weighted_input(l, W[l], a[l - 1], b[l])
+            a[l] = self.sigmoid(z[l])
+        sp = {l: self.sigma_prime(z[l], a[l]) for l in network.layers}
+        delta: dict[int, np.ndarray] = {L: self.output_error(self.output_gradient(a[L], y), sp[L])}
+        for l in range(L - 1, 1, -1):
+            delta[l] = self.hidden_error(l, L, W[l + 1], delta[l + 1], sp[l])
+        layers = self.gradient_layers(L)
+        gradients = Gradients(
+            {l: self.returned("w", l, self.weight_gradient(l, delta, a), carrier) for l in layers},
+            {l: self.returned("b", l, self.bias_gradient(l, delta[l]), carrier) for l in layers},
+        )
+        return AdapterOutput(gradients, self.cost(a[L], y), a=a, z=z, delta=delta)
+
+
+# Correct variants: the same mathematics, rounded differently. The suite must pass every one.
+
+
+class OutputSigmaPrime(ManualBackprop):
+    """Correct: the textbook σ(z) = 1/(1 + e^{−z}) and σ′ computed from the output, a(1 − a).
+
+    This is what torch and jax do; a(1 − a) loses all relative accuracy once a^l rounds to 1
+    (z ≳ 36.7 in float64, ≳ 16.6 in float32), and the bound's E_s term must allow exactly that.
+    """
+
+    name = "ok-output-sigma-prime"
+
+    def sigmoid(self, z: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # e^{−z} overflows to inf for very negative z, and 1/inf = 0 is right
+            return 1 / (1 + np.exp(-z))
+
+    def sigma_prime(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return a * (1 - a)
+
+
+class MatmulBatchSum(ManualBackprop):
+    """Correct: the batch sums done by BLAS, ∂C/∂w^l = (δ^l)ᵀ a^{l−1}, and numpy's pairwise sum for b^l.
+
+    A different summation order over the batch (and a fused multiply-add where BLAS uses one), so
+    its rounding differs from the outer-product-then-sum of the base class.
+    """
+
+    name = "ok-matmul-batch-sum"
+
+    def weight_gradient(self, l: int, delta: Arrays, a: Arrays) -> np.ndarray:
+        return delta[l].T @ a[l - 1]
+
+    def bias_gradient(self, l: int, delta_l: np.ndarray) -> np.ndarray:
+        return np.sum(delta_l.T, axis=1)
+
+
+class ReversedLoopBatchSum(ManualBackprop):
+    """Correct: per-example accumulation in a Python loop, last example first.
+
+    The order of the B − 1 additions is reversed; the bound's γ_B covers every order.
+    """
+
+    name = "ok-reversed-loop"
+
+    def batch_sum(self, per_example: np.ndarray) -> np.ndarray:
+        total = np.zeros_like(per_example[0])
+        for term in per_example[::-1]:
+            total = total + term
+        return total
+
+
+CORRECT: tuple[type[ManualBackprop], ...] = (ManualBackprop, OutputSigmaPrime, MatmulBatchSum, ReversedLoopBatchSum)
+"""Implementations the default suite must pass."""
+
+
+# Mutants: one planted bug each. The docstring's first line is the bug; the rest says what catches it.
+
+
+class SigmaTypo(ManualBackprop):
+    """σ(z) in place of σ′(z) everywhere: the page's own typo, taken literally.
+
+    Caught by: any unsaturated unit with a nonzero residual (σ(z) ≥ σ′(z) by a factor of 4 or more).
+    """
+
+    name = "mut-sigma-typo"
+
+    def sigma_prime(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return a
+
+
+class CostWithoutHalf(ManualBackprop):
+    """The ½ is missing from the cost, C = Σ (y − a)²: the cost and every gradient are doubled.
+
+    Caught by: any network with a nonzero residual (ratio grows with |g| / bound, about 1/u).
+    """
+
+    name = "mut-no-half"
+    cost_factor = 1.0
+
+
+class MeanOverOutputs(ManualBackprop):
+    """A mean instead of a sum over the outputs j: C and every gradient divided by n(L).
+
+    Caught by: any output layer with n(L) ≥ 2 (with n(L) = 1 the mean is the sum).
+    """
+
+    name = "mut-mean-outputs"
+
+    def output_weight(self, n_L: int) -> float:
+        return 1.0 / n_L
+
+
+class MeanOverBatch(ManualBackprop):
+    """A mean instead of a sum over the batch: C and every gradient divided by B.
+
+    Caught by: any batch with B ≥ 2 (with B = 1 the mean is the sum).
+    """
+
+    name = "mut-mean-batch"
+
+    def example_weight(self, B: int) -> float:
+        return 1.0 / B
+
+
+class TransposedSquareGradient(ManualBackprop):
+    """∂C/∂w^l returned transposed when w^l is square, so the shape is right and only the values are wrong.
+
+    Caught by: a square layer, n(l) = n(l−1) ≥ 2, which the architectures draw on purpose (each
+    layer repeats the previous width half the time); the contract network's square w^3 does not
+    catch it because the contract checks only the parameter round trip and the output's form.
+    """
+
+    name = "mut-transposed-square"
+
+    def weight_gradient(self, l: int, delta: Arrays, a: Arrays) -> np.ndarray:
+        g = super().weight_gradient(l, delta, a)
+        return g.T if g.shape[0] == g.shape[1] else g
+
+
+class CrossEntropyShortcut(ManualBackprop):
+    """δ^L = a^L − y: the cross-entropy shortcut applied to the quadratic cost, σ′(z^L) forgotten at the output.
+
+    Caught by: any nonzero residual at an unsaturated output (the true δ^L is at most a quarter of it).
+    """
+
+    name = "mut-cross-entropy-delta"
+
+    def output_error(self, dC_da_L: np.ndarray, sp_L: np.ndarray) -> np.ndarray:
+        return dC_da_L
+
+
+class ZeroBiasGradient(ManualBackprop):
+    """∂C/∂b^l = 0 for every layer: the bias gradient the page leaves as ``???``, never filled in.
+
+    Caught by: any nonzero δ; the verdict says "framework returned exactly 0".
+    """
+
+    name = "mut-zero-bias"
+
+    def bias_gradient(self, l: int, delta_l: np.ndarray) -> np.ndarray:
+        return np.zeros_like(delta_l[0])
+
+
+class WrongLayerActivation(ManualBackprop):
+    """∂C/∂w^l uses a^l instead of a^{l−1} wherever the shapes allow it (an off-by-one in the layer index).
+
+    Caught by: a square layer n(l) = n(l−1), where the wrong activation has the right shape.
+    """
+
+    name = "mut-wrong-layer-activation"
+
+    def weight_gradient(self, l: int, delta: Arrays, a: Arrays) -> np.ndarray:
+        source = a[l] if a[l].shape == a[l - 1].shape else a[l - 1]
+        return self.batch_sum(delta[l][:, :, None] * source[:, None, :])
+
+
+class WrongExampleActivation(ManualBackprop):
+    """∂C/∂w^l pairs δ^l of example x with a^{l−1} of the previous example (rows shifted by one, cyclically).
+
+    Caught by: B ≥ 2 with examples whose activations differ.
+    """
+
+    name = "mut-wrong-example-activation"
+
+    def weight_gradient(self, l: int, delta: Arrays, a: Arrays) -> np.ndarray:
+        return self.batch_sum(delta[l][:, :, None] * np.roll(a[l - 1], 1, axis=0)[:, None, :])
+
+
+class Float32MatmulInLayer2(ManualBackprop):
+    """z^2 computed with a float32 matrix product inside a float64 run (one layer's matmul in the wrong precision).
+
+    Caught by: the float64 cell; the error is ~1e-8 relative where the float64 bound allows ~1e-15.
+    Invisible in the float32 cell, where float32 is the requested precision.
+    """
+
+    name = "mut-float32-matmul"
+
+    def weighted_input(self, l: int, W_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray) -> np.ndarray:
+        if l != 2:
+            return super().weighted_input(l, W_l, a_prev, b_l)
+        return (a_prev.astype(np.float32) @ W_l.astype(np.float32)).astype(a_prev.dtype) + b_l
+
+
+class TinyScaleOnWeightGradient(ManualBackprop):
+    """∂C/∂w^2 multiplied by (1 + 1e-9): a relative error far below any fixed tolerance.
+
+    Caught by: the float64 cell, where the derived bound is ~1e-15 relative. In float32, 1 + 1e-9
+    rounds to 1 and the adapter is correct.
+    """
+
+    name = "mut-scale-1e-9"
+
+    def weight_gradient(self, l: int, delta: Arrays, a: Arrays) -> np.ndarray:
+        g = super().weight_gradient(l, delta, a)
+        return g * (1 + 1e-9) if l == 2 else g
+
+
+class FirstExampleOnly(ManualBackprop):
+    """Gradients taken from the first example of the batch only (the cost is still summed over all of it).
+
+    Caught by: any batch with B ≥ 2.
+    """
+
+    name = "mut-first-example"
+
+    def batch_sum(self, per_example: np.ndarray) -> np.ndarray:
+        return per_example[0]
+
+
+class AccumulatesAcrossCalls(ManualBackprop):
+    """Gradients accumulate in the adapter from one call to the next, as a framework's ``.grad`` without zero_grad.
+
+    Caught by: the contract's repeatability check (two identical calls) and, from its second
+    example on, the gradient test.
+    """
+
+    name = "mut-accumulates"
+
+    def __init__(self) -> None:
+        self.grad: dict[tuple[str, int, tuple[int, ...], np.dtype], np.ndarray] = {}
+
+    def returned(self, kind: str, l: int, gradient: np.ndarray, carrier: np.dtype) -> np.ndarray:
+        key = (kind, l, gradient.shape, carrier)
+        self.grad[key] = self.grad.get(key, np.zeros(gradient.shape, dtype=carrier)) + gradient.astype(carrier)
+        return self.grad[key].copy()
+
+
+SATURATION = 30.0
+"""The |z| beyond which the saturation mutants misbehave: below 36.7, where float64's σ(z) rounds to 1, so that
+their error is visible on the positive side in float64 as well as on the negative side in both formats."""
+
+
+class FlushedSigmaPrime(ManualBackprop):
+    """σ′(z) flushed to 0 for |z| > 30 ("the unit is saturated anyway").
+
+    Caught by: the saturation corner. For z < −30 in either format, σ′ ≈ a is tiny but accurately
+    computable (no cancellation on that side), so the bound is tiny too; for 30 < z ≲ 34 in
+    float64 the true σ′ (1e-13 .. 1e-15) is still above float64's rounding of a(1 − a) (measured on
+    one unit: ratio 2.6 at z = 33, 0.13 at z = 36). It is *not* caught for z > 30 in float32, where
+    a(1 − a) is already exactly 0 from z ≈ 16.7 and the bound allows the 0.
+    """
+
+    name = "mut-saturation-flush"
+
+    def sigma_prime(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return np.where(np.abs(z) > SATURATION, 0, super().sigma_prime(z, a))
+
+
+class ClippedWeightedInput(ManualBackprop):
+    """z^l clipped to [−30, 30] before σ ("to avoid overflow in exp"): a saturated unit gets σ(±30), σ′(30) ≈ 9e-14.
+
+    Caught by: the saturation corner, |z| > 30 (the strategies reach 800+ in float64 and 100 in
+    float32). For z < −30, a^l = σ(−30) ≈ 9e-14 where the truth is far smaller, in either format;
+    for z > 30 in float64, a^l and σ′ are wrong by ~1e-13, some fifty times float64's bound
+    (measured on one unit, at any z from 33 to 800). For z > 30 in float32, σ(30) already rounds
+    to 1 and the clip is invisible.
+    """
+
+    name = "mut-saturation-clip"
+
+    def weighted_input(self, l: int, W_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray) -> np.ndarray:
+        return np.clip(super().weighted_input(l, W_l, a_prev, b_l), -SATURATION, SATURATION)
+
+
+class DeepLayersWithoutSigmaPrime(ManualBackprop):
+    """For l < L − 4 the backward step forgets σ′(z^l): a hand-unrolled recursion whose extra steps were pasted wrong.
+
+    Wrong only when L ≥ 7 (then δ^2 = Σ_i δ^3_i w^3_i·); caught by the depth corner of the architectures.
+    """
+
+    name = "mut-deep-only"
+
+    def hidden_error(self, l: int, L: int, W_next: np.ndarray, delta_next: np.ndarray, sp_l: np.ndarray) -> np.ndarray:
+        if l < L - 4:
+            return delta_next @ W_next.T
+        return super().hidden_error(l, L, W_next, delta_next, sp_l)
+
+
+TRUNCATED_WIDTH = 32
+
+
+class TruncatedWideSum(ManualBackprop):
+    """z^l sums only the first 32 terms Σ_{k ≤ 32} w^l_jk a^{l−1}_k (a fixed-size tile never looped over).
+
+    Wrong only when a layer feeding another has n(l−1) ≥ 33; caught by the width corner (up to 64).
+    """
+
+    name = "mut-wide-only"
+
+    def weighted_input(self, l: int, W_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray) -> np.ndarray:
+        return a_prev[:, :TRUNCATED_WIDTH] @ W_l[:TRUNCATED_WIDTH, :] + b_l
+
+
+BATCH_TILE = 8
+
+
+class TruncatedBatchSum(ManualBackprop):
+    """Only the first 8 examples are summed into the gradients (one batch tile).
+
+    Wrong only when B ≥ 9; caught by the batch corner (up to 16).
+    """
+
+    name = "mut-big-batch-only"
+
+    def batch_sum(self, per_example: np.ndarray) -> np.ndarray:
+        return per_example[:BATCH_TILE].sum(axis=0)
+
+
+class TransposedLayout(ManualBackprop):
+    """load_parameters reads W^l back with a reshape instead of a transpose: the page layout comes back scrambled.
+
+    The gradients are right (the run itself is correct); caught by the contract's layout round trip,
+    whose message says "transposed".
+    """
+
+    name = "mut-transposed-layout"
+
+    def from_framework_layout(self, stored: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return stored.reshape(shape)
+
+
+class ReturnsFloat64(ManualBackprop):
+    """Gradients returned as float64 arrays whatever format was requested.
+
+    Caught by: the contract's output check in the float32 cell ("has dtype float64, expected float32").
+    """
+
+    name = "mut-float64-output"
+
+    def returned(self, kind: str, l: int, gradient: np.ndarray, carrier: np.dtype) -> np.ndarray:
+        return gradient.astype(np.float64)
+
+
+class MissingFirstLayer(ManualBackprop):
+    """The gradient loop starts at l = 3: ∂C/∂w^2 and ∂C/∂b^2 are missing from the output.
+
+    Caught by: the contract's output check ("a missing layer means a dropped gradient").
+    """
+
+    name = "mut-missing-layer"
+
+    def gradient_layers(self, L: int) -> range:
+        return range(3, L + 1)
+
+
+MUTANTS: tuple[type[ManualBackprop], ...] = (
+    SigmaTypo,
+    CostWithoutHalf,
+    MeanOverOutputs,
+    MeanOverBatch,
+    TransposedSquareGradient,
+    CrossEntropyShortcut,
+    ZeroBiasGradient,
+    WrongLayerActivation,
+    WrongExampleActivation,
+    Float32MatmulInLayer2,
+    TinyScaleOnWeightGradient,
+    FirstExampleOnly,
+    AccumulatesAcrossCalls,
+    FlushedSigmaPrime,
+    ClippedWeightedInput,
+    DeepLayersWithoutSigmaPrime,
+    TruncatedWideSum,
+    TruncatedBatchSum,
+    TransposedLayout,
+    ReturnsFloat64,
+    MissingFirstLayer,
+)
+"""Adapters with one planted bug each; the default suite must fail every one."""
+
+
+def backend_name(adapter: type[ManualBackprop]) -> str:
+    """The ``--backend`` argument that names ``adapter``: ``tests.mutants:ClassName``."""
+    return f"{MODULE}:{adapter.__name__}"
+
+
+def bug(adapter: type[ManualBackprop]) -> str:
+    """The first line of the adapter's docstring: the planted bug (or "Correct: ...")."""
+    return (adapter.__doc__ or "").strip().splitlines()[0]
+
+
+# Running the real suite against the catalogue, as a user would, and reading the outcome back.
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One test item of a suite run: its id (``test_gradients[mut-no-half-manual-float64]``), result and failure text."""
+
+    test: str
+    cell: str
+    outcome: str
+    message: str
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in ("failed", "error")
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """The result of one ``pytest conformance`` subprocess: every item, where it wrote, its exit status and output.
+
+    Reproducer case files are in ``workdir / "cases"``.
+    """
+
+    outcomes: tuple[Outcome, ...]
+    workdir: Path
+    returncode: int
+    output: str
+    seconds: float
+
+    def of(self, adapter: type[ManualBackprop]) -> list[Outcome]:
+        """The items of ``adapter``'s cells (cell ids are ``<name>-<path>-<dtype>``)."""
+        cells = {f"{adapter.name}-{PATH}-{dtype}" for dtype in adapter.dtypes}
+        return [o for o in self.outcomes if o.cell in cells]
+
+
+def suite_environment(storage: Path) -> dict[str, str]:
+    """The environment of a user's first run: no ``CI`` (so the default ``dev`` profile), a fresh hypothesis database.
+
+    ``HYPOTHESIS_STORAGE_DIRECTORY`` points hypothesis' example database at ``storage`` so that a
+    failure found in an earlier run is not replayed first: each run has to find its bugs anew.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "HYPOTHESIS_PROFILE")}
+    env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(storage)
+    return env
+
+
+def run_suite(adapters: Sequence[type[ManualBackprop]], workdir: Path, extra: Sequence[str] = ()) -> SuiteRun:
+    """Run ``python -m pytest conformance`` once against ``adapters``; reproducers and the junit XML go in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    junit = workdir / "junit.xml"
+    command = [sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", "-q", f"--junitxml={junit}"]
+    command += [f"--case-dir={workdir / 'cases'}", *extra]
+    for adapter in adapters:
+        command += ["--backend", backend_name(adapter)]
+    start = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=suite_environment(workdir / "hypothesis"), capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - start
+    output = done.stdout + done.stderr
+    if not junit.exists():
+        raise RuntimeError(f"pytest conformance wrote no junit XML (exit status {done.returncode}); its output:\n{output}")
+    return SuiteRun(read_junit(junit), workdir, done.returncode, output, seconds)
+
+
+def read_junit(path: Path) -> tuple[Outcome, ...]:
+    """Every test case of a junit XML file with its outcome and the full failure text."""
+    outcomes = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        test = case.get("name", "")
+        cell = test[test.index("[") + 1 : -1] if test.endswith("]") and "[" in test else ""
+        outcome, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            element = case.find(tag)
+            if element is not None:
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                message = "\n".join(part for part in (element.get("message", ""), element.text or "") if part)
+                break
+        outcomes.append(Outcome(test, cell, outcome, message))
+    return tuple(outcomes)
+
+
+def worst_ratio(message: str) -> float | None:
+    """The worst error/bound ratio a gradient verdict reports (its ``worst: ... ratio R`` line), if any."""
+    for line in message.splitlines():
+        if "worst:" in line and "ratio " in line:
+            token = line.rsplit("ratio ", 1)[1].split()[0]
+            try:
+                return float(token)
+            except ValueError:
+                return math.nan
+    return None

@@ -1,0 +1,200 @@
+"""Reproducer case files (:mod:`conformance.cases`): exact round trips, and clear errors for files that are not cases.
+
+A case file is only a reproducer if the network and batch read back are bit for bit the ones that
+failed: w^l_jk one ulp off can turn a failure into a pass. The round trip is therefore checked on
+arbitrary float64 values (subnormals, −0.0, the extremes of the range), not only on ones that print
+nicely, and by comparing bit patterns rather than values (−0.0 == 0.0 would hide a lost sign).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conformance import cases
+from conformance.cells import Cell
+from conformance.problems import Problem
+from reference.dtypes import FORMATS
+from reference.model import Batch, Network
+
+FLOATS = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
+"""Every finite float64, hypothesis favouring the awkward ones: ±0.0, subnormals, ±max, values with 17 significant digits."""
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> Problem:
+    """A network of L = 2..4 layers of width 1..4 and a batch of B = 1..3, with arbitrary finite float64 entries."""
+    widths = draw(st.lists(st.integers(1, 4), min_size=2, max_size=4))
+    B = draw(st.integers(1, 3))
+    w = {l: draw(hnp.arrays(np.float64, (widths[l - 1], widths[l - 2]), elements=FLOATS)) for l in range(2, len(widths) + 1)}
+    b = {l: draw(hnp.arrays(np.float64, (widths[l - 1],), elements=FLOATS)) for l in range(2, len(widths) + 1)}
+    x = draw(hnp.arrays(np.float64, (B, widths[0]), elements=FLOATS))
+    y = draw(hnp.arrays(np.float64, (B, widths[-1]), elements=FLOATS))
+    return Problem(Network(w, b), Batch(x, y), draw(st.sampled_from(list(FORMATS))))
+
+
+@st.composite
+def case_objects(draw: st.DrawFn) -> cases.Case:
+    problem = draw(problems())
+    cell = Cell(
+        draw(st.sampled_from(["torch", "jax", "ok-stable"])),
+        draw(st.sampled_from(["eager", "jit"])),
+        problem.dtype,
+        draw(st.sampled_from(["cpu", "cuda"])),
+    )
+    versions = draw(st.dictionaries(st.sampled_from(["torch", "numpy", "python"]), st.text(max_size=8), max_size=3))
+    adapter = draw(st.sampled_from([cell.backend, "tests.mutants:ManualBackprop"]))
+    return cases.Case(problem, cell, adapter, versions, draw(st.text(max_size=40)))
+
+
+def bits(array: np.ndarray) -> np.ndarray:
+    """The float64 bit patterns, so that −0.0 and 0.0 (equal as values) compare as different."""
+    return np.ascontiguousarray(array, dtype=np.float64).view(np.uint64)
+
+
+def assert_identical(got: cases.Case, want: cases.Case) -> None:
+    assert got.cell == want.cell
+    assert got.adapter == want.adapter
+    assert got.versions == want.versions
+    assert got.failure == want.failure
+    assert got.problem.dtype == want.problem.dtype
+    g, w = got.problem, want.problem
+    assert list(g.network.layers) == list(w.network.layers)
+    for l in w.network.layers:
+        for name, a, b in (("w", g.network.w[l], w.network.w[l]), ("b", g.network.b[l], w.network.b[l])):
+            assert a.dtype == np.float64 and a.shape == b.shape, f"{name}^{l}: {a.dtype} {a.shape}, expected float64 {b.shape}"
+            assert np.array_equal(bits(a), bits(b)), f"{name}^{l} changed: {a!r} != {b!r}"
+    for name, a, b in (("x", g.batch.x, w.batch.x), ("y", g.batch.y, w.batch.y)):
+        assert a.shape == b.shape and np.array_equal(bits(a), bits(b)), f"{name} changed: {a!r} != {b!r}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=case_objects())
+def test_json_round_trip_is_bit_exact(case: cases.Case) -> None:
+    text = json.dumps(cases.to_json(case))
+    assert_identical(cases.from_json(json.loads(text), "<memory>"), case)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=case_objects())
+def test_file_round_trip_is_bit_exact(case: cases.Case, tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = tmp_path_factory.mktemp("cases")
+    path = cases.write(case, directory)
+    assert path.parent == directory and path.name.startswith(f"{case.cell.id}-") and path.suffix == ".json"
+    assert_identical(cases.read(path), case)
+    assert cases.write(case, directory) == path, "the same case must overwrite its own file, not pile up copies"
+    assert [p.name for p in directory.iterdir()] == [path.name]
+
+
+def test_different_cases_get_different_files(tmp_path: Path) -> None:
+    network = Network({2: np.array([[0.5]])}, {2: np.array([0.0])})
+    cell = Cell("ok-stable", "manual", "float64")
+    paths = {
+        cases.write(
+            cases.Case(Problem(network, Batch(np.array([[x]]), np.array([[0.0]])), "float64"), cell, cell.backend, {}, ""), tmp_path
+        )
+        for x in (1.0, np.nextafter(1.0, 2.0))
+    }
+    assert len(paths) == 2, "two inputs one ulp apart must not share a case file"
+
+
+def test_file_records_the_page_layout_and_the_environment(tmp_path: Path) -> None:
+    w2 = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    network = Network({2: w2, 3: np.array([[0.5, -0.5]])}, {2: np.array([0.1, 0.2]), 3: np.array([0.3])})
+    batch = Batch(np.zeros((1, 3)), np.zeros((1, 1)))
+    versions = cases.environment_versions("PyTorch", "9.9.9")
+    path = cases.write(
+        cases.Case(Problem(network, batch, "float64"), Cell("torch", "eager", "float64"), "torch", versions, "why"), tmp_path
+    )
+    data = json.loads(path.read_text())
+    assert data["schema"] == cases.SCHEMA
+    assert data["widths"] == [3, 2, 1]
+    assert data["parameters"]["w"]["2"] == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "w^2 must be stored as (n(2), n(1)), row j = neuron j"
+    assert data["versions"]["PyTorch"] == "9.9.9" and data["versions"]["numpy"] == np.__version__
+    assert {"backprop-conformance", "python", "platform"} <= set(data["versions"])
+
+
+def valid_json() -> dict:
+    network = Network({2: np.array([[0.5, 0.25]])}, {2: np.array([0.0])})
+    batch = Batch(np.array([[1.0, 2.0]]), np.array([[0.5]]))
+    return cases.to_json(cases.Case(Problem(network, batch, "float64"), Cell("ok-stable", "manual", "float64"), "ok-stable", {}, ""))
+
+
+def without(data: dict, *keys: str) -> dict:
+    """A copy of ``data`` with the nested key ``keys`` removed."""
+    data = json.loads(json.dumps(data))
+    inner = data
+    for key in keys[:-1]:
+        inner = inner[key]
+    del inner[keys[-1]]
+    return data
+
+
+def replaced(data: dict, value: object, *keys: str) -> dict:
+    data = json.loads(json.dumps(data))
+    inner = data
+    for key in keys[:-1]:
+        inner = inner[key]
+    inner[keys[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "wanted"),
+    [
+        ([1, 2], "not a backprop-conformance case file"),
+        (replaced(valid_json(), "backprop-conformance/case/0", "schema"), "schema 'backprop-conformance/case/0'"),
+        (without(valid_json(), "schema"), "schema None"),
+        (without(valid_json(), "cell"), "missing or malformed field 'cell'"),
+        (without(valid_json(), "parameters", "b"), "missing or malformed field 'b'"),
+        (without(valid_json(), "batch", "y"), "missing or malformed field 'y'"),
+        (replaced(valid_json(), {"backend": "torch", "colour": "red"}, "cell"), "colour"),
+        (replaced(valid_json(), {"two": [[0.5, 0.25]]}, "parameters", "w"), "two"),
+        (replaced(valid_json(), [[1.0, 2.0], [3.0]], "batch", "x"), "bad.json: "),
+        (replaced(valid_json(), [["1.0", "zwei"]], "batch", "x"), "zwei"),
+        (replaced(valid_json(), [[None, 2.0]], "batch", "x"), "non-finite"),
+        (replaced(valid_json(), [[0.5, 0.25], [1.0, 1.0]], "parameters", "w", "2"), "b^2 has shape (1,); expected (2,)"),
+    ],
+    ids=[
+        "not-an-object",
+        "other-schema",
+        "no-schema",
+        "no-cell",
+        "no-biases",
+        "no-targets",
+        "unknown-cell-field",
+        "non-integer-layer",
+        "ragged",
+        "not-a-number",
+        "null",
+        "weights-do-not-fit-biases",
+    ],
+)
+def test_malformed_case_is_a_case_error(data: object, wanted: str) -> None:
+    with pytest.raises(cases.CaseError) as raised:
+        cases.from_json(data, "bad.json")
+    message = str(raised.value)
+    assert message.startswith("bad.json"), message
+    assert wanted in message, message
+
+
+def test_batch_that_does_not_fit_the_network_is_a_case_error() -> None:
+    with pytest.raises(cases.CaseError, match="3 columns"):
+        cases.from_json(replaced(valid_json(), [[1.0, 2.0, 3.0]], "batch", "x"), "bad.json")
+
+
+def test_unreadable_and_non_json_files_are_case_errors(tmp_path: Path) -> None:
+    with pytest.raises(cases.CaseError, match=r"cannot read case file .*missing\.json"):
+        cases.read(tmp_path / "missing.json")
+    with pytest.raises(cases.CaseError, match="cannot read case file"):
+        cases.read(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": ')
+    with pytest.raises(cases.CaseError, match=r"bad\.json is not valid JSON"):
+        cases.read(bad)

@@ -1,0 +1,180 @@
+"""The cell table (:mod:`conformance.cells`): which (backend, path, dtype, device) combinations a run tests.
+
+Built from fake :class:`adapters.base.Capabilities`, so that the table's rules are checked apart from
+any framework: default paths run unless paths are named (opt-in ones only when named), filters keep
+only what a backend offers, a name nobody offers is an error listing the valid ones, and a backend
+that cannot load stays in the run as a skip instead of vanishing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mutants import ManualBackprop
+
+from adapters.base import Capabilities
+from adapters.registry import AdapterSpec, UnknownAdapter
+from conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
+from reference.dtypes import FORMATS
+
+TORCHLIKE = Capabilities(
+    name="torch",
+    framework="PyTorch",
+    version="0",
+    dtypes=("float64", "float32", "float16", "bfloat16"),
+    paths=("eager", "func", "compile"),
+    default_paths=("eager", "func"),
+    devices=("cpu", "cuda"),
+)
+JAXLIKE = Capabilities(
+    name="jax", framework="JAX", version="0", dtypes=("float64", "float32"), paths=("eager", "jit"), default_paths=("eager", "jit")
+)
+
+
+class NeedsMissingFramework(ManualBackprop):
+    """A correct adapter whose framework is missing: loading it must report the skip, not import or run it."""
+
+    requires = ("no_such_framework_for_cells_tests",)
+
+
+def backend(caps: Capabilities) -> Backend:
+    return Backend(AdapterSpec(caps.name, f"fake:{caps.name}", "test"), capabilities=caps)
+
+
+def unavailable(name: str) -> Backend:
+    return Backend(AdapterSpec(name, f"fake:{name}", "test", ("missing",)), unavailable=f"skipped: missing not installed ({name})")
+
+
+def ids(cells: Sequence[Cell]) -> list[str]:
+    return [c.id for c in cells]
+
+
+def test_cell_ids() -> None:
+    assert Cell("torch", "eager", "float32").id == "torch-eager-float32"
+    assert Cell("torch", "eager", "float32", "cpu").id == "torch-eager-float32", "cpu is the default and is left out of the id"
+    assert Cell("jax", "jit", "bfloat16", "gpu").id == "jax-jit-bfloat16-gpu"
+
+
+def test_default_paths_every_dtype_on_cpu() -> None:
+    assert ids(select_cells([backend(TORCHLIKE)])) == [
+        "torch-eager-float64",
+        "torch-eager-float32",
+        "torch-eager-float16",
+        "torch-eager-bfloat16",
+        "torch-func-float64",
+        "torch-func-float32",
+        "torch-func-float16",
+        "torch-func-bfloat16",
+    ]
+
+
+def test_opt_in_path_only_when_named() -> None:
+    assert ids(select_cells([backend(TORCHLIKE)], paths=["compile"], dtypes=["float32"])) == ["torch-compile-float32"]
+
+
+def test_filters_apply_to_each_backend_that_offers_the_name() -> None:
+    """--path jit selects jax's jit cells and no torch cells (torch has no jit): the union of offers, not an error."""
+    cells = select_cells([backend(TORCHLIKE), backend(JAXLIKE)], paths=["jit", "eager"], dtypes=["float16", "float64"])
+    assert ids(cells) == ["torch-eager-float64", "torch-eager-float16", "jax-eager-float64", "jax-jit-float64"]
+
+
+def test_device_filter_and_suffix() -> None:
+    cells = select_cells([backend(TORCHLIKE), backend(JAXLIKE)], paths=["eager"], dtypes=["float32"], devices=["cpu", "cuda"])
+    assert ids(cells) == ["torch-eager-float32", "torch-eager-float32-cuda", "jax-eager-float32"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "wanted"),
+    [
+        ({"paths": ["jitt"]}, "unknown --path 'jitt'; the selected backends offer compile, eager, func, jit"),
+        ({"dtypes": ["float8", "float32"]}, "unknown --dtype 'float8'; the selected backends offer bfloat16, float16, float32, float64"),
+        ({"devices": ["tpu"]}, "unknown --device 'tpu'; the selected backends offer cpu, cuda"),
+    ],
+    ids=["path", "dtype", "device"],
+)
+def test_unknown_name_lists_the_valid_ones(kwargs: dict[str, list[str]], wanted: str) -> None:
+    with pytest.raises(SelectionError) as raised:
+        select_cells([backend(TORCHLIKE), backend(JAXLIKE)], **kwargs)
+    assert str(raised.value) == wanted
+
+
+def test_unavailable_backends_give_no_cells_but_dtypes_are_still_checked() -> None:
+    assert select_cells([unavailable("torch"), backend(JAXLIKE)]) == select_cells([backend(JAXLIKE)])
+    assert select_cells([unavailable("torch")], dtypes=["float16"]) == []
+    with pytest.raises(SelectionError, match="unknown --dtype 'half'; the selected backends offer float64, float32, float16, bfloat16"):
+        select_cells([unavailable("torch")], dtypes=["half"])
+
+
+NAMES = st.sampled_from(["eager", "jit", "func", "compile", "graph"])
+
+
+@st.composite
+def capabilities(draw: st.DrawFn, name: str) -> Capabilities:
+    paths = tuple(draw(st.lists(NAMES, min_size=1, max_size=4, unique=True)))
+    return Capabilities(
+        name=name,
+        framework=name,
+        version="0",
+        dtypes=tuple(draw(st.lists(st.sampled_from(list(FORMATS)), min_size=1, max_size=4, unique=True))),
+        paths=paths,
+        default_paths=tuple(draw(st.lists(st.sampled_from(paths), max_size=len(paths), unique=True))),
+        devices=tuple(draw(st.lists(st.sampled_from(["cpu", "cuda", "gpu"]), min_size=1, max_size=3, unique=True))),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    caps=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True).flatmap(
+        lambda names: st.tuples(*(capabilities(n) for n in names))
+    ),
+    paths=st.lists(NAMES, max_size=3, unique=True),
+    dtypes=st.lists(st.sampled_from(list(FORMATS)), max_size=3, unique=True),
+    devices=st.lists(st.sampled_from(["cpu", "cuda", "gpu"]), min_size=1, max_size=3, unique=True),
+)
+def test_table_is_exactly_what_is_offered_and_asked_for(
+    caps: tuple[Capabilities, ...], paths: list[str], dtypes: list[str], devices: list[str]
+) -> None:
+    """Membership, stated apart from the implementation: a combination is a cell iff its backend offers it and the filters allow it."""
+    backends = [backend(c) for c in caps]
+    offered = {
+        "path": {p for c in caps for p in c.paths},
+        "dtype": {d for c in caps for d in c.dtypes},
+        "device": {d for c in caps for d in c.devices},
+    }
+    asked = {"path": paths, "dtype": dtypes, "device": devices}
+    unknown = {kind: [n for n in names if n not in offered[kind]] for kind, names in asked.items()}
+    if any(unknown.values()):
+        with pytest.raises(SelectionError) as raised:
+            select_cells(backends, paths, dtypes, devices)
+        kind = next(k for k in ("path", "dtype", "device") if unknown[k])
+        assert f"unknown --{kind} " in str(raised.value) and repr(unknown[kind][0]) in str(raised.value)
+        return
+    cells = select_cells(backends, paths, dtypes, devices)
+    assert len(set(cells)) == len(cells), "a cell appears twice"
+    expected = {
+        Cell(c.name, p, d, dev)
+        for c in caps
+        for p in (c.paths if paths else c.default_paths)
+        for d in c.dtypes
+        for dev in c.devices
+        if (not paths or p in paths) and (not dtypes or d in dtypes) and dev in devices
+    }
+    assert set(cells) == expected
+
+
+def test_load_backends_resolves_deduplicates_and_keeps_the_unavailable() -> None:
+    loaded = load_backends(["mutants:ManualBackprop", "mutants:ManualBackprop", "test_cells:NeedsMissingFramework"])
+    assert [b.spec.name for b in loaded] == ["ManualBackprop", "NeedsMissingFramework"]
+    ok, missing = loaded
+    assert ok.capabilities is not None and ok.capabilities.name == "ok-stable" and ok.unavailable is None
+    assert missing.capabilities is None and missing.adapter is None
+    assert missing.unavailable == "skipped: no_such_framework_for_cells_tests not installed (needed by adapter 'NeedsMissingFramework')"
+    assert ids(select_cells(loaded)) == ["ok-stable-manual-float64", "ok-stable-manual-float32"]
+
+
+def test_load_backends_rejects_an_unknown_name() -> None:
+    with pytest.raises(UnknownAdapter, match=r"unknown adapter 'pytorch'; known adapters are .*jax, torch"):
+        load_backends(["pytorch"])

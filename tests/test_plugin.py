@@ -1,0 +1,469 @@
+"""The ``pytest conformance`` machinery, driven as a user drives it: a subprocess, options, exit status, printed text.
+
+Each module-scoped fixture is one ``python -m pytest conformance`` run (about a second with the fast numpy
+adapters of :mod:`tests.mutants`), shared by the checks that read it: the session header, the skip of a
+backend whose framework is missing, the end-of-run matrix, the reproducer of a failure (case file,
+replay command, JUnit XML) and the merge of pytest-xdist workers' statistics. Usage errors, which stop
+the run before any test, get one short run each. The replay command line (``python -m conformance
+replay``) is driven in-process through :func:`conformance.__main__.main` where only its exit status and
+messages matter, and as a subprocess where the test is that the printed command works when pasted.
+
+The adapters defined here are named on the subprocess' command line as ``tests.test_plugin:Name``, so
+this module imports nothing from its sibling test modules (they are not importable as ``tests.*``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from adapters.base import Adapter, AdapterOutput, Capabilities
+from conformance import cases
+from conformance.__main__ import main as replay_main
+from conformance.cells import Cell
+from conformance.problems import Problem
+from reference.dtypes import float_format, is_representable, round_to
+from reference.model import Batch, Gradients, Network
+from reference.vectorized import backprop
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HERE = "tests.test_plugin"
+"""This module's import name in the suite's subprocess, which runs from :data:`REPO_ROOT`."""
+MISSING_MODULE = "no_such_framework_for_conformance_tests"
+EXAMPLES = 7
+"""--max-examples of the runs below: small for speed, and an odd number no default profile uses."""
+
+
+class ReferenceAdapter(Adapter):
+    """Correct by construction: the suite's float64 reference gradients, rounded once to the requested format.
+
+    Rounding a float64 result once costs at most half an ulp of the format, well inside the error bound
+    of any computation in that format. The adapter refuses inputs that are not values of the format,
+    as a framework with a strict typed API would; that makes the replay command's re-rounding
+    (``--dtype``) observable.
+    """
+
+    name: ClassVar[str] = "reference-as-adapter"
+    gradient_factor: ClassVar[float] = 1.0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            name=self.name,
+            framework="the suite's own float64 reference",
+            version=f"numpy {np.__version__}",
+            dtypes=("float64", "float32"),
+            paths=("vectorized",),
+            default_paths=("vectorized",),
+        )
+
+    def _check_inputs(self, dtype: str, arrays: Sequence[np.ndarray]) -> None:
+        if not all(is_representable(dtype, a) for a in arrays):
+            raise ValueError(f"{self.name}: an input is not a {dtype} value; round it to {dtype} first")
+
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        self._check_inputs(dtype, [*network.w.values(), *network.b.values()])
+        return network.astype(float_format(dtype).carrier)
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        self._check_inputs(dtype, [*network.w.values(), *network.b.values(), batch.x, batch.y])
+        trace = backprop(network, batch)
+
+        def rounded(g: np.ndarray) -> np.ndarray:
+            return round_to(dtype, self.gradient_factor * g)
+
+        return AdapterOutput(
+            Gradients({l: rounded(g) for l, g in trace.gradients.w.items()}, {l: rounded(g) for l, g in trace.gradients.b.items()}),
+            trace.cost,
+        )
+
+
+class NeedsMissingFramework(ReferenceAdapter):
+    """A correct adapter whose framework is not installed: the suite must skip it with the reason, never import it."""
+
+    requires = (MISSING_MODULE,)
+    name = "needs-missing-framework"
+
+
+class ImpostorOfReference(ReferenceAdapter):
+    """A wrong adapter (every gradient doubled) that declares the same name as :class:`ReferenceAdapter`."""
+
+    gradient_factor = 2.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``python -m pytest conformance`` subprocess: its exit status, its output and where it wrote."""
+
+    returncode: int
+    output: str
+    case_dir: Path
+    junit: Path
+
+    def explain(self) -> str:
+        return f"exit status {self.returncode}; output:\n{self.output[-6000:]}"
+
+
+def environment(tmp: Path, **extra: str) -> dict[str, str]:
+    """A user's environment without CI (so the dev profile) and with a fresh hypothesis database under ``tmp``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "HYPOTHESIS_PROFILE")}
+    env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(tmp / "hypothesis")
+    env.update(extra)
+    return env
+
+
+def conformance(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Run:
+    """Run the suite from the repository root with a case directory and a JUnit file under ``tmp``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    case_dir, junit = tmp / "cases", tmp / "junit.xml"
+    command = [sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", f"--case-dir={case_dir}", *args]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env or environment(tmp), capture_output=True, text=True, check=False)
+    return Run(done.returncode, done.stdout + done.stderr, case_dir, junit)
+
+
+MATRIX_ROW = re.compile(r"^(?P<cell>\S+)\s+(?P<examples>\d+)\s+(?P<failures>\d+)\s+\S+\s+\S+$")
+
+
+def matrix(output: str) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """The end-of-run matrix: {cell id: (examples, failures)} and its lines for skipped backends."""
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if "conformance matrix" in line), None)
+    assert start is not None, f"no conformance matrix in the output:\n{output[-4000:]}"
+    rows: dict[str, tuple[int, int]] = {}
+    skipped = []
+    for line in lines[start + 1 :]:
+        if line.startswith("="):
+            break
+        if m := MATRIX_ROW.match(line):
+            rows[m["cell"]] = (int(m["examples"]), int(m["failures"]))
+        elif "skipped:" in line:
+            skipped.append(line)
+    return rows, skipped
+
+
+CORRECT_CELLS = {"ok-stable-manual-float64", "ok-stable-manual-float32"}
+"""ManualBackprop's cells: its name, its one path and its two dtypes (tests/mutants.py)."""
+SKIP_REASON = f"skipped: {MISSING_MODULE} not installed"
+CORRECT_ARGS = ("--backend", "tests.mutants:ManualBackprop", "--backend", f"{HERE}:NeedsMissingFramework", f"--max-examples={EXAMPLES}")
+
+
+@pytest.fixture(scope="module")
+def correct_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return conformance(tmp_path_factory.mktemp("correct"), *CORRECT_ARGS, "-rs")
+
+
+@pytest.fixture(scope="module")
+def xdist_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return conformance(tmp_path_factory.mktemp("xdist"), *CORRECT_ARGS, "-n", "2")
+
+
+@pytest.fixture(scope="module")
+def xdist_each_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Every worker runs every test (``--dist each``), so each cell's examples come from both workers."""
+    return conformance(tmp_path_factory.mktemp("xdist-each"), *CORRECT_ARGS, "-n", "2", "--dist", "each")
+
+
+FAILING = "tests.mutants:CrossEntropyShortcut"
+FAILING_NAME = "mut-cross-entropy-delta"
+
+
+@pytest.fixture(scope="module")
+def failing_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    tmp = tmp_path_factory.mktemp("failing")
+    return conformance(tmp, "--backend", FAILING, "--max-examples=10", f"--junitxml={tmp / 'junit.xml'}")
+
+
+# Usage errors: exit status 4 (pytest's usage error), a message that lists what is valid.
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted"),
+    [
+        (["--backend", "tensorflw"], ["unknown adapter 'tensorflw'", "jax", "torch", "package.module:Attribute"]),
+        (["--backend", "tests.mutants:ManualBackprop", "--path", "jit"], ["unknown --path 'jit'", "offer manual"]),
+        (["--backend", "tests.mutants:ManualBackprop", "--dtype", "float8"], ["unknown --dtype 'float8'", "float32, float64"]),
+        (["--backend", "tests.mutants:ManualBackprop", "--device", "cuda"], ["unknown --device 'cuda'", "offer cpu"]),
+        (["--backend", "tests.mutants:ManualBackprop", "--max-examples", "0"], ["--max-examples must be at least 1, got 0"]),
+        (["--backend", "tests.mutants:NoSuchAdapter"], ["module 'tests.mutants' has no attribute 'NoSuchAdapter'"]),
+        (["--backend", "tests.mutants:PATH"], ["tests.mutants:PATH is a str, not an adapters.base.Adapter"]),
+        (["--backend", f"{HERE}:NeedsMissingFramework", "--require"], ["--require", SKIP_REASON]),
+    ],
+    ids=["backend", "path", "dtype", "device", "max-examples", "no-attribute", "not-an-adapter", "require"],
+)
+def test_usage_error(tmp_path: Path, args: list[str], wanted: list[str]) -> None:
+    run = conformance(tmp_path, *args)
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert "ERROR:" in run.output and "Traceback" not in run.output, run.explain()
+    for text in wanted:
+        assert text in run.output, f"{text!r} missing:\n{run.explain()}"
+
+
+@pytest.mark.parametrize("target", ["adapters.base:Capabilities", "adapters.base:Adapter"], ids=["not-an-adapter-class", "abstract"])
+def test_class_that_cannot_be_an_adapter_is_a_usage_error(tmp_path: Path, target: str) -> None:
+    run = conformance(tmp_path, "--backend", target)
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert target in run.output and "INTERNALERROR" not in run.output, run.explain()
+
+
+def test_misspelt_module_is_a_usage_error(tmp_path: Path) -> None:
+    run = conformance(tmp_path, "--backend", "tests.mutnats:ManualBackprop")
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert "tests.mutnats" in run.output, run.explain()
+
+
+def test_backends_with_the_same_name_are_rejected(tmp_path: Path) -> None:
+    run = conformance(tmp_path, "--backend", f"{HERE}:ReferenceAdapter", "--backend", f"{HERE}:ImpostorOfReference", "--max-examples=3")
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert ReferenceAdapter.name in run.output, run.explain()
+
+
+# Profiles: the header says which one is in force and with how many examples.
+
+
+@pytest.mark.parametrize(
+    ("extra_env", "args", "wanted"),
+    [
+        ({}, [], "hypothesis profile dev, max_examples=100"),
+        ({"CI": "true"}, [], "hypothesis profile ci, max_examples=100"),
+        ({}, ["--hypothesis-profile", "thorough"], "hypothesis profile thorough, max_examples=2000"),
+        ({}, [f"--max-examples={EXAMPLES}"], f"max_examples={EXAMPLES}"),
+    ],
+    ids=["dev", "ci", "thorough", "max-examples"],
+)
+def test_header_names_the_profile(tmp_path: Path, extra_env: dict[str, str], args: list[str], wanted: str) -> None:
+    run = conformance(tmp_path, "--backend", f"{HERE}:ReferenceAdapter", "--collect-only", *args, env=environment(tmp_path, **extra_env))
+    assert run.returncode == pytest.ExitCode.OK, run.explain()
+    assert wanted in run.output, run.explain()
+
+
+# A correct adapter and a missing framework, in one run.
+
+
+def test_correct_run_passes(correct_run: Run) -> None:
+    assert correct_run.returncode == pytest.ExitCode.OK, correct_run.explain()
+
+
+def test_header_names_each_backend_framework_and_version(correct_run: Run) -> None:
+    header = correct_run.output.split("collected", 1)[0]
+    assert f"ok-stable: NumPy hand-written backprop (ManualBackprop, tests/mutants.py) {np.__version__}" in header, correct_run.explain()
+    assert "paths manual" in header and "dtypes float64, float32" in header, correct_run.explain()
+    assert f"NeedsMissingFramework: {SKIP_REASON}" in header, correct_run.explain()
+
+
+def test_missing_framework_is_skipped_with_the_reason(correct_run: Run) -> None:
+    skips = [line for line in correct_run.output.splitlines() if line.startswith("SKIPPED")]
+    assert skips and all(SKIP_REASON in line for line in skips), correct_run.explain()
+    assert any("test_gradients" in line for line in skips) and any("test_contract" in line for line in skips), correct_run.explain()
+    _, skipped = matrix(correct_run.output)
+    assert any(line.startswith("NeedsMissingFramework") and SKIP_REASON in line for line in skipped), correct_run.explain()
+
+
+def test_requires_is_checked_without_importing(tmp_path: Path) -> None:
+    """``requires`` is checked with find_spec: a module that is present counts as installed and is still not imported."""
+    (tmp_path / f"{MISSING_MODULE}.py").write_text("raise RuntimeError('the suite imported a framework it should only have looked for')\n")
+    env = environment(tmp_path, PYTHONPATH=str(tmp_path))
+    run = conformance(tmp_path, "--backend", f"{HERE}:NeedsMissingFramework", "--collect-only", env=env)
+    assert run.returncode == pytest.ExitCode.OK and "the suite imported" not in run.output, run.explain()
+    assert f"{NeedsMissingFramework.name}: the suite's own float64 reference" in run.output, run.explain()
+
+
+def test_matrix_has_a_row_per_cell_with_every_example(correct_run: Run) -> None:
+    rows, _ = matrix(correct_run.output)
+    assert set(rows) == CORRECT_CELLS, correct_run.explain()
+    for cell, (examples, failures) in rows.items():
+        assert examples >= EXAMPLES, f"{cell}: {examples} examples, --max-examples was {EXAMPLES}"
+        assert failures == 0, f"{cell}: {failures} failures for a correct adapter"
+
+
+# pytest-xdist: the controller's matrix merges the workers'.
+
+
+def test_xdist_matrix_matches_a_serial_run(correct_run: Run, xdist_run: Run) -> None:
+    assert xdist_run.returncode == pytest.ExitCode.OK, xdist_run.explain()
+    serial, serial_skipped = matrix(correct_run.output)
+    parallel, parallel_skipped = matrix(xdist_run.output)
+    assert set(parallel) == set(serial) == CORRECT_CELLS, f"-n 2 matrix {parallel}, -n 0 matrix {serial}"
+    for cell, (examples, failures) in parallel.items():
+        assert examples >= EXAMPLES and failures == serial[cell][1] == 0, f"{cell}: -n 2 {parallel[cell]}, -n 0 {serial[cell]}"
+    assert len(parallel_skipped) == len(serial_skipped) == 1
+
+
+def test_xdist_sums_examples_across_workers(xdist_each_run: Run) -> None:
+    assert xdist_each_run.returncode == pytest.ExitCode.OK, xdist_each_run.explain()
+    rows, _ = matrix(xdist_each_run.output)
+    assert set(rows) == CORRECT_CELLS, xdist_each_run.explain()
+    for cell, (examples, failures) in rows.items():
+        assert examples >= 2 * EXAMPLES, f"{cell}: {examples} examples from two workers running {EXAMPLES} each"
+        assert failures == 0
+
+
+# A failing adapter: the failure, its case file, its replay command, the JUnit XML.
+
+NAMES_PARAMETER = re.compile(r"worst: [wb]\^\d+_\S+: framework \S+, reference \S+, bound \S+, ratio \S+")
+REPLAY_LINE = re.compile(r"^replay it \(any adapter, no hypothesis\): (?P<command>.+)$", re.MULTILINE)
+
+
+def replay_commands(run: Run) -> list[list[str]]:
+    """The printed replay commands, with ``python`` as the interpreter the user ran pytest with."""
+    commands = [shlex.split(m["command"]) for m in REPLAY_LINE.finditer(run.output)]
+    assert commands, f"no replay command printed:\n{run.explain()}"
+    for command in commands:
+        assert command[:3] == ["python", "-m", "conformance"], command
+    return [[sys.executable, *command[1:]] for command in commands]
+
+
+def replay(command: Sequence[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(command), cwd=REPO_ROOT, env=environment(tmp), capture_output=True, text=True, check=False)
+
+
+def with_backend(command: Sequence[str], backend: str) -> list[str]:
+    """``command`` with its ``--backend`` value replaced."""
+    i = list(command).index("--backend")
+    return [*command[: i + 1], backend, *command[i + 2 :]]
+
+
+def test_failing_run_exits_1_and_names_the_parameter(failing_run: Run) -> None:
+    assert failing_run.returncode == pytest.ExitCode.TESTS_FAILED, failing_run.explain()
+    assert NAMES_PARAMETER.search(failing_run.output), failing_run.explain()
+    rows, _ = matrix(failing_run.output)
+    assert set(rows) == {f"{FAILING_NAME}-manual-float64", f"{FAILING_NAME}-manual-float32"}, failing_run.explain()
+    assert all(failures >= 1 for _, failures in rows.values()), rows
+
+
+def test_failure_writes_a_case_file_per_failing_cell(failing_run: Run) -> None:
+    for dtype in ("float64", "float32"):
+        files = sorted(failing_run.case_dir.glob(f"{FAILING_NAME}-manual-{dtype}-*.json"))
+        assert len(files) == 1, f"{dtype}: {sorted(p.name for p in failing_run.case_dir.glob('*'))}"
+        case = cases.read(files[0])
+        assert case.cell == Cell(FAILING_NAME, "manual", dtype)
+        assert str(files[0]) in failing_run.output
+        assert "ratio" in case.failure and NAMES_PARAMETER.search(case.failure), case.failure
+
+
+def test_replayed_case_fails_the_mutant_and_passes_a_correct_adapter(failing_run: Run, tmp_path: Path) -> None:
+    for command in replay_commands(failing_run):
+        for backend, status, verdict in ((FAILING, 1, "FAIL "), ("tests.mutants:ManualBackprop", 0, "PASS ")):
+            done = replay(with_backend(command, backend), tmp_path)
+            assert done.returncode == status, (
+                f"{shlex.join(with_backend(command, backend))}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+            )
+            assert verdict in done.stdout, done.stdout
+
+
+def test_printed_replay_command_works_as_printed(failing_run: Run, tmp_path: Path) -> None:
+    for command in replay_commands(failing_run):
+        done = replay(command, tmp_path)
+        assert done.returncode == 1, f"{shlex.join(command)}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+        assert "FAIL " in done.stdout
+
+
+def test_junit_xml_carries_the_reproducer(failing_run: Run) -> None:
+    failures = {}
+    for case in ET.parse(failing_run.junit).getroot().iter("testcase"):
+        element = case.find("failure")
+        if case.get("name", "").startswith("test_gradients[") and element is not None:
+            failures[case.get("name")] = element.text or ""
+    assert set(failures) == {f"test_gradients[{FAILING_NAME}-manual-{d}]" for d in ("float64", "float32")}, failures
+    for name, text in failures.items():
+        assert "case file: " in text and "python -m conformance replay " in text, f"{name}:\n{text[-2000:]}"
+        assert str(failing_run.case_dir) in text, f"{name}:\n{text[-2000:]}"
+
+
+# The replay command line's own checks (in-process: only exit status and messages matter).
+
+
+def reference_case(tmp_path: Path, dtype: str = "float64") -> Path:
+    """A case whose parameters and data (0.1, 1/3, ...) are float64 values but not float32 ones."""
+    network = Network(
+        {2: np.array([[0.1, 1 / 3], [-0.7, 0.2]]), 3: np.array([[0.3, -1 / 7]])}, {2: np.array([0.05, -0.1]), 3: np.array([0.1])}
+    )
+    batch = Batch(np.array([[0.9, -0.3], [1 / 3, 0.6]]), np.array([[0.1], [0.7]]))
+    case = cases.Case(
+        Problem(network, batch, dtype),
+        Cell(ReferenceAdapter.name, "vectorized", dtype),
+        f"{HERE}:ReferenceAdapter",
+        {"numpy": np.__version__},
+        "",
+    )
+    return cases.write(case, tmp_path)
+
+
+def test_replay_rerounds_to_the_requested_dtype(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The case holds float64 values the adapter refuses in float32; --dtype float32 must round them first."""
+    path = reference_case(tmp_path)
+    assert replay_main(["replay", str(path), "--backend", "test_plugin:ReferenceAdapter", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert f"PASS {ReferenceAdapter.name}-vectorized-float32:" in out, out
+    assert replay_main(["replay", str(path), "--backend", "test_plugin:ReferenceAdapter"]) == 0
+    assert f"PASS {ReferenceAdapter.name}-vectorized-float64:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted"),
+    [
+        (["--path", "jit"], "has no path jit; it offers vectorized"),
+        (["--dtype", "float16"], "does not support dtype float16; it offers float64, float32"),
+        (["--backend", "nonesuch"], "unknown adapter 'nonesuch'"),
+    ],
+    ids=["path", "dtype", "backend"],
+)
+def test_replay_rejects_what_the_backend_does_not_offer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], wanted: str
+) -> None:
+    path = reference_case(tmp_path)
+    backend = [] if "--backend" in args else ["--backend", "test_plugin:ReferenceAdapter"]
+    assert replay_main(["replay", str(path), *backend, *args]) == 2
+    assert wanted in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "wanted"),
+    [
+        (None, "cannot read case file"),
+        ("{not json", "is not valid JSON"),
+        ('{"schema": "something/else"}', "not a backprop-conformance case file (schema 'something/else'"),
+        ('{"schema": "backprop-conformance/case/1", "parameters": {}}', "missing or malformed field 'cell'"),
+    ],
+    ids=["unreadable", "not-json", "wrong-schema", "missing-field"],
+)
+def test_replay_of_a_bad_case_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, wanted: str
+) -> None:
+    path = tmp_path / "case.json"
+    if content is not None:
+        path.write_text(content)
+    assert replay_main(["replay", str(path), "--backend", "mutants:ManualBackprop"]) == 2
+    err = capsys.readouterr().err
+    assert wanted in err and str(path) in err, err
+
+
+# Importing the suite and listing adapters must not import a framework.
+
+IMPORTS_NO_FRAMEWORK = """
+import sys
+import adapters.base, adapters.registry, adapters.selfcheck, conformance, conformance.cases, conformance.cells
+import conformance.known_defects, conformance.plugin, reference.model, reference.vectorized, reference.error_bound
+from adapters.registry import known_specs
+print(sorted(known_specs()), {name: spec.missing() for name, spec in known_specs().items()})
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxlib")))
+"""
+
+
+def test_importing_the_suite_imports_no_framework(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_NO_FRAMEWORK], cwd=REPO_ROOT, env=environment(tmp_path), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    listed, frameworks = done.stdout.strip().splitlines()
+    assert listed.startswith("['jax', 'torch']"), listed
+    assert frameworks == "[]", f"imported {frameworks}"

@@ -1,0 +1,156 @@
+"""Finding adapters (:mod:`adapters.registry`): built-ins, ``module:attribute`` names and installed plug-ins.
+
+Plug-in discovery is tested the way a plug-in is really installed: a ``*.dist-info`` directory with an
+``entry_points.txt`` on ``sys.path``, found by :mod:`importlib.metadata` itself, rather than by
+replacing ``entry_points``. One test then runs the suite in a subprocess with that directory on
+``PYTHONPATH``, as a user who ``pip install``-ed the plug-in would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mutants import ManualBackprop
+
+from adapters.base import Adapter
+from adapters.registry import (
+    BUILTIN,
+    ENTRY_POINT_GROUP,
+    AdapterSpec,
+    AdapterUnavailable,
+    UnknownAdapter,
+    entry_point_specs,
+    known_specs,
+    resolve,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_MODULE = "fake_conformance_plugin"
+PLUGIN_DIST = "fake-conformance-plugin"
+
+PLUGIN_SOURCE = '''"""A third-party adapter package, as installed by pip: one correct numpy adapter."""
+from mutants import ManualBackprop
+
+
+class PluginAdapter(ManualBackprop):
+    name = "fakeplug"
+'''
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A distribution on sys.path registering ``fakeplug`` and, trying to shadow a built-in, ``torch``."""
+    (tmp_path / f"{PLUGIN_MODULE}.py").write_text(PLUGIN_SOURCE)
+    dist_info = tmp_path / f"{PLUGIN_DIST.replace('-', '_')}-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN_DIST}\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nfakeplug = {PLUGIN_MODULE}:PluginAdapter\ntorch = {PLUGIN_MODULE}:PluginAdapter\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop(PLUGIN_MODULE, None)
+
+
+def test_builtins_resolve_without_importing_their_framework() -> None:
+    for name, target, needs in (
+        ("torch", "adapters.torch_adapter:TorchAdapter", "torch"),
+        ("jax", "adapters.jax_adapter:JaxAdapter", "jax"),
+    ):
+        spec = resolve(name)
+        assert spec == BUILTIN[name]
+        assert (spec.name, spec.target, spec.source, spec.requires) == (name, target, "built-in", (needs,))
+
+
+def test_module_attribute_resolves_and_loads() -> None:
+    spec = resolve("mutants:ManualBackprop")
+    assert (spec.name, spec.target, spec.source) == ("ManualBackprop", "mutants:ManualBackprop", "command line")
+    adapter = spec.load()
+    assert isinstance(adapter, ManualBackprop) and adapter.capabilities().name == "ok-stable"
+
+
+def test_an_instance_is_used_as_it_is() -> None:
+    assert resolve("test_registry:AN_INSTANCE").load() is AN_INSTANCE
+
+
+AN_INSTANCE = ManualBackprop()
+
+
+@pytest.mark.parametrize(
+    "name", ["pytorch", "mutants.ManualBackprop", "mutants:", ":ManualBackprop", "mutants:Manual Backprop", "3d:X", ""]
+)
+def test_unknown_names_list_the_known_adapters(name: str) -> None:
+    with pytest.raises(UnknownAdapter) as raised:
+        resolve(name)
+    message = str(raised.value)
+    assert f"unknown adapter {name!r}" in message
+    assert "known adapters are jax, torch" in message and "package.module:Attribute" in message
+
+
+def test_missing_attribute_and_non_adapter_are_unknown_adapters() -> None:
+    with pytest.raises(UnknownAdapter, match="module 'mutants' has no attribute 'Nope'"):
+        resolve("mutants:Nope").load()
+    with pytest.raises(UnknownAdapter, match=re.escape("mutants:PATH is a str, not an adapters.base.Adapter")):
+        resolve("mutants:PATH").load()
+
+
+def test_missing_requirement_is_unavailable_with_the_reason() -> None:
+    spec = AdapterSpec("needs-it", "mutants:ManualBackprop", "test", ("no_such_framework_for_registry_tests",))
+    assert spec.missing() == ["no_such_framework_for_registry_tests"]
+    with pytest.raises(AdapterUnavailable) as raised:
+        spec.load()
+    assert str(raised.value) == "skipped: no_such_framework_for_registry_tests not installed (needed by adapter 'needs-it')"
+
+
+def test_adapter_class_requires_is_checked_after_import() -> None:
+    """A module:attribute name has no requires of its own; the class's ``requires`` decides."""
+    with pytest.raises(AdapterUnavailable, match="skipped: no_such_framework_for_registry_tests not installed"):
+        resolve("test_registry:NeedsMissingFramework").load()
+
+
+class NeedsMissingFramework(ManualBackprop):
+    """Correct, but declares a framework that is not installed."""
+
+    requires = ("no_such_framework_for_registry_tests",)
+
+
+def test_entry_point_is_discovered_and_loads(installed_plugin: Path) -> None:
+    specs = known_specs()
+    assert "fakeplug" in specs
+    spec = resolve("fakeplug")
+    assert (spec.target, spec.source) == (f"{PLUGIN_MODULE}:PluginAdapter", f"entry point of {PLUGIN_DIST}")
+    adapter = spec.load()
+    assert isinstance(adapter, Adapter) and adapter.capabilities().name == "fakeplug"
+
+
+def test_unknown_name_lists_installed_plugins(installed_plugin: Path) -> None:
+    with pytest.raises(UnknownAdapter, match="known adapters are fakeplug, jax, torch"):
+        resolve("fakeplugg")
+
+
+def test_plugin_cannot_shadow_a_builtin(installed_plugin: Path) -> None:
+    assert entry_point_specs()["torch"].target == f"{PLUGIN_MODULE}:PluginAdapter", "the shadowing entry point was not installed"
+    assert known_specs()["torch"] == BUILTIN["torch"]
+    assert resolve("torch") == BUILTIN["torch"]
+
+
+def test_installed_plugin_runs_by_name(installed_plugin: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``--backend fakeplug`` in a fresh interpreter: the suite finds the plug-in through its entry point and tests it."""
+    tmp = tmp_path_factory.mktemp("plugin-run")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "HYPOTHESIS_PROFILE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(installed_plugin), str(REPO_ROOT / "tests")])
+    env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(tmp / "hypothesis")
+    command = [sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", "--backend", "fakeplug", "--max-examples=3"]
+    done = subprocess.run([*command, f"--case-dir={tmp}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    matrix = output.split("conformance matrix", 1)[-1]
+    for cell in ("fakeplug-manual-float64", "fakeplug-manual-float32"):
+        rows = [line.split() for line in matrix.splitlines() if line.startswith(cell)]
+        assert len(rows) == 1 and int(rows[0][1]) >= 3 and rows[0][2] == "0", output[-4000:]
