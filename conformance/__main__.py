@@ -1,9 +1,13 @@
-"""Command line: ``python -m conformance replay CASE.json [--backend NAME ...]``.
+"""Command line: ``python -m conformance replay CASE.json [--backend NAME ...]`` and ``python -m conformance plot REPORT.json``.
 
 Replays a reproducer case file (written by a failing ``pytest conformance`` run) against any
 adapter, without hypothesis: the exact network and batch, the same verdict, the same message. This is
 the command a framework maintainer runs from a bug report. Exit status: 0 when every replay passes,
 1 when one fails, 2 for a usage error (unknown backend, unreadable case).
+
+``plot`` draws a run's JSON report (``pytest conformance --conformance-report REPORT.json``) as PNG
+files: error/bound ratios against depth, against saturation, and per cell (:mod:`conformance.plot`;
+needs the ``plot`` extra). Exit status 0, or 2 for an unreadable report or missing matplotlib.
 """
 
 from __future__ import annotations
@@ -73,7 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rp.add_argument("--dtype", default=None, help="format to replay in (the case is re-rounded to it); default: the case's")
     rp.add_argument("--device", default=None, help="device; default: the case's")
+    pp = sub.add_parser("plot", help="draw a run's JSON report (--conformance-report) as PNG plots")
+    pp.add_argument("report", help="a report written by pytest conformance --conformance-report REPORT.json")
+    pp.add_argument("--out", default="conformance-plots", help="directory for the PNG files (default: ./conformance-plots)")
     args = parser.parse_args(argv)
+    if args.command == "plot":
+        from conformance.plot import main as plot_main
+
+        return plot_main(args.report, args.out)
     return replay(args.case, args.backend, args.path, args.dtype, args.device)
 
 

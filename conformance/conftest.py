@@ -5,6 +5,7 @@ from conformance.plugin import (  # noqa: F401
     pytest_configure,
     pytest_generate_tests,
     pytest_report_header,
+    pytest_runtest_call,
     pytest_runtest_makereport,
     pytest_sessionfinish,
     pytest_terminal_summary,

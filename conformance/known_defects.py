@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
 from adapters.base import Capabilities
 
 if sys.version_info >= (3, 11):
@@ -34,9 +36,11 @@ class KnownDefectsError(ValueError):
 
 @dataclass(frozen=True)
 class Defect:
-    """One entry: which (test, backend, path, dtype, case) combinations fail, and where upstream tracks it."""
+    """One entry: which (test, backend, path, dtype, case) combinations fail, with which framework versions
+    (a PEP 440 specifier: defects come and go with releases), and where upstream tracks it."""
 
     backend: str
+    versions: SpecifierSet
     tests: tuple[str, ...]
     paths: tuple[str, ...]
     dtypes: tuple[str, ...]
@@ -44,9 +48,10 @@ class Defect:
     issue: str
     summary: str
 
-    def matches(self, test: str, backend: str, path: str, dtype: str, case: str) -> bool:
+    def matches(self, test: str, backend: str, version: str, path: str, dtype: str, case: str) -> bool:
         return (
             backend == self.backend
+            and self.versions.contains(version, prereleases=True)
             and test in self.tests
             and (self.paths == ("*",) or path in self.paths)
             and (self.dtypes == ("*",) or dtype in self.dtypes)
@@ -71,7 +76,7 @@ def load(path: Path = DEFAULT_FILE) -> list[Defect]:
     for number, entry in enumerate(data.get("defect", []), start=1):
         try:
             lists = {key: entry[key] for key in ("tests", "paths", "dtypes", "cases")}
-            texts = {key: entry[key] for key in ("backend", "issue", "summary")}
+            texts = {key: entry[key] for key in ("backend", "versions", "issue", "summary")}
         except KeyError as exc:
             raise KnownDefectsError(f"{path}: defect #{number} lacks the field {exc}") from None
         extra = sorted(set(entry) - set(lists) - set(texts))
@@ -83,9 +88,14 @@ def load(path: Path = DEFAULT_FILE) -> list[Defect]:
         for key, value in texts.items():
             if not isinstance(value, str) or not value:
                 raise KnownDefectsError(f"{path}: defect #{number}: {key} must be a non-empty string, got {value!r}")
-        defects.append(
-            Defect(texts["backend"], *(tuple(lists[k]) for k in ("tests", "paths", "dtypes", "cases")), texts["issue"], texts["summary"])
-        )
+        try:
+            versions = SpecifierSet("" if texts["versions"] == "*" else texts["versions"])
+        except InvalidSpecifier:
+            raise KnownDefectsError(
+                f'{path}: defect #{number}: versions {texts["versions"]!r} is not a PEP 440 specifier (or "*")'
+            ) from None
+        lists_in_order = (tuple(lists[k]) for k in ("tests", "paths", "dtypes", "cases"))
+        defects.append(Defect(texts["backend"], versions, *lists_in_order, texts["issue"], texts["summary"]))
     return defects
 
 
@@ -122,6 +132,6 @@ def validate(
                 raise KnownDefectsError(f"{where}: {d.backend} has no {kind} {', '.join(unknown)}; it offers {', '.join(valid)}")
 
 
-def find(defects: Sequence[Defect], test: str, backend: str, path: str, dtype: str, case: str) -> Defect | None:
-    """The first entry covering this combination, if any."""
-    return next((d for d in defects if d.matches(test, backend, path, dtype, case)), None)
+def find(defects: Sequence[Defect], test: str, backend: str, version: str, path: str, dtype: str, case: str) -> Defect | None:
+    """The first entry covering this combination at this framework version, if any."""
+    return next((d for d in defects if d.matches(test, backend, version, path, dtype, case)), None)

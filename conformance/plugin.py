@@ -9,17 +9,17 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
 from adapters.registry import UnknownAdapter, known_specs
-from conformance import cases, known_defects
+from conformance import cases, known_defects, report, timing
 from conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
 from conformance.fidelity import FIDELITY_TESTS
+from conformance.stats import CellStats
 from conformance.verdict import Verdict
 
 settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -34,25 +34,8 @@ STATS_KEY = pytest.StashKey[dict[str, "CellStats"]]()
 FAILURE_KEY = pytest.StashKey["cases.Case"]()
 DEFECTS_KEY = pytest.StashKey[list[known_defects.Defect]]()
 PROFILE_KEY = pytest.StashKey[str]()
-
-
-@dataclass
-class CellStats:
-    """What one cell saw: every example's worst error/bound ratio, and how many examples failed."""
-
-    examples: int = 0
-    failures: int = 0
-    ratios: list[float] = field(default_factory=list)
-
-    def add(self, verdict: Verdict) -> None:
-        self.examples += 1
-        self.failures += not verdict.passed
-        self.ratios.append(verdict.worst_ratio)
-
-    def merge(self, other: dict) -> None:
-        self.examples += other["examples"]
-        self.failures += other["failures"]
-        self.ratios += other["ratios"]
+SESSION_TIME_KEY = pytest.StashKey[CellStats]()
+"""Time of every test of the session by category (only the ``wall`` and ``seconds`` fields are used)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,6 +74,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="conformance-cases",
         help="directory where each failure's reproducer case file is written (default: ./conformance-cases)",
     )
+    report.add_options(group)
 
 
 @pytest.hookimpl(trylast=True)
@@ -112,7 +96,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("all_paths") and config.getoption("path"):
         raise pytest.UsageError("--all-paths and --path select paths in two ways; give one of them")
     try:
-        backends = load_backends(config.getoption("backend"))
+        with timing.timed("framework"):  # importing the frameworks is the frameworks' time, not the harness's
+            backends = load_backends(config.getoption("backend"))
         cells = select_cells(
             backends,
             config.getoption("path"),
@@ -135,6 +120,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[BACKENDS_KEY] = backends
     config.stash[CELLS_KEY] = cells
     config.stash[STATS_KEY] = {}
+    config.stash[SESSION_TIME_KEY] = CellStats()
+    config.stash[SESSION_TIME_KEY].add_time(0.0, timing.take())
+    report.configure(config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -174,8 +162,10 @@ def fidelity_params(config: pytest.Config, test: str) -> list[object]:
     defects = config.stash[DEFECTS_KEY]
     params: list[object] = []
     for cell in config.stash[CELLS_KEY]:
+        caps = adapter_for(config, cell).capabilities
+        assert caps is not None
         for case in FIDELITY_TESTS[test]:
-            defect = known_defects.find(defects, test, cell.backend, cell.path, cell.dtype, case)
+            defect = known_defects.find(defects, test, cell.backend, caps.version, cell.path, cell.dtype, case)
             marks = [pytest.mark.xfail(strict=True, reason=defect.reason)] if defect else []
             params.append(pytest.param(cell, case, id=f"{cell.id}-{case}", marks=marks))
     params += [
@@ -216,6 +206,21 @@ def record(config: pytest.Config, item: pytest.Item, cell: Cell, verdict: Verdic
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """Time every test by category (:mod:`conformance.timing`): for the session, and per cell for the property test."""
+    timing.take()
+    start = perf_counter()
+    yield
+    wall = perf_counter() - start
+    seconds = timing.take()
+    item.config.stash[SESSION_TIME_KEY].add_time(wall, seconds)
+    callspec = getattr(item, "callspec", None)
+    cell = callspec.params.get("cell") if callspec is not None else None
+    if getattr(item, "originalname", None) == "test_gradients" and cell is not None:
+        item.config.stash[STATS_KEY].setdefault(cell.id, CellStats()).add_time(wall, seconds)
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
     outcome = yield
     report = outcome.get_result()
@@ -233,9 +238,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    workeroutput = getattr(session.config, "workeroutput", None)
+    """Workers hand their statistics to the controller; the controller writes the report and checks the baseline."""
+    config = session.config
+    workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
-        workeroutput["conformance_stats"] = {k: vars(v) for k, v in session.config.stash.get(STATS_KEY, {}).items()}
+        workeroutput["conformance_stats"] = {k: v.to_dict() for k, v in config.stash.get(STATS_KEY, {}).items()}
+        return
+    if BACKENDS_KEY not in config.stash:  # pytest_configure stopped with a usage error
+        return
+    report.finish(session, config.stash[STATS_KEY], config.stash[BACKENDS_KEY], config.stash[CELLS_KEY], config.stash[PROFILE_KEY])
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -249,18 +260,21 @@ def pytest_testnodedown(node: object, error: object) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     stats = config.stash.get(STATS_KEY, {})
-    if not stats:
-        return
-    tr = terminalreporter
+    if stats:
+        _write_matrix(terminalreporter, config, stats)
+    if BACKENDS_KEY in config.stash:
+        report.terminal_summary(terminalreporter, config)
+
+
+def _write_matrix(tr: pytest.TerminalReporter, config: pytest.Config, stats: dict[str, CellStats]) -> None:
+    """One row per cell: examples, failures, worst and median error/bound ratio."""
     tr.section("conformance matrix (error/bound ratio per example: ≤ 1 passes)")
     unavailable = [b for b in config.stash.get(BACKENDS_KEY, []) if b.unavailable]
     width = max(len(name) for name in [*stats, *(b.spec.name for b in unavailable), "cell"])
     tr.write_line(f"{'cell':<{width}} {'examples':>8} {'failures':>8} {'worst':>10} {'median':>10}")
     for cell_id in sorted(stats):
         s = stats[cell_id]
-        worst = max(s.ratios) if s.ratios else float("nan")
-        median = float(np.median(s.ratios)) if s.ratios else float("nan")
-        tr.write_line(f"{cell_id:<{width}} {s.examples:>8} {s.failures:>8} {worst:>10.3g} {median:>10.3g}")
+        tr.write_line(f"{cell_id:<{width}} {s.examples:>8} {s.failures:>8} {s.worst:>10.3g} {s.median:>10.3g}")
     for backend in unavailable:
         tr.write_line(f"{backend.spec.name:<{width}} {backend.unavailable}")
     if any(s.failures for s in stats.values()):

@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from conformance.timing import timed
 from reference.dtypes import float_format, round_to
 from reference.model import Batch, Network
 from reference.vectorized import BackpropTrace, backprop
@@ -40,7 +41,8 @@ class Problem:
     @cached_property
     def trace(self) -> BackpropTrace:
         """The float64 reference at this exact point (computed once, shared by verdict and diagnosis)."""
-        return backprop(self.network, self.batch)
+        with timed("reference"):
+            return backprop(self.network, self.batch)
 
     @property
     def max_abs_z(self) -> float:

@@ -99,7 +99,7 @@ way; only the shape is reused, so the cost of a run is bounded by the pool inste
 the number of examples.
 """
 
-FREE_SHAPE_ODDS = 8
+FREE_SHAPE_ODDS = 16
 """One example in this many draws its shape freely from the full limits instead of from the pool;
 shrinking moves toward the free branch, so a failure still shrinks to the smallest failing network."""
 

@@ -13,6 +13,7 @@ from adapters.selfcheck import check_adapter
 from conformance.cells import Cell
 from conformance.plugin import adapter_for
 from conformance.problems import Problem
+from conformance.timing import timed
 from reference.model import Batch, Network
 
 
@@ -29,4 +30,5 @@ def contract_problem(dtype: str) -> Problem:
 def test_contract(cell: Cell, request: pytest.FixtureRequest) -> None:
     adapter = adapter_for(request.config, cell).adapter
     problem = contract_problem(cell.dtype)
-    check_adapter(adapter, cell.path, cell.dtype, cell.device, problem.network, problem.batch)
+    with timed("framework"):
+        check_adapter(adapter, cell.path, cell.dtype, cell.device, problem.network, problem.batch)

@@ -20,6 +20,7 @@ from conformance.fidelity import (
 )
 from conformance.plugin import adapter_for
 from conformance.problems import Problem
+from conformance.timing import timed
 from conformance.verdict import judge_exactness
 from reference.error_bound import Precision
 from reference.model import Gradients
@@ -27,7 +28,8 @@ from reference.model import Gradients
 
 def _judge(request: pytest.FixtureRequest, cell: Cell, problem: Problem, exact: Gradients, bound: Gradients) -> None:
     adapter = adapter_for(request.config, cell).adapter
-    output = adapter.run(problem.network, problem.batch, dtype=cell.dtype, path=cell.path, device=cell.device)
+    with timed("framework"):
+        output = adapter.run(problem.network, problem.batch, dtype=cell.dtype, path=cell.path, device=cell.device)
     check_output(cell.backend, cell.path, cell.dtype, problem.network, problem.batch, output)
     verdict = judge_exactness(cell.id, problem, output, exact, bound)
     assert verdict.passed, verdict.message()
@@ -38,7 +40,8 @@ def test_sigmoid_prime_fidelity(cell: Cell, fidelity_case: str, request: pytest.
     """∂C/∂b^2_j = (a_j − y_j) σ′(z_j) on single units is exact to a few ulps, for z across ``fidelity_case``."""
     region = next(r for r in regions(cell.dtype) if r.name == fidelity_case)
     problem = unit_problem(cell.dtype, region)
-    exact = exact_gradients(problem)
+    with timed("reference"):
+        exact = exact_gradients(problem)
     _judge(request, cell, problem, exact, unit_tolerance(cell.dtype, exact))
 
 
@@ -49,4 +52,6 @@ def test_network_fidelity(cell: Cell, fidelity_case: str, request: pytest.Fixtur
     assert caps is not None
     problem = network_problem(cell.dtype, fidelity_case)
     bound = network_tolerance(problem, Precision.of(cell.dtype, caps.accumulation_of(cell.dtype)))
-    _judge(request, cell, problem, exact_gradients(problem), bound)
+    with timed("reference"):
+        exact = exact_gradients(problem)
+    _judge(request, cell, problem, exact, bound)

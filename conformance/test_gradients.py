@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from conformance.cells import Cell
 from conformance.plugin import adapter_for, record
 from conformance.strategies import problems
+from conformance.timing import timed
 from conformance.verdict import run_and_judge
 
 RATIO_CAP = 1e6
@@ -24,7 +25,8 @@ RATIO_CAP = 1e6
 def test_gradients(cell: Cell, data: st.DataObject, request: pytest.FixtureRequest) -> None:
     """Every ∂C/∂w^l_jk and ∂C/∂b^l_j agrees with the reference within K·(E_framework + E_reference)."""
     adapter = adapter_for(request.config, cell).adapter
-    problem = data.draw(problems(cell.dtype), label="problem")
+    with timed("generation"):
+        problem = data.draw(problems(cell.dtype), label="problem")
     verdict = run_and_judge(adapter, cell, problem)
     record(request.config, request.node, cell, verdict)
     target(min(verdict.worst_ratio, RATIO_CAP), label="error/bound")

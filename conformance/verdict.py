@@ -25,6 +25,7 @@ from adapters.base import Adapter, AdapterOutput
 from adapters.selfcheck import check_output
 from conformance.cells import Cell
 from conformance.problems import Problem
+from conformance.timing import timed
 from reference.error_bound import ErrorBounds, K, Precision, tolerance
 from reference.model import Gradients, parameter_name
 
@@ -162,8 +163,9 @@ def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precisi
     The output's shapes and dtypes must already have passed :func:`adapters.selfcheck.check_output`.
     """
     trace = problem.trace
-    tol = tolerance(problem.network, problem.batch, trace, framework)
-    worst, mismatches, elements = compare_gradients(output.gradients, trace.gradients, tol.gradients)
+    with timed("bound"):
+        tol = tolerance(problem.network, problem.batch, trace, framework)
+        worst, mismatches, elements = compare_gradients(output.gradients, trace.gradients, tol.gradients)
     # The cost is judged like one more element: a framework whose gradients are right for a wrong
     # cost (a lost 1/2 compensated elsewhere, a mean) is not computing the page's network.
     cost = Mismatch("C (the cost)", float(output.cost), trace.cost, tol.cost)
@@ -185,6 +187,7 @@ def judge_exactness(cell: str, problem: Problem, output: AdapterOutput, exact: G
 def run_and_judge(adapter: Adapter, cell: Cell, problem: Problem) -> Verdict:
     """Run one cell's adapter on ``problem``, check the output's form, and judge its values."""
     caps = adapter.capabilities()
-    output = adapter.run(problem.network, problem.batch, dtype=cell.dtype, path=cell.path, device=cell.device)
+    with timed("framework"):
+        output = adapter.run(problem.network, problem.batch, dtype=cell.dtype, path=cell.path, device=cell.device)
     check_output(caps.name, cell.path, cell.dtype, problem.network, problem.batch, output)
     return judge(cell.id, problem, output, Precision.of(cell.dtype, caps.accumulation_of(cell.dtype)))

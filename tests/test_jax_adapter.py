@@ -309,11 +309,17 @@ def compilations() -> Iterator[list[str]]:
         if event == COMPILE_EVENT:
             events.append(event)
 
+    # The public unregister function is recent; jax 0.4.x has only the private one.
+    unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+    if unregister is None:
+        from jax._src import monitoring
+
+        unregister = monitoring._unregister_event_duration_listener_by_callback
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         yield events
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        unregister(listener)
 
 
 @pytest.mark.parametrize("path", PATHS)

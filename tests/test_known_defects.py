@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from adapters.base import Capabilities
 from adapters.registry import AdapterSpec, known_specs
@@ -30,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ISSUE = "https://example.org/fakeframework/issues/1"
 FIELDS = {
     "backend": '"fake"',
+    "versions": '"*"',
     "tests": '["test_sigmoid_prime_fidelity"]',
     "paths": '["jit"]',
     "dtypes": '["*"]',
@@ -58,6 +60,7 @@ def test_valid_entry_loads_every_field(tmp_path: Path) -> None:
     assert load(write(tmp_path, entry())) == [
         Defect(
             backend="fake",
+            versions=SpecifierSet(),
             tests=("test_sigmoid_prime_fidelity",),
             paths=("jit",),
             dtypes=("*",),
@@ -140,14 +143,14 @@ def test_find_matches_exactly_the_listed_combinations(tmp_path: Path) -> None:
     validate([first, second], FIDELITY_TESTS, LOADED, KNOWN)
     for dtype in FAKE.dtypes:
         for case in ("saturated", "positive-tail"):
-            assert find([first, second], "test_sigmoid_prime_fidelity", "fake", "jit", dtype, case) is first
-            assert find([first, second], "test_sigmoid_prime_fidelity", "fake", "eager", dtype, case) is None
+            assert find([first, second], "test_sigmoid_prime_fidelity", "fake", "0", "jit", dtype, case) is first
+            assert find([first, second], "test_sigmoid_prime_fidelity", "fake", "0", "eager", dtype, case) is None
         for case in ("center", "negative-tail"):
-            assert find([first, second], "test_sigmoid_prime_fidelity", "fake", "jit", dtype, case) is None
+            assert find([first, second], "test_sigmoid_prime_fidelity", "fake", "0", "jit", dtype, case) is None
         for path in FAKE.paths:
-            assert find([first, second], "test_network_fidelity", "fake", path, dtype, "saturated-output") is second
-            assert find([first, second], "test_network_fidelity", "fake", path, dtype, "unsaturated") is None
-    assert find([first, second], "test_sigmoid_prime_fidelity", "other", "jit", "float64", "saturated") is None
+            assert find([first, second], "test_network_fidelity", "fake", "0", path, dtype, "saturated-output") is second
+            assert find([first, second], "test_network_fidelity", "fake", "0", path, dtype, "unsaturated") is None
+    assert find([first, second], "test_sigmoid_prime_fidelity", "other", "0", "jit", "float64", "saturated") is None
 
 
 def test_matching_parameters_become_strict_xfails(tmp_path: Path) -> None:
@@ -207,3 +210,15 @@ def test_bundled_torch_entries_are_strict_xfails_end_to_end(tmp_path: Path) -> N
         "known upstream defect" in message and "github.com/pytorch/pytorch/issues" in message
         for _, message in (outcomes[n] for n in xfailed)
     )
+
+
+def test_versions_restrict_an_entry_to_the_framework_versions_it_was_seen_in(tmp_path: Path) -> None:
+    """A defect fixed upstream stops matching newer versions; a local version label (+cpu) does not get in the way."""
+    (old,) = load(write(tmp_path, entry(versions='"<2.14"')))
+    assert find([old], "test_sigmoid_prime_fidelity", "fake", "2.13.0+cpu", "jit", "float64", "saturated") is old
+    assert find([old], "test_sigmoid_prime_fidelity", "fake", "2.14.0", "jit", "float64", "saturated") is None
+
+
+def test_versions_must_be_a_specifier(tmp_path: Path) -> None:
+    with pytest.raises(KnownDefectsError, match="not a PEP 440 specifier"):
+        load(write(tmp_path, entry(versions='"newest"')))

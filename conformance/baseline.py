@@ -1,0 +1,221 @@
+"""Comparing a run with a stored baseline report: did any cell get worse?
+
+The bound already fails any example whose error/bound ratio exceeds 1. A baseline catches what the
+bound lets through: a framework release whose gradients are still inside the bound but clearly less
+accurate than before, eating the margin that keeps the next change from failing. A cell regresses
+when
+
+* its worst ratio grows beyond ``FACTOR × max(baseline worst, FLOOR)``, or
+* it passed in the baseline (no failing example) and fails now.
+
+Why ``FACTOR = 2`` and ``FLOOR = 0.25``: the bound is designed so that a correct framework's ratios
+sit well below 1 (median 0.01–0.2, worst 0.55 in float32 and 0.83 in float16 over ~1,200 networks;
+the design note ``shared/design/error-bound.md``), and the worst ratio of one run is the luck of the examples it
+drew: torch 2.13 and jax 0.10 on CPU, 100 examples per cell, five hypothesis seeds, gave per-cell worst
+ratios spread by up to ×2.3 (bfloat16: 0.104–0.243; float32: 0.122–0.234; float16: 0.060–0.116;
+float64: 0.084–0.089). Below the floor a ratio is a handful of ulps against a bound hundreds of ulps
+wide, and which example was drawn matters more than the framework: 0.001 → 0.003 is noise, not a
+regression. Above it, a doubling means the framework lost half of its remaining distance to the bound.
+So no cell can fail the comparison below a worst ratio of 0.5, and above that one that doubles does.
+When both runs drew the very same networks -- the same derandomized hypothesis settings (the ``ci``
+profile, as ``CI=true`` selects) and the same suite commit -- there is no seed-to-seed spread to absorb
+and the floor drops to ``FLOOR_SAME_EXAMPLES = 0.02``: a cell whose worst ratio doubles from 0.1 then
+fails. That is how a baseline should be recorded and checked in CI. When the settings differ, the
+comparison says so and keeps the wide floor.
+
+Cells only in the run (new) or only in the baseline (missing: not selected, or their backend not
+installed) are listed, and do not fail the run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conformance.report import CellResult, Report
+
+FACTOR = 2.0
+"""A cell regresses when its worst ratio exceeds FACTOR × max(baseline worst, FLOOR)."""
+
+FLOOR = 0.25
+"""Worst ratios below this are compared as if they were this: they are rounding noise, not margin lost."""
+
+FLOOR_SAME_EXAMPLES = 0.02
+"""The floor when both runs drew the very same networks (derandomized, equal hypothesis settings, same
+suite commit): no seed-to-seed spread to absorb, so any growth above a few ulps' worth is the framework's."""
+
+
+HYPOTHESIS_SETTINGS = ("profile", "max_examples", "derandomize", "seed")
+"""The settings that decide which examples a run draws (see :func:`conformance.report.hypothesis_settings`)."""
+
+
+def limit(baseline_worst: float, floor: float = FLOOR) -> float:
+    """The largest worst ratio a cell may reach before it counts as a regression."""
+    return FACTOR * max(baseline_worst, floor)
+
+
+def floor_for(old: dict[str, Any], new: dict[str, Any]) -> float:
+    """:data:`FLOOR_SAME_EXAMPLES` when both reports drew the same examples, else :data:`FLOOR`."""
+    old_h, new_h = old.get("hypothesis", {}), new.get("hypothesis", {})
+    same_settings = all(old_h.get(key) == new_h.get(key) for key in HYPOTHESIS_SETTINGS)
+    same_suite = old.get("suite", {}).get("commit") == new.get("suite", {}).get("commit") is not None
+    return FLOOR_SAME_EXAMPLES if same_settings and new_h.get("derandomize") and same_suite else FLOOR
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "none"
+    return "inf" if value == math.inf else f"{value:.3g}"
+
+
+@dataclass(frozen=True)
+class CellComparison:
+    """One cell in the baseline and in this run (either side None when it ran on one side only)."""
+
+    cell: str
+    old: CellResult | None
+    new: CellResult | None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """``new``, ``missing``, ``regressed`` or ``ok``."""
+        if self.old is None:
+            return "new"
+        if self.new is None:
+            return "missing"
+        return "regressed" if self.problems else "ok"
+
+    def markdown(self) -> str:
+        """The baseline column of the Markdown table."""
+        if self.old is None:
+            return "new cell"
+        if self.new is None:
+            return "not run"
+        text = f"{_ratio(self.old.worst)} → {_ratio(self.new.worst)}"
+        if self.old.worst and self.new.worst is not None and math.isfinite(self.old.worst) and math.isfinite(self.new.worst):
+            text += f" (×{self.new.worst / self.old.worst:.2g})"
+        return f"**{text}** regressed" if self.problems else text
+
+    def to_json(self) -> dict[str, Any]:
+        from conformance.report import encode_float
+
+        def worst(side: CellResult | None) -> float | str | None:
+            return None if side is None or side.worst is None else encode_float(side.worst)
+
+        return {
+            "status": self.status,
+            "baseline_worst": worst(self.old),
+            "worst": worst(self.new),
+            "baseline_failures": None if self.old is None else self.old.failures,
+            "failures": None if self.new is None else self.new.failures,
+            "problems": list(self.problems),
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The comparison of a run with a baseline, per cell, plus notes on what differs between the two runs."""
+
+    source: str
+    cells: dict[str, CellComparison]
+    notes: tuple[str, ...]
+    floor: float = FLOOR
+
+    @property
+    def regressions(self) -> list[str]:
+        return [problem for c in self.cells.values() for problem in c.problems]
+
+    @property
+    def new(self) -> list[str]:
+        return [cell for cell, c in self.cells.items() if c.status == "new"]
+
+    @property
+    def missing(self) -> list[str]:
+        return [cell for cell, c in self.cells.items() if c.status == "missing"]
+
+    def summary_lines(self) -> list[str]:
+        """What a person needs to read: regressions first, then cells on one side only, then notes."""
+        compared = sum(c.status in ("ok", "regressed") for c in self.cells.values())
+        lines = [
+            f"{compared} cell(s) compared with the baseline {self.source}; a cell regresses when its worst ratio "
+            f"exceeds {FACTOR:g} × max(baseline worst, {self.floor:g}) or it passed there and fails now"
+        ]
+        lines += [f"REGRESSION {problem}" for problem in self.regressions]
+        if not self.regressions:
+            lines.append("no regressions")
+        if self.new:
+            lines.append("new cells, not in the baseline: " + ", ".join(self.new))
+        if self.missing:
+            lines.append("cells in the baseline that this run did not run: " + ", ".join(self.missing))
+        lines += [f"note: {note}" for note in self.notes]
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "factor": FACTOR,
+            "floor": self.floor,
+            "passed": not self.regressions,
+            "regressions": self.regressions,
+            "new": self.new,
+            "missing": self.missing,
+            "notes": list(self.notes),
+            "cells": {cell: c.to_json() for cell, c in self.cells.items()},
+        }
+
+
+def compare_cell(old: CellResult, new: CellResult, floor: float = FLOOR) -> CellComparison:
+    """The regressions of one cell that ran in both reports, each message naming the cell and both figures."""
+    problems = []
+    if old.worst is not None and new.worst is not None and new.worst > limit(old.worst, floor):
+        growth = f" (×{new.worst / old.worst:.3g})" if old.worst > 0 and math.isfinite(new.worst) else ""
+        problems.append(
+            f"{new.id}: worst error/bound ratio {_ratio(old.worst)} in the baseline, {_ratio(new.worst)} now{growth}, "
+            f"beyond {FACTOR:g} × max({_ratio(old.worst)}, {floor:g}) = {_ratio(limit(old.worst, floor))}"
+        )
+    if old.failures == 0 and new.failures > 0:
+        problems.append(
+            f"{new.id}: passed in the baseline (0 of {old.examples} examples failed, worst ratio {_ratio(old.worst)}), "
+            f"fails now ({new.failures} of {new.examples} examples, worst ratio {_ratio(new.worst)})"
+        )
+    return CellComparison(new.id, old, new, tuple(problems))
+
+
+def compare(baseline: Report, run: Report) -> Comparison:
+    """Compare every cell that ran in either report; cells with no examples count as not run."""
+    old = {c.id: c for c in baseline.cells if c.examples}
+    new = {c.id: c for c in run.cells if c.examples}
+    floor = floor_for(baseline.data, run.data)
+    cells: dict[str, CellComparison] = {}
+    for cell in sorted(old.keys() | new.keys()):
+        if cell not in old:
+            cells[cell] = CellComparison(cell, None, new[cell])
+        elif cell not in new:
+            cells[cell] = CellComparison(cell, old[cell], None)
+        else:
+            cells[cell] = compare_cell(old[cell], new[cell], floor)
+    return Comparison(baseline.source, cells, tuple(_notes(baseline.data, run.data)), floor)
+
+
+def _notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between the two runs' settings and versions: context for reading the comparison."""
+    notes = []
+    old_h, new_h = old.get("hypothesis", {}), new.get("hypothesis", {})
+    differ = [f"{key} {old_h.get(key)!r} → {new_h.get(key)!r}" for key in HYPOTHESIS_SETTINGS if old_h.get(key) != new_h.get(key)]
+    if differ:
+        notes.append(
+            f"hypothesis settings differ from the baseline's ({', '.join(differ)}): worst ratios compare best under equal settings"
+        )
+    old_versions = {b.get("name"): b.get("version") for b in old.get("backends", [])}
+    for b in new.get("backends", []):
+        before = old_versions.get(b.get("name"))
+        if before is not None and before != b.get("version"):
+            notes.append(f"{b.get('name')}: {b.get('framework')} {before} in the baseline, {b.get('version')} now")
+    old_suite, new_suite = old.get("suite", {}), new.get("suite", {})
+    for key in ("version", "commit"):
+        if old_suite.get(key) != new_suite.get(key):
+            notes.append(f"suite {key}: {old_suite.get(key)} in the baseline, {new_suite.get(key)} now")
+    return notes
