@@ -17,8 +17,8 @@ float64: 0.084–0.089). Below the floor a ratio is a handful of ulps against a 
 wide, and which example was drawn matters more than the framework: 0.001 → 0.003 is noise, not a
 regression. Above it, a doubling means the framework lost half of its remaining distance to the bound.
 So no cell can fail the comparison below a worst ratio of 0.5, and above that one that doubles does.
-When both runs drew the very same networks -- the same derandomized hypothesis settings (the ``ci``
-profile, as ``CI=true`` selects) and the same suite commit -- there is no seed-to-seed spread to absorb
+When both runs drew the very same networks -- the same derandomized hypothesis settings and version
+(the ``ci`` profile, as ``CI=true`` selects) and the same suite version -- there is no seed-to-seed spread to absorb
 and the floor drops to ``FLOOR_SAME_EXAMPLES = 0.02``: a cell whose worst ratio doubles from 0.1 then
 fails. That is how a baseline should be recorded and checked in CI. When the settings differ, the
 comparison says so and keeps the wide floor.
@@ -43,8 +43,9 @@ FLOOR = 0.25
 """Worst ratios below this are compared as if they were this: they are rounding noise, not margin lost."""
 
 FLOOR_SAME_EXAMPLES = 0.02
-"""The floor when both runs drew the very same networks (derandomized, equal hypothesis settings, same
-suite commit): no seed-to-seed spread to absorb, so any growth above a few ulps' worth is the framework's."""
+"""The floor when both runs drew the very same networks (derandomized, equal hypothesis settings and
+version, same suite version -- a release fixes its strategies; a commit hash would change with the very
+commit that stores the baseline): no seed-to-seed spread to absorb, so any growth is the framework's."""
 
 
 HYPOTHESIS_SETTINGS = ("profile", "max_examples", "derandomize", "seed")
@@ -59,8 +60,8 @@ def limit(baseline_worst: float, floor: float = FLOOR) -> float:
 def floor_for(old: dict[str, Any], new: dict[str, Any]) -> float:
     """:data:`FLOOR_SAME_EXAMPLES` when both reports drew the same examples, else :data:`FLOOR`."""
     old_h, new_h = old.get("hypothesis", {}), new.get("hypothesis", {})
-    same_settings = all(old_h.get(key) == new_h.get(key) for key in HYPOTHESIS_SETTINGS)
-    same_suite = old.get("suite", {}).get("commit") == new.get("suite", {}).get("commit") is not None
+    same_settings = all(old_h.get(key) == new_h.get(key) for key in (*HYPOTHESIS_SETTINGS, "version"))
+    same_suite = old.get("suite", {}).get("version") == new.get("suite", {}).get("version") is not None
     return FLOOR_SAME_EXAMPLES if same_settings and new_h.get("derandomize") and same_suite else FLOOR
 
 

@@ -20,6 +20,7 @@ from conformance import cases, known_defects, report, timing
 from conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
 from conformance.fidelity import FIDELITY_TESTS
 from conformance.stats import CellStats
+from conformance.strategies import DEFAULT_LIMITS, LARGE_LIMITS, Limits
 from conformance.verdict import Verdict
 
 settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -27,6 +28,9 @@ settings.register_profile(
     "ci", max_examples=100, deadline=None, derandomize=True, database=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("large", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+LIMITS_BY_PROFILE = {"large": LARGE_LIMITS}
+"""Profiles that change the size of the networks, not only the number of examples (default: DEFAULT_LIMITS)."""
 
 BACKENDS_KEY = pytest.StashKey[list[Backend]]()
 CELLS_KEY = pytest.StashKey[list[Cell]]()
@@ -184,6 +188,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(("cell", "fidelity_case"), fidelity_params(metafunc.config, name))
     elif "cell" in metafunc.fixturenames:
         metafunc.parametrize("cell", backend_params(metafunc.config))
+
+
+def limits_for(config: pytest.Config) -> Limits:
+    """The network size limits of the profile in force (``large`` raises them)."""
+    return LIMITS_BY_PROFILE.get(config.stash[PROFILE_KEY], DEFAULT_LIMITS)
 
 
 def adapter_for(config: pytest.Config, cell: Cell) -> Backend:

@@ -33,14 +33,17 @@ from reference.model import Batch, Network
 
 @dataclass(frozen=True)
 class Limits:
-    """The largest network the strategies generate (the ``large`` profile raises them)."""
+    """The largest network the strategies generate, and the pool of shapes most examples take.
 
-    max_depth: int = 8
-    max_width: int = 64
-    max_batch: int = 16
+    The default limits are the design card's corners; the ``large`` hypothesis profile selects
+    :data:`LARGE_LIMITS`, which stress memory and time rather than numerics.
+    """
 
+    max_depth: int
+    max_width: int
+    max_batch: int
+    pool: tuple[tuple[tuple[int, ...], int], ...]
 
-DEFAULT_LIMITS = Limits()
 
 Z_REACH: dict[str, float] = {"float64": 1000.0, "float32": 100.0, "bfloat16": 100.0, "float16": 30.0}
 """How far into saturation biases reach, per format: beyond 800 in float64 and 40 in float32/bfloat16
@@ -53,22 +56,6 @@ it would overflow in the framework for reasons that have nothing to do with grad
 WEIGHT_SCALES = (1.0, 0.1, 4.0, 30.0)
 INPUT_SCALES = (1.0, 0.01, 10.0)
 TARGET_KINDS = ("uniform", "outputs", "binary", "near-outputs")
-
-
-@st.composite
-def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int, ...]:
-    """Widths (n(1), ..., n(L)); each layer either repeats the previous width or draws a new one.
-
-    The width cap is drawn first so that most networks are small and fast while some reach the
-    limit; both shrink toward 1.
-    """
-    depth = draw(st.integers(2, limits.max_depth), label="L")
-    cap = draw(st.sampled_from(sorted({1, 4, 16, limits.max_width})), label="width cap")
-    widths = [draw(st.integers(1, cap), label="n(1)")]
-    for l in range(2, depth + 1):
-        repeat = draw(st.booleans(), label=f"n({l}) = n({l - 1})")
-        widths.append(widths[-1] if repeat else draw(st.integers(1, cap), label=f"n({l})"))
-    return tuple(widths)
 
 
 SHAPE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
@@ -99,17 +86,45 @@ way; only the shape is reused, so the cost of a run is bounded by the pool inste
 the number of examples.
 """
 
+LARGE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
+    ((1024, 1024), 512),
+    ((3, 1024, 1), 512),
+    ((256,) * 16, 64),
+    ((1024, 512, 1024, 1), 512),
+    ((1024,) * 16, 512),
+)
+"""The ``large`` profile's pool: each limit reached alone, and all of them at once (width 1024, depth 16,
+batch 512: 16.8 million parameters)."""
+
+DEFAULT_LIMITS = Limits(max_depth=8, max_width=64, max_batch=16, pool=SHAPE_POOL)
+LARGE_LIMITS = Limits(max_depth=16, max_width=1024, max_batch=512, pool=LARGE_POOL)
+
 FREE_SHAPE_ODDS = 16
 """One example in this many draws its shape freely from the full limits instead of from the pool;
 shrinking moves toward the free branch, so a failure still shrinks to the smallest failing network."""
 
 
 @st.composite
+def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int, ...]:
+    """Widths (n(1), ..., n(L)); each layer either repeats the previous width or draws a new one.
+
+    The width cap is drawn first so that most networks are small and fast while some reach the
+    limit; both shrink toward 1.
+    """
+    depth = draw(st.integers(2, limits.max_depth), label="L")
+    cap = draw(st.sampled_from(sorted({1, 4, 16, limits.max_width})), label="width cap")
+    widths = [draw(st.integers(1, cap), label="n(1)")]
+    for l in range(2, depth + 1):
+        repeat = draw(st.booleans(), label=f"n({l}) = n({l - 1})")
+        widths.append(widths[-1] if repeat else draw(st.integers(1, cap), label=f"n({l})"))
+    return tuple(widths)
+
+
+@st.composite
 def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[tuple[int, ...], int]:
-    """(widths, batch size): from :data:`SHAPE_POOL` (within ``limits``), or free one time in :data:`FREE_SHAPE_ODDS`."""
-    pool = [(w, b) for w, b in SHAPE_POOL if len(w) <= limits.max_depth and max(w) <= limits.max_width and b <= limits.max_batch]
-    if draw(st.integers(0, FREE_SHAPE_ODDS - 1), label="shape from pool") and pool:
-        return draw(st.sampled_from(pool), label="pooled shape")
+    """(widths, batch size): from the limits' pool, or free one time in :data:`FREE_SHAPE_ODDS`."""
+    if draw(st.integers(0, FREE_SHAPE_ODDS - 1), label="shape from pool"):
+        return draw(st.sampled_from(limits.pool), label="pooled shape")
     return draw(architectures(limits)), draw(st.integers(1, limits.max_batch), label="B")
 
 

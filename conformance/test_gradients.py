@@ -12,7 +12,7 @@ from hypothesis import given, target
 from hypothesis import strategies as st
 
 from conformance.cells import Cell
-from conformance.plugin import adapter_for, record
+from conformance.plugin import adapter_for, limits_for, record
 from conformance.strategies import problems
 from conformance.timing import timed
 from conformance.verdict import run_and_judge
@@ -26,7 +26,7 @@ def test_gradients(cell: Cell, data: st.DataObject, request: pytest.FixtureReque
     """Every ∂C/∂w^l_jk and ∂C/∂b^l_j agrees with the reference within K·(E_framework + E_reference)."""
     adapter = adapter_for(request.config, cell).adapter
     with timed("generation"):
-        problem = data.draw(problems(cell.dtype), label="problem")
+        problem = data.draw(problems(cell.dtype, limits_for(request.config)), label="problem")
     verdict = run_and_judge(adapter, cell, problem)
     record(request.config, request.node, cell, verdict)
     target(min(verdict.worst_ratio, RATIO_CAP), label="error/bound")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.base import Capabilities
@@ -25,6 +26,21 @@ from conformance.stats import CellStats
 pytest_plugins = ("pytester",)
 
 COMMAND = {"executable": "python", "argv": [], "pytest_args": [], "cwd": "."}
+
+
+@pytest.fixture(autouse=True)
+def _randomized_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The reports below stand for randomized runs whatever the environment: under CI=true the ci profile
+    is loaded, both sides would record derandomize=True, and the comparison would use the narrow floor
+    (tested on its own in test_floor_narrows_only_when_both_runs_drew_the_same_examples)."""
+    monkeypatch.delenv("CI", raising=False)
+    previous = settings.get_current_profile_name()
+    settings.register_profile("baseline-tests-randomized", parent=settings.get_profile(previous), derandomize=False, database=None)
+    settings.load_profile("baseline-tests-randomized")
+    try:
+        yield
+    finally:
+        settings.load_profile(previous)
 
 
 def caps(version: str = "1.0") -> Capabilities:
@@ -42,7 +58,9 @@ def run(stats: dict[str, CellStats], version: str = "1.0", profile: str = "ci") 
     """A report of a run of the backend "fake" over the dtypes named in ``stats`` (keys "fake-eager-<dtype>")."""
     cells = [Cell("fake", "eager", key.rsplit("-", 1)[1]) for key in stats]
     backends = [Backend(AdapterSpec("fake", "pkg:Fake", "command line"), capabilities=caps(version))]
-    return report.build(stats, backends, cells, profile=profile, command=COMMAND, exitstatus=0)
+    data = report.build(stats, backends, cells, profile=profile, command=COMMAND, exitstatus=0)
+    data["hypothesis"]["derandomize"] = False  # a randomized run, even inside a derandomized @given example
+    return data
 
 
 def compare(old: dict[str, CellStats], new: dict[str, CellStats]) -> baseline.Comparison:
@@ -296,14 +314,14 @@ def test_update_without_a_baseline_path_is_a_usage_error(pytester: pytest.Pytest
 
 
 def test_floor_narrows_only_when_both_runs_drew_the_same_examples() -> None:
-    """Same derandomized settings and suite commit: no seed noise to absorb, so the narrow floor applies."""
+    """Same derandomized settings, hypothesis and suite versions: no seed noise to absorb, so the narrow floor applies."""
     from conformance.baseline import FLOOR, FLOOR_SAME_EXAMPLES, floor_for
 
-    ci = {"profile": "ci", "max_examples": 100, "derandomize": True, "seed": None}
-    same = {"hypothesis": ci, "suite": {"commit": "abc"}}
-    assert floor_for(same, same) == FLOOR_SAME_EXAMPLES
-    assert floor_for(same, {"hypothesis": {**ci, "max_examples": 200}, "suite": {"commit": "abc"}}) == FLOOR
-    assert floor_for(same, {"hypothesis": ci, "suite": {"commit": "def"}}) == FLOOR
-    assert floor_for({**same, "suite": {"commit": None}}, {**same, "suite": {"commit": None}}) == FLOOR
-    dev = {"profile": "dev", "max_examples": 100, "derandomize": False, "seed": None}
-    assert floor_for({"hypothesis": dev, "suite": {"commit": "abc"}}, {"hypothesis": dev, "suite": {"commit": "abc"}}) == FLOOR
+    ci = {"profile": "ci", "max_examples": 100, "derandomize": True, "seed": None, "version": "6.170.17"}
+    same = {"hypothesis": ci, "suite": {"version": "0.1.0", "commit": "abc"}}
+    assert floor_for(same, {**same, "suite": {"version": "0.1.0", "commit": "def"}}) == FLOOR_SAME_EXAMPLES
+    assert floor_for(same, {**same, "hypothesis": {**ci, "max_examples": 200}}) == FLOOR
+    assert floor_for(same, {**same, "hypothesis": {**ci, "version": "6.171.0"}}) == FLOOR
+    assert floor_for(same, {**same, "suite": {"version": "0.2.0"}}) == FLOOR
+    dev = {**ci, "profile": "dev", "derandomize": False}
+    assert floor_for({**same, "hypothesis": dev}, {**same, "hypothesis": dev}) == FLOOR
