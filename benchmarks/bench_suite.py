@@ -97,10 +97,10 @@ def timed_subprocess(args: list[str]) -> tuple[float, str]:
         return time.perf_counter() - start, done.stdout
 
 
-def matrix_rows(output: str) -> dict[str, tuple[int, int]]:
-    """cell -> (examples, failures) from the terminal matrix."""
-    rows = re.findall(r"^(\S+-\S+)\s+(\d+)\s+(\d+)\s+\S+\s+\S+$", output, re.MULTILINE)
-    return {cell: (int(examples), int(failures)) for cell, examples, failures in rows}
+def matrix_rows(output: str) -> dict[str, tuple[int, int, str]]:
+    """cell -> (examples, failures, worst ratio) from the terminal matrix."""
+    rows = re.findall(r"^(\S+-\S+)\s+(\d+)\s+(\d+)\s+(\S+)\s+\S+$", output, re.MULTILINE)
+    return {cell: (int(examples), int(failures), worst) for cell, examples, failures, worst in rows}
 
 
 def xdist_comparison(args: list[str]) -> None:
@@ -109,11 +109,14 @@ def xdist_comparison(args: list[str]) -> None:
     parallel, out2 = timed_subprocess(["-n", "2", *common])
     rows0, rows2 = matrix_rows(out0), matrix_rows(out2)
     print(f"\nthorough profile, test_gradients: -n 0 {serial:.1f} s, -n 2 {parallel:.1f} s, speed-up {serial / parallel:.2f}x")
-    same = rows0 == rows2
-    print(f"same cells, examples and failures in both runs: {same}")
-    if not same:
-        for cell in sorted(set(rows0) | set(rows2)):
-            print(f"  {cell}: -n 0 {rows0.get(cell)}  -n 2 {rows2.get(cell)}")
+    # Examples are drawn afresh in each run, so counts can differ by a few (shrinking, target phase);
+    # what must agree is the cells and their verdicts.
+    same = {c: r[1] for c, r in rows0.items()} == {c: r[1] for c, r in rows2.items()}
+    print(f"same cells and failure counts in both runs: {same}")
+    print(f"{'cell':<28} {'-n 0 examples':>14} {'failures':>9} {'worst':>8}   {'-n 2 examples':>14} {'failures':>9} {'worst':>8}")
+    for cell in sorted(set(rows0) | set(rows2)):
+        a, b = rows0.get(cell, ("-", "-", "-")), rows2.get(cell, ("-", "-", "-"))
+        print(f"{cell:<28} {a[0]:>14} {a[1]:>9} {a[2]:>8}   {b[0]:>14} {b[1]:>9} {b[2]:>8}")
 
 
 def main() -> None:

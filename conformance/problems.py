@@ -49,6 +49,15 @@ class Problem:
         """Largest |z^l_j| over the whole batch: how deep into saturation this case goes."""
         return float(max(np.max(np.abs(z)) for z in self.trace.z.values()))
 
+    def __repr__(self) -> str:
+        # Hypothesis prints the failing example with repr(); the parameters themselves go to the case
+        # file, and thousands of numbers in the terminal would bury the message.
+        return f"Problem({self.dtype}, {self.describe()})"
+
+    def _repr_pretty_(self, printer: object, cycle: bool) -> None:
+        """The same short form for hypothesis' pretty-printer, which would otherwise expand the dataclass."""
+        printer.text(repr(self))  # type: ignore[attr-defined]
+
     def describe(self) -> str:
         """One line for failure messages: architecture, batch size, saturation."""
         return f"widths {self.network.widths} (L = {self.network.depth}), batch B = {self.batch.size}, max |z| = {self.max_abs_z:.4g}"

@@ -17,6 +17,7 @@ import platform
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +350,29 @@ def test_under_xdist_only_the_controller_writes(pytester: pytest.Pytester) -> No
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--markdown-summary", "summary.md")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     assert (pytester.path / "summary.md").read_text(encoding="utf-8").count("## backprop-conformance") == 1
+
+
+def test_real_run_writes_report_summary_and_passes_its_own_baseline(tmp_path: Path) -> None:
+    """End to end through the plugin: ``pytest conformance`` with the report, Markdown and baseline options."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | {"CI": "true", "HYPOTHESIS_STORAGE_DIRECTORY": str(tmp_path / "hyp")}
+    common = [
+        sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", "-q", "--backend", "tests.mutants:ManualBackprop",
+        "--max-examples", "15", "--case-dir", str(tmp_path / "cases"),
+    ]  # fmt: skip
+    base = tmp_path / "baseline.json"
+    first = subprocess.run(
+        [*common, "--baseline", str(base), "--update-baseline", "--markdown-summary", str(tmp_path / "summary.md")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    data = json.loads(base.read_text())
+    assert data["schema"] == "backprop-conformance/report/1"
+    assert {c["id"] for c in data["cells"]} == {"ok-stable-manual-float64", "ok-stable-manual-float32"}
+    assert all(c["examples"] >= 15 and c["failures"] == 0 for c in data["cells"])
+    assert "| `ok-stable-manual-float32` |" in (tmp_path / "summary.md").read_text()
+    second = subprocess.run(
+        [*common, "--baseline", str(base), "--conformance-report", str(tmp_path / "report.json")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert second.returncode == 0 and "no regressions" in second.stdout, second.stdout + second.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["baseline"]["passed"] is True
