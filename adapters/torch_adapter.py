@@ -264,6 +264,18 @@ class _PathResult:
     delta: list[Any] | None
 
 
+def _tape_result(recorder: _Recorder, cost: Any, delta: list[Any] | None) -> _PathResult:
+    """The gradients autograd left in the Linear layers' ``.grad``, with the forward values the hooks recorded."""
+    return _PathResult(
+        grad_w=[m.weight.grad for m in recorder.linears],
+        grad_b=[m.bias.grad for m in recorder.linears],
+        cost=cost,
+        z=list(recorder.z),
+        a=list(recorder.a),
+        delta=delta,
+    )
+
+
 def _quadratic_cost(torch: Any, a_L: Any, y: Any) -> Any:
     """C = Σ_x ½ Σ_j (y_j − a^L_j)², written out with torch ops (the page's cost, summed over the batch)."""
     return 0.5 * torch.sum((y - a_L) ** 2)
@@ -281,14 +293,7 @@ def _tape(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any, cost_fn: 
         z.retain_grad()
     cost = cost_fn(torch, a_L, y)
     cost.backward()
-    return _PathResult(
-        grad_w=[m.weight.grad for m in recorder.linears],
-        grad_b=[m.bias.grad for m in recorder.linears],
-        cost=cost,
-        z=list(recorder.z),
-        a=list(recorder.a),
-        delta=[z.grad for z in recorder.z],
-    )
+    return _tape_result(recorder, cost, delta=[z.grad for z in recorder.z])
 
 
 def _eager(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
@@ -351,14 +356,7 @@ def _compile(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _Pa
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT):
         cost = _compiled_forward_cost()(model, x, y)
         cost.backward()
-    return _PathResult(
-        grad_w=[m.weight.grad for m in recorder.linears],
-        grad_b=[m.bias.grad for m in recorder.linears],
-        cost=cost,
-        z=list(recorder.z),
-        a=list(recorder.a),
-        delta=None,
-    )
+    return _tape_result(recorder, cost, delta=None)
 
 
 _PATHS: dict[str, Callable[[Any, Any, _Recorder, Any, Any], _PathResult]] = {
