@@ -37,16 +37,17 @@ class NumpyAdapter(Adapter):
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
         w = {l: network.w[l].astype(dtype) for l in network.layers}
         b = {l: network.b[l].astype(dtype) for l in network.layers}
-        a, z = {1: batch.x.astype(dtype)}, {}
+        a, z, sp = {1: batch.x.astype(dtype)}, {}, {}
         for l in network.layers:  # forward: z^l = a^{l-1} (w^l)^T + b^l, a^l = σ(z^l)
             z[l] = a[l - 1] @ w[l].T + b[l]
-            with np.errstate(over="ignore"):  # the textbook σ: e^{-z} overflows for very negative z, and 1/inf = 0 is right
-                a[l] = 1 / (1 + np.exp(-z[l]))
+            e = np.exp(-np.abs(z[l]))  # σ(z) from e^{-|z|}: no overflow; σ′ = σ(z)σ(−z), exact even where σ(z) rounds to 1
+            a[l] = np.where(z[l] >= 0, 1, e) / (1 + e)
+            sp[l] = (1 / (1 + e)) * (e / (1 + e))
         L = network.depth
         r = a[L] - batch.y.astype(dtype)
         cost = 0.5 * np.sum(r * r)
-        delta = {L: r * a[L] * (1 - a[L])}  # δ^L = (a^L − y) σ′(z^L), σ′ from the output
+        delta = {L: r * sp[L]}  # δ^L = (a^L − y) σ′(z^L)
         for l in range(L - 1, 1, -1):  # δ^l = (δ^{l+1} w^{l+1}) ⊙ σ′(z^l)
-            delta[l] = (delta[l + 1] @ w[l + 1]) * a[l] * (1 - a[l])
+            delta[l] = (delta[l + 1] @ w[l + 1]) * sp[l]
         grads = Gradients({l: delta[l].T @ a[l - 1] for l in network.layers}, {l: delta[l].sum(axis=0) for l in network.layers})
         return AdapterOutput(grads, float(cost), a=a, z=z, delta=delta)
