@@ -16,13 +16,21 @@ FLOPs counted (matrix products only, forward + backward, page's layers l = 2..L,
 Run: ``python benchmarks/bench_reference.py``. It prints figures and asserts nothing about time.
 numpy's matmul uses every core OpenBLAS is given while σ and the other elementwise steps use one, so
 the ratio falls as cores are added; on a machine shared with other jobs, ``OPENBLAS_NUM_THREADS=1``
-gives the steadiest figure. Allocation matters too: where first-touching fresh memory is expensive
-(page faults in a small VM), every temporary array the reference creates shows in the ratio.
+gives the steadiest figure.
+
+Allocation matters as much as arithmetic. The reference returns every intermediate, about 18 MB per
+call at width 512; allocated as separate arrays, that memory went back to the operating system after
+each call and was page-faulted in again on the next, which cost more than all the elementwise work.
+``backprop`` therefore takes one block per call (reference/vectorized.py, ``_layer_buffers``); table
+(iii) measures the two ways of getting the same amount of memory, so the reason stays checkable on
+any machine.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+import multiprocessing
 import os
 import statistics
 import time
@@ -127,6 +135,41 @@ def flop_rate_table() -> None:
     print("ratio = reference FLOP rate / numpy matmul FLOP rate (best of each); goal >= 0.5 from width 512.")
 
 
+def _first_touch_times(one_block: bool) -> list[float]:
+    """Seconds to get and fill the memory one width-512 pass returns, freeing it between calls, as the
+    separate arrays the reference used to allocate or as one block. Run in a fresh interpreter: glibc
+    sizes its thresholds after the largest block freed so far, so earlier tables would skew it."""
+    shapes = [(BATCH, 512)] * 4 + [(512, 512)]
+    shapes *= DEPTH - 1
+    total = sum(math.prod(shape) for shape in shapes)
+
+    def separate() -> list[np.ndarray]:
+        arrays = [np.empty(shape) for shape in shapes]
+        for array in arrays:
+            array.fill(1.0)
+        return arrays  # dropped by the caller, as a trace is
+
+    def block() -> np.ndarray:
+        array = np.empty(total)
+        array.fill(1.0)
+        return array
+
+    return timings(block if one_block else separate, 45)
+
+
+def first_touch_table() -> None:
+    print()
+    shapes = 5 * (DEPTH - 1)
+    megabytes = (DEPTH - 1) * (4 * BATCH * 512 + 512 * 512) * 8 / 1e6
+    print(f"(iii) getting and filling the {megabytes:.1f} MB one width-512 pass returns, each in a fresh interpreter, best of 45 (median)")
+    spawn = multiprocessing.get_context("spawn")
+    for name, one_block in ((f"{shapes} separate arrays", False), ("one block", True)):
+        with spawn.Pool(1) as pool:
+            times = pool.apply(_first_touch_times, (one_block,))
+        print(f"{name:>20}: {min(times) * 1e3:7.2f} ms ({statistics.median(times) * 1e3:.2f})")
+    print("backprop allocated separate arrays before it took one block per call (reference/vectorized.py, _layer_buffers).")
+
+
 def oracle_table() -> None:
     network, _ = random_problem(ORACLE_WIDTHS, 1)
     print()
@@ -160,6 +203,7 @@ def main() -> None:
     print(f"numpy {np.__version__}, {os.cpu_count()} CPUs visible, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     flop_rate_table()
     oracle_table()
+    first_touch_table()
 
 
 if __name__ == "__main__":

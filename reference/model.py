@@ -217,6 +217,21 @@ class Gradients:
         object.__setattr__(self, "w", MappingProxyType({l: _frozen(v) for l, v in w.items()}))
         object.__setattr__(self, "b", MappingProxyType({l: _frozen(v) for l, v in b.items()}))
 
+    @classmethod
+    def adopt(cls, w: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> Gradients:
+        """Wrap arrays that nothing else refers to, marking them read-only instead of copying them.
+
+        For producers that have just computed the arrays (the vectorized reference): the defensive copy
+        the constructor makes costs as much as a backward step through a width-512 layer, for arrays
+        that no one else holds. Passing arrays that someone still writes to breaks the read-only promise.
+        """
+        for array in (*w.values(), *b.values()):
+            array.setflags(write=False)
+        gradients = object.__new__(cls)
+        object.__setattr__(gradients, "w", MappingProxyType(dict(w)))
+        object.__setattr__(gradients, "b", MappingProxyType(dict(b)))
+        return gradients
+
     def items(self) -> list[tuple[str, int, np.ndarray]]:
         """Every gradient array as (kind, l, array), kind "w" or "b", in layer order."""
         return [("w", l, self.w[l]) for l in sorted(self.w)] + [("b", l, self.b[l]) for l in sorted(self.b)]

@@ -53,22 +53,25 @@ def sigmoid_prime_scalar(z: float) -> float:
     return sigmoid_scalar(z) * sigmoid_scalar(-z)
 
 
-def sigmoid_and_prime(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sigmoid_and_prime(z: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """σ(z) and σ′(z) from one exponential, bitwise equal to :func:`sigmoid` and :func:`sigmoid_prime`.
 
     The backward pass needs σ′ at every z the forward pass took σ of; sharing e = e^(−|z|) and working
     in place halves the elementwise cost, which at width 512 is a quarter of the reference's time.
     ``np.maximum(e, z ≥ 0)`` is the numerator of :func:`sigmoid` (1 for z ≥ 0, e otherwise, as e ≤ 1)
-    without the cost of ``np.where``.
+    without the cost of ``np.where``. ``out``, a pair of arrays shaped like ``z``, receives (σ, σ′)
+    so that a caller holding one buffer for a whole backward pass does not allocate new ones; σ′ uses
+    its buffer for 1 + e along the way, so neither may overlap ``z``.
     """
     z = np.asarray(z)
+    s, prime = out if out is not None else (np.empty_like(z), np.empty_like(z))
     e = np.abs(z)
     np.negative(e, out=e)
     np.exp(e, out=e)
-    d = e + 1
-    s = np.maximum(e, z >= 0)
+    d = np.add(e, 1, out=prime)
+    np.maximum(e, z >= 0, out=s)
     np.divide(s, d, out=s)
-    prime = 1 / d
     np.divide(e, d, out=e)
-    np.multiply(prime, e, out=prime)
+    np.divide(1, d, out=d)
+    np.multiply(d, e, out=prime)
     return s, prime

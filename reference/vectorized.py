@@ -20,8 +20,10 @@ point it implements.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,47 +31,52 @@ from reference.model import Batch, Gradients, Network, check_compatible
 from reference.sigmoid import sigmoid_and_prime
 
 
-def weighted_input(w_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray) -> np.ndarray:
-    """z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j, for every example (row) of ``a_prev`` at once."""
-    z = a_prev @ w_l.T
+def weighted_input(w_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j, for every example (row) of ``a_prev`` at once.
+
+    Like every function below, it writes into ``out`` when given one (see :class:`_Workspace` for why).
+    """
+    z = np.matmul(a_prev, w_l.T, out=out)
     z += b_l
     return z
 
 
-def activation(z_l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def activation(z_l: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """a^l_j = σ(z^l_j), with the overflow-free σ of :mod:`reference.sigmoid`.
 
     Returned together with σ′(z^l_j) = σ(z)σ(−z), computed from the same exponential: the backward
     pass needs σ′ at exactly these z (see :func:`error`).
     """
-    return sigmoid_and_prime(z_l)
+    return sigmoid_and_prime(z_l, out=out)
 
 
 def quadratic_cost(a_L: np.ndarray, y: np.ndarray) -> np.ndarray:
     """C = 1/2 Σ_j (y_j − a^L_j)², summed over the batch as well (see the module docstring)."""
     r = y - a_L
-    return 0.5 * np.sum(r * r)
+    np.multiply(r, r, out=r)
+    return 0.5 * np.sum(r)
 
 
-def output_activation_gradient(a_L: np.ndarray, y: np.ndarray) -> np.ndarray:
+def output_activation_gradient(a_L: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """∂C/∂a^L_j = a^L_j − y_j  (page: "We also have ∂C/∂a^L_j = a^L_j − y_j").
 
     From C = 1/2 Σ_j (y_j − a^L_j)²: d/da of 1/2 (y − a)² is −(y − a) = a − y; the ½ cancels the 2.
     """
-    return a_L - y
+    return np.subtract(a_L, y, out=out)
 
 
-def error(dC_da_l: np.ndarray, sigma_prime_l: np.ndarray) -> np.ndarray:
+def error(dC_da_l: np.ndarray, sigma_prime_l: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """δ^l_j = ∂C/∂z^l_j = ∂C/∂a^l_j σ′(z^l_j), given σ′(z^l_j) from :func:`activation`.
 
     The page never names this product but uses it in every formula; naming it lets the backward
     recursion and both gradients share it, and lets a failure report say where it first goes wrong.
     The σ′ here is the one the page prints as σ(z^l_j) in its theorem statement (lost prime).
+    ``out`` may be ``sigma_prime_l`` itself: :func:`backprop` overwrites σ′, which it keeps nowhere, with δ.
     """
-    return dC_da_l * sigma_prime_l
+    return np.multiply(dC_da_l, sigma_prime_l, out=out)
 
 
-def hidden_activation_gradient(w_next: np.ndarray, delta_next: np.ndarray) -> np.ndarray:
+def hidden_activation_gradient(w_next: np.ndarray, delta_next: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """∂C/∂a^l_j = Σ_i ∂C/∂a^{l+1}_i σ′(z^{l+1}_i) w^{l+1}_ij = Σ_i δ^{l+1}_i w^{l+1}_ij.
 
     The page derives it from ∂C/∂a^l_j = Σ_i ∂C/∂a^{l+1}_i ∂a^{l+1}_i/∂a^l_j and
@@ -78,20 +85,20 @@ def hidden_activation_gradient(w_next: np.ndarray, delta_next: np.ndarray) -> np
     the chain rule gives σ′). The sum over i is a product with w^{l+1}, not its transpose:
     column j of w^{l+1} holds the weights leaving neuron j of layer l.
     """
-    return delta_next @ w_next
+    return np.matmul(delta_next, w_next, out=out)
 
 
-def weight_gradient(delta_l: np.ndarray, a_prev: np.ndarray) -> np.ndarray:
+def weight_gradient(delta_l: np.ndarray, a_prev: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """∂C/∂w^l_jk = ∂C/∂a^l_j σ′(z^l_j) a^{l−1}_k = δ^l_j a^{l−1}_k, summed over the batch.
 
     The page writes ∂a^l_j/∂w^l_jk = σ(z^l_j) a^{l−1}_k (and σ(z^L_j) in the base case); the prime was
     lost: a^l_j = σ(z^l_j) and ∂z^l_j/∂w^l_jk = a^{l−1}_k, so the chain rule gives σ′(z^l_j) a^{l−1}_k.
     The batch sum Σ_x δ^l_j(x) a^{l−1}_k(x) is the matrix product δᵀ a.
     """
-    return delta_l.T @ a_prev
+    return np.matmul(delta_l.T, a_prev, out=out)
 
 
-def bias_gradient(delta_l: np.ndarray) -> np.ndarray:
+def bias_gradient(delta_l: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """∂C/∂b^l_j = ∂C/∂a^l_j σ′(z^l_j) = δ^l_j, summed over the batch -- the formula the page leaves as ``???``.
 
     Derivation, as the page does it for w^l_jk: C depends on b^l_j only through a^l_j, and
@@ -99,7 +106,52 @@ def bias_gradient(delta_l: np.ndarray) -> np.ndarray:
     ∂C/∂b^l_j = ∂C/∂a^l_j · ∂a^l_j/∂b^l_j = ∂C/∂a^l_j · σ′(z^l_j) · ∂z^l_j/∂b^l_j, and ∂z^l_j/∂b^l_j = 1.
     It is the weight formula with the input a^{l−1}_k replaced by the constant 1 that b^l_j multiplies.
     """
-    return delta_l.sum(axis=0)
+    return delta_l.sum(axis=0, out=out)
+
+
+_ALIGNMENT = 64  # bytes: one cache line, so that every view starts where BLAS and SIMD loops read fastest
+
+
+class _LayerBuffers(NamedTuple):
+    """Where layer l's results go: z^l, a^l, σ′(z^l) then δ^l, ∂C/∂a^l, ∂C/∂w^l and ∂C/∂b^l."""
+
+    z: np.ndarray
+    a: np.ndarray
+    delta: np.ndarray
+    dC_da: np.ndarray
+    weight_gradient: np.ndarray
+    bias_gradient: np.ndarray
+
+
+def _layer_buffers(widths: tuple[int, ...], batch_size: int, dtype: np.dtype) -> dict[int, _LayerBuffers]:
+    """Non-overlapping, aligned views of *one* new block, for everything :func:`backprop` returns.
+
+    Why one block. A backward pass returns 4·B·n(l) + n(l)·(n(l−1) + 1) numbers per layer, 18.9 MB at
+    width 512 and batch 256. Allocated array by array, that memory went back to the operating system
+    when the caller dropped the trace (glibc gives back free memory beyond twice the largest block freed
+    so far, here 2 MB) and every call page-faulted it in again: 9.1 ms per call against 12.8 ms for all
+    the matrix products, on the 2-core VM the suite is developed on. One block raises glibc's threshold
+    to its own size (up to 32 MiB), so the next call reuses it: 0.4 ms. Larger blocks are mapped afresh
+    but in huge pages, which numpy requests from 4 MiB. Figures: ``python benchmarks/bench_reference.py``.
+    Writing into views instead of new arrays changes no bit of any result, since the same numpy calls
+    run on the same operands (``tests/test_vectorized.py``); the price is that one array of a trace
+    keeps the whole block alive.
+    """
+    B, itemsize = batch_size, dtype.itemsize
+    shapes = {}
+    for l in range(2, len(widths) + 1):
+        n, n_prev = widths[l - 1], widths[l - 2]
+        shapes[l] = ((B, n), (B, n), (B, n), (B, n), (n, n_prev), (n,))
+    # Byte offset of each view, every one rounded up to a multiple of _ALIGNMENT.
+    offsets, end = [], 0
+    for layer in shapes.values():
+        for shape in layer:
+            offsets.append(end)
+            end += -(-math.prod(shape) * itemsize // _ALIGNMENT) * _ALIGNMENT
+    block = np.empty(end + _ALIGNMENT, np.uint8)
+    start = -block.__array_interface__["data"][0] % _ALIGNMENT
+    position = iter(offsets)
+    return {l: _LayerBuffers(*(np.ndarray(shape, dtype, block, start + next(position)) for shape in layer)) for l, layer in shapes.items()}
 
 
 @dataclass(frozen=True)
@@ -125,7 +177,9 @@ def backprop(network: Network, batch: Batch, dtype: np.dtype | type = np.float64
 
     The network and batch are converted to ``dtype`` first (float64 by default). To evaluate the
     reference at exactly the point a lower-precision framework sees, round the parameters and data to
-    that format and pass them here in float64.
+    that format and pass them here in float64. Every returned array is a view of one block (see
+    :func:`_layer_buffers`); each equation still returns its result, which is what is kept, so a
+    replaced equation (the mutation tests do that) that ignores ``out`` still yields a correct trace of it.
     """
     check_compatible(network, batch)
     dtype = np.dtype(dtype)
@@ -135,20 +189,21 @@ def backprop(network: Network, batch: Batch, dtype: np.dtype | type = np.float64
     w = {l: network.w[l].astype(dtype, copy=False) for l in network.layers}
     b = {l: network.b[l].astype(dtype, copy=False) for l in network.layers}
     L = network.depth
+    buffers = _layer_buffers(network.widths, batch.size, dtype)
     a: dict[int, np.ndarray] = {1: batch.x.astype(dtype, copy=False)}
     z: dict[int, np.ndarray] = {}
     sigma_prime: dict[int, np.ndarray] = {}
     for l in range(2, L + 1):
-        z[l] = weighted_input(w[l], a[l - 1], b[l])
-        a[l], sigma_prime[l] = activation(z[l])
+        z[l] = weighted_input(w[l], a[l - 1], b[l], out=buffers[l].z)
+        a[l], sigma_prime[l] = activation(z[l], out=(buffers[l].a, buffers[l].delta))
     y = batch.y.astype(dtype, copy=False)
-    dC_da: dict[int, np.ndarray] = {L: output_activation_gradient(a[L], y)}
-    delta: dict[int, np.ndarray] = {L: error(dC_da[L], sigma_prime[L])}
+    dC_da: dict[int, np.ndarray] = {L: output_activation_gradient(a[L], y, out=buffers[L].dC_da)}
+    delta: dict[int, np.ndarray] = {L: error(dC_da[L], sigma_prime[L], out=sigma_prime[L])}
     for l in range(L - 1, 1, -1):
-        dC_da[l] = hidden_activation_gradient(w[l + 1], delta[l + 1])
-        delta[l] = error(dC_da[l], sigma_prime[l])
-    gradients = Gradients(
-        {l: weight_gradient(delta[l], a[l - 1]) for l in range(2, L + 1)},
-        {l: bias_gradient(delta[l]) for l in range(2, L + 1)},
+        dC_da[l] = hidden_activation_gradient(w[l + 1], delta[l + 1], out=buffers[l].dC_da)
+        delta[l] = error(dC_da[l], sigma_prime[l], out=sigma_prime[l])
+    gradients = Gradients.adopt(
+        {l: weight_gradient(delta[l], a[l - 1], out=buffers[l].weight_gradient) for l in range(2, L + 1)},
+        {l: bias_gradient(delta[l], out=buffers[l].bias_gradient) for l in range(2, L + 1)},
     )
     return BackpropTrace(z=z, a=a, dC_da=dC_da, delta=delta, gradients=gradients, cost=float(quadratic_cost(a[L], y)))

@@ -433,3 +433,17 @@ def test_astype_and_map_revalidate() -> None:
 )
 def test_parameter_name_is_one_based_and_unambiguous(kind: str, l: int, index: tuple[int, ...], expected: str) -> None:
     assert parameter_name(kind, l, index) == expected
+
+
+def test_adopted_gradients_are_the_same_arrays_made_read_only() -> None:
+    """``Gradients.adopt`` skips the copy (the reference hands over arrays nobody else holds) but not the freeze."""
+    gw, gb = {2: np.ones((3, 2)), 3: np.ones((1, 3))}, {2: np.ones(3), 3: np.ones(1)}
+    grads = Gradients.adopt(gw, gb)
+    assert grads.w[2] is gw[2] and grads.b[3] is gb[3]
+    with pytest.raises(ValueError, match="read-only"):
+        grads.w[3][0, 0] = 0.0
+    with pytest.raises(TypeError):
+        grads.w[4] = np.ones((1, 1))  # type: ignore[index]
+    gw[5] = np.ones((1, 1))
+    assert sorted(grads.w) == [2, 3], "the mapping is the adopter's own, not the caller's dict"
+    assert [(kind, l) for kind, l, _ in grads.items()] == [("w", 2), ("w", 3), ("b", 2), ("b", 3)]

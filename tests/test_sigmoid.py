@@ -28,7 +28,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reference.mpmath_oracle import sigmoid_mp, sigmoid_prime_mp
-from reference.sigmoid import sigmoid, sigmoid_prime, sigmoid_prime_scalar, sigmoid_scalar
+from reference.sigmoid import sigmoid, sigmoid_and_prime, sigmoid_prime, sigmoid_prime_scalar, sigmoid_scalar
 
 U = 2.0**-53
 S = 2.0**-1074
@@ -126,3 +126,24 @@ def test_sigmoid_prime_is_exactly_even_and_sigma_is_odd_about_one_half(z: float)
     assert sigmoid_prime_scalar(z) == sigmoid_prime_scalar(-z)
     total = float(sigmoid(np.float64(z))) + float(sigmoid(np.float64(-z)))
     assert math.isclose(total, 1.0, rel_tol=2 * SIGMOID_REL + 2 * U)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.longdouble])
+@pytest.mark.parametrize("into_buffers", [False, True], ids=["new arrays", "into out"])
+def test_sigmoid_and_prime_is_bitwise_sigmoid_and_sigmoid_prime(dtype: type, into_buffers: bool) -> None:
+    """The backward pass's one-exponential (σ, σ′) must be exactly the two functions the tests above validate.
+
+    Over the whole range, both signs and the saturated tails, in every float dtype the reference computes in,
+    and whether or not the caller supplies the output buffers (as :func:`reference.vectorized.backprop` does).
+    """
+    z = np.concatenate([np.linspace(-SATURATED, SATURATED, 4001), [-0.0, 0.0, 1e-300, -1e-300, 36.8, -36.8, 1.0]]).astype(dtype)
+    z = z.reshape(2, -1)  # a batch-shaped array, as backprop passes
+    out = (np.full_like(z, np.nan), np.full_like(z, np.nan)) if into_buffers else None
+    with np.errstate(over="ignore", under="ignore"):
+        s, sp = sigmoid_and_prime(z, out=out)
+        expected_s, expected_sp = sigmoid(z), sigmoid_prime(z)
+    if out is not None:
+        assert s is out[0] and sp is out[1]
+    assert s.dtype == sp.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(s, expected_s)
+    np.testing.assert_array_equal(sp, expected_sp)
