@@ -3,7 +3,7 @@
 The rule under test, written out here independently of the code: a cell regresses when its worst
 error/bound ratio exceeds 2 × max(baseline worst, 0.25), or when it passed in the baseline and fails
 now; cells on one side only are listed, not failed. Reports are built from hand-made statistics, and
-the options run in a real pytest session through ``pytester`` with the plugin's wiring in a conftest.
+the options run in a real pytest session through ``pytester`` (tests/report_project.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from report_project import PASSING_TEST, make_report_project
 
 from adapters.base import Capabilities
 from adapters.registry import AdapterSpec
@@ -171,44 +172,10 @@ def test_passing_cells_regress_exactly_beyond_twice_the_floored_baseline(old: fl
 
 # The options in a pytest run.
 
-WIRING = """
-import json
-from pathlib import Path
-
-from adapters.base import Capabilities
-from adapters.registry import AdapterSpec
-from conformance import report
-from conformance.cells import Backend, Cell
-from conformance.stats import CellStats
-
-CAPS = Capabilities(name="fake", framework="Fake", version="1.0", dtypes=("float64", "float32"), paths=("eager",), default_paths=("eager",))
-BACKENDS = [Backend(AdapterSpec("fake", "pkg:Fake", "command line"), capabilities=CAPS)]
-
-
-def pytest_addoption(parser):
-    report.add_options(parser.getgroup("backprop-conformance"))
-
-
-def pytest_configure(config):
-    report.configure(config)
-
-
-def pytest_sessionfinish(session):
-    data = json.loads(Path(__file__).with_name("stats.json").read_text())
-    cells = [Cell("fake", "eager", key.rsplit("-", 1)[1]) for key in data]
-    report.finish(session, {k: CellStats(**v) for k, v in data.items()}, BACKENDS, cells, "ci")
-
-
-def pytest_terminal_summary(terminalreporter, config):
-    report.terminal_summary(terminalreporter, config)
-"""
-PASSING_TEST = "def test_passes():\n    pass\n"
-
 
 def project(pytester: pytest.Pytester, stats: dict[str, CellStats], test: str = PASSING_TEST) -> None:
-    pytester.makeconftest(WIRING)
-    (pytester.path / "stats.json").write_text(json.dumps({k: v.to_dict() for k, v in stats.items()}), encoding="utf-8")
-    pytester.makepyfile(test_it=test)
+    """A pytest run of backend "fake" (Fake 1.0, ci profile), like the baselines :func:`stored` writes."""
+    make_report_project(pytester, stats, test=test, framework="Fake", version="1.0", profile="ci")
 
 
 def pytest_run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

@@ -2,7 +2,7 @@
 
 The report is built from hand-made :class:`conformance.stats.CellStats` and fake backends, so every
 expected value below is written out by hand, not produced by the code under test. The options are
-exercised through pytest's own ``pytester``: a throwaway project whose conftest wires the functions
+exercised through pytest's own ``pytester``: a throwaway project (tests/report_project.py) whose conftest wires the functions
 of :mod:`conformance.report` into the hooks exactly as ``conformance/plugin.py`` does, with
 statistics read from a file, so that the options, the exit status and the printed summary are those of
 a real pytest run (including one under pytest-xdist) without the cost of running adapters.
@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from report_project import make_report_project
 
 from adapters.base import Capabilities
 from adapters.registry import AdapterSpec
@@ -265,49 +266,9 @@ def test_markdown_appends(tmp_path: Path) -> None:
 
 # The options, in a real pytest run (pytester), with the plugin's wiring in a conftest.
 
-WIRING = """
-import json
-from pathlib import Path
-
-from adapters.base import Capabilities
-from adapters.registry import AdapterSpec
-from conformance import report
-from conformance.cells import Backend, Cell
-from conformance.stats import CellStats
-
-CAPS = Capabilities(name="fake", framework="FakeFramework", version="9.8.7", dtypes=("float64", "float32"), paths=("eager",),
-                    default_paths=("eager",))
-BACKENDS = [Backend(AdapterSpec("fake", "fakepkg.adapter:Fake", "command line"), capabilities=CAPS)]
-CELLS = [Cell("fake", "eager", "float64"), Cell("fake", "eager", "float32")]
-
-
-def pytest_addoption(parser):
-    report.add_options(parser.getgroup("backprop-conformance"))
-
-
-def pytest_configure(config):
-    report.configure(config)
-
-
-def pytest_sessionfinish(session):
-    data = json.loads(Path(__file__).with_name("stats.json").read_text())
-    report.finish(session, {k: CellStats(**v) for k, v in data.items()}, BACKENDS, CELLS, "dev")
-
-
-def pytest_terminal_summary(terminalreporter, config):
-    report.terminal_summary(terminalreporter, config)
-"""
-
-
-def project(pytester: pytest.Pytester, stats: dict[str, CellStats], test: str = "def test_passes():\n    pass\n") -> None:
-    """A pytest project whose run ends with ``stats`` as the plugin's merged statistics."""
-    pytester.makeconftest(WIRING)
-    (pytester.path / "stats.json").write_text(json.dumps({k: v.to_dict() for k, v in stats.items()}), encoding="utf-8")
-    pytester.makepyfile(test_it=test)
-
 
 def test_options_write_report_and_summary(pytester: pytest.Pytester) -> None:
-    project(pytester, STATS)
+    make_report_project(pytester, STATS)
     result = pytester.runpytest("-p", "no:cacheprovider", "--conformance-report", "out/r.json", "--markdown-summary", "summary.md")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     data = strict_json((pytester.path / "out" / "r.json").read_text(encoding="utf-8"))
@@ -321,15 +282,15 @@ def test_options_write_report_and_summary(pytester: pytest.Pytester) -> None:
 
 
 def test_nothing_is_written_without_the_options(pytester: pytest.Pytester) -> None:
-    project(pytester, STATS)
+    make_report_project(pytester, STATS)
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.OK
     assert "conformance report and baseline" not in result.stdout.str()
-    assert sorted(p.name for p in pytester.path.iterdir() if p.suffix in (".json", ".md")) == ["stats.json"]
+    assert sorted(p.name for p in pytester.path.iterdir() if p.suffix in (".json", ".md")) == ["run.json"]
 
 
 def test_a_directory_as_report_path_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    project(pytester, STATS)
+    make_report_project(pytester, STATS)
     (pytester.path / "adir").mkdir()
     result = pytester.runpytest("-p", "no:cacheprovider", "--conformance-report", "adir")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -337,7 +298,7 @@ def test_a_directory_as_report_path_is_a_usage_error(pytester: pytest.Pytester) 
 
 
 def test_an_unwritable_report_fails_a_passing_run(pytester: pytest.Pytester) -> None:
-    project(pytester, STATS)
+    make_report_project(pytester, STATS)
     (pytester.path / "afile").write_text("", encoding="utf-8")
     result = pytester.runpytest("-p", "no:cacheprovider", "--conformance-report", "afile/r.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
@@ -346,7 +307,7 @@ def test_an_unwritable_report_fails_a_passing_run(pytester: pytest.Pytester) -> 
 
 def test_under_xdist_only_the_controller_writes(pytester: pytest.Pytester) -> None:
     """Each of the two workers runs the same hooks; the summary must still be appended once."""
-    project(pytester, STATS, "import pytest\n\n@pytest.mark.parametrize('i', range(4))\ndef test_passes(i):\n    pass\n")
+    make_report_project(pytester, STATS, test="import pytest\n\n@pytest.mark.parametrize('i', range(4))\ndef test_passes(i):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--markdown-summary", "summary.md")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     assert (pytester.path / "summary.md").read_text(encoding="utf-8").count("## backprop-conformance") == 1
