@@ -34,7 +34,7 @@ from reference.sigmoid import sigmoid_and_prime
 def weighted_input(w_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j, for every example (row) of ``a_prev`` at once.
 
-    Like every function below, it writes into ``out`` when given one (see :class:`_Workspace` for why).
+    Like every function below, it writes into ``out`` when given one (see :func:`_layer_buffers` for why).
     """
     z = np.matmul(a_prev, w_l.T, out=out)
     z += b_l
@@ -109,7 +109,7 @@ def bias_gradient(delta_l: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     return delta_l.sum(axis=0, out=out)
 
 
-_ALIGNMENT = 64  # bytes: one cache line, so that every view starts where BLAS and SIMD loops read fastest
+_ALIGNMENT = 64  # bytes: every view starts on a cache line of its own, as a separately allocated array would
 
 
 class _LayerBuffers(NamedTuple):
@@ -128,9 +128,9 @@ def _layer_buffers(widths: tuple[int, ...], batch_size: int, dtype: np.dtype) ->
 
     Why one block. A backward pass returns 4·B·n(l) + n(l)·(n(l−1) + 1) numbers per layer, 18.9 MB at
     width 512 and batch 256. Allocated array by array, that memory went back to the operating system
-    when the caller dropped the trace (glibc gives back free memory beyond twice the largest block freed
-    so far, here 2 MB) and every call page-faulted it in again: 9.1 ms per call against 12.8 ms for all
-    the matrix products, on the 2-core VM the suite is developed on. One block raises glibc's threshold
+    when the caller dropped the trace (glibc hands back free memory beyond twice the largest block freed
+    so far, 2 MB here) and every call page-faulted it in again: about 9 ms per call against 12.7 ms for
+    all the matrix products, on the 2-core VM the suite is developed on. One block raises glibc's threshold
     to its own size (up to 32 MiB), so the next call reuses it: 0.4 ms. Larger blocks are mapped afresh
     but in huge pages, which numpy requests from 4 MiB. Figures: ``python benchmarks/bench_reference.py``.
     Writing into views instead of new arrays changes no bit of any result, since the same numpy calls

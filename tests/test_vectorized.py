@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from strategies import cases
 
 from reference import vectorized as V
-from reference.model import Batch, Network
+from reference.model import Batch, Gradients, Network
 
 DTYPES = [np.float16, np.float32, np.float64, np.longdouble]
 
@@ -36,7 +36,7 @@ def _plain_backprop(network: Network, batch: Batch, dtype: type) -> V.BackpropTr
     for l in range(L - 1, 1, -1):
         dC_da[l] = V.hidden_activation_gradient(w[l + 1], delta[l + 1])
         delta[l] = V.error(dC_da[l], sigma_prime[l])
-    gradients = V.Gradients(
+    gradients = Gradients(
         {l: V.weight_gradient(delta[l], a[l - 1]) for l in range(2, L + 1)},
         {l: V.bias_gradient(delta[l]) for l in range(2, L + 1)},
     )
