@@ -135,12 +135,15 @@ def flop_rate_table() -> None:
     print("ratio = reference FLOP rate / numpy matmul FLOP rate (best of each); goal >= 0.5 from width 512.")
 
 
+# The arrays one width-512 pass returns per layer l = 2..L: z, a, δ, ∂C/∂a and ∂C/∂w (∂C/∂b is negligible).
+PASS_SHAPES = ([(BATCH, 512)] * 4 + [(512, 512)]) * (DEPTH - 1)
+
+
 def _first_touch_times(one_block: bool) -> list[float]:
     """Seconds to get and fill the memory one width-512 pass returns, freeing it between calls, as the
     separate arrays the reference used to allocate or as one block. Run in a fresh interpreter: glibc
     sizes its thresholds after the largest block freed so far, so earlier tables would skew it."""
-    shapes = [(BATCH, 512)] * 4 + [(512, 512)]
-    shapes *= DEPTH - 1
+    shapes = PASS_SHAPES
     total = sum(math.prod(shape) for shape in shapes)
 
     def separate() -> list[np.ndarray]:
@@ -159,11 +162,10 @@ def _first_touch_times(one_block: bool) -> list[float]:
 
 def first_touch_table() -> None:
     print()
-    shapes = 5 * (DEPTH - 1)
-    megabytes = (DEPTH - 1) * (4 * BATCH * 512 + 512 * 512) * 8 / 1e6
+    megabytes = sum(math.prod(shape) for shape in PASS_SHAPES) * 8 / 1e6
     print(f"(iii) getting and filling the {megabytes:.1f} MB one width-512 pass returns, each in a fresh interpreter, best of 45 (median)")
     spawn = multiprocessing.get_context("spawn")
-    for name, one_block in ((f"{shapes} separate arrays", False), ("one block", True)):
+    for name, one_block in ((f"{len(PASS_SHAPES)} separate arrays", False), ("one block", True)):
         with spawn.Pool(1) as pool:
             times = pool.apply(_first_touch_times, (one_block,))
         print(f"{name:>20}: {min(times) * 1e3:7.2f} ms ({statistics.median(times) * 1e3:.2f})")
