@@ -7,12 +7,12 @@ small class; third parties write one to put their framework through the suite (s
 
 Contract, in short:
 
-* Input: a :class:`~reference.model.Network` (parameters in page layout, numpy float64 arrays whose
+* Input: a :class:`~backprop_conformance.reference.model.Network` (parameters in page layout, numpy float64 arrays whose
   values are exactly representable in ``dtype``: the suite rounds them first), a
-  :class:`~reference.model.Batch`, a format name (``"float64"``, ``"float32"``, ``"float16"``,
+  :class:`~backprop_conformance.reference.model.Batch`, a format name (``"float64"``, ``"float32"``, ``"float16"``,
   ``"bfloat16"``), an execution path and a device, all among the adapter's declared capabilities.
 * Output: an :class:`AdapterOutput`: ∂C/∂w^l and ∂C/∂b^l as numpy arrays in page layout, in the
-  requested format's carrier dtype (:data:`reference.dtypes.FORMATS`; bfloat16 values are carried in
+  requested format's carrier dtype (:data:`backprop_conformance.reference.dtypes.FORMATS`; bfloat16 values are carried in
   float32 arrays), the cost, and the forward activations a^l (plus z^l and δ^l where the framework
   can give them) for diagnosis.
 * No state between calls: the same input gives the same gradients (in particular, gradients must not
@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from reference.model import Batch, Gradients, Network
+from backprop_conformance.reference.model import Batch, Gradients, Network
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Capabilities:
         name: the adapter's short name, used in test ids and on the command line ("torch").
         framework: the framework's display name ("PyTorch").
         version: the framework's version string, recorded in reports and reproducers.
-        dtypes: format names the adapter supports, from :data:`reference.dtypes.FORMATS`.
+        dtypes: format names the adapter supports, from :data:`backprop_conformance.reference.dtypes.FORMATS`.
         paths: every execution path it supports ("eager", "jit", ...).
         default_paths: the paths run when the user does not ask for specific ones; a slow path
             (e.g. ``torch.compile``) is supported but opt-in by leaving it out of this tuple.

@@ -38,9 +38,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from adapters.base import Adapter, AdapterOutput, Capabilities
-from reference.dtypes import float_format, is_representable
-from reference.model import Batch, Gradients, Network, check_compatible
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.reference.dtypes import float_format, is_representable
+from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
 PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp")
@@ -209,7 +209,8 @@ def _check_representable(dtype: str, array: np.ndarray, what: str) -> None:
     if not is_representable(dtype, array):
         raise JaxAdapterError(
             f"jax adapter: {what} holds values that are not exactly representable in {dtype}; "
-            f"round them first with reference.dtypes.round_to({dtype!r}, ...) so that JAX and the reference see the same numbers"
+            f"round them first with backprop_conformance.reference.dtypes.round_to({dtype!r}, ...) "
+            "so that JAX and the reference see the same numbers"
         )
 
 

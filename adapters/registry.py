@@ -16,7 +16,7 @@ import importlib.util
 import inspect
 from dataclasses import dataclass
 
-from adapters.base import Adapter
+from backprop_conformance.adapters.base import Adapter
 
 ENTRY_POINT_GROUP = "backprop_conformance.adapters"
 """Entry-point group for third-party adapters: ``name = "package.module:AdapterClass"``."""
@@ -71,7 +71,8 @@ class AdapterSpec:
         if isinstance(obj, type):
             if not issubclass(obj, Adapter):
                 raise UnknownAdapter(
-                    f"{self.target} is the class {obj.__name__}, not an adapters.base.Adapter subclass (see docs/adapters.md)"
+                    f"{self.target} is the class {obj.__name__}, not a backprop_conformance.adapters.base.Adapter subclass "
+                    "(see docs/adapters.md)"
                 )
             if inspect.isabstract(obj):
                 missing_methods = ", ".join(sorted(obj.__abstractmethods__))
@@ -83,7 +84,8 @@ class AdapterSpec:
                 raise UnknownAdapter(f"{self.target} cannot be instantiated without arguments: {exc}") from None
         if not isinstance(obj, Adapter):
             raise UnknownAdapter(
-                f"{self.target} is a {type(obj).__name__}, not an adapters.base.Adapter subclass or instance (see docs/adapters.md)"
+                f"{self.target} is a {type(obj).__name__}, not a backprop_conformance.adapters.base.Adapter "
+                "subclass or instance (see docs/adapters.md)"
             )
         self._raise_if_missing(type(obj).requires)
         return obj
@@ -107,8 +109,8 @@ def _installed(module: str) -> bool:
 
 
 BUILTIN: dict[str, AdapterSpec] = {
-    "torch": AdapterSpec("torch", "adapters.torch_adapter:TorchAdapter", "built-in", ("torch",)),
-    "jax": AdapterSpec("jax", "adapters.jax_adapter:JaxAdapter", "built-in", ("jax",)),
+    "torch": AdapterSpec("torch", "backprop_conformance.adapters.torch_adapter:TorchAdapter", "built-in", ("torch",)),
+    "jax": AdapterSpec("jax", "backprop_conformance.adapters.jax_adapter:JaxAdapter", "built-in", ("jax",)),
 }
 
 

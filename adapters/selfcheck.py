@@ -14,13 +14,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from adapters.base import Adapter, AdapterOutput
-from reference.dtypes import float_format, is_representable, round_to
-from reference.model import Batch, Gradients, Network, parameter_name
+from backprop_conformance.adapters.base import Adapter, AdapterOutput
+from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
+from backprop_conformance.reference.model import Batch, Gradients, Network, parameter_name
 
 
 class AdapterContractError(AssertionError):
-    """An adapter broke the contract of :mod:`adapters.base`; the message says where and how."""
+    """An adapter broke the contract of :mod:`backprop_conformance.adapters.base`; the message says where and how."""
 
 
 def _where(adapter: str, path: str, dtype: str) -> str:
@@ -31,10 +31,13 @@ def check_output(adapter: str, path: str, dtype: str, network: Network, batch: B
     """Raise :class:`AdapterContractError` unless ``output`` has the contract's keys, shapes and dtypes."""
     where = _where(adapter, path, dtype)
     if not isinstance(output, AdapterOutput):
-        raise AdapterContractError(f"{where}: run() returned a {type(output).__name__}, expected adapters.base.AdapterOutput")
+        raise AdapterContractError(
+            f"{where}: run() returned a {type(output).__name__}, expected backprop_conformance.adapters.base.AdapterOutput"
+        )
     if not isinstance(output.gradients, Gradients):
         raise AdapterContractError(
-            f"{where}: AdapterOutput.gradients is a {type(output.gradients).__name__}, expected reference.model.Gradients"
+            f"{where}: AdapterOutput.gradients is a {type(output.gradients).__name__}, expected "
+            "backprop_conformance.reference.model.Gradients"
         )
     carrier = float_format(dtype).carrier
     layers = list(network.layers)
@@ -54,7 +57,8 @@ def check_output(adapter: str, path: str, dtype: str, network: Network, batch: B
                 raise AdapterContractError(f"{where}: {name} has shape {got.shape}, expected {want_shape} = {layout}{transposed}")
             if got.dtype != carrier:
                 raise AdapterContractError(
-                    f"{where}: {name} has dtype {got.dtype}, expected {carrier} (the carrier of {dtype}, see reference.dtypes)"
+                    f"{where}: {name} has dtype {got.dtype}, expected {carrier} "
+                    f"(the carrier of {dtype}, see backprop_conformance.reference.dtypes)"
                 )
             if not is_representable(dtype, got):
                 idx = _first_unrepresentable(dtype, got)
@@ -100,7 +104,9 @@ def check_roundtrip(adapter: Adapter, path: str, dtype: str, device: str, networ
     where = _where(name, path, dtype)
     back = adapter.load_parameters(network, dtype=dtype, device=device)
     if not isinstance(back, Network):
-        raise AdapterContractError(f"{where}: load_parameters() returned a {type(back).__name__}, expected reference.model.Network")
+        raise AdapterContractError(
+            f"{where}: load_parameters() returned a {type(back).__name__}, expected backprop_conformance.reference.model.Network"
+        )
     for kind, want_all, got_all in (("w", network.w, back.w), ("b", network.b, back.b)):
         if sorted(got_all) != sorted(want_all):
             raise AdapterContractError(f"{where}: parameters read back have layers {sorted(got_all)}, expected {sorted(want_all)}")

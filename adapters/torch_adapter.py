@@ -2,7 +2,7 @@
 
 The network is what a PyTorch user writes: an ``nn.Sequential`` of ``nn.Linear(n(l−1), n(l))`` and
 ``nn.Sigmoid()`` for l = 2..L. ``nn.Linear.weight`` has shape (n(l), n(l−1)) and its element [j−1, k−1]
-is the page's w^l_jk, so the page-layout arrays of :class:`~reference.model.Network` load unchanged.
+is the page's w^l_jk, so the page-layout arrays of :class:`~backprop_conformance.reference.model.Network` load unchanged.
 Forward hooks on those modules record z^l (each Linear's output) and a^l (each Sigmoid's output) for
 diagnosis, so the model itself stays exactly the user's model.
 
@@ -25,7 +25,7 @@ touching torch's random number generator (``nn.utils.skip_init``), pins float32 
 arithmetic (no TF32 on CUDA, no bf16 through oneDNN on CPU, no reduced-precision float16/bfloat16
 reductions in cuBLAS) only for the duration of the call, and restores every flag it touched.
 
-Importing this module does not import torch (see :mod:`adapters.base`); torch is imported inside the
+Importing this module does not import torch (see :mod:`backprop_conformance.adapters.base`); torch is imported inside the
 methods.
 """
 
@@ -39,9 +39,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from adapters.base import Adapter, AdapterOutput, Capabilities
-from reference.dtypes import FORMATS, is_representable
-from reference.model import Batch, Gradients, Network, check_compatible
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.reference.dtypes import FORMATS, is_representable
+from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 PATHS = ("eager", "func", "mse", "compile")
@@ -150,14 +150,15 @@ def _check_choice(what: str, value: object, valid: tuple[str, ...]) -> None:
 def _check_representable(arrays: list[tuple[str, np.ndarray]], dtype: str) -> None:
     """Refuse values that torch would round on conversion: the reference would then judge a different point.
 
-    The suite rounds parameters and data to the format first (:func:`reference.dtypes.round_to`);
+    The suite rounds parameters and data to the format first (:func:`backprop_conformance.reference.dtypes.round_to`);
     a caller who forgets gets this error instead of a verdict about a network nobody computed.
     """
     for name, arr in arrays:
         if not is_representable(dtype, arr):
             raise TorchAdapterError(
                 f"torch adapter: {name} holds values that are not exactly representable in {dtype}; "
-                f"round them first with reference.dtypes.round_to({dtype!r}, ...) so that torch and the reference see the same numbers"
+                f"round them first with backprop_conformance.reference.dtypes.round_to({dtype!r}, ...) "
+                "so that torch and the reference see the same numbers"
             )
 
 

@@ -39,9 +39,9 @@ from functools import partial
 
 import numpy as np
 
-from reference.literal import literal_gradients
-from reference.model import Batch, Network
-from reference.vectorized import backprop
+from backprop_conformance.reference.literal import literal_gradients
+from backprop_conformance.reference.model import Batch, Network
+from backprop_conformance.reference.vectorized import backprop
 
 DEPTH = 4
 BATCH = 256
@@ -177,7 +177,7 @@ def oracle_table() -> None:
     print()
     print(f"(ii) per-index oracles, widths {ORACLE_WIDTHS} = {network.parameter_count} parameters, float64 in, best of 9 (median)")
     try:
-        mpmath_oracle = importlib.import_module("reference.mpmath_oracle")
+        mpmath_oracle = importlib.import_module("backprop_conformance.reference.mpmath_oracle")
     except ImportError:
         mpmath_oracle = None
     header = f"{'B':>3} {'vectorized ms':>16} {'literal ms':>16} {'mpmath (50 digits) ms':>24}"

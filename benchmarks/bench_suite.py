@@ -33,9 +33,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from conformance.plugin import SESSION_TIME_KEY, STATS_KEY  # noqa: E402
-from conformance.stats import CellStats  # noqa: E402
-from conformance.timing import CATEGORIES  # noqa: E402
+from backprop_conformance.conformance.plugin import SESSION_TIME_KEY, STATS_KEY  # noqa: E402
+from backprop_conformance.conformance.stats import CellStats  # noqa: E402
+from backprop_conformance.conformance.timing import CATEGORIES  # noqa: E402
 
 
 class Capture:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m conformance replay CASE.json [--backend NAME ...]`` and ``python -m conformance plot REPORT.json``.
+"""Command line: ``python -m backprop_conformance replay CASE.json [--backend NAME ...]`` and ``... plot REPORT.json``.
 
 Replays a reproducer case file (written by a failing ``pytest conformance`` run) against any
 adapter, without hypothesis: the exact network and batch, the same verdict, the same message. This is
@@ -6,7 +6,7 @@ the command a framework maintainer runs from a bug report. Exit status: 0 when e
 1 when one fails, 2 for a usage error (unknown backend, unreadable case).
 
 ``plot`` draws a run's JSON report (``pytest conformance --conformance-report REPORT.json``) as PNG
-files: error/bound ratios against depth, against saturation, and per cell (:mod:`conformance.plot`;
+files: error/bound ratios against depth, against saturation, and per cell (:mod:`backprop_conformance.conformance.plot`;
 needs the ``plot`` extra). Exit status 0, or 2 for an unreadable report or missing matplotlib.
 """
 
@@ -16,12 +16,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from adapters.registry import UnknownAdapter
-from adapters.selfcheck import AdapterContractError
-from conformance import cases
-from conformance.cells import Cell, SelectionError, load_backends
-from conformance.problems import Problem
-from conformance.verdict import run_and_judge
+from backprop_conformance.adapters.registry import UnknownAdapter
+from backprop_conformance.adapters.selfcheck import AdapterContractError
+from backprop_conformance.conformance import cases
+from backprop_conformance.conformance.cells import Cell, SelectionError, load_backends
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.verdict import run_and_judge
 
 
 def replay(case_path: str, backends: Sequence[str], paths: Sequence[str], dtype: str | None, device: str | None) -> int:
@@ -64,7 +64,7 @@ def replay(case_path: str, backends: Sequence[str], paths: Sequence[str], dtype:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conformance", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m backprop_conformance", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("replay", help="replay a reproducer case file against one or more adapters")
     rp.add_argument("case", help="a case file written by a failing run (conformance-cases/*.json)")
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pp.add_argument("--out", default="conformance-plots", help="directory for the PNG files (default: ./conformance-plots)")
     args = parser.parse_args(argv)
     if args.command == "plot":
-        from conformance.plot import main as plot_main
+        from backprop_conformance.conformance.plot import main as plot_main
 
         return plot_main(args.report, args.out)
     return replay(args.case, args.backend, args.path, args.dtype, args.device)

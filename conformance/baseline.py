@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conformance.report import CellResult, Report
+    from backprop_conformance.conformance.report import CellResult, Report
 
 FACTOR = 2.0
 """A cell regresses when its worst ratio exceeds FACTOR × max(baseline worst, FLOOR)."""
@@ -49,7 +49,7 @@ commit that stores the baseline): no seed-to-seed spread to absorb, so any growt
 
 
 HYPOTHESIS_SETTINGS = ("profile", "max_examples", "derandomize", "seed")
-"""The settings that decide which examples a run draws (see :func:`conformance.report.hypothesis_settings`)."""
+"""The settings that decide which examples a run draws (see :func:`backprop_conformance.conformance.report.hypothesis_settings`)."""
 
 
 def limit(baseline_worst: float, floor: float = FLOOR) -> float:
@@ -101,7 +101,7 @@ class CellComparison:
         return f"**{text}** regressed" if self.problems else text
 
     def to_json(self) -> dict[str, Any]:
-        from conformance.report import encode_float
+        from backprop_conformance.conformance.report import encode_float
 
         def worst(side: CellResult | None) -> float | str | None:
             return None if side is None or side.worst is None else encode_float(side.worst)

@@ -2,8 +2,8 @@
 
 A case file is what a framework maintainer receives in a bug report: the exact network and batch
 (as JSON numbers, which round-trip float64 exactly), the cell it failed in, the versions it failed
-with and the failure message. ``python -m conformance replay CASE.json --backend NAME`` replays it
-against any adapter (see :mod:`conformance.__main__`).
+with and the failure message. ``python -m backprop_conformance replay CASE.json --backend NAME`` replays it
+against any adapter (see :mod:`backprop_conformance.conformance.__main__`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from conformance.cells import Cell
-from conformance.problems import Problem
-from reference.model import Batch, Network, check_compatible
+from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.reference.model import Batch, Network, check_compatible
 
 SCHEMA = "backprop-conformance/case/1"
 

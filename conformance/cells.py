@@ -1,6 +1,6 @@
 """The declarative table of what is tested: one cell per (backend, path, dtype, device).
 
-Each adapter declares its capabilities (:class:`adapters.base.Capabilities`); the table is their
+Each adapter declares its capabilities (:class:`backprop_conformance.adapters.base.Capabilities`); the table is their
 product, filtered by the user's ``--backend``/``--path``/``--dtype``/``--device`` options. Tests are
 generated from it, so a new adapter, path or dtype needs no new test code, and a backend that cannot
 run here still appears in the run, as a skip with its reason.
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from adapters.base import Adapter, Capabilities
-from adapters.registry import BUILTIN, AdapterSpec, AdapterUnavailable, resolve
-from reference.dtypes import FORMATS
+from backprop_conformance.adapters.base import Adapter, Capabilities
+from backprop_conformance.adapters.registry import BUILTIN, AdapterSpec, AdapterUnavailable, resolve
+from backprop_conformance.reference.dtypes import FORMATS
 
 
 class SelectionError(ValueError):
@@ -49,7 +49,7 @@ def load_backends(names: Sequence[str]) -> list[Backend]:
     """Resolve and load each named adapter (built-in name or ``module:attribute``).
 
     An adapter whose framework is missing comes back with ``unavailable`` set instead of raising, so
-    the run can report it as skipped; an unknown name raises :class:`adapters.registry.UnknownAdapter`.
+    the run can report it as skipped; an unknown name raises :class:`backprop_conformance.adapters.registry.UnknownAdapter`.
     """
     backends = []
     by_name: dict[str, AdapterSpec] = {}

@@ -1,6 +1,6 @@
-"""Activates the suite's pytest plugin for ``pytest conformance`` (hooks live in :mod:`conformance.plugin`)."""
+"""Activates the suite's pytest plugin for ``pytest conformance`` (hooks live in :mod:`backprop_conformance.conformance.plugin`)."""
 
-from conformance.plugin import (  # noqa: F401
+from backprop_conformance.conformance.plugin import (  # noqa: F401
     pytest_addoption,
     pytest_configure,
     pytest_generate_tests,

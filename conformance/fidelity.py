@@ -4,7 +4,7 @@ Conformance asks whether a framework's error is what its arithmetic permits; the
 allows for σ′ computed as a(1 − a), whose error is absolute (≈ u·a): relative to σ′ it grows like
 u·e^z, and once σ(z) rounds to 1 (z ≳ 36.7 in float64) a(1 − a) is exactly 0 although the true σ′ is
 a perfectly representable number. Fidelity asks for more: a result as accurate as the format allows,
-judged against the high-precision oracle (:mod:`reference.mpmath_oracle`).
+judged against the high-precision oracle (:mod:`backprop_conformance.reference.mpmath_oracle`).
 
 Two kinds of case, each in named regions of z so that test ids say where a framework stops being
 exact:
@@ -15,7 +15,7 @@ exact:
   σ (c_σ ulps), a − y (1 ulp), σ′ as σ(z)σ(−z) (2c_σ + 1 ulps), the product (1 ulp): (3c_σ + 3)u
   relative, times K, plus the underflow allowance;
 * small networks (widths 3-4-2, batch 3), judged with the error bound of a computation whose σ′ is
-  stable (:func:`reference.error_bound.error_bounds` with ``stable_sigma_prime``), against mpmath.
+  stable (:func:`backprop_conformance.reference.error_bound.error_bounds` with ``stable_sigma_prime``), against mpmath.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conformance.problems import Problem
-from reference.dtypes import float_format, round_to
-from reference.error_bound import C_SIGMA, K, Precision, error_bounds
-from reference.model import Batch, Gradients, Network
-from reference.mpmath_oracle import mpmath_backprop
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.reference.dtypes import float_format, round_to
+from backprop_conformance.reference.error_bound import C_SIGMA, K, Precision, error_bounds
+from backprop_conformance.reference.model import Batch, Gradients, Network
+from backprop_conformance.reference.mpmath_oracle import mpmath_backprop
 
 POINTS_PER_REGION = 12
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from adapters.base import Capabilities
+from backprop_conformance.adapters.base import Capabilities
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -1,6 +1,6 @@
 """Plots of a report: where each framework's error grows, relative to the bound.
 
-``python -m conformance plot REPORT.json [--out DIR]`` reads a report written by ``pytest conformance
+``python -m backprop_conformance plot REPORT.json [--out DIR]`` reads a report written by ``pytest conformance
 --conformance-report REPORT.json`` and writes three PNG files:
 
 * ``ratio_vs_depth.png``: each example's worst error/bound ratio against the network's depth L, one
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from conformance.report import CellResult, Report, ReportError, read
-from reference.dtypes import FORMATS
+from backprop_conformance.conformance.report import CellResult, Report, ReportError, read
+from backprop_conformance.reference.dtypes import FORMATS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

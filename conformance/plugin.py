@@ -15,13 +15,13 @@ from time import perf_counter
 import pytest
 from hypothesis import HealthCheck, settings
 
-from adapters.registry import UnknownAdapter, known_specs
-from conformance import cases, known_defects, report, timing
-from conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
-from conformance.fidelity import FIDELITY_TESTS
-from conformance.stats import CellStats
-from conformance.strategies import DEFAULT_LIMITS, LARGE_LIMITS, Limits
-from conformance.verdict import Verdict
+from backprop_conformance.adapters.registry import UnknownAdapter, known_specs
+from backprop_conformance.conformance import cases, known_defects, report, timing
+from backprop_conformance.conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
+from backprop_conformance.conformance.fidelity import FIDELITY_TESTS
+from backprop_conformance.conformance.stats import CellStats
+from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, LARGE_LIMITS, Limits
+from backprop_conformance.conformance.verdict import Verdict
 
 settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
@@ -184,7 +184,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "fidelity_case" in metafunc.fixturenames:
         name = metafunc.definition.originalname
         if name not in FIDELITY_TESTS:
-            raise pytest.UsageError(f"{name} takes fidelity_case but is not listed in conformance.fidelity.FIDELITY_TESTS")
+            raise pytest.UsageError(
+                f"{name} takes fidelity_case but is not listed in backprop_conformance.conformance.fidelity.FIDELITY_TESTS"
+            )
         metafunc.parametrize(("cell", "fidelity_case"), fidelity_params(metafunc.config, name))
     elif "cell" in metafunc.fixturenames:
         metafunc.parametrize("cell", backend_params(metafunc.config))
@@ -216,7 +218,7 @@ def record(config: pytest.Config, item: pytest.Item, cell: Cell, verdict: Verdic
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> object:
-    """Time every test by category (:mod:`conformance.timing`): for the session, and per cell for the property test."""
+    """Time every test by category (:mod:`backprop_conformance.conformance.timing`): for the session, and per cell for the property test."""
     timing.take()
     start = perf_counter()
     yield
@@ -237,7 +239,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
         return
     case = item.stash[FAILURE_KEY]
     path = cases.write(case, Path(item.config.getoption("case_dir")))
-    command = f"python -m conformance replay {shlex.quote(str(path))} --backend {shlex.quote(case.adapter)}"
+    command = f"python -m backprop_conformance replay {shlex.quote(str(path))} --backend {shlex.quote(case.adapter)}"
     text = f"case file: {path}\nreplay it (any adapter, no hypothesis): {command}\n"
     # On the failure's own text too, so that JUnit XML (which carries only that) shows the reproducer.
     if hasattr(report.longrepr, "addsection"):
@@ -289,5 +291,5 @@ def _write_matrix(tr: pytest.TerminalReporter, config: pytest.Config, stats: dic
     if any(s.failures for s in stats.values()):
         case_dir = config.getoption("case_dir")
         tr.write_line(
-            f"reproducers written to {case_dir}/; replay one with: {sys.executable} -m conformance replay CASE.json --backend NAME"
+            f"reproducers written to {case_dir}/; replay one with: {sys.executable} -m backprop_conformance replay CASE.json --backend NAME"
         )

@@ -14,10 +14,10 @@ from functools import cached_property
 
 import numpy as np
 
-from conformance.timing import timed
-from reference.dtypes import float_format, round_to
-from reference.model import Batch, Network
-from reference.vectorized import BackpropTrace, backprop
+from backprop_conformance.conformance.timing import timed
+from backprop_conformance.reference.dtypes import float_format, round_to
+from backprop_conformance.reference.model import Batch, Network
+from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Machine-readable results of a run: the JSON report, the Markdown summary, and the pytest options for them.
 
 The end-of-run matrix is for a person at a terminal; CI needs the same figures as data: to keep as an
-artifact, to compare with a stored baseline (:mod:`conformance.baseline`), to plot where a framework's
-error grows (:mod:`conformance.plot`) and to show on the job's summary page. A report holds, per cell
+artifact, to compare with a stored baseline (:mod:`backprop_conformance.conformance.baseline`), to plot where a framework's
+error grows (:mod:`backprop_conformance.conformance.plot`) and to show on the job's summary page. A report holds, per cell
 (backend, path, dtype, device), the examples and failures, the per-example worst error/bound ratio
 (the largest |g_framework − g_reference| / bound over every ∂C/∂w^l_jk and ∂C/∂b^l_j), the network's
 depth L and its largest |z^l_j|, and the provenance needed to tell two runs apart: framework versions,
@@ -13,7 +13,7 @@ infinite ratio (a non-finite gradient) is exactly the value a report must not lo
 numbers are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"`` (see :func:`encode_float`).
 
 Everything here runs on the pytest controller only: under pytest-xdist the workers' statistics are
-merged into the controller's (``conformance.plugin.pytest_testnodedown``) before :func:`finish` runs.
+merged into the controller's (``backprop_conformance.conformance.plugin.pytest_testnodedown``) before :func:`finish` runs.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conformance import baseline as baseline_module
-from conformance.cases import suite_version
-from conformance.cells import Backend, Cell
-from conformance.stats import QUANTILES, CellStats
+from backprop_conformance.conformance import baseline as baseline_module
+from backprop_conformance.conformance.cases import suite_version
+from backprop_conformance.conformance.cells import Backend, Cell
+from backprop_conformance.conformance.stats import QUANTILES, CellStats
 
 SCHEMA = "backprop-conformance/report/1"
 """The report format's name and version; bumped on any change a reader of version 1 would misread."""
@@ -438,7 +438,7 @@ def append_text(text: str, path: Path) -> None:
         f.write(separator + text)
 
 
-# pytest options and hooks (wired into conformance.plugin).
+# pytest options and hooks (wired into backprop_conformance.conformance.plugin).
 
 REPORT_OPTION = "--conformance-report"
 BASELINE_OPTION = "--baseline"

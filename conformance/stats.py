@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from conformance.verdict import Verdict
+from backprop_conformance.conformance.verdict import Verdict
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -20,7 +20,7 @@ QUANTILES = (0.5, 0.9, 0.99)
 @dataclass
 class CellStats:
     """Examples, failures and, per example, (worst ratio, depth L, max |z|), in the order they ran; and
-    the cell's wall time with its split by category (:mod:`conformance.timing`)."""
+    the cell's wall time with its split by category (:mod:`backprop_conformance.conformance.timing`)."""
 
     examples: int = 0
     failures: int = 0
@@ -38,7 +38,7 @@ class CellStats:
         self.max_abs_z.append(verdict.problem.max_abs_z)
 
     def add_time(self, wall: float, seconds: dict[str, float]) -> None:
-        """Add the wall time of one test item and its split by :data:`conformance.timing.CATEGORIES`."""
+        """Add the wall time of one test item and its split by :data:`backprop_conformance.conformance.timing.CATEGORIES`."""
         self.wall += wall
         for category, value in seconds.items():
             self.seconds[category] = self.seconds.get(category, 0.0) + value

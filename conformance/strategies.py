@@ -26,9 +26,9 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from conformance.problems import Problem
-from reference.dtypes import float_format
-from reference.model import Batch, Network
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.model import Batch, Network
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The adapter contract, once per cell: layout round trip, output shapes and dtypes, no state between calls.
 
 These run before trusting any verdict of the cell: a transposed layout or a gradient returned in the
-wrong dtype is the adapter's bug, and is reported as such (see :mod:`adapters.selfcheck`).
+wrong dtype is the adapter's bug, and is reported as such (see :mod:`backprop_conformance.adapters.selfcheck`).
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adapters.selfcheck import check_adapter
-from conformance.cells import Cell
-from conformance.plugin import adapter_for
-from conformance.problems import Problem
-from conformance.timing import timed
-from reference.model import Batch, Network
+from backprop_conformance.adapters.selfcheck import check_adapter
+from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.plugin import adapter_for
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.timing import timed
+from backprop_conformance.reference.model import Batch, Network
 
 
 def contract_problem(dtype: str) -> Problem:

@@ -1,16 +1,16 @@
 """Fidelity tier (marker ``fidelity``): exactness against the high-precision oracle, beyond conformance.
 
 Known upstream defects are strict xfails from ``known_defects.toml``: when a framework fixes one, the
-test XPASSes, the run fails, and the entry can be removed. See :mod:`conformance.fidelity`.
+test XPASSes, the run fails, and the entry can be removed. See :mod:`backprop_conformance.conformance.fidelity`.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from adapters.selfcheck import check_output
-from conformance.cells import Cell
-from conformance.fidelity import (
+from backprop_conformance.adapters.selfcheck import check_output
+from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.fidelity import (
     exact_gradients,
     network_problem,
     network_tolerance,
@@ -18,12 +18,12 @@ from conformance.fidelity import (
     unit_problem,
     unit_tolerance,
 )
-from conformance.plugin import adapter_for
-from conformance.problems import Problem
-from conformance.timing import timed
-from conformance.verdict import judge_exactness
-from reference.error_bound import Precision
-from reference.model import Gradients
+from backprop_conformance.conformance.plugin import adapter_for
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.timing import timed
+from backprop_conformance.conformance.verdict import judge_exactness
+from backprop_conformance.reference.error_bound import Precision
+from backprop_conformance.reference.model import Gradients
 
 
 def _judge(request: pytest.FixtureRequest, cell: Cell, problem: Problem, exact: Gradients, bound: Gradients) -> None:

@@ -1,7 +1,7 @@
 """The conformance property: for every generated network, each cell's gradients are within the bound.
 
 One test item per cell (``test_gradients[torch-eager-float32]``); hypothesis draws the networks
-(:mod:`conformance.strategies`), steers toward the largest error/bound ratio with ``target``, and
+(:mod:`backprop_conformance.conformance.strategies`), steers toward the largest error/bound ratio with ``target``, and
 shrinks a failure to the smallest failing network. A failure also writes a reproducer case file.
 """
 
@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, target
 from hypothesis import strategies as st
 
-from conformance.cells import Cell
-from conformance.plugin import adapter_for, limits_for, record
-from conformance.strategies import problems
-from conformance.timing import timed
-from conformance.verdict import run_and_judge
+from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.plugin import adapter_for, limits_for, record
+from backprop_conformance.conformance.strategies import problems
+from backprop_conformance.conformance.timing import timed
+from backprop_conformance.conformance.verdict import run_and_judge
 
 RATIO_CAP = 1e6
 """hypothesis.target needs a finite score; ratios beyond this are failures anyway."""

@@ -1,7 +1,7 @@
 """Judging a framework's gradients: per element, against the derived error bound.
 
 An element passes when |g_framework − g_reference| ≤ K·(E(framework) + E(reference)) (see
-:mod:`reference.error_bound`, K = 2). On top of the bound, the rules the design note adds:
+:mod:`backprop_conformance.reference.error_bound`, K = 2). On top of the bound, the rules the design note adds:
 
 * the finite/non-finite pattern must match exactly: the reference is always finite, so any NaN or
   infinity fails (NaN never passes: every comparison with NaN is false, and this code checks
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapters.base import Adapter, AdapterOutput
-from adapters.selfcheck import check_output
-from conformance.cells import Cell
-from conformance.problems import Problem
-from conformance.timing import timed
-from reference.error_bound import ErrorBounds, K, Precision, tolerance
-from reference.model import Gradients, parameter_name
+from backprop_conformance.adapters.base import Adapter, AdapterOutput
+from backprop_conformance.adapters.selfcheck import check_output
+from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.timing import timed
+from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, tolerance
+from backprop_conformance.reference.model import Gradients, parameter_name
 
 MAX_LISTED = 5
 """How many failing elements a message lists beside the worst."""
@@ -160,7 +160,7 @@ def compare_gradients(got: Gradients, want: Gradients, bound: Gradients) -> tupl
 def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precision) -> Verdict:
     """Compare an adapter's gradients with the reference at ``problem``, element by element.
 
-    The output's shapes and dtypes must already have passed :func:`adapters.selfcheck.check_output`.
+    The output's shapes and dtypes must already have passed :func:`backprop_conformance.adapters.selfcheck.check_output`.
     """
     trace = problem.trace
     with timed("bound"):

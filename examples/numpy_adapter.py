@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.base import Adapter, AdapterOutput, Capabilities
-from reference.model import Batch, Gradients, Network
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.reference.model import Batch, Gradients, Network
 
 
 class NumpyAdapter(Adapter):

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reference.model import Batch, Gradients, ModelError, Network, check_compatible
+from backprop_conformance.reference.model import Batch, Gradients, ModelError, Network, check_compatible
 
 if TYPE_CHECKING:
-    from reference.vectorized import BackpropTrace
+    from backprop_conformance.reference.vectorized import BackpropTrace
 
 DEFAULT_STEP = 1e-200
 """h of the complex step. Small enough that h²f‴/6 is negligible for any net the suite builds, large
@@ -99,9 +99,9 @@ def coordinate_costs(network: Network, batch: Batch, values: np.ndarray) -> np.n
 
     ``values`` has shape (P,) in :func:`parameter_vector` order; every other parameter keeps its value.
     C = Σ_x 1/2 Σ_j (y_j − a^L_j)² with z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j and a^l_j = σ(z^l_j) is written
-    out here independently of :mod:`reference.vectorized`, so the oracles built on it do not inherit a
+    out here independently of :mod:`backprop_conformance.reference.vectorized`, so the oracles built on it do not inherit a
     bug of the reference. Complex values give complex costs (the complex step), real values real ones
-    (finite differences, :mod:`reference.finite_difference`).
+    (finite differences, :mod:`backprop_conformance.reference.finite_difference`).
 
     The P networks are evaluated as stacks of up to ``_STACK`` copies. The dot products are broadcast
     multiplications summed by numpy itself, not BLAS, so that no complex-matrix kernel (such as a

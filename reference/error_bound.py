@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reference.dtypes import float_format
-from reference.model import Batch, Gradients, Network
-from reference.sigmoid import sigmoid_prime
-from reference.vectorized import BackpropTrace
+from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.model import Batch, Gradients, Network
+from backprop_conformance.reference.sigmoid import sigmoid_prime
+from backprop_conformance.reference.vectorized import BackpropTrace
 
 K = 2.0
 """Safety factor of the verdict. The note measured a worst error/bound ratio of 0.55 (float32) and 0.83
@@ -52,7 +52,7 @@ class Precision:
 
     @classmethod
     def of(cls, storage: str, accumulation: str | None = None) -> Precision:
-        """Constants for a format named as in :mod:`reference.dtypes`, optionally accumulated in another.
+        """Constants for a format named as in :mod:`backprop_conformance.reference.dtypes`, optionally accumulated in another.
 
         ``Precision.of("float16", accumulation="float32")`` describes float16 storage with float32
         dot-product accumulation, which is what torch and jax do on CPU.

@@ -27,8 +27,8 @@ import math
 
 import numpy as np
 
-from reference.complex_step import coordinate_costs, gradients_from_vector, parameter_vector
-from reference.model import Batch, Gradients, Network
+from backprop_conformance.reference.complex_step import coordinate_costs, gradients_from_vector, parameter_vector
+from backprop_conformance.reference.model import Batch, Gradients, Network
 
 CBRT_EPS = float(np.finfo(np.float64).eps) ** (1 / 3)
 """∛ε ≈ 6.06e-6, the step scale that balances O(h²) truncation against O(ε/h) cancellation."""

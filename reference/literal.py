@@ -2,7 +2,7 @@
 
 This is deliberately slow and deliberately literal: every step is one equation of the page, written
 with the page's indices (l for layers, j for a neuron of layer l, k for one of layer l−1, i for one of
-layer l+1), on plain Python floats. It shares no code with :mod:`reference.vectorized` except the
+layer l+1), on plain Python floats. It shares no code with :mod:`backprop_conformance.reference.vectorized` except the
 scalar sigmoid, so the two cross-check each other: a transposed matrix or a misplaced σ′ in the
 vectorized code would show as a disagreement.
 
@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from reference.model import Batch, Gradients, Network, check_compatible
-from reference.sigmoid import sigmoid_prime_scalar, sigmoid_scalar
+from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible
+from backprop_conformance.reference.sigmoid import sigmoid_prime_scalar, sigmoid_scalar
 
 
 def literal_gradients(network: Network, batch: Batch) -> Gradients:

@@ -8,7 +8,7 @@ unless a gradient cancels to 1e-34 of its terms. Rounded once to float64 (:func:
 rounded, subnormals included), its gradients are what an infinitely careful float64 implementation
 would return, and the reference must be within its error bound of them.
 
-It implements the same formulas as :mod:`reference.vectorized` (so it does not check the page's
+It implements the same formulas as :mod:`backprop_conformance.reference.vectorized` (so it does not check the page's
 algebra -- the complex step and finite differences do that), in the page's indices and one example at
 a time:
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
-from reference.model import Batch, Gradients, Network, check_compatible
+from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible
 
 DEFAULT_DPS = 50
 """Working precision in decimal digits: 50 is ~34 digits more than float64 keeps, ample margin for the

@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from reference.model import Batch, Gradients, Network, check_compatible
-from reference.sigmoid import sigmoid_and_prime
+from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible
+from backprop_conformance.reference.sigmoid import sigmoid_and_prime
 
 
 def weighted_input(w_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -42,7 +42,7 @@ def weighted_input(w_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray, out: np
 
 
 def activation(z_l: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """a^l_j = σ(z^l_j), with the overflow-free σ of :mod:`reference.sigmoid`.
+    """a^l_j = σ(z^l_j), with the overflow-free σ of :mod:`backprop_conformance.reference.sigmoid`.
 
     Returned together with σ′(z^l_j) = σ(z)σ(−z), computed from the same exponential: the backward
     pass needs σ′ at exactly these z (see :func:`error`).

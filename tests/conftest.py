@@ -1,7 +1,7 @@
 """Test-wide guard: no test may leave mpmath's global precision changed.
 
 mpmath keeps its working precision in one global context (``mpmath.mp``). The oracle in
-:mod:`reference.mpmath_oracle` promises to set precision only inside ``workdps`` blocks; a leak would
+:mod:`backprop_conformance.reference.mpmath_oracle` promises to set precision only inside ``workdps`` blocks; a leak would
 silently change the precision of every later mpmath computation in the session, including the
 expected values of other tests. This hook checks the promise around every test, whichever code path
 the test takes, and restores the precision so one leak cannot cascade into unrelated failures.

@@ -29,9 +29,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from adapters.base import Adapter, AdapterOutput, Capabilities
-from reference.dtypes import float_format
-from reference.model import Batch, Gradients, Network
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.model import Batch, Gradients, Network
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE = "tests.mutants"

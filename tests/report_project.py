@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from conformance.stats import CellStats
+from backprop_conformance.conformance.stats import CellStats
 
 PASSING_TEST = "def test_passes():\n    pass\n"
 
@@ -21,11 +21,11 @@ CONFTEST = """
 import json
 from pathlib import Path
 
-from adapters.base import Capabilities
-from adapters.registry import AdapterSpec
-from conformance import report
-from conformance.cells import Backend, Cell
-from conformance.stats import CellStats
+from backprop_conformance.adapters.base import Capabilities
+from backprop_conformance.adapters.registry import AdapterSpec
+from backprop_conformance.conformance import report
+from backprop_conformance.conformance.cells import Backend, Cell
+from backprop_conformance.conformance.stats import CellStats
 
 RUN = json.loads(Path(__file__).with_name("run.json").read_text(encoding="utf-8"))
 CAPS = Capabilities(name="fake", framework=RUN["framework"], version=RUN["version"], dtypes=("float64", "float32"),

@@ -15,12 +15,12 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from reference import vectorized
-from reference.complex_step import complex_step_gradients, underflow_allowance
-from reference.error_bound import FLOAT64, K, error_bounds, tolerance
-from reference.literal import literal_gradients
-from reference.model import Batch, Gradients, Network, parameter_name
-from reference.mpmath_oracle import mpmath_backprop
+from backprop_conformance.reference import vectorized
+from backprop_conformance.reference.complex_step import complex_step_gradients, underflow_allowance
+from backprop_conformance.reference.error_bound import FLOAT64, K, error_bounds, tolerance
+from backprop_conformance.reference.literal import literal_gradients
+from backprop_conformance.reference.model import Batch, Gradients, Network, parameter_name
+from backprop_conformance.reference.mpmath_oracle import mpmath_backprop
 
 
 def _floats(bound: float) -> st.SearchStrategy[float]:
@@ -138,12 +138,12 @@ ORACLES: dict[str, Oracle] = {
 
 "literal" and "complex step" are float64 computations with rounding errors of their own, so they get
 the two-sided tolerance K·(E + E); "mpmath" is exact to float64 rounding and gets K·E alone. The
-complex step also loses tiny gradients to underflow (:func:`reference.complex_step.underflow_allowance`),
+complex step also loses tiny gradients to underflow (:func:`backprop_conformance.reference.complex_step.underflow_allowance`),
 which is added, times K, to its tolerance."""
 
 
 def reference_verdicts(network: Network, batch: Batch, oracles: tuple[str, ...] = tuple(ORACLES)) -> list[Verdict]:
-    """Run :func:`reference.vectorized.backprop` and compare its gradients with each named oracle.
+    """Run :func:`backprop_conformance.reference.vectorized.backprop` and compare its gradients with each named oracle.
 
     The tolerance is the design note's bound computed from the reference's own trace: K·(E64 + E64)
     against another float64 computation, K·E64 against mpmath. E64 is a "few ulps" per element, but
@@ -153,7 +153,7 @@ def reference_verdicts(network: Network, batch: Batch, oracles: tuple[str, ...] 
     allowed exactly what float64 arithmetic can lose on it.
 
     ``backprop`` is looked up on the module at call time, so a test that monkeypatches a function of
-    :mod:`reference.vectorized` runs this same check on the mutated reference.
+    :mod:`backprop_conformance.reference.vectorized` runs this same check on the mutated reference.
     """
     trace = vectorized.backprop(network, batch)
     two_sided = tolerance(network, batch, trace, FLOAT64).gradients

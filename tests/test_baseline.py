@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from report_project import PASSING_TEST, make_report_project
 
-from adapters.base import Capabilities
-from adapters.registry import AdapterSpec
-from conformance import baseline, report
-from conformance.cells import Backend, Cell
-from conformance.stats import CellStats
+from backprop_conformance.adapters.base import Capabilities
+from backprop_conformance.adapters.registry import AdapterSpec
+from backprop_conformance.conformance import baseline, report
+from backprop_conformance.conformance.cells import Backend, Cell
+from backprop_conformance.conformance.stats import CellStats
 
 pytest_plugins = ("pytester",)
 
@@ -282,7 +282,7 @@ def test_update_without_a_baseline_path_is_a_usage_error(pytester: pytest.Pytest
 
 def test_floor_narrows_only_when_both_runs_drew_the_same_examples() -> None:
     """Same derandomized settings, hypothesis and suite versions: no seed noise to absorb, so the narrow floor applies."""
-    from conformance.baseline import FLOOR, FLOOR_SAME_EXAMPLES, floor_for
+    from backprop_conformance.conformance.baseline import FLOOR, FLOOR_SAME_EXAMPLES, floor_for
 
     ci = {"profile": "ci", "max_examples": 100, "derandomize": True, "seed": None, "version": "6.170.17"}
     same = {"hypothesis": ci, "suite": {"version": "0.1.0", "commit": "abc"}}

@@ -1,4 +1,4 @@
-"""Reproducer case files (:mod:`conformance.cases`): exact round trips, and clear errors for files that are not cases.
+"""Reproducer case files (:mod:`backprop_conformance.conformance.cases`): exact round trips, and clear errors for files that are not cases.
 
 A case file is only a reproducer if the network and batch read back are bit for bit the ones that
 failed: w^l_jk one ulp off can turn a failure into a pass. The round trip is therefore checked on
@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conformance import cases
-from conformance.cells import Cell
-from conformance.problems import Problem
-from reference.dtypes import FORMATS
-from reference.model import Batch, Network
+from backprop_conformance.conformance import cases
+from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.reference.dtypes import FORMATS
+from backprop_conformance.reference.model import Batch, Network
 
 FLOATS = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
 """Every finite float64, hypothesis favouring the awkward ones: ±0.0, subnormals, ±max, values with 17 significant digits."""

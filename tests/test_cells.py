@@ -1,6 +1,6 @@
-"""The cell table (:mod:`conformance.cells`): which (backend, path, dtype, device) combinations a run tests.
+"""The cell table (:mod:`backprop_conformance.conformance.cells`): which (backend, path, dtype, device) combinations a run tests.
 
-Built from fake :class:`adapters.base.Capabilities`, so that the table's rules are checked apart from
+Built from fake :class:`backprop_conformance.adapters.base.Capabilities`, so that the table's rules are checked apart from
 any framework: default paths run unless paths are named (opt-in ones only when named), filters keep
 only what a backend offers, a name nobody offers is an error listing the valid ones, and a backend
 that cannot load stays in the run as a skip instead of vanishing.
@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mutants import ManualBackprop
 
-from adapters.base import Capabilities
-from adapters.registry import AdapterSpec, UnknownAdapter
-from conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
-from reference.dtypes import FORMATS
+from backprop_conformance.adapters.base import Capabilities
+from backprop_conformance.adapters.registry import AdapterSpec, UnknownAdapter
+from backprop_conformance.conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
+from backprop_conformance.reference.dtypes import FORMATS
 
 TORCHLIKE = Capabilities(
     name="torch",

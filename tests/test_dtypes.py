@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.dtypes import FORMATS, float_format, is_representable, round_to
+from backprop_conformance.reference.dtypes import FORMATS, float_format, is_representable, round_to
 
 HAS_ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
 HAS_TORCH = importlib.util.find_spec("torch") is not None

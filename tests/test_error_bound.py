@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.dtypes import float_format, round_to
-from reference.error_bound import FLOAT64, ErrorBounds, K, Precision, error_bounds, gamma, tolerance
-from reference.model import Batch, Network
-from reference.sigmoid import sigmoid, sigmoid_prime
-from reference.vectorized import BackpropTrace, backprop
+from backprop_conformance.reference.dtypes import float_format, round_to
+from backprop_conformance.reference.error_bound import FLOAT64, ErrorBounds, K, Precision, error_bounds, gamma, tolerance
+from backprop_conformance.reference.model import Batch, Network
+from backprop_conformance.reference.sigmoid import sigmoid, sigmoid_prime
+from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
 # --- random cases -----------------------------------------------------------------------------------
 

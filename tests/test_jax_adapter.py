@@ -1,6 +1,6 @@
 """The built-in JAX adapter (adapters/jax_adapter.py) against the float64 reference and the adapter contract.
 
-Every path × dtype cell must agree with :func:`reference.vectorized.backprop`, evaluated at exactly the point
+Every path × dtype cell must agree with :func:`backprop_conformance.reference.vectorized.backprop`, evaluated at exactly the point
 JAX sees (parameters and data rounded to the format, then widened back to float64), within the design note's
 error bound K·(E(JAX's precision) + E(float64)). The bound is per element, so these checks fail on a transposed
 w^l_jk, a lost σ′, float32 arithmetic hidden in a float64 run, or a gradient accumulated across calls, while a
@@ -28,17 +28,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import cases
 
-from adapters.base import AdapterOutput
-from adapters.registry import resolve
-from adapters.selfcheck import check_adapter
-from reference.dtypes import float_format, is_representable, round_to
-from reference.error_bound import Precision, tolerance
-from reference.model import Batch, ModelError, Network
-from reference.vectorized import backprop
+from backprop_conformance.adapters.base import AdapterOutput
+from backprop_conformance.adapters.registry import resolve
+from backprop_conformance.adapters.selfcheck import check_adapter
+from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
+from backprop_conformance.reference.error_bound import Precision, tolerance
+from backprop_conformance.reference.model import Batch, ModelError, Network
+from backprop_conformance.reference.vectorized import backprop
 
 jax = pytest.importorskip("jax", reason="the JAX adapter needs jax (pip install backprop-conformance[jax])")
 
-from adapters.jax_adapter import DEFAULT_PATHS, DTYPES, PATHS, JaxAdapter, JaxAdapterError  # noqa: E402
+from backprop_conformance.adapters.jax_adapter import DEFAULT_PATHS, DTYPES, PATHS, JaxAdapter, JaxAdapterError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -261,9 +261,12 @@ def test_registry_finds_the_adapter() -> None:
 
 def test_importing_the_module_does_not_import_jax() -> None:
     """Adapter contract: listing adapters must never pay for (or fail on) importing the framework."""
-    code = "import sys, adapters.jax_adapter, adapters.registry; sys.exit(1 if 'jax' in sys.modules else 0)"
+    code = (
+        "import sys, backprop_conformance.adapters.jax_adapter, backprop_conformance.adapters.registry; "
+        "sys.exit(1 if 'jax' in sys.modules else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"importing adapters.jax_adapter imported jax\n{result.stderr}"
+    assert result.returncode == 0, f"importing backprop_conformance.adapters.jax_adapter imported jax\n{result.stderr}"
 
 
 # --- x64 scoping and compilation caching -----------------------------------------------------------------
@@ -281,8 +284,8 @@ def test_float64_call_leaves_x64_as_it_was(adapter: JaxAdapter) -> None:
 
 _X64_SCRIPT = """
 import jax, numpy as np
-from adapters.jax_adapter import JaxAdapter
-from reference.model import Network, Batch
+from backprop_conformance.adapters.jax_adapter import JaxAdapter
+from backprop_conformance.reference.model import Network, Batch
 net = Network.from_lists([np.array([[0.5, -1.0], [2.0, 0.25]])], [np.array([0.125, -0.5])])
 batch = Batch(np.array([[1.0, -2.0]]), np.array([[0.25, 0.75]]))
 before = bool(jax.config.jax_enable_x64)

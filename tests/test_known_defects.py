@@ -1,4 +1,4 @@
-"""Known upstream defects (:mod:`conformance.known_defects`): parsed strictly, never stale, applied as strict xfails.
+"""Known upstream defects (:mod:`backprop_conformance.conformance.known_defects`): parsed strictly, never stale, applied as strict xfails.
 
 A known-defects entry hides a failure, so every way it could hide the wrong thing, or nothing while
 claiming to, must be an error naming the entry: a missing field, a backend, test or case that does not
@@ -19,13 +19,13 @@ from types import SimpleNamespace
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from adapters.base import Capabilities
-from adapters.registry import AdapterSpec, known_specs
-from conformance import known_defects
-from conformance.cells import Backend, Cell
-from conformance.fidelity import FIDELITY_TESTS
-from conformance.known_defects import Defect, KnownDefectsError, find, load, validate
-from conformance.plugin import BACKENDS_KEY, CELLS_KEY, DEFECTS_KEY, fidelity_params
+from backprop_conformance.adapters.base import Capabilities
+from backprop_conformance.adapters.registry import AdapterSpec, known_specs
+from backprop_conformance.conformance import known_defects
+from backprop_conformance.conformance.cells import Backend, Cell
+from backprop_conformance.conformance.fidelity import FIDELITY_TESTS
+from backprop_conformance.conformance.known_defects import Defect, KnownDefectsError, find, load, validate
+from backprop_conformance.conformance.plugin import BACKENDS_KEY, CELLS_KEY, DEFECTS_KEY, fidelity_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ISSUE = "https://example.org/fakeframework/issues/1"

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.model import Batch, Gradients, ModelError, Network, check_compatible, parameter_name
+from backprop_conformance.reference.model import Batch, Gradients, ModelError, Network, check_compatible, parameter_name
 
 
 def _net(widths: tuple[int, ...], dtype: type = np.float64, seed: int = 0) -> Network:

@@ -1,10 +1,10 @@
 """The reference's agreement check can fail: it fails deliberately wrong references, through every oracle.
 
 A check that has only ever been seen passing proves nothing. Each mutant below replaces one function of
-:mod:`reference.vectorized` with a plausible mistake -- most of them mistakes the page itself invites --
+:mod:`backprop_conformance.reference.vectorized` with a plausible mistake -- most of them mistakes the page itself invites --
 and :func:`strategies.reference_verdicts`, the very check ``test_reference_agreement.py`` runs, must
 report it against *each* oracle (literal transcription, complex step, mpmath) independently: the oracles
-do not import reference.vectorized, so the mutation cannot reach them.
+do not import backprop_conformance.reference.vectorized, so the mutation cannot reach them.
 
 The networks are generic random ones (no zero, repeated or symmetric entries), with equal hidden and
 output widths so that the transposed-weight mutant still has valid shapes, and batches of more than one
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from strategies import ORACLES, random_case, reference_verdicts
 
-from reference import vectorized
-from reference.model import Batch, Network
-from reference.sigmoid import sigmoid
+from backprop_conformance.reference import vectorized
+from backprop_conformance.reference.model import Batch, Network
+from backprop_conformance.reference.sigmoid import sigmoid
 
 
 def _sigma_for_sigma_prime(monkeypatch: pytest.MonkeyPatch) -> None:

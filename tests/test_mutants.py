@@ -41,7 +41,7 @@ CONTRACT_WORDING: dict[type[ManualBackprop], str] = {
     MissingFirstLayer: "a missing layer means a dropped gradient",
     AccumulatesAcrossCalls: "gradients must not accumulate",
 }
-"""The contract mutants and the phrase of :mod:`adapters.selfcheck` that must name their bug."""
+"""The contract mutants and the phrase of :mod:`backprop_conformance.adapters.selfcheck` that must name their bug."""
 
 NAMES_PARAMETER = re.compile(r"worst: [wb]\^\d+_\S+: framework \S+, reference \S+, bound \S+, ratio \S+")
 """A gradient verdict's worst line: the parameter in the page's indices (w^3_12, b^2_1), both values, bound and ratio."""
@@ -120,7 +120,7 @@ def test_reproducer_replays_against_any_adapter(suite: SuiteRun) -> None:
     assert cases, f"no reproducer for {CrossEntropyShortcut.name} in {directory}: {sorted(p.name for p in directory.glob('*'))}"
     env = suite_environment(suite.workdir / "hypothesis")
     for adapter, status in ((ManualBackprop, 0), (CrossEntropyShortcut, 1)):
-        command = [sys.executable, "-m", "conformance", "replay", str(cases[0]), "--backend", backend_name(adapter)]
+        command = [sys.executable, "-m", "backprop_conformance", "replay", str(cases[0]), "--backend", backend_name(adapter)]
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
         assert done.returncode == status, f"{' '.join(command)} exited {done.returncode}, expected {status}:\n{done.stdout}{done.stderr}"
         assert ("PASS " if status == 0 else "FAIL ") in done.stdout, done.stdout

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import cases, random_case
 
-from reference.complex_step import (
+from backprop_conformance.reference.complex_step import (
     analytic_sigmoid,
     complex_step_gradients,
     coordinate_costs,
@@ -25,12 +25,19 @@ from reference.complex_step import (
     parameter_vector,
     underflow_allowance,
 )
-from reference.error_bound import FLOAT64, K, error_bounds
-from reference.finite_difference import CBRT_EPS, central_points, finite_difference_gradients
-from reference.model import Batch, ModelError, Network
-from reference.mpmath_oracle import MpmathBackprop, mpmath_backprop, mpmath_cost, sigmoid_prime_float64, sigmoid_prime_mp, to_float64
-from reference.sigmoid import sigmoid
-from reference.vectorized import backprop
+from backprop_conformance.reference.error_bound import FLOAT64, K, error_bounds
+from backprop_conformance.reference.finite_difference import CBRT_EPS, central_points, finite_difference_gradients
+from backprop_conformance.reference.model import Batch, ModelError, Network
+from backprop_conformance.reference.mpmath_oracle import (
+    MpmathBackprop,
+    mpmath_backprop,
+    mpmath_cost,
+    sigmoid_prime_float64,
+    sigmoid_prime_mp,
+    to_float64,
+)
+from backprop_conformance.reference.sigmoid import sigmoid
+from backprop_conformance.reference.vectorized import backprop
 
 U = 2.0**-53
 

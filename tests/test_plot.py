@@ -1,4 +1,4 @@
-"""``python -m conformance plot`` (conformance/plot.py), driven through the command line's ``main`` in-process.
+"""``python -m backprop_conformance plot`` (conformance/plot.py), driven through the command line's ``main`` in-process.
 
 The report is synthetic and holds every case the axis must place: exact zeros, ratios too small and
 too large for the scale, infinite ratios, several dtypes and a non-CPU device. Whether the images read
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters.base import Capabilities
-from adapters.registry import AdapterSpec
-from conformance import report
-from conformance.__main__ import main
-from conformance.cells import Backend, Cell
-from conformance.plot import FILES, RatioAxis
-from conformance.stats import CellStats
+from backprop_conformance.adapters.base import Capabilities
+from backprop_conformance.adapters.registry import AdapterSpec
+from backprop_conformance.conformance import report
+from backprop_conformance.conformance.__main__ import main
+from backprop_conformance.conformance.cells import Backend, Cell
+from backprop_conformance.conformance.plot import FILES, RatioAxis
+from backprop_conformance.conformance.stats import CellStats
 
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the plot extra (matplotlib) is not installed")
 

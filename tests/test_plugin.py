@@ -4,8 +4,8 @@ Each module-scoped fixture is one ``python -m pytest conformance`` run (about a 
 adapters of :mod:`tests.mutants`), shared by the checks that read it: the session header, the skip of a
 backend whose framework is missing, the end-of-run matrix, the reproducer of a failure (case file,
 replay command, JUnit XML) and the merge of pytest-xdist workers' statistics. Usage errors, which stop
-the run before any test, get one short run each. The replay command line (``python -m conformance
-replay``) is driven in-process through :func:`conformance.__main__.main` where only its exit status and
+the run before any test, get one short run each. The replay command line (``python -m backprop_conformance
+replay``) is driven in-process through :func:`backprop_conformance.conformance.__main__.main` where only its exit status and
 messages matter, and as a subprocess where the test is that the printed command works when pasted.
 
 The adapters defined here are named on the subprocess' command line as ``tests.test_plugin:Name``, so
@@ -28,14 +28,14 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from adapters.base import Adapter, AdapterOutput, Capabilities
-from conformance import cases
-from conformance.__main__ import main as replay_main
-from conformance.cells import Cell
-from conformance.problems import Problem
-from reference.dtypes import float_format, is_representable, round_to
-from reference.model import Batch, Gradients, Network
-from reference.vectorized import backprop
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.conformance import cases
+from backprop_conformance.conformance.__main__ import main as replay_main
+from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
+from backprop_conformance.reference.model import Batch, Gradients, Network
+from backprop_conformance.reference.vectorized import backprop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HERE = "tests.test_plugin"
@@ -195,7 +195,7 @@ def failing_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         (["--backend", "tests.mutants:ManualBackprop", "--device", "cuda"], ["unknown --device 'cuda'", "offer cpu"]),
         (["--backend", "tests.mutants:ManualBackprop", "--max-examples", "0"], ["--max-examples must be at least 1, got 0"]),
         (["--backend", "tests.mutants:NoSuchAdapter"], ["module 'tests.mutants' has no attribute 'NoSuchAdapter'"]),
-        (["--backend", "tests.mutants:PATH"], ["tests.mutants:PATH is a str, not an adapters.base.Adapter"]),
+        (["--backend", "tests.mutants:PATH"], ["tests.mutants:PATH is a str, not a backprop_conformance.adapters.base.Adapter"]),
         (["--backend", f"{HERE}:NeedsMissingFramework", "--require"], ["--require", SKIP_REASON]),
     ],
     ids=["backend", "path", "dtype", "device", "max-examples", "no-attribute", "not-an-adapter", "require"],
@@ -208,7 +208,11 @@ def test_usage_error(tmp_path: Path, args: list[str], wanted: list[str]) -> None
         assert text in run.output, f"{text!r} missing:\n{run.explain()}"
 
 
-@pytest.mark.parametrize("target", ["adapters.base:Capabilities", "adapters.base:Adapter"], ids=["not-an-adapter-class", "abstract"])
+@pytest.mark.parametrize(
+    "target",
+    ["backprop_conformance.adapters.base:Capabilities", "backprop_conformance.adapters.base:Adapter"],
+    ids=["not-an-adapter-class", "abstract"],
+)
 def test_class_that_cannot_be_an_adapter_is_a_usage_error(tmp_path: Path, target: str) -> None:
     run = conformance(tmp_path, "--backend", target)
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
@@ -318,7 +322,7 @@ def replay_commands(run: Run) -> list[list[str]]:
     commands = [shlex.split(m["command"]) for m in REPLAY_LINE.finditer(run.output)]
     assert commands, f"no replay command printed:\n{run.explain()}"
     for command in commands:
-        assert command[:3] == ["python", "-m", "conformance"], command
+        assert command[:3] == ["python", "-m", "backprop_conformance"], command
     return [[sys.executable, *command[1:]] for command in commands]
 
 
@@ -375,7 +379,7 @@ def test_junit_xml_carries_the_reproducer(failing_run: Run) -> None:
             failures[case.get("name")] = element.text or ""
     assert set(failures) == {f"test_gradients[{FAILING_NAME}-manual-{d}]" for d in ("float64", "float32")}, failures
     for name, text in failures.items():
-        assert "case file: " in text and "python -m conformance replay " in text, f"{name}:\n{text[-2000:]}"
+        assert "case file: " in text and "python -m backprop_conformance replay " in text, f"{name}:\n{text[-2000:]}"
         assert str(failing_run.case_dir) in text, f"{name}:\n{text[-2000:]}"
 
 
@@ -451,9 +455,12 @@ def test_replay_of_a_bad_case_file_is_a_usage_error(
 
 IMPORTS_NO_FRAMEWORK = """
 import sys
-import adapters.base, adapters.registry, adapters.selfcheck, conformance, conformance.cases, conformance.cells
-import conformance.known_defects, conformance.plugin, reference.model, reference.vectorized, reference.error_bound
-from adapters.registry import known_specs
+import backprop_conformance
+import backprop_conformance.adapters.base, backprop_conformance.adapters.registry, backprop_conformance.adapters.selfcheck
+import backprop_conformance.conformance.cases, backprop_conformance.conformance.cells, backprop_conformance.conformance.known_defects
+import backprop_conformance.conformance.plugin, backprop_conformance.reference.model, backprop_conformance.reference.vectorized
+import backprop_conformance.reference.error_bound
+from backprop_conformance.adapters.registry import known_specs
 print(sorted(known_specs()), {name: spec.missing() for name, spec in known_specs().items()})
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxlib")))
 """

@@ -26,13 +26,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import assert_all_agree, cases, compare, random_case, reference_verdicts
 
-from reference.complex_step import complex_step_gradients, underflow_allowance
-from reference.error_bound import FLOAT64, K, tolerance
-from reference.literal import literal_gradients
-from reference.model import Batch, Gradients, Network
-from reference.mpmath_oracle import mpmath_backprop
-from reference.sigmoid import sigmoid_scalar
-from reference.vectorized import BackpropTrace, backprop
+from backprop_conformance.reference.complex_step import complex_step_gradients, underflow_allowance
+from backprop_conformance.reference.error_bound import FLOAT64, K, tolerance
+from backprop_conformance.reference.literal import literal_gradients
+from backprop_conformance.reference.model import Batch, Gradients, Network
+from backprop_conformance.reference.mpmath_oracle import mpmath_backprop
+from backprop_conformance.reference.sigmoid import sigmoid_scalar
+from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
 
 @settings(max_examples=120, deadline=None)

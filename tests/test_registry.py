@@ -1,4 +1,4 @@
-"""Finding adapters (:mod:`adapters.registry`): built-ins, ``module:attribute`` names and installed plug-ins.
+"""Finding adapters (:mod:`backprop_conformance.adapters.registry`): built-ins, ``module:attribute`` names and installed plug-ins.
 
 Plug-in discovery is tested the way a plug-in is really installed: a ``*.dist-info`` directory with an
 ``entry_points.txt`` on ``sys.path``, found by :mod:`importlib.metadata` itself, rather than by
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from mutants import ManualBackprop
 
-from adapters.base import Adapter
-from adapters.registry import (
+from backprop_conformance.adapters.base import Adapter
+from backprop_conformance.adapters.registry import (
     BUILTIN,
     ENTRY_POINT_GROUP,
     AdapterSpec,
@@ -60,8 +60,8 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 def test_builtins_resolve_without_importing_their_framework() -> None:
     for name, target, needs in (
-        ("torch", "adapters.torch_adapter:TorchAdapter", "torch"),
-        ("jax", "adapters.jax_adapter:JaxAdapter", "jax"),
+        ("torch", "backprop_conformance.adapters.torch_adapter:TorchAdapter", "torch"),
+        ("jax", "backprop_conformance.adapters.jax_adapter:JaxAdapter", "jax"),
     ):
         spec = resolve(name)
         assert spec == BUILTIN[name]
@@ -96,7 +96,7 @@ def test_unknown_names_list_the_known_adapters(name: str) -> None:
 def test_missing_attribute_and_non_adapter_are_unknown_adapters() -> None:
     with pytest.raises(UnknownAdapter, match="module 'mutants' has no attribute 'Nope'"):
         resolve("mutants:Nope").load()
-    with pytest.raises(UnknownAdapter, match=re.escape("mutants:PATH is a str, not an adapters.base.Adapter")):
+    with pytest.raises(UnknownAdapter, match=re.escape("mutants:PATH is a str, not a backprop_conformance.adapters.base.Adapter")):
         resolve("mutants:PATH").load()
 
 

@@ -1,9 +1,9 @@
 """The JSON report and the Markdown summary (conformance/report.py), in-process, on synthetic statistics.
 
-The report is built from hand-made :class:`conformance.stats.CellStats` and fake backends, so every
+The report is built from hand-made :class:`backprop_conformance.conformance.stats.CellStats` and fake backends, so every
 expected value below is written out by hand, not produced by the code under test. The options are
 exercised through pytest's own ``pytester``: a throwaway project (tests/report_project.py) whose conftest wires the functions
-of :mod:`conformance.report` into the hooks exactly as ``conformance/plugin.py`` does, with
+of :mod:`backprop_conformance.conformance.report` into the hooks exactly as ``conformance/plugin.py`` does, with
 statistics read from a file, so that the options, the exit status and the printed summary are those of
 a real pytest run (including one under pytest-xdist) without the cost of running adapters.
 """
@@ -26,11 +26,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from report_project import make_report_project
 
-from adapters.base import Capabilities
-from adapters.registry import AdapterSpec
-from conformance import report
-from conformance.cells import Backend, Cell
-from conformance.stats import CellStats
+from backprop_conformance.adapters.base import Capabilities
+from backprop_conformance.adapters.registry import AdapterSpec
+from backprop_conformance.conformance import report
+from backprop_conformance.conformance.cells import Backend, Cell
+from backprop_conformance.conformance.stats import CellStats
 
 pytest_plugins = ("pytester",)
 

@@ -1,7 +1,7 @@
 """The reference's σ and σ′ (reference/sigmoid.py) against the mpmath oracle, to full float64 precision.
 
 Every σ′ of the page's formulas (δ^l_j = ∂C/∂a^l_j σ′(z^l_j), and the lost primes of the theorem) goes
-through :func:`reference.sigmoid.sigmoid_prime`, so its accuracy bounds the reference's. The claim is
+through :func:`backprop_conformance.reference.sigmoid.sigmoid_prime`, so its accuracy bounds the reference's. The claim is
 a relative error of a few ulps for every z where σ′(z) is a normal float64, and an absolute error of a
 couple of subnormal steps below that -- including z ≈ 37..708, where the textbook a(1 − a) is 0.
 
@@ -27,8 +27,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from reference.mpmath_oracle import sigmoid_mp, sigmoid_prime_mp
-from reference.sigmoid import sigmoid, sigmoid_and_prime, sigmoid_prime, sigmoid_prime_scalar, sigmoid_scalar
+from backprop_conformance.reference.mpmath_oracle import sigmoid_mp, sigmoid_prime_mp
+from backprop_conformance.reference.sigmoid import sigmoid, sigmoid_and_prime, sigmoid_prime, sigmoid_prime_scalar, sigmoid_scalar
 
 U = 2.0**-53
 S = 2.0**-1074
@@ -134,7 +134,7 @@ def test_sigmoid_and_prime_is_bitwise_sigmoid_and_sigmoid_prime(dtype: type, int
     """The backward pass's one-exponential (σ, σ′) must be exactly the two functions the tests above validate.
 
     Over the whole range, both signs and the saturated tails, in every float dtype the reference computes in,
-    and whether or not the caller supplies the output buffers (as :func:`reference.vectorized.backprop` does).
+    and whether or not the caller supplies the output buffers (as :func:`backprop_conformance.reference.vectorized.backprop` does).
     """
     z = np.concatenate([np.linspace(-SATURATED, SATURATED, 4001), [-0.0, 0.0, 1e-300, -1e-300, 36.8, -36.8, 1.0]]).astype(dtype)
     z = z.reshape(2, -1)  # a batch-shaped array, as backprop passes

@@ -3,8 +3,8 @@
 Every default path × dtype is run on a fixed set of architectures chosen for what each can break
 (L = 2; width-1 layers; square layers, where a transposed w^l keeps its shape; depth L = 7; B = 1 and
 B = 7; a saturated net with |z| > 40, where σ′ computed as a(1 − a) is exactly 0) and must agree
-with :func:`reference.vectorized.backprop` at the same rounded point within
-:func:`reference.error_bound.tolerance` for the declared accumulation. The adapter's intermediates
+with :func:`backprop_conformance.reference.vectorized.backprop` at the same rounded point within
+:func:`backprop_conformance.reference.error_bound.tolerance` for the declared accumulation. The adapter's intermediates
 (z^l, a^l, δ^l) and its cost are held to their own bounds too. One test shows the bound has teeth on
 these very cases: a float32 computation handed in as float64 fails it.
 
@@ -28,14 +28,14 @@ torch = pytest.importorskip("torch", reason="the torch adapter needs PyTorch (pi
 
 from strategies import cases, compare  # noqa: E402  (after the importorskip that guards this module)
 
-from adapters.base import AdapterOutput  # noqa: E402
-from adapters.registry import resolve  # noqa: E402
-from adapters.selfcheck import check_adapter  # noqa: E402
-from adapters.torch_adapter import DEFAULT_PATHS, DTYPES, TorchAdapter, TorchAdapterError, _ieee_arithmetic  # noqa: E402
-from reference.dtypes import FORMATS, is_representable, round_to  # noqa: E402
-from reference.error_bound import FLOAT64, ErrorBounds, Precision, tolerance  # noqa: E402
-from reference.model import Batch, Network  # noqa: E402
-from reference.vectorized import BackpropTrace, backprop  # noqa: E402
+from backprop_conformance.adapters.base import AdapterOutput  # noqa: E402
+from backprop_conformance.adapters.registry import resolve  # noqa: E402
+from backprop_conformance.adapters.selfcheck import check_adapter  # noqa: E402
+from backprop_conformance.adapters.torch_adapter import DEFAULT_PATHS, DTYPES, TorchAdapter, TorchAdapterError, _ieee_arithmetic  # noqa: E402
+from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to  # noqa: E402
+from backprop_conformance.reference.error_bound import FLOAT64, ErrorBounds, Precision, tolerance  # noqa: E402
+from backprop_conformance.reference.model import Batch, Network  # noqa: E402
+from backprop_conformance.reference.vectorized import BackpropTrace, backprop  # noqa: E402
 
 ADAPTER = TorchAdapter()
 
@@ -257,9 +257,9 @@ def test_registry_finds_the_adapter() -> None:
 
 
 def test_importing_the_module_does_not_import_torch() -> None:
-    code = "import sys, adapters.torch_adapter; sys.exit('torch' in sys.modules)"
+    code = "import sys, backprop_conformance.adapters.torch_adapter; sys.exit('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"importing adapters.torch_adapter imported torch (or failed): {result.stderr}"
+    assert result.returncode == 0, f"importing backprop_conformance.adapters.torch_adapter imported torch (or failed): {result.stderr}"
 
 
 @pytest.mark.parametrize(

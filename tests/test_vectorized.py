@@ -1,6 +1,6 @@
 """``backprop`` writes every result into views of one block; this must change no bit and alias nothing.
 
-:func:`reference.vectorized.backprop` passes an ``out`` buffer to each equation for speed (see
+:func:`backprop_conformance.reference.vectorized.backprop` passes an ``out`` buffer to each equation for speed (see
 ``_layer_buffers``). The agreement tests would notice gross corruption, but not every aliasing bug is
 gross, so here the trace is compared bit for bit with the same equations composed the plain way, each
 returning a new array, and every pair of returned arrays is checked not to share memory.
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import cases
 
-from reference import vectorized as V
-from reference.model import Batch, Gradients, Network
+from backprop_conformance.reference import vectorized as V
+from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES = [np.float16, np.float32, np.float64, np.longdouble]
 
