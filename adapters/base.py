@@ -7,47 +7,125 @@ small class; third parties write one to put their framework through the suite (s
 
 Contract, in short:
 
-* Input: a :class:`~backprop_conformance.reference.model.Network` (parameters in page layout, numpy float64 arrays whose
-  values are exactly representable in ``dtype``: the suite rounds them first), a
-  :class:`~backprop_conformance.reference.model.Batch`, a format name (``"float64"``, ``"float32"``, ``"float16"``,
-  ``"bfloat16"``), an execution path and a device, all among the adapter's declared capabilities.
+* Input: a :class:`~backprop_conformance.reference.model.Network` (parameters in page layout, numpy
+  float64 arrays whose values are exactly representable in ``dtype``), a
+  :class:`~backprop_conformance.reference.model.Batch`, a format name (``"float64"``, ``"float32"``,
+  ``"float16"``, ``"bfloat16"``), an execution path and a device, all among the adapter's declared
+  capabilities.
 * Output: an :class:`AdapterOutput`: ∂C/∂w^l and ∂C/∂b^l as numpy arrays in page layout, in the
-  requested format's carrier dtype (:data:`backprop_conformance.reference.dtypes.FORMATS`; bfloat16 values are carried in
-  float32 arrays), the cost, and the forward activations a^l (plus z^l and δ^l where the framework
-  can give them) for diagnosis.
+  requested format's carrier dtype (:data:`backprop_conformance.reference.dtypes.FORMATS`; bfloat16
+  values are carried in float32 arrays), the cost, and the forward activations a^l (plus z^l and δ^l
+  where the framework can give them) for diagnosis.
 * No state between calls: the same input gives the same gradients (in particular, gradients must not
   accumulate from one call into the next).
 * Importing the adapter's module must not import its framework; do that inside the methods, so that
   listing adapters never pays for, or fails on, a framework that is not used.
+
+The shared work is the base class's, as in einops' ``AbstractBackend``: an adapter implements
+:meth:`Adapter.capabilities`, :meth:`Adapter.load_parameters` and :meth:`Adapter.run`, and everyone
+else calls :meth:`Adapter.compute` and :meth:`Adapter.round_trip`, which check the request against
+the declared capabilities before the adapter sees it and the output against the contract after. So a
+third-party adapter gets every check for free, and no adapter writes them again.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from functools import cached_property
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from backprop_conformance.reference.model import Batch, Gradients, Network
+from backprop_conformance.reference.dtypes import FORMATS, float_format, is_representable, round_to
+from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible, parameter_name
+
+if TYPE_CHECKING:
+    from backprop_conformance.reference.error_bound import Precision
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+"""Names, paths and devices become parts of test ids and of case-file names (``<name>-<path>-<dtype>-<hash>.json``):
+letters, digits and ``_ . + -``, at most 64 characters, never ``..`` and never a path separator, so that
+no adapter can make the suite write outside ``--conformance-case-dir``."""
+
+OPERATIONS = ("dot", "batch_sum", "cost_sum")
+"""The sums whose accumulation format an adapter can declare one by one (see :attr:`Capabilities.accumulation`):
+the matrix products (z^l, (w^{l+1})ᵀδ^{l+1} and the weight gradient's δᵀa), the bias gradient's sum over
+the batch, and the cost's sum over the batch and the outputs."""
+
+
+class AdapterError(Exception):
+    """An adapter that cannot be used as written: bad capabilities, a constructor that raised, ...
+
+    The message names the adapter and the cause; the suite reports it as a usage error (exit status 4),
+    never as a skip and never as a verdict about the framework.
+    """
+
+
+class CapabilitiesError(AdapterError, ValueError):
+    """:meth:`Adapter.capabilities` declared something the suite cannot test; the message says what and what is allowed."""
+
+
+class RequestError(ValueError):
+    """A request outside what the adapter declared (dtype, path, device) or inputs it cannot take as given."""
+
+
+class AdapterContractError(AssertionError):
+    """An adapter broke the contract of this module; the message says where and how."""
+
+
+def _check_names(adapter: str, what: str, value: object, *, allow_empty: bool = False) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise CapabilitiesError(
+            f"adapter {adapter!r}: {what} must be a tuple of strings, got {type(value).__name__} {value!r}"
+            + (f" (write ({value!r},) for one)" if isinstance(value, str) else "")
+        )
+    if not value and not allow_empty:
+        raise CapabilitiesError(f"adapter {adapter!r}: {what} is empty; declare at least one")
+    for item in value:
+        if not isinstance(item, str) or not SAFE_NAME.fullmatch(item) or ".." in item:
+            raise CapabilitiesError(
+                f"adapter {adapter!r}: {what} holds {item!r}; names are letters, digits and _ . + - "
+                f"(at most 64, no '..', no '/'), since they become parts of file names"
+            )
+    if len(set(value)) != len(value):
+        raise CapabilitiesError(f"adapter {adapter!r}: {what} lists a name twice: {list(value)}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an adapter can be asked to do; the suite generates one test cell per (path, dtype).
+    """What an adapter can be asked to do; the suite generates one test cell per (path, dtype, device).
+
+    Validated when it is built: a declaration the suite could not honour (no paths, an unknown dtype, a
+    default path that is not a path, accumulation coarser than storage, a name that is not safe in a
+    file name) raises :class:`CapabilitiesError`, which the suite reports as a usage error naming the
+    adapter before any test runs. See docs/adapters.md for a table of the fields.
 
     Attributes:
-        name: the adapter's short name, used in test ids and on the command line ("torch").
+        name: the adapter's short name, used in test ids, case-file names and on the command line.
         framework: the framework's display name ("PyTorch").
-        version: the framework's version string, recorded in reports and reproducers.
+        version: the framework's version string, recorded in reports and reproducers; known defects
+            are matched against it.
         dtypes: format names the adapter supports, from :data:`backprop_conformance.reference.dtypes.FORMATS`.
         paths: every execution path it supports ("eager", "jit", ...).
         default_paths: the paths run when the user does not ask for specific ones; a slow path
             (e.g. ``torch.compile``) is supported but opt-in by leaving it out of this tuple.
         devices: devices it can run on ("cpu", "cuda", ...).
-        accumulation: for each dtype, the format its dot products accumulate in (float16 on CPU
-            accumulates in float32 in both torch and jax); the error bound needs it.
+        accumulation: for a dtype, the format its sums accumulate in: one format name for every sum
+            (float16 on CPU accumulates in float32 in both torch and jax), or a mapping from the
+            operations in :data:`OPERATIONS` to format names, for a framework whose matrix products
+            accumulate in float32 while it sums the bias gradient in float16. A dtype or operation not
+            named accumulates in the dtype itself. Never coarser than the dtype: a declaration may
+            describe a framework, never loosen the bound it is judged by.
+        shape_compiled_paths: the paths that compile anew for every new shape (``jax.jit``,
+            ``torch.compile``); the suite draws their shapes from a pool so that a run pays for a
+            bounded number of compilations, and every other path draws shapes freely.
+        environment: names of environment variables that select what the framework computes with
+            (``KERAS_BACKEND``, ``XLA_FLAGS``); their values are recorded in case files and printed on
+            replay, since a replay under other values would test something else.
     """
 
     name: str
@@ -57,11 +135,118 @@ class Capabilities:
     paths: tuple[str, ...]
     default_paths: tuple[str, ...]
     devices: tuple[str, ...] = ("cpu",)
-    accumulation: Mapping[str, str] = field(default_factory=dict)
+    accumulation: Mapping[str, str | Mapping[str, str]] = field(default_factory=dict)
+    shape_compiled_paths: tuple[str, ...] = ()
+    environment: tuple[str, ...] = ()
 
-    def accumulation_of(self, dtype: str) -> str:
-        """The accumulation format for ``dtype``: as declared, else the dtype itself."""
-        return self.accumulation.get(dtype, dtype)
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
+            raise CapabilitiesError(
+                f"adapter name {self.name!r} is not usable: names are letters, digits and _ . + - "
+                "(at most 64, no '..', no '/'), since they key test ids and case-file names"
+            )
+        name = self.name
+        for attribute in ("framework", "version"):
+            value = getattr(self, attribute)
+            if not isinstance(value, str) or not value:
+                raise CapabilitiesError(f"adapter {name!r}: {attribute} must be a non-empty string, got {value!r}")
+        dtypes = _check_names(name, "dtypes", self.dtypes)
+        unknown = [d for d in dtypes if d not in FORMATS]
+        if unknown:
+            raise CapabilitiesError(
+                f"adapter {name!r}: unknown dtype {', '.join(map(repr, unknown))}; the suite knows {', '.join(FORMATS)}"
+            )
+        paths = _check_names(name, "paths", self.paths)
+        defaults = _check_names(name, "default_paths", self.default_paths, allow_empty=True)
+        stray = [p for p in defaults if p not in paths]
+        if stray:
+            raise CapabilitiesError(f"adapter {name!r}: default path {', '.join(map(repr, stray))} is not among its paths {list(paths)}")
+        compiled = _check_names(name, "shape_compiled_paths", self.shape_compiled_paths, allow_empty=True)
+        stray = [p for p in compiled if p not in paths]
+        if stray:
+            raise CapabilitiesError(f"adapter {name!r}: shape-compiled path {', '.join(map(repr, stray))} is not among its paths")
+        devices = _check_names(name, "devices", self.devices)
+        environment = self.environment
+        if isinstance(environment, str) or not isinstance(environment, (tuple, list)):
+            raise CapabilitiesError(f"adapter {name!r}: environment must be a tuple of variable names, got {environment!r}")
+        if not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in environment):
+            raise CapabilitiesError(f"adapter {name!r}: environment holds something that is not a variable name: {list(environment)}")
+        accumulation = _check_accumulation(name, dtypes, self.accumulation)
+        for attribute, value in (
+            ("dtypes", dtypes),
+            ("paths", paths),
+            ("default_paths", defaults),
+            ("shape_compiled_paths", compiled),
+            ("devices", devices),
+            ("environment", tuple(environment)),
+            ("accumulation", accumulation),
+        ):
+            object.__setattr__(self, attribute, value)
+
+    def accumulation_of(self, dtype: str, operation: str = "dot") -> str:
+        """The format ``operation``'s sums of ``dtype`` values accumulate in: as declared, else the dtype itself."""
+        declared = self.accumulation.get(dtype, dtype)
+        return declared if isinstance(declared, str) else declared.get(operation, dtype)
+
+    def precision(self, dtype: str) -> Precision:
+        """The rounding constants the error bound charges this adapter for ``dtype`` (storage and accumulation)."""
+        from backprop_conformance.reference.error_bound import Precision
+
+        return Precision.of(dtype, {op: self.accumulation_of(dtype, op) for op in OPERATIONS})
+
+    def describe_accumulation(self) -> str:
+        """The declared accumulation in one phrase for the run's header and report, e.g. ``float16→float32``."""
+        parts = []
+        for dtype in self.dtypes:
+            formats = {op: self.accumulation_of(dtype, op) for op in OPERATIONS}
+            if set(formats.values()) == {dtype}:
+                continue
+            if len(set(formats.values())) == 1:
+                parts.append(f"{dtype}→{formats['dot']}")
+            else:
+                parts.append(f"{dtype}→" + "/".join(f"{op} {fmt}" for op, fmt in formats.items()))
+        return ", ".join(parts) or "in storage format"
+
+
+def _check_accumulation(name: str, dtypes: tuple[str, ...], accumulation: object) -> Mapping[str, str | Mapping[str, str]]:
+    """Validate ``accumulation`` (see :class:`Capabilities`) and return a frozen copy.
+
+    A format is coarser than another when its unit roundoff is larger: float32 accumulation for float64
+    storage would multiply the bound by 2^29 and let a 1e-9 relative bug pass, so it is refused.
+    """
+    if not isinstance(accumulation, Mapping):
+        raise CapabilitiesError(f"adapter {name!r}: accumulation must be a mapping from dtype to format, got {type(accumulation).__name__}")
+    frozen: dict[str, str | Mapping[str, str]] = {}
+    for dtype, declared in accumulation.items():
+        if dtype not in dtypes:
+            raise CapabilitiesError(f"adapter {name!r}: accumulation names dtype {dtype!r}, which is not among its dtypes {list(dtypes)}")
+        if isinstance(declared, str):
+            per_op = dict.fromkeys(OPERATIONS, declared)
+            frozen[dtype] = declared
+        elif isinstance(declared, Mapping):
+            unknown = [op for op in declared if op not in OPERATIONS]
+            if unknown:
+                raise CapabilitiesError(
+                    f"adapter {name!r}: accumulation of {dtype} names operation {', '.join(map(repr, unknown))}; "
+                    f"the operations are {', '.join(OPERATIONS)}"
+                )
+            per_op = dict(declared)
+            frozen[dtype] = dict(declared)
+        else:
+            raise CapabilitiesError(
+                f"adapter {name!r}: accumulation of {dtype} must be a format name or a mapping operation -> format, got {declared!r}"
+            )
+        for op, fmt in per_op.items():
+            if not isinstance(fmt, str) or fmt not in FORMATS:
+                raise CapabilitiesError(
+                    f"adapter {name!r}: accumulation of {dtype} ({op}) is {fmt!r}; the formats are {', '.join(FORMATS)}"
+                )
+            if FORMATS[fmt].u > FORMATS[dtype].u:
+                raise CapabilitiesError(
+                    f"adapter {name!r}: declares {op} sums of {dtype} accumulated in {fmt}, coarser than {dtype} itself; "
+                    "a declaration may not loosen the bound (accumulation must be at least as precise as storage)"
+                )
+    return frozen
 
 
 @dataclass(frozen=True)
@@ -70,7 +255,9 @@ class AdapterOutput:
 
     ``gradients.w[l]`` has shape (n(l), n(l−1)), ``gradients.b[l]`` shape (n(l),), both in the
     requested format's carrier dtype. ``a`` (l = 1..L), ``z`` and ``delta`` (l = 2..L) are per
-    example, shape (B, n(l)), or None where the framework cannot expose them.
+    example, shape (B, n(l)), or None where the framework cannot expose them. They must come from
+    the same computation as the gradients: read from a second one, they may describe a different
+    computation, and the diagnosis "first divergence" would then mislead.
     """
 
     gradients: Gradients
@@ -79,13 +266,18 @@ class AdapterOutput:
     z: Mapping[int, np.ndarray] | None = None
     delta: Mapping[int, np.ndarray] | None = None
 
+    def check(self, where: str, network: Network, batch: Batch, dtype: str) -> None:
+        """Raise :class:`AdapterContractError` unless this output has the contract's keys, shapes and dtypes."""
+        check_output(where, network, batch, dtype, self)
+
 
 class Adapter(abc.ABC):
     """Base class of every adapter (built-in or third-party).
 
     Subclasses set :attr:`requires` to the import names of what they need, so that a missing
     framework is reported as a skip with a reason without importing anything, and implement
-    :meth:`capabilities`, :meth:`load_parameters` and :meth:`run`.
+    :meth:`capabilities`, :meth:`load_parameters` and :meth:`run`. Callers use :meth:`compute` and
+    :meth:`round_trip`, which do the checks every adapter needs.
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
@@ -105,3 +297,140 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
         """Compute the gradients of C = Σ_x 1/2 Σ_j (y_j − a^L_j)² with the framework."""
+
+    @cached_property
+    def caps(self) -> Capabilities:
+        """:meth:`capabilities`, asked once per adapter object and checked to be :class:`Capabilities`.
+
+        Once, because declaring may be costly (``torch.cuda.is_available()`` initialises CUDA) and the
+        answer must not change during a run.
+        """
+        caps = self.capabilities()
+        if not isinstance(caps, Capabilities):
+            raise CapabilitiesError(
+                f"{type(self).__name__}.capabilities() returned a {type(caps).__name__}, expected backprop_conformance.adapters.base.Capabilities"
+            )
+        return caps
+
+    def where(self, path: str | None, dtype: str) -> str:
+        """How messages name a request: ``adapter 'torch', path 'eager', dtype float32``."""
+        return f"adapter {self.caps.name!r}" + (f", path {path!r}" if path is not None else "") + f", dtype {dtype}"
+
+    def check_request(self, network: Network, batch: Batch | None, *, dtype: str, path: str | None, device: str) -> None:
+        """Raise :class:`RequestError` unless the request is among the declared capabilities and its values are ``dtype`` values.
+
+        Unrepresentable values are refused because converting them would round silently, and the
+        reference would then be judged at a different point from the one the framework computed.
+        """
+        caps = self.caps
+        for what, value, valid in (("dtype", dtype, caps.dtypes), ("path", path, caps.paths), ("device", device, caps.devices)):
+            if what == "path" and value is None:
+                continue
+            if value not in valid:
+                raise RequestError(f"adapter {caps.name!r}: unsupported {what} {value!r}; valid {what}s are {', '.join(valid)}")
+        if not isinstance(network, Network):
+            raise RequestError(
+                f"adapter {caps.name!r}: expected a backprop_conformance.reference.model.Network, got {type(network).__name__}"
+            )
+        arrays = [(f"w^{l}", network.w[l]) for l in network.layers] + [(f"b^{l}", network.b[l]) for l in network.layers]
+        if batch is not None:
+            if not isinstance(batch, Batch):
+                raise RequestError(
+                    f"adapter {caps.name!r}: expected a backprop_conformance.reference.model.Batch, got {type(batch).__name__}"
+                )
+            check_compatible(network, batch)
+            arrays += [("x (the inputs)", batch.x), ("y (the targets)", batch.y)]
+        for what, values in arrays:
+            if not is_representable(dtype, values):
+                raise RequestError(
+                    f"adapter {caps.name!r}: {what} holds values that are not exactly representable in {dtype}; round them first "
+                    f"with backprop_conformance.reference.dtypes.round_to({dtype!r}, ...) so that the framework and the reference "
+                    "see the same numbers"
+                )
+
+    def compute(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        """:meth:`run`, with the request checked first and the output checked against the contract after."""
+        self.check_request(network, batch, dtype=dtype, path=path, device=device)
+        output = self.run(network, batch, dtype=dtype, path=path, device=device)
+        check_output(self.where(path, dtype), network, batch, dtype, output)
+        return output
+
+    def round_trip(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        """:meth:`load_parameters`, with the request checked first and the result's type checked after."""
+        self.check_request(network, None, dtype=dtype, path=None, device=device)
+        back = self.load_parameters(network, dtype=dtype, device=device)
+        if not isinstance(back, Network):
+            raise AdapterContractError(
+                f"{self.where(None, dtype)}: load_parameters() returned a {type(back).__name__}, "
+                "expected backprop_conformance.reference.model.Network"
+            )
+        return back
+
+
+def check_output(where: str, network: Network, batch: Batch, dtype: str, output: object) -> None:
+    """Raise :class:`AdapterContractError` unless ``output`` has the contract's keys, shapes and dtypes.
+
+    ``where`` names the request in messages (:meth:`Adapter.where`).
+    """
+    if not isinstance(output, AdapterOutput):
+        raise AdapterContractError(
+            f"{where}: run() returned a {type(output).__name__}, expected backprop_conformance.adapters.base.AdapterOutput"
+        )
+    if not isinstance(output.gradients, Gradients):
+        raise AdapterContractError(
+            f"{where}: AdapterOutput.gradients is a {type(output.gradients).__name__}, expected backprop_conformance.reference.model.Gradients"
+        )
+    carrier = float_format(dtype).carrier
+    layers = list(network.layers)
+    for kind, params, grads in (("w", network.w, output.gradients.w), ("b", network.b, output.gradients.b)):
+        if sorted(grads) != layers:
+            raise AdapterContractError(
+                f"{where}: gradients of {kind}^l are keyed by {sorted(grads)}, expected the page's layers {layers} "
+                f"(l = 2..L; a missing layer means a dropped gradient)"
+            )
+        for l in layers:
+            name = f"∂C/∂{kind}^{l}"
+            got = np.asarray(grads[l])
+            want_shape = params[l].shape
+            if got.shape != want_shape:
+                layout = "(n(l), n(l−1)), row j = neuron j of layer l" if kind == "w" else "(n(l),)"
+                transposed = " (transposed?)" if kind == "w" and got.shape == want_shape[::-1] else ""
+                raise AdapterContractError(f"{where}: {name} has shape {got.shape}, expected {want_shape} = {layout}{transposed}")
+            if got.dtype != carrier:
+                raise AdapterContractError(
+                    f"{where}: {name} has dtype {got.dtype}, expected {carrier} "
+                    f"(the carrier of {dtype}, see backprop_conformance.reference.dtypes)"
+                )
+            if not is_representable(dtype, got):
+                idx = _first_unrepresentable(dtype, got)
+                raise AdapterContractError(
+                    f"{where}: {name} holds {parameter_name(kind, l, idx)} = {got[idx]!r}, which is not a {dtype} value: "
+                    f"the adapter returned higher-precision results than the format it was asked for"
+                )
+    if not isinstance(output.cost, (float, int, np.floating)) or isinstance(output.cost, bool):
+        raise AdapterContractError(f"{where}: cost is a {type(output.cost).__name__}, expected a Python float")
+    B = batch.size
+    widths = network.widths
+    for symbol, values, first in (("a", output.a, 1), ("z", output.z, 2), ("δ", output.delta, 2)):
+        if values is None:
+            continue
+        _check_intermediates(where, symbol, values, range(first, network.depth + 1), B, widths)
+
+
+def _first_unrepresentable(dtype: str, values: np.ndarray) -> tuple[int, ...]:
+    """Index of the first finite element that rounding to ``dtype`` would change."""
+    as64 = values.astype(np.float64)
+    changed = np.isfinite(as64) & (round_to(dtype, as64).astype(np.float64) != as64)
+    return tuple(int(i) for i in np.argwhere(changed)[0])
+
+
+def _check_intermediates(where: str, symbol: str, values: Mapping[int, np.ndarray], layers: range, B: int, widths: tuple[int, ...]) -> None:
+    if not isinstance(values, Mapping):
+        raise AdapterContractError(f"{where}: {symbol}^l must be a mapping keyed by the page's layer l, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(layers))
+    if unknown:
+        raise AdapterContractError(f"{where}: {symbol}^l has keys {unknown} outside the page's layers {list(layers)}")
+    for l, arr in values.items():
+        shape = np.shape(arr)
+        if shape != (B, widths[l - 1]):
+            raise AdapterContractError(f"{where}: {symbol}^{l} has shape {shape}, expected (B, n({l})) = ({B}, {widths[l - 1]})")

@@ -39,8 +39,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
-from backprop_conformance.reference.dtypes import float_format, is_representable
-from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible
+from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
 PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp")
@@ -142,10 +142,6 @@ def _differentiated(path: str) -> Callable[[Any, Any, Any], tuple[Any, Any, Any]
     return pulled_back
 
 
-class JaxAdapterError(ValueError):
-    """A request the JAX adapter cannot serve; the message names what was wrong and what is allowed."""
-
-
 class JaxAdapter(Adapter):
     """The page's network and cost in ``jax.numpy``, differentiated by grad, jit(grad), jacfwd or vjp."""
 
@@ -163,13 +159,11 @@ class JaxAdapter(Adapter):
             default_paths=DEFAULT_PATHS,
             devices=_devices(),
             accumulation=dict(ACCUMULATION),
+            shape_compiled_paths=PATHS,
         )
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """Put w^l and b^l on ``device`` as the (W, b) pairs ``run`` differentiates, and read them back in page layout."""
-        _check_choice("dtype", dtype, DTYPES)
-        _check_choice("device", device, _devices())
-        _check_network(network, dtype)
         with _precision_scope(dtype):
             params = _parameters(network, dtype, device)
             carrier = float_format(dtype).carrier
@@ -179,39 +173,11 @@ class JaxAdapter(Adapter):
         """∂C/∂w^l and ∂C/∂b^l (l = 2..L) of C = Σ_x 1/2 Σ_j (y_j − a^L_j)², computed by JAX in ``dtype``.
 
         Returns gradients in page layout and ``dtype``'s carrier (bfloat16 in float32 arrays), the cost, a^l
-        (l = 1..L) and z^l (l = 2..L) on every path, and δ^l = ∂C/∂z^l on the ``"vjp"`` path.
+        (l = 1..L) and z^l (l = 2..L) on every path, and δ^l = ∂C/∂z^l on the ``"vjp"`` path. The request has
+        been checked by :meth:`~backprop_conformance.adapters.base.Adapter.compute`.
         """
-        _check_choice("dtype", dtype, DTYPES)
-        _check_choice("path", path, PATHS)
-        _check_choice("device", device, _devices())
-        check_compatible(network, batch)
-        _check_network(network, dtype)
-        _check_representable(dtype, batch.x, "x (the inputs)")
-        _check_representable(dtype, batch.y, "y (the targets)")
         with _precision_scope(dtype):
             return _run(network, batch, dtype=dtype, path=path, device=device)
-
-
-def _check_choice(what: str, value: object, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise JaxAdapterError(f"jax adapter: unsupported {what} {value!r}; valid {what}s are {', '.join(valid)}")
-
-
-def _check_network(network: Network, dtype: str) -> None:
-    for l in network.layers:
-        _check_representable(dtype, network.w[l], f"w^{l}")
-        _check_representable(dtype, network.b[l], f"b^{l}")
-
-
-def _check_representable(dtype: str, array: np.ndarray, what: str) -> None:
-    """Refuse values the format cannot hold: converting them would silently round, and the reference would
-    then be evaluated at a different point from the one JAX sees."""
-    if not is_representable(dtype, array):
-        raise JaxAdapterError(
-            f"jax adapter: {what} holds values that are not exactly representable in {dtype}; "
-            f"round them first with backprop_conformance.reference.dtypes.round_to({dtype!r}, ...) "
-            "so that JAX and the reference see the same numbers"
-        )
 
 
 @functools.cache

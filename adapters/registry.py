@@ -6,6 +6,12 @@ reported as ``skipped: <framework> not installed``. Third-party adapters are fou
 point group :data:`ENTRY_POINT_GROUP` or named directly as ``package.module:Attribute``; their module is
 imported (by contract it does not import its framework at import time) and their ``requires`` checked
 the same way.
+
+Only a framework listed in ``requires`` being absent makes an adapter *unavailable* (a skip, with the
+reason). Everything else that goes wrong while loading one -- a module that does not exist, raises at
+import or has a syntax error, a constructor or ``capabilities()`` that raises, capabilities the suite
+cannot test -- is an :class:`~backprop_conformance.adapters.base.AdapterError` naming the adapter and
+the cause, which the suite turns into a usage error: a broken plug-in must never pass as "skipped".
 """
 
 from __future__ import annotations
@@ -16,18 +22,23 @@ import importlib.util
 import inspect
 from dataclasses import dataclass
 
-from backprop_conformance.adapters.base import Adapter
+from backprop_conformance.adapters.base import Adapter, AdapterError, CapabilitiesError
 
 ENTRY_POINT_GROUP = "backprop_conformance.adapters"
 """Entry-point group for third-party adapters: ``name = "package.module:AdapterClass"``."""
 
+IMPORT_HINT = (
+    "is the module on the import path? Set PYTHONPATH to its directory, or run `python -m pytest` rather than the "
+    "`pytest` script, which does not put the working directory on sys.path"
+)
+
 
 class AdapterUnavailable(Exception):
-    """The adapter cannot run here (its framework is missing); the message is the skip reason."""
+    """The adapter cannot run here (a framework in its ``requires`` is missing); the message is the skip reason."""
 
 
-class UnknownAdapter(ValueError):
-    """A name that is neither a known adapter nor a ``module:attribute`` reference."""
+class UnknownAdapter(AdapterError, ValueError):
+    """A name that is neither a known adapter nor a ``module:attribute`` reference that exists."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +55,11 @@ class AdapterSpec:
         return [module for module in self.requires if not _installed(module)]
 
     def load(self) -> Adapter:
-        """Import and instantiate the adapter, or raise :class:`AdapterUnavailable` with the reason.
+        """Import and instantiate the adapter, and ask its capabilities once, so that they are checked now.
 
-        A module that does not exist is a wrong name (:class:`UnknownAdapter`), not a missing framework:
-        a typo on the command line must fail the run, not skip it and pass having tested nothing.
+        Raises :class:`AdapterUnavailable` when a framework in ``requires`` is missing, and
+        :class:`~backprop_conformance.adapters.base.AdapterError` (:class:`UnknownAdapter` for a name
+        that leads nowhere) for anything else, naming the adapter and the cause.
         """
         self._raise_if_missing(self.requires)
         module_name, _, attribute = self.target.partition(":")
@@ -57,11 +69,14 @@ class AdapterSpec:
             parents = {".".join(module_name.split(".")[: i + 1]) for i in range(module_name.count(".") + 1)}
             if exc.name in parents:
                 raise UnknownAdapter(
-                    f"adapter {self.name!r}: there is no module {exc.name!r} (from {self.source}: {self.target})"
+                    f"adapter {self.name!r}: there is no module {exc.name!r} (from {self.source}: {self.target}); {IMPORT_HINT}"
                 ) from None
-            raise AdapterUnavailable(f"skipped: adapter {self.name!r} could not be imported from {module_name!r}: {exc}") from exc
-        except ImportError as exc:
-            raise AdapterUnavailable(f"skipped: adapter {self.name!r} could not be imported from {module_name!r}: {exc}") from exc
+            raise AdapterError(
+                f"adapter {self.name!r}: importing {module_name!r} failed: {exc}. If {exc.name!r} is the framework the adapter "
+                "puts on trial, import it inside the adapter's methods and list it in `requires`, so that its absence is a skip"
+            ) from None
+        except Exception as exc:  # a plug-in's module may raise anything at import; the user must see which and where
+            raise AdapterError(f"adapter {self.name!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
         try:
             obj = getattr(module, attribute)
         except AttributeError:
@@ -80,24 +95,32 @@ class AdapterSpec:
             self._raise_if_missing(obj.requires)
             try:
                 obj = obj()
-            except TypeError as exc:
-                raise UnknownAdapter(f"{self.target} cannot be instantiated without arguments: {exc}") from None
+            except Exception as exc:  # the constructor is the plug-in's code: any exception is its author's to see
+                raise AdapterError(f"adapter {self.name!r}: {self.target}() raised {type(exc).__name__}: {exc}") from None
         if not isinstance(obj, Adapter):
             raise UnknownAdapter(
                 f"{self.target} is a {type(obj).__name__}, not a backprop_conformance.adapters.base.Adapter "
                 "subclass or instance (see docs/adapters.md)"
             )
         self._raise_if_missing(type(obj).requires)
+        try:
+            obj.caps  # noqa: B018 (asked now, so that a bad declaration fails the load, not the first test)
+        except CapabilitiesError as exc:
+            raise CapabilitiesError(f"{exc} (adapter loaded from {self.target})") from None
+        except Exception as exc:  # capabilities() is the plug-in's code
+            raise AdapterError(f"adapter {self.name!r}: {self.target}.capabilities() raised {type(exc).__name__}: {exc}") from None
         return obj
 
     def _raise_if_missing(self, requires: tuple[str, ...]) -> None:
+        if isinstance(requires, str) or not all(isinstance(r, str) for r in requires):
+            raise AdapterError(f"adapter {self.name!r}: requires must be a tuple of import names, got {requires!r}")
         missing = [module for module in requires if not _installed(module)]
         if missing:
             raise AdapterUnavailable(f"skipped: {', '.join(missing)} not installed (needed by adapter {self.name!r})")
 
     @property
     def requested_as(self) -> str:
-        """How to name this adapter again on a command line (``--backend``): its name, or its ``module:attribute``."""
+        """How to name this adapter again on a command line (``--conformance-backend``): its name, or its ``module:attribute``."""
         return self.target if self.source == "command line" else self.name
 
 
@@ -127,6 +150,16 @@ def known_specs() -> dict[str, AdapterSpec]:
     specs = dict(entry_point_specs())
     specs.update(BUILTIN)
     return specs
+
+
+def default_names() -> list[str]:
+    """What a run tests when no backend is named: every built-in, then every installed plug-in.
+
+    Plug-ins join a plain run because installing one is how a user says "test this framework"; a run
+    that skipped the built-ins (frameworks not installed) and ignored the plug-in would be green having
+    tested nothing.
+    """
+    return [*BUILTIN, *sorted(name for name in entry_point_specs() if name not in BUILTIN)]
 
 
 def resolve(name: str) -> AdapterSpec:

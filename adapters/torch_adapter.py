@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
-from backprop_conformance.reference.dtypes import FORMATS, is_representable
-from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible
+from backprop_conformance.reference.dtypes import FORMATS
+from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 PATHS = ("eager", "func", "mse", "compile")
@@ -66,8 +66,11 @@ with ``fullgraph=True``, which turns any fallback to eager (a graph break, or a 
 all) into an error."""
 
 
-class TorchAdapterError(ValueError):
-    """A request the torch adapter cannot serve; the message names what was wrong and what is allowed."""
+def _torch() -> Any:
+    """Import torch on first use only, so that importing this module or listing adapters never imports it."""
+    import torch
+
+    return torch
 
 
 class TorchAdapter(Adapter):
@@ -77,8 +80,7 @@ class TorchAdapter(Adapter):
 
     def capabilities(self) -> Capabilities:
         """Declare dtypes, paths and accumulation; "cuda" is listed only where torch can use a GPU."""
-        import torch
-
+        torch = _torch()
         devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
         return Capabilities(
             name="torch",
@@ -89,6 +91,7 @@ class TorchAdapter(Adapter):
             default_paths=DEFAULT_PATHS,
             devices=devices,
             accumulation=dict(ACCUMULATION),
+            shape_compiled_paths=("compile",),
         )
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
@@ -98,14 +101,12 @@ class TorchAdapter(Adapter):
         ``nn.Linear.weight[j−1, k−1]`` really is the page's w^l_jk, which a square layer's shapes
         cannot show. Returned in ``dtype``'s carrier dtype, like the gradients.
         """
-        self._validate(network, None, dtype=dtype, path=None, device=device)
-        import torch
-
-        model = _build(torch, network, getattr(torch, dtype), device)
+        torch = _torch()
+        model = _build(network, getattr(torch, dtype), device)
         linears = [m for m in model if isinstance(m, torch.nn.Linear)]
         return Network(
-            {l: _to_numpy(torch, m.weight, dtype) for l, m in enumerate(linears, start=2)},
-            {l: _to_numpy(torch, m.bias, dtype) for l, m in enumerate(linears, start=2)},
+            {l: _to_numpy(m.weight, dtype) for l, m in enumerate(linears, start=2)},
+            {l: _to_numpy(m.bias, dtype) for l, m in enumerate(linears, start=2)},
         )
 
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
@@ -114,56 +115,22 @@ class TorchAdapter(Adapter):
         Returns gradients in page layout and in ``dtype``'s carrier (bfloat16 values in float32 arrays),
         the cost, a^l (l = 1..L) and z^l (l = 2..L) on every path, and δ^l = ∂C/∂z^l (l = 2..L) on the
         paths that run autograd's tape on the uncompiled model (``eager``, ``mse``), where they are the
-        ``.grad`` of the retained Linear outputs.
+        ``.grad`` of the retained Linear outputs. The request has been checked by
+        :meth:`~backprop_conformance.adapters.base.Adapter.compute`.
         """
-        self._validate(network, batch, dtype=dtype, path=path, device=device)
-        import torch
-
+        torch = _torch()
         tdtype = getattr(torch, dtype)
-        with _ieee_arithmetic(torch, device), torch.inference_mode(False), torch.enable_grad():
-            model = _build(torch, network, tdtype, device)
+        with _ieee_arithmetic(device), torch.inference_mode(False), torch.enable_grad():
+            model = _build(network, tdtype, device)
             x = torch.tensor(batch.x, dtype=tdtype, device=device)
             y = torch.tensor(batch.y, dtype=tdtype, device=device)
-            recorder = _Recorder(torch, model)
-            result = _PATHS[path](torch, model, recorder, x, y)
-        return _to_output(torch, result, x, dtype)
-
-    def _validate(self, network: Network, batch: Batch | None, *, dtype: str, path: str | None, device: str) -> None:
-        """Check the request against :meth:`capabilities` and the inputs against the model and the format."""
-        caps = self.capabilities()
-        _check_choice("dtype", dtype, caps.dtypes)
-        if path is not None:
-            _check_choice("path", path, caps.paths)
-        _check_choice("device", device, caps.devices)
-        arrays = [(f"w^{l}", network.w[l]) for l in network.layers] + [(f"b^{l}", network.b[l]) for l in network.layers]
-        if batch is not None:
-            check_compatible(network, batch)
-            arrays += [("x (the inputs)", batch.x), ("y (the targets)", batch.y)]
-        _check_representable(arrays, dtype)
-
-
-def _check_choice(what: str, value: object, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise TorchAdapterError(f"torch adapter: unsupported {what} {value!r}; valid {what}s are {', '.join(valid)}")
-
-
-def _check_representable(arrays: list[tuple[str, np.ndarray]], dtype: str) -> None:
-    """Refuse values that torch would round on conversion: the reference would then judge a different point.
-
-    The suite rounds parameters and data to the format first (:func:`backprop_conformance.reference.dtypes.round_to`);
-    a caller who forgets gets this error instead of a verdict about a network nobody computed.
-    """
-    for name, arr in arrays:
-        if not is_representable(dtype, arr):
-            raise TorchAdapterError(
-                f"torch adapter: {name} holds values that are not exactly representable in {dtype}; "
-                f"round them first with backprop_conformance.reference.dtypes.round_to({dtype!r}, ...) "
-                "so that torch and the reference see the same numbers"
-            )
+            recorder = _Recorder(model)
+            result = _PATHS[path](model, recorder, x, y)
+        return _to_output(result, x, dtype)
 
 
 @contextlib.contextmanager
-def _ieee_arithmetic(torch: Any, device: str) -> Iterator[None]:
+def _ieee_arithmetic(device: str) -> Iterator[None]:
     """Pin float32 matrix products to IEEE float32 and float16/bfloat16 reductions to float32 for one call.
 
     TF32 on CUDA (10-bit significand) and TF32/bf16 through oneDNN on CPU are opt-in speed settings a
@@ -175,6 +142,7 @@ def _ieee_arithmetic(torch: Any, device: str) -> Iterator[None]:
     (measured), so that API is used whenever it exists and the legacy flags only on torch versions
     that predate it.
     """
+    torch = _torch()
     pinned: list[tuple[Callable[[Any], None], Any]] = []
 
     def pin(getter: Callable[[], Any], setter: Callable[[Any], None], value: Any) -> None:
@@ -220,12 +188,13 @@ def _ieee_arithmetic(torch: Any, device: str) -> Iterator[None]:
             setter(value)
 
 
-def _build(torch: Any, network: Network, tdtype: Any, device: str) -> Any:
+def _build(network: Network, tdtype: Any, device: str) -> Any:
     """The page's network as a PyTorch user builds it: Linear(n(l−1), n(l)) then Sigmoid, for l = 2..L.
 
     ``skip_init`` allocates the layers without their random initialisation, so building a model does
     not advance torch's global random number generator; the page's w^l and b^l are then copied in.
     """
+    torch = _torch()
     layers = []
     for l in network.layers:
         n_out, n_in = network.w[l].shape
@@ -244,7 +213,8 @@ class _Recorder:
     Each call builds a new model and recorder, so the lists hold exactly one forward pass.
     """
 
-    def __init__(self, torch: Any, model: Any) -> None:
+    def __init__(self, model: Any) -> None:
+        torch = _torch()
         self.z: list[Any] = []
         self.a: list[Any] = []
         self.linears = [m for m in model if isinstance(m, torch.nn.Linear)]
@@ -277,45 +247,48 @@ def _tape_result(recorder: _Recorder, cost: Any, delta: list[Any] | None) -> _Pa
     )
 
 
-def _quadratic_cost(torch: Any, a_L: Any, y: Any) -> Any:
+def _quadratic_cost(a_L: Any, y: Any) -> Any:
     """C = Σ_x ½ Σ_j (y_j − a^L_j)², written out with torch ops (the page's cost, summed over the batch)."""
+    torch = _torch()
     return 0.5 * torch.sum((y - a_L) ** 2)
 
 
-def _mse_cost(torch: Any, a_L: Any, y: Any) -> Any:
+def _mse_cost(a_L: Any, y: Any) -> Any:
     """The same C through torch's own loss: ``mse_loss(reduction="sum")`` is Σ (a − y)², so C is half of it."""
+    torch = _torch()
     return 0.5 * torch.nn.functional.mse_loss(a_L, y, reduction="sum")
 
 
-def _tape(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any, cost_fn: Callable[[Any, Any, Any], Any]) -> _PathResult:
+def _tape(model: Any, recorder: _Recorder, x: Any, y: Any, cost_fn: Callable[[Any, Any], Any]) -> _PathResult:
     """Autograd's tape: forward, retain the Linear outputs z^l, ``backward()``; δ^l is then ``z^l.grad``."""
     a_L = model(x)
     for z in recorder.z:
         z.retain_grad()
-    cost = cost_fn(torch, a_L, y)
+    cost = cost_fn(a_L, y)
     cost.backward()
     return _tape_result(recorder, cost, delta=[z.grad for z in recorder.z])
 
 
-def _eager(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
-    return _tape(torch, model, recorder, x, y, _quadratic_cost)
+def _eager(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+    return _tape(model, recorder, x, y, _quadratic_cost)
 
 
-def _mse(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
-    return _tape(torch, model, recorder, x, y, _mse_cost)
+def _mse(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+    return _tape(model, recorder, x, y, _mse_cost)
 
 
-def _func(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+def _func(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
     """``torch.func.grad`` of the cost as a pure function of the parameters (``functional_call``).
 
     z^l and a^l are returned as auxiliary outputs; δ^l is not: the transform differentiates with
     respect to the parameters only.
     """
+    torch = _torch()
     params = {name: p.detach() for name, p in model.named_parameters()}
 
     def cost_of(parameters: dict[str, Any]) -> tuple[Any, tuple[Any, list[Any], list[Any]]]:
         a_L = torch.func.functional_call(model, parameters, (x,))
-        cost = _quadratic_cost(torch, a_L, y)
+        cost = _quadratic_cost(a_L, y)
         return cost, (cost, list(recorder.z), list(recorder.a))
 
     grads, (cost, z, a) = torch.func.grad(cost_of, has_aux=True)(params)
@@ -341,12 +314,12 @@ def _compiled_forward_cost() -> Callable[[Any, Any, Any], Any]:
     import torch
 
     def forward_cost(model: Any, x: Any, y: Any) -> Any:
-        return _quadratic_cost(torch, model(x), y)
+        return _quadratic_cost(model(x), y)
 
     return torch.compile(forward_cost, fullgraph=True)
 
 
-def _compile(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+def _compile(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
     """Forward and cost compiled by ``torch.compile``; ``backward()`` runs the backward graph compiled with it.
 
     δ^l is not available: the recorded z^l are outputs of the compiled graph beside the cost, not on
@@ -360,7 +333,7 @@ def _compile(torch: Any, model: Any, recorder: _Recorder, x: Any, y: Any) -> _Pa
     return _tape_result(recorder, cost, delta=None)
 
 
-_PATHS: dict[str, Callable[[Any, Any, _Recorder, Any, Any], _PathResult]] = {
+_PATHS: dict[str, Callable[[Any, _Recorder, Any, Any], _PathResult]] = {
     "eager": _eager,
     "func": _func,
     "mse": _mse,
@@ -368,19 +341,21 @@ _PATHS: dict[str, Callable[[Any, Any, _Recorder, Any, Any], _PathResult]] = {
 }
 
 
-def _to_numpy(torch: Any, t: Any, dtype: str) -> np.ndarray:
+def _to_numpy(t: Any, dtype: str) -> np.ndarray:
     """A tensor as a numpy array in ``dtype``'s carrier (bfloat16 goes through float32, which holds it exactly)."""
+    torch = _torch()
     t = t.detach().to("cpu")
     if t.dtype == torch.bfloat16:
         t = t.to(torch.float32)
     return np.array(t.numpy(), dtype=FORMATS[dtype].carrier)
 
 
-def _to_output(torch: Any, result: _PathResult, x: Any, dtype: str) -> AdapterOutput:
+def _to_output(result: _PathResult, x: Any, dtype: str) -> AdapterOutput:
     """Convert to numpy in the format's carrier dtype, keyed by the page's layer l (a^1 is the input x)."""
+    torch = _torch()
 
     def by_layer(tensors: list[Any], first: int = 2) -> dict[int, np.ndarray]:
-        return {l: _to_numpy(torch, t, dtype) for l, t in enumerate(tensors, start=first)}
+        return {l: _to_numpy(t, dtype) for l, t in enumerate(tensors, start=first)}
 
     return AdapterOutput(
         gradients=Gradients(by_layer(result.grad_w), by_layer(result.grad_b)),

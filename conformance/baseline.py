@@ -5,39 +5,43 @@ bound lets through: a framework release whose gradients are still inside the bou
 accurate than before, eating the margin that keeps the next change from failing. A cell regresses
 when
 
-* its worst ratio grows beyond ``FACTOR × max(baseline worst, FLOOR)``, or
-* it passed in the baseline (no failing example) and fails now.
+* its worst ratio grows beyond ``FACTOR × max(baseline worst, floor)``, or
+* it passed in the baseline and does not pass now (a failing example, a failing contract, an
+  exception, an incomplete run of it).
 
-Why ``FACTOR = 2`` and ``FLOOR = 0.25``: the bound is designed so that a correct framework's ratios
-sit well below 1 (median 0.01–0.2, worst 0.55 in float32 and 0.83 in float16 over ~1,200 networks;
-the design note ``shared/design/error-bound.md``), and the worst ratio of one run is the luck of the examples it
-drew: torch 2.13 and jax 0.10 on CPU, 100 examples per cell, five hypothesis seeds, gave per-cell worst
-ratios spread by up to ×2.3 (bfloat16: 0.104–0.243; float32: 0.122–0.234; float16: 0.060–0.116;
-float64: 0.084–0.089). Below the floor a ratio is a handful of ulps against a bound hundreds of ulps
-wide, and which example was drawn matters more than the framework: 0.001 → 0.003 is noise, not a
-regression. Above it, a doubling means the framework lost half of its remaining distance to the bound.
-So no cell can fail the comparison below a worst ratio of 0.5, and above that one that doubles does.
-When both runs drew the very same networks -- the same derandomized hypothesis settings and version
-(the ``ci`` profile, as ``CI=true`` selects) and the same suite version -- there is no seed-to-seed spread to absorb
-and the floor drops to ``FLOOR_SAME_EXAMPLES = 0.02``: a cell whose worst ratio doubles from 0.1 then
-fails. That is how a baseline should be recorded and checked in CI. When the settings differ, the
-comparison says so and keeps the wide floor.
+Why ``FACTOR = 2`` and a floor: the bound is designed so that a correct framework's ratios sit well
+below 1 (median 0.01–0.2, worst 0.55 in float32 and 0.83 in float16 over ~1,200 networks, see
+``docs/error-bound.md``), and the worst ratio of one run is the luck of the examples it drew: torch
+2.13 and jax 0.10 on CPU, 100 examples per cell, five hypothesis seeds, gave per-cell worst ratios
+spread by up to ×2.3 (bfloat16: 0.104–0.243; float32: 0.122–0.234; float16: 0.060–0.116; float64:
+0.084–0.089). Below the floor a ratio is a handful of ulps against a bound hundreds of ulps wide, and
+which example was drawn matters more than the framework: 0.001 → 0.003 is noise, not a regression.
+Above it, a doubling means the framework lost half of its remaining distance to the bound.
+
+The floor is ``FLOOR = 0.25`` between runs that drew different examples, so no cell can fail the
+comparison with a worst ratio under 0.5 there. When both runs drew the very same networks -- the same
+derandomized hypothesis settings and version (the ``ci`` profile, which Hypothesis selects in CI) and
+the same suite version -- there is no seed-to-seed spread to absorb and the floor drops to
+``FLOOR_SAME_EXAMPLES = 0.02``: a cell whose worst ratio doubles from 0.1 then fails, and one that
+grows from 0.01 to 0.05 fails too (beyond 2 × 0.02 = 0.04). That is how a baseline should be recorded
+and checked in CI. When the settings differ, the comparison says so and keeps the wide floor.
 
 Cells only in the run (new) or only in the baseline (missing: not selected, or their backend not
-installed) are listed, and do not fail the run.
+installed) are listed and do not fail the run -- unless the run shares *no* cell with the baseline:
+then nothing was compared, and that is reported as a failure of the comparison, never as "no
+regressions".
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from backprop_conformance.conformance.report import CellResult, Report
+from backprop_conformance.conformance.report import CellResult, Report, encode_float
 
 FACTOR = 2.0
-"""A cell regresses when its worst ratio exceeds FACTOR × max(baseline worst, FLOOR)."""
+"""A cell regresses when its worst ratio exceeds FACTOR × max(baseline worst, floor)."""
 
 FLOOR = 0.25
 """Worst ratios below this are compared as if they were this: they are rounding noise, not margin lost."""
@@ -47,9 +51,10 @@ FLOOR_SAME_EXAMPLES = 0.02
 version, same suite version -- a release fixes its strategies; a commit hash would change with the very
 commit that stores the baseline): no seed-to-seed spread to absorb, so any growth is the framework's."""
 
-
 HYPOTHESIS_SETTINGS = ("profile", "max_examples", "derandomize", "seed")
-"""The settings that decide which examples a run draws (see :func:`backprop_conformance.conformance.report.hypothesis_settings`)."""
+"""The settings that decide which examples a run draws (see :func:`~backprop_conformance.conformance.provenance.hypothesis_settings`)."""
+
+NOT_PASSING = ("failed", "incomplete")
 
 
 def limit(baseline_worst: float, floor: float = FLOOR) -> float:
@@ -57,11 +62,11 @@ def limit(baseline_worst: float, floor: float = FLOOR) -> float:
     return FACTOR * max(baseline_worst, floor)
 
 
-def floor_for(old: dict[str, Any], new: dict[str, Any]) -> float:
+def floor_for(old: Report, new: Report) -> float:
     """:data:`FLOOR_SAME_EXAMPLES` when both reports drew the same examples, else :data:`FLOOR`."""
-    old_h, new_h = old.get("hypothesis", {}), new.get("hypothesis", {})
+    old_h, new_h = old.hypothesis, new.hypothesis
     same_settings = all(old_h.get(key) == new_h.get(key) for key in (*HYPOTHESIS_SETTINGS, "version"))
-    same_suite = old.get("suite", {}).get("version") == new.get("suite", {}).get("version") is not None
+    same_suite = old.suite.get("version") == new.suite.get("version") is not None
     return FLOOR_SAME_EXAMPLES if same_settings and new_h.get("derandomize") and same_suite else FLOOR
 
 
@@ -96,13 +101,12 @@ class CellComparison:
         if self.new is None:
             return "not run"
         text = f"{_ratio(self.old.worst)} → {_ratio(self.new.worst)}"
-        if self.old.worst and self.new.worst is not None and math.isfinite(self.old.worst) and math.isfinite(self.new.worst):
-            text += f" (×{self.new.worst / self.old.worst:.2g})"
+        old, new = self.old.worst, self.new.worst
+        if old and new is not None and math.isfinite(old) and math.isfinite(new):
+            text += f" (×{new / old:.2g})"
         return f"**{text}** regressed" if self.problems else text
 
     def to_json(self) -> dict[str, Any]:
-        from backprop_conformance.conformance.report import encode_float
-
         def worst(side: CellResult | None) -> float | str | None:
             return None if side is None or side.worst is None else encode_float(side.worst)
 
@@ -126,8 +130,18 @@ class Comparison:
     floor: float = FLOOR
 
     @property
+    def compared(self) -> int:
+        return sum(c.status in ("ok", "regressed") for c in self.cells.values())
+
+    @property
     def regressions(self) -> list[str]:
-        return [problem for c in self.cells.values() for problem in c.problems]
+        found = [problem for c in self.cells.values() for problem in c.problems]
+        if not self.compared:
+            found.append(
+                f"the run shares no cell with the baseline {self.source}: nothing was compared "
+                "(different backends, paths or dtypes?); a comparison that compared nothing cannot pass"
+            )
+        return found
 
     @property
     def new(self) -> list[str]:
@@ -139,10 +153,9 @@ class Comparison:
 
     def summary_lines(self) -> list[str]:
         """What a person needs to read: regressions first, then cells on one side only, then notes."""
-        compared = sum(c.status in ("ok", "regressed") for c in self.cells.values())
         lines = [
-            f"{compared} cell(s) compared with the baseline {self.source}; a cell regresses when its worst ratio "
-            f"exceeds {FACTOR:g} × max(baseline worst, {self.floor:g}) or it passed there and fails now"
+            f"{self.compared} cell(s) compared with the baseline {self.source}; a cell regresses when its worst ratio "
+            f"exceeds {FACTOR:g} × max(baseline worst, {self.floor:g}) or it passed there and does not pass now"
         ]
         lines += [f"REGRESSION {problem}" for problem in self.regressions]
         if not self.regressions:
@@ -160,6 +173,7 @@ class Comparison:
             "factor": FACTOR,
             "floor": self.floor,
             "passed": not self.regressions,
+            "compared": self.compared,
             "regressions": self.regressions,
             "new": self.new,
             "missing": self.missing,
@@ -177,19 +191,24 @@ def compare_cell(old: CellResult, new: CellResult, floor: float = FLOOR) -> Cell
             f"{new.id}: worst error/bound ratio {_ratio(old.worst)} in the baseline, {_ratio(new.worst)} now{growth}, "
             f"beyond {FACTOR:g} × max({_ratio(old.worst)}, {floor:g}) = {_ratio(limit(old.worst, floor))}"
         )
-    if old.failures == 0 and new.failures > 0:
+    if old.status == "passed" and new.status in NOT_PASSING:
         problems.append(
             f"{new.id}: passed in the baseline (0 of {old.examples} examples failed, worst ratio {_ratio(old.worst)}), "
-            f"fails now ({new.failures} of {new.examples} examples, worst ratio {_ratio(new.worst)})"
+            f"{new.status} now ({new.failures} of {new.examples} examples failed, contract {new.contract}, "
+            f"{new.exceptions} exception(s), worst ratio {_ratio(new.worst)})"
         )
     return CellComparison(new.id, old, new, tuple(problems))
 
 
 def compare(baseline: Report, run: Report) -> Comparison:
-    """Compare every cell that ran in either report; cells with no examples count as not run."""
-    old = {c.id: c for c in baseline.cells if c.examples}
-    new = {c.id: c for c in run.cells if c.examples}
-    floor = floor_for(baseline.data, run.data)
+    """Compare every cell that ran in either report; a cell with no examples and no failure counts as not run."""
+
+    def ran(c: CellResult) -> bool:
+        return c.examples > 0 or c.status in NOT_PASSING
+
+    old = {c.id: c for c in baseline.cells if ran(c)}
+    new = {c.id: c for c in run.cells if ran(c)}
+    floor = floor_for(baseline, run)
     cells: dict[str, CellComparison] = {}
     for cell in sorted(old.keys() | new.keys()):
         if cell not in old:
@@ -198,25 +217,24 @@ def compare(baseline: Report, run: Report) -> Comparison:
             cells[cell] = CellComparison(cell, old[cell], None)
         else:
             cells[cell] = compare_cell(old[cell], new[cell], floor)
-    return Comparison(baseline.source, cells, tuple(_notes(baseline.data, run.data)), floor)
+    return Comparison(baseline.source, cells, tuple(_notes(baseline, run)), floor)
 
 
-def _notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _notes(old: Report, new: Report) -> list[str]:
     """What differs between the two runs' settings and versions: context for reading the comparison."""
     notes = []
-    old_h, new_h = old.get("hypothesis", {}), new.get("hypothesis", {})
+    old_h, new_h = old.hypothesis, new.hypothesis
     differ = [f"{key} {old_h.get(key)!r} → {new_h.get(key)!r}" for key in HYPOTHESIS_SETTINGS if old_h.get(key) != new_h.get(key)]
     if differ:
         notes.append(
             f"hypothesis settings differ from the baseline's ({', '.join(differ)}): worst ratios compare best under equal settings"
         )
-    old_versions = {b.get("name"): b.get("version") for b in old.get("backends", [])}
-    for b in new.get("backends", []):
-        before = old_versions.get(b.get("name"))
-        if before is not None and before != b.get("version"):
-            notes.append(f"{b.get('name')}: {b.get('framework')} {before} in the baseline, {b.get('version')} now")
-    old_suite, new_suite = old.get("suite", {}), new.get("suite", {})
+    old_versions = {b.name: b.version for b in old.backends}
+    for b in new.backends:
+        before = old_versions.get(b.name)
+        if before is not None and before != b.version:
+            notes.append(f"{b.name}: {b.framework} {before} in the baseline, {b.version} now")
     for key in ("version", "commit"):
-        if old_suite.get(key) != new_suite.get(key):
-            notes.append(f"suite {key}: {old_suite.get(key)} in the baseline, {new_suite.get(key)} now")
+        if old.suite.get(key) != new.suite.get(key):
+            notes.append(f"suite {key}: {old.suite.get(key)} in the baseline, {new.suite.get(key)} now")
     return notes

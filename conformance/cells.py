@@ -1,7 +1,7 @@
 """The declarative table of what is tested: one cell per (backend, path, dtype, device).
 
-Each adapter declares its capabilities (:class:`backprop_conformance.adapters.base.Capabilities`); the table is their
-product, filtered by the user's ``--backend``/``--path``/``--dtype``/``--device`` options. Tests are
+Each adapter declares its capabilities (:class:`~backprop_conformance.adapters.base.Capabilities`); the
+table is their product, filtered by the user's backend, path, dtype and device options. Tests are
 generated from it, so a new adapter, path or dtype needs no new test code, and a backend that cannot
 run here still appears in the run, as a skip with its reason.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from backprop_conformance.adapters.base import Adapter, Capabilities
-from backprop_conformance.adapters.registry import BUILTIN, AdapterSpec, AdapterUnavailable, resolve
+from backprop_conformance.adapters.registry import BUILTIN, AdapterSpec, AdapterUnavailable, default_names, resolve
 from backprop_conformance.reference.dtypes import FORMATS
 
 
@@ -22,7 +22,7 @@ class SelectionError(ValueError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One combination the suite tests; its :attr:`id` is the pytest parameter id."""
+    """One combination the suite tests; its :attr:`id` is the pytest parameter id and the case-file prefix."""
 
     backend: str
     path: str
@@ -37,41 +37,51 @@ class Cell:
 
 @dataclass(frozen=True)
 class Backend:
-    """A requested adapter: loaded with its capabilities, or unavailable with the reason."""
+    """A requested adapter: loaded with its (validated) capabilities, or unavailable with the reason."""
 
     spec: AdapterSpec
     adapter: Adapter | None = None
-    capabilities: Capabilities | None = None
     unavailable: str | None = None
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        return self.adapter.caps if self.adapter is not None else None
+
+    @property
+    def name(self) -> str:
+        """The declared name when loaded (it keys the cells), else the name it was requested by."""
+        return self.adapter.caps.name if self.adapter is not None else self.spec.name
 
 
 def load_backends(names: Sequence[str]) -> list[Backend]:
-    """Resolve and load each named adapter (built-in name or ``module:attribute``).
+    """Resolve and load each named adapter (built-in name, plug-in name or ``module:attribute``).
 
+    Without names, every built-in and every installed plug-in (:func:`~backprop_conformance.adapters.registry.default_names`).
     An adapter whose framework is missing comes back with ``unavailable`` set instead of raising, so
-    the run can report it as skipped; an unknown name raises :class:`backprop_conformance.adapters.registry.UnknownAdapter`.
+    the run can report it as skipped; an unknown name or a broken adapter raises
+    :class:`~backprop_conformance.adapters.base.AdapterError`.
     """
     backends = []
     by_name: dict[str, AdapterSpec] = {}
-    for name in dict.fromkeys(names or BUILTIN):
+    for name in dict.fromkeys(names or default_names()):
         spec = resolve(name)
         try:
             adapter = spec.load()
         except AdapterUnavailable as exc:
             backends.append(Backend(spec, unavailable=str(exc)))
             continue
-        caps = adapter.capabilities()
+        declared = adapter.caps.name
         # Capability names key the cells, the reproducers and the known defects: two adapters under one
         # name would silently test only the first, and a plug-in calling itself "torch" would inherit
         # torch's known-defect xfails.
-        if caps.name in by_name:
+        if declared in by_name:
             raise SelectionError(
-                f"two adapters declare the name {caps.name!r} ({by_name[caps.name].target} and {spec.target}); names must be unique"
+                f"two adapters declare the name {declared!r} ({by_name[declared].target} and {spec.target}); names must be unique"
             )
-        if caps.name in BUILTIN and spec.source != "built-in":
-            raise SelectionError(f"{spec.target} declares the name {caps.name!r}, which belongs to a built-in adapter; choose another")
-        by_name[caps.name] = spec
-        backends.append(Backend(spec, adapter, caps))
+        if declared in BUILTIN and spec.source != "built-in":
+            raise SelectionError(f"{spec.target} declares the name {declared!r}, which belongs to a built-in adapter; choose another")
+        by_name[declared] = spec
+        backends.append(Backend(spec, adapter))
     return backends
 
 
@@ -81,12 +91,14 @@ def select_cells(
     dtypes: Sequence[str] = (),
     devices: Sequence[str] = ("cpu",),
     all_paths: bool = False,
-) -> list[Cell]:
-    """The table: every loaded backend's (path, dtype, device) that the filters allow.
+) -> tuple[list[Cell], dict[str, str]]:
+    """The table: every loaded backend's (path, dtype, device) that the filters allow, and the backends left with none.
 
     Without ``paths``, each backend's default paths run (opt-in ones, such as ``torch.compile``, only
     when named, or with ``all_paths``). A name that no loaded backend offers is an error listing the
-    valid names, so that a typo cannot silently select nothing.
+    valid names, so that a typo cannot silently select nothing. A loaded backend that the filters
+    leave without a cell (``--conformance-path jit`` beside torch, which has no jit) is returned with
+    the reason, for the run to report: a requested backend must never vanish from a run unnoticed.
     """
     loaded = [b.capabilities for b in backends if b.capabilities is not None]
     if loaded:
@@ -96,16 +108,27 @@ def select_cells(
     else:
         _check_names("dtype", dtypes, list(FORMATS))
     cells = []
+    empty: dict[str, str] = {}
     for caps in loaded:
         chosen = caps.paths if all_paths else [p for p in caps.paths if p in paths] if paths else caps.default_paths
-        for path in chosen:
-            for dtype in [d for d in caps.dtypes if d in dtypes] if dtypes else caps.dtypes:
-                for device in [d for d in caps.devices if d in devices]:
-                    cells.append(Cell(caps.name, path, dtype, device))
-    return cells
+        mine = [
+            Cell(caps.name, path, dtype, device)
+            for path in chosen
+            for dtype in ([d for d in caps.dtypes if d in dtypes] if dtypes else caps.dtypes)
+            for device in [d for d in caps.devices if d in devices]
+        ]
+        if not mine:
+            empty[caps.name] = (
+                f"no cell selected: it offers paths {', '.join(caps.paths)} (default {', '.join(caps.default_paths) or 'none'}), "
+                f"dtypes {', '.join(caps.dtypes)} and devices {', '.join(caps.devices)}, and the options selected none of them"
+            )
+        cells += mine
+    return cells, empty
 
 
 def _check_names(what: str, requested: Sequence[str], valid: list[str]) -> None:
     unknown = [name for name in requested if name not in valid]
     if unknown:
-        raise SelectionError(f"unknown --{what} {', '.join(map(repr, unknown))}; the selected backends offer {', '.join(valid)}")
+        raise SelectionError(
+            f"unknown --conformance-{what} {', '.join(map(repr, unknown))}; the selected backends offer {', '.join(valid)}"
+        )

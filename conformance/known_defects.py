@@ -5,10 +5,18 @@ strict xfail turns into XPASS, which fails the run and tells the user the entry 
 the list changes with framework releases, not with the suite's code, and each entry carries the
 upstream issue a user should read.
 
-An entry that names a test, case, path or dtype that does not exist for its backend is an error
-(reported as a usage error at start-up), never a silent no-op: a renamed test would otherwise leave a
-stale entry that matches nothing, and the known defect would quietly turn into a hard failure or,
-worse, the entry would hide nothing while the file claims it does.
+An entry may cover fidelity tests (which have named cases, e.g. σ′ in its ``saturated`` region) and,
+for a defect that breaks conformance itself, the property test ``test_gradients`` or the contract test
+``test_contract`` of a cell. A known defect on a conformance cell still runs the test and still shows
+its verdict -- in the failure text of the xfail, in the matrix (status ``known defect``) and in the
+report -- so that nobody mistakes it for a pass.
+
+The suite's own file is always loaded; every ``--conformance-known-defects FILE`` adds to it, so that
+a third party can list its framework's defects without losing the built-in ones. An entry for a
+backend that this run has not loaded is ignored with a note, so that one file can cover several
+frameworks. Anything else that would make an entry hide the wrong thing, or nothing while claiming
+to, is an error naming the entry: a missing or unknown field, a test or case that does not exist, a
+path or dtype its backend does not offer, or a list mixing ``"*"`` with names.
 """
 
 from __future__ import annotations
@@ -29,15 +37,22 @@ else:  # pragma: no cover - Python 3.10
 
 DEFAULT_FILE = Path(__file__).with_name("known_defects.toml")
 
+CONFORMANCE_TESTS = ("test_contract", "test_gradients")
+"""The tests of a cell that have no cases: an entry naming them covers the whole cell's test."""
+
 
 class KnownDefectsError(ValueError):
-    """The known-defects file is malformed or has an entry that matches nothing; the message says which."""
+    """A known-defects file is malformed or has an entry that matches nothing; the message says which."""
 
 
 @dataclass(frozen=True)
 class Defect:
     """One entry: which (test, backend, path, dtype, case) combinations fail, with which framework versions
-    (a PEP 440 specifier: defects come and go with releases), and where upstream tracks it."""
+    (a PEP 440 specifier: defects come and go with releases), and where upstream tracks it.
+
+    ``cases`` applies to the fidelity tests only; it is empty for an entry that names only
+    conformance tests. ``source`` names the file and entry number in messages.
+    """
 
     backend: str
     versions: SpecifierSet
@@ -47,15 +62,17 @@ class Defect:
     cases: tuple[str, ...]
     issue: str
     summary: str
+    source: str = ""
+    file: str = ""
 
-    def matches(self, test: str, backend: str, version: str, path: str, dtype: str, case: str) -> bool:
+    def matches(self, test: str, backend: str, version: str, path: str, dtype: str, case: str | None = None) -> bool:
         return (
             backend == self.backend
             and self.versions.contains(version, prereleases=True)
             and test in self.tests
             and (self.paths == ("*",) or path in self.paths)
             and (self.dtypes == ("*",) or dtype in self.dtypes)
-            and case in self.cases
+            and (case is None or self.cases == ("*",) or case in self.cases)
         )
 
     @property
@@ -63,75 +80,114 @@ class Defect:
         return f"known upstream defect: {self.summary} ({self.issue})"
 
 
+REQUIRED_LISTS = ("tests", "paths", "dtypes")
+TEXTS = ("backend", "versions", "issue", "summary")
+
+
 def load(path: Path = DEFAULT_FILE) -> list[Defect]:
-    """Parse the file; every field is required, so that no entry is vague about what it covers."""
+    """Parse one file; every field is required (``cases`` when a fidelity test is named), so no entry is vague."""
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise KnownDefectsError(f"{path}: {exc}") from None
     unknown = sorted(set(data) - {"defect"})
     if unknown:
         raise KnownDefectsError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; entries are [[defect]] tables")
+    entries = data.get("defect", [])
+    if not isinstance(entries, list):
+        raise KnownDefectsError(f"{path}: 'defect' must be an array of tables ([[defect]])")
     defects = []
-    for number, entry in enumerate(data.get("defect", []), start=1):
+    for number, entry in enumerate(entries, start=1):
+        where = f"{path}: defect #{number}"
         try:
-            lists = {key: entry[key] for key in ("tests", "paths", "dtypes", "cases")}
-            texts = {key: entry[key] for key in ("backend", "versions", "issue", "summary")}
+            lists = {key: entry[key] for key in REQUIRED_LISTS}
+            texts = {key: entry[key] for key in TEXTS}
         except KeyError as exc:
-            raise KnownDefectsError(f"{path}: defect #{number} lacks the field {exc}") from None
+            raise KnownDefectsError(f"{where} lacks the field {exc}") from None
+        fidelity = [t for t in lists["tests"] if t not in CONFORMANCE_TESTS] if isinstance(lists["tests"], list) else []
+        if "cases" in entry or fidelity:
+            if "cases" not in entry:
+                raise KnownDefectsError(
+                    f"{where} lacks the field 'cases' (required for the fidelity tests {', '.join(map(str, fidelity))})"
+                )
+            lists["cases"] = entry["cases"]
         extra = sorted(set(entry) - set(lists) - set(texts))
         if extra:
-            raise KnownDefectsError(f"{path}: defect #{number} has unknown field(s) {', '.join(extra)}")
+            raise KnownDefectsError(f"{where} has unknown field(s) {', '.join(extra)}")
         for key, value in lists.items():
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-                raise KnownDefectsError(f"{path}: defect #{number}: {key} must be a non-empty list of strings, got {value!r}")
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                raise KnownDefectsError(f"{where}: {key} must be a non-empty list of strings, got {value!r}")
+            if "*" in value and len(value) > 1:
+                raise KnownDefectsError(f'{where}: {key} {value!r} mixes "*" (every one) with names; give "*" alone or names alone')
         for key, value in texts.items():
             if not isinstance(value, str) or not value:
-                raise KnownDefectsError(f"{path}: defect #{number}: {key} must be a non-empty string, got {value!r}")
+                raise KnownDefectsError(f"{where}: {key} must be a non-empty string, got {value!r}")
         try:
             versions = SpecifierSet("" if texts["versions"] == "*" else texts["versions"])
         except InvalidSpecifier:
-            raise KnownDefectsError(
-                f'{path}: defect #{number}: versions {texts["versions"]!r} is not a PEP 440 specifier (or "*")'
-            ) from None
-        lists_in_order = (tuple(lists[k]) for k in ("tests", "paths", "dtypes", "cases"))
-        defects.append(Defect(texts["backend"], versions, *lists_in_order, texts["issue"], texts["summary"]))
+            raise KnownDefectsError(f'{where}: versions {texts["versions"]!r} is not a PEP 440 specifier (or "*")') from None
+        defects.append(
+            Defect(
+                texts["backend"],
+                versions,
+                tuple(lists["tests"]),
+                tuple(lists["paths"]),
+                tuple(lists["dtypes"]),
+                tuple(lists.get("cases", ())),
+                texts["issue"],
+                texts["summary"],
+                f"known defect #{number} of {path} ({texts['backend']}, {texts['issue']})",
+                str(path),
+            )
+        )
     return defects
 
 
-def validate(
-    defects: Sequence[Defect], tests: Mapping[str, Sequence[str]], loaded: Mapping[str, Capabilities], known_backends: Sequence[str]
-) -> None:
-    """Raise :class:`KnownDefectsError` for any entry that cannot match a test of the full table.
+def load_all(extra: Sequence[Path] = ()) -> list[Defect]:
+    """The suite's own entries followed by those of every extra file, in order."""
+    defects = load(DEFAULT_FILE)
+    for path in extra:
+        defects += load(path)
+    return defects
 
-    ``tests`` maps each fidelity test name to its case names. Entries are checked against each
-    backend's declared capabilities, not against the user's ``--path``/``--dtype`` filters: filtering a
-    matching test out of a run is the user's choice, a stale entry is a bug. Entries for a backend that
-    is known but not loaded in this run (not installed, not selected) cannot be checked against its
-    capabilities; their test and case names still are.
+
+def validate(defects: Sequence[Defect], tests: Mapping[str, Sequence[str]], loaded: Mapping[str, Capabilities]) -> list[str]:
+    """Raise :class:`KnownDefectsError` for any entry that cannot match a test of the full table; return notes.
+
+    ``tests`` maps every test that entries may name to its case names (empty for the conformance
+    tests). Entries are checked against each backend's declared capabilities, not against the user's
+    path and dtype filters: filtering a matching test out of a run is the user's choice, a stale entry
+    is a bug. An entry whose backend is not loaded in this run is ignored; the notes returned say so,
+    per file and backend, for the files a user added (the suite's own file covers every built-in
+    backend, and a run of one of them needs no note about the others).
     """
-    for number, d in enumerate(defects, start=1):
-        where = f"known defect #{number} ({d.backend}, {d.issue})"
-        if d.backend not in known_backends and d.backend not in loaded:
-            raise KnownDefectsError(
-                f"{where}: unknown backend {d.backend!r}; known: {', '.join(sorted(set(known_backends) | set(loaded)))}"
-            )
+    ignored: dict[tuple[str, str], int] = {}
+    for d in defects:
         for test in d.tests:
             if test not in tests:
-                raise KnownDefectsError(f"{where}: no fidelity test named {test!r}; the tests are {', '.join(tests)}")
-        cases = [c for test in d.tests for c in tests[test]]
-        unknown = [c for c in d.cases if c not in cases]
+                raise KnownDefectsError(f"{d.source}: no test named {test!r}; the tests are {', '.join(tests)}")
+        valid_cases = [c for test in d.tests for c in tests[test]]
+        unknown = [c for c in d.cases if c != "*" and c not in valid_cases]
         if unknown:
-            raise KnownDefectsError(f"{where}: no case {', '.join(unknown)} in {', '.join(d.tests)}; their cases are {', '.join(cases)}")
+            raise KnownDefectsError(
+                f"{d.source}: no case {', '.join(unknown)} in {', '.join(d.tests)}; their cases are {', '.join(valid_cases) or 'none'}"
+            )
         caps = loaded.get(d.backend)
         if caps is None:
+            key = (d.file, d.backend)
+            ignored[key] = ignored.get(key, 0) + 1
             continue
         for kind, named, valid in (("path", d.paths, caps.paths), ("dtype", d.dtypes, caps.dtypes)):
-            unknown = [n for n in named if n != "*" and n not in valid]
-            if unknown:
-                raise KnownDefectsError(f"{where}: {d.backend} has no {kind} {', '.join(unknown)}; it offers {', '.join(valid)}")
+            stray = [n for n in named if n != "*" and n not in valid]
+            if stray:
+                raise KnownDefectsError(f"{d.source}: {d.backend} has no {kind} {', '.join(stray)}; it offers {', '.join(valid)}")
+    return [
+        f"{file}: {count} known-defect entr{'y' if count == 1 else 'ies'} for backend {backend!r}, not loaded in this run, ignored"
+        for (file, backend), count in ignored.items()
+        if file != str(DEFAULT_FILE)
+    ]
 
 
-def find(defects: Sequence[Defect], test: str, backend: str, version: str, path: str, dtype: str, case: str) -> Defect | None:
+def find(defects: Sequence[Defect], test: str, backend: str, version: str, path: str, dtype: str, case: str | None = None) -> Defect | None:
     """The first entry covering this combination at this framework version, if any."""
     return next((d for d in defects if d.matches(test, backend, version, path, dtype, case)), None)

@@ -148,11 +148,10 @@ def _styles(cells: Sequence[CellResult]) -> dict[str, dict[str, Any]]:
 
 
 def _subtitle(report: Report) -> str:
-    data = report.data
-    backends = ", ".join(f"{b['framework']} {b['version']}" for b in data.get("backends", []))
-    hyp = data.get("hypothesis", {})
+    backends = ", ".join(f"{b.framework} {b.version}" for b in report.backends)
+    hyp = report.hypothesis
     budget = f"hypothesis profile {hyp.get('profile', '?')}, max_examples {hyp.get('max_examples', '?')}"
-    return "\n".join([*textwrap.wrap(backends, 150), f"{budget}; {data.get('timestamp', '')}"])
+    return "\n".join([*textwrap.wrap(backends, 150), f"{budget}; {report.timestamp}"])
 
 
 def _panels(figure_class: type[Figure], count: int) -> tuple[Figure, list[Axes]]:

@@ -14,7 +14,6 @@ from functools import cached_property
 
 import numpy as np
 
-from backprop_conformance.conformance.timing import timed
 from backprop_conformance.reference.dtypes import float_format, round_to
 from backprop_conformance.reference.model import Batch, Network
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
@@ -41,8 +40,7 @@ class Problem:
     @cached_property
     def trace(self) -> BackpropTrace:
         """The float64 reference at this exact point (computed once, shared by verdict and diagnosis)."""
-        with timed("reference"):
-            return backprop(self.network, self.batch)
+        return backprop(self.network, self.batch)
 
     @property
     def max_abs_z(self) -> float:
@@ -61,3 +59,13 @@ class Problem:
     def describe(self) -> str:
         """One line for failure messages: architecture, batch size, saturation."""
         return f"widths {self.network.widths} (L = {self.network.depth}), batch B = {self.batch.size}, max |z| = {self.max_abs_z:.4g}"
+
+
+def contract_problem(dtype: str) -> Problem:
+    """The adapter contract's fixed input: a non-square and a square layer, so that a transposed layout shows in both shape and value."""
+    rng = np.random.default_rng(20181109)
+    widths = (3, 4, 4, 2)
+    weights = [rng.standard_normal((widths[i + 1], widths[i])) for i in range(3)]
+    biases = [rng.standard_normal(widths[i + 1]) for i in range(3)]
+    batch = Batch(rng.standard_normal((5, widths[0])), rng.uniform(size=(5, widths[-1])))
+    return Problem.rounded(Network.from_lists(weights, biases), batch, dtype)

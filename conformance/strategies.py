@@ -27,6 +27,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.timing import timed
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Network
 
@@ -121,18 +122,19 @@ def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int
 
 
 @st.composite
-def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[tuple[int, ...], int]:
-    """(widths, batch size): from the limits' pool, or free one time in :data:`FREE_SHAPE_ODDS`."""
-    if draw(st.integers(0, FREE_SHAPE_ODDS - 1), label="shape from pool"):
+def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS, pooled: bool = True) -> tuple[tuple[int, ...], int]:
+    """(widths, batch size): free for a path that does not compile per shape; for one that does, from the
+    limits' pool, or free one time in :data:`FREE_SHAPE_ODDS`."""
+    if pooled and draw(st.integers(0, FREE_SHAPE_ODDS - 1), label="shape from pool"):
         return draw(st.sampled_from(limits.pool), label="pooled shape")
     return draw(architectures(limits)), draw(st.integers(1, limits.max_batch), label="B")
 
 
 @st.composite
-def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS) -> Problem:
-    """A network and batch in ``dtype`` (held in float64, see :class:`Problem`)."""
+def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, pooled: bool = True) -> Problem:
+    """A network and batch in ``dtype`` (held in float64, see :class:`Problem`); ``pooled`` for a path that compiles per shape."""
     float_format(dtype)
-    widths, batch_size = draw(shapes(limits))
+    widths, batch_size = draw(shapes(limits, pooled))
     weight_scale = draw(st.sampled_from(WEIGHT_SCALES), label="weight scale")
     bias_scale = draw(st.sampled_from((1.0, 0.1, 10.0, Z_REACH[dtype])), label="bias scale")
     input_scale = draw(st.sampled_from(INPUT_SCALES), label="input scale")
@@ -144,7 +146,8 @@ def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS) -> Pr
     biases = [rng.standard_normal(widths[i + 1]) * bias_scale for i in range(len(widths) - 1)]
     x = rng.standard_normal((batch_size, widths[0])) * input_scale
     provisional = Problem.rounded(Network.from_lists(weights, biases), Batch(x, np.zeros((batch_size, widths[-1]))), dtype)
-    outputs = provisional.trace.a[len(widths)]
+    with timed("reference"):
+        outputs = provisional.trace.a[len(widths)]
     if targets == "uniform":
         y = rng.uniform(size=outputs.shape)
     elif targets == "binary":
@@ -161,6 +164,7 @@ def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS) -> Pr
 def _fits(problem: Problem) -> bool:
     """True when no reference value comes near the format's overflow threshold."""
     limit = float_format(problem.dtype).largest / OVERFLOW_MARGIN
-    trace = problem.trace
+    with timed("reference"):
+        trace = problem.trace
     arrays = [*trace.z.values(), *trace.dC_da.values(), *trace.delta.values(), *(g for _, _, g in trace.gradients.items())]
     return all(float(np.max(np.abs(v))) <= limit for v in arrays) and abs(trace.cost) <= limit

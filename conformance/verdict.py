@@ -1,7 +1,8 @@
-"""Judging a framework's gradients: per element, against the derived error bound.
+"""Judging a framework's gradients, per element, against the derived error bound: the one comparison vocabulary.
 
 An element passes when |g_framework − g_reference| ≤ K·(E(framework) + E(reference)) (see
-:mod:`backprop_conformance.reference.error_bound`, K = 2). On top of the bound, the rules the design note adds:
+:mod:`backprop_conformance.reference.error_bound`, K = 2). On top of the bound, the rules the design
+note adds:
 
 * the finite/non-finite pattern must match exactly: the reference is always finite, so any NaN or
   infinity fails (NaN never passes: every comparison with NaN is false, and this code checks
@@ -9,23 +10,27 @@ An element passes when |g_framework − g_reference| ≤ K·(E(framework) + E(re
 * a zero where the reference exceeds its bound fails like any other element, and the message says
   it is an exact zero, because a silently dropped gradient is the commonest cause.
 
-A failing verdict names the parameter in the page's indices, both values, the bound and their
-ratio, and the first layer at which the framework's own z^l, a^l or δ^l left *its* bound: a wrong
-gradient in layer 2 often starts as a wrong δ in layer 5, and that is where to look.
+Everything that compares computed values with expected ones uses this module -- the suite, the replay
+command, the Python API and the project's own tests of the adapters and the reference -- so that one
+rule, one ratio and one message format say what "within the bound" means: :func:`compare_arrays` for
+one array, :func:`compare_gradients` for all of ∂C/∂w and ∂C/∂b, :func:`judge` for an adapter's output,
+and :func:`assert_within_bound` for a test.
+
+A failing verdict names the parameter in the page's indices, both values, the bound and their ratio,
+and the first layer at which the framework's own z^l, a^l or δ^l left *its* bound: a wrong gradient in
+layer 2 often starts as a wrong δ in layer 5, and that is where to look.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from backprop_conformance.adapters.base import Adapter, AdapterOutput
-from backprop_conformance.adapters.selfcheck import check_output
-from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.adapters.base import AdapterOutput
 from backprop_conformance.conformance.problems import Problem
-from backprop_conformance.conformance.timing import timed
 from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, tolerance
 from backprop_conformance.reference.model import Gradients, parameter_name
 
@@ -47,10 +52,8 @@ class Mismatch:
 
     @property
     def ratio(self) -> float:
-        """|framework − reference| / bound; infinite for a non-finite framework value."""
-        if not np.isfinite(self.framework):
-            return float("inf")
-        return abs(self.framework - self.reference) / self.bound
+        """|framework − reference| / bound; infinite for a non-finite framework value or a zero bound."""
+        return _ratio(self.framework, self.reference, self.bound)
 
     def line(self) -> str:
         note = "  (framework returned exactly 0)" if self.framework == 0 and self.reference != 0 else ""
@@ -59,57 +62,160 @@ class Mismatch:
             f"bound {self.bound:.3g}, ratio {self.ratio:.3g}{note}"
         )
 
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "framework": self.framework, "reference": self.reference, "bound": self.bound, "ratio": self.ratio}
+
+
+def _ratio(framework: float, reference: float, bound: float) -> float:
+    if not (np.isfinite(framework) and np.isfinite(reference)):
+        return float("inf")
+    diff = abs(framework - reference)
+    if diff == 0:
+        return 0.0
+    return diff / bound if bound > 0 else float("inf")
+
+
+def _ratios(got: object, want: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise (got as float64, error/bound ratio): 0 where exact, ∞ where non-finite or over a zero bound."""
+    fw = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(want, dtype=np.float64)
+    finite = np.isfinite(fw) & np.isfinite(ref)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # an infinite or huge value is a failure, not a warning
+        diff = np.where(finite, np.abs(fw - ref), np.inf)
+        ratio = np.where(diff == 0, 0.0, diff / bound)
+    return fw, ratio
+
+
+def compare_arrays(
+    name_of: Callable[[tuple[int, ...]], str], got: object, want: np.ndarray, bound: np.ndarray
+) -> tuple[float, list[Mismatch]]:
+    """Worst ratio and the failing elements (ratio > 1) of one array; ``name_of`` names an element by its index."""
+    fw, ratio = _ratios(got, want, bound)
+    mismatches = [
+        Mismatch(name_of(idx), float(fw[idx]), float(want[idx]), float(bound[idx]))
+        for idx in (tuple(int(i) for i in bad) for bad in np.argwhere(ratio > 1))
+    ]
+    return (float(np.max(ratio)) if ratio.size else 0.0), mismatches
+
+
+def worst_ratio(got: Mapping[int, np.ndarray] | None, want: Mapping[int, np.ndarray], bound: Mapping[int, np.ndarray]) -> float:
+    """The worst error/bound ratio over one per-layer quantity (z, a or δ); 0 when the adapter did not expose it."""
+    if got is None:
+        return 0.0
+    return max((float(np.max(_ratios(got[l], want[l], bound[l])[1], initial=0.0)) for l in got), default=0.0)
+
 
 @dataclass(frozen=True)
-class Verdict:
-    """The outcome of comparing one adapter output with the reference.
+class GradientComparison:
+    """Every ∂C/∂w^l_jk and ∂C/∂b^l_j of one computation against another, within a per-element bound."""
 
-    ``worst_ratio`` is the largest error/bound ratio over every gradient element (infinite when
-    the framework returned a non-finite value); ``mismatches`` are the elements above 1, worst first.
-    """
-
-    cell: str
-    problem: Problem
     worst_ratio: float
     mismatches: tuple[Mismatch, ...]
     elements: int
-    divergence: str = ""
-    standard: str = CONFORMANCE
 
     @property
     def passed(self) -> bool:
         return not self.mismatches
 
-    def message(self) -> str:
-        """The failure report, written to be pasted into a bug report as it is."""
+    def describe(self, what: str, standard: str = "their bounds") -> str:
+        """One paragraph: the outcome, then the worst failing elements in the page's indices."""
         if self.passed:
-            return f"{self.cell}: all {self.elements} gradient elements within {self.standard} (worst ratio {self.worst_ratio:.3g})"
+            return f"{what}: all {self.elements} gradient elements within {standard} (worst ratio {self.worst_ratio:.3g})"
         lines = [
-            f"{self.cell}: {len(self.mismatches)} of {self.elements} gradient elements exceed {self.standard}",
+            f"{what}: {len(self.mismatches)} of {self.elements} gradient elements exceed {standard}",
             f"  worst: {self.mismatches[0].line()}",
         ]
         lines += [f"  also:  {m.line()}" for m in self.mismatches[1 : 1 + MAX_LISTED]]
         if len(self.mismatches) > 1 + MAX_LISTED:
             lines.append(f"  ... and {len(self.mismatches) - 1 - MAX_LISTED} more")
+        return "\n".join(lines)
+
+
+def compare_gradients(got: Gradients, want: Gradients, bound: Gradients) -> GradientComparison:
+    """``got`` against ``want`` element by element within ``bound``, worst mismatch first.
+
+    Shapes must already match (the adapter contract checks them); a mismatch raises instead of
+    broadcasting into a meaningless comparison.
+    """
+    worst = 0.0
+    mismatches: list[Mismatch] = []
+    elements = 0
+    for kind, l, w in want.items():
+        g = (got.w if kind == "w" else got.b)[l]
+        e = (bound.w if kind == "w" else bound.b)[l]
+        if np.shape(g) != w.shape:
+            raise ValueError(f"∂C/∂{kind}^{l} has shape {np.shape(g)}, expected {w.shape}")
+        ratio, bad = compare_arrays(lambda idx, k=kind, layer=l: parameter_name(k, layer, idx), g, w, e)
+        worst = max(worst, ratio)
+        mismatches += bad
+        elements += w.size
+    mismatches.sort(key=lambda m: m.ratio, reverse=True)
+    return GradientComparison(worst, tuple(mismatches), elements)
+
+
+def assert_within_bound(got: Gradients, want: Gradients, bound: Gradients, what: str) -> GradientComparison:
+    """Fail a test, with the suite's own message, unless every element of ``got`` is within ``bound`` of ``want``."""
+    __tracebackhide__ = True
+    comparison = compare_gradients(got, want, bound)
+    if not comparison.passed:
+        raise AssertionError(comparison.describe(what))
+    return comparison
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of comparing one adapter output with the reference.
+
+    ``gradients`` compares every gradient element; ``cost`` is the cost against its own bound (None
+    for the fidelity tier, which judges gradients only). ``worst_ratio`` is the largest error/bound
+    ratio over both, infinite when the framework returned a non-finite value.
+    """
+
+    cell: str
+    problem: Problem
+    gradients: GradientComparison
+    cost: Mismatch | None = None
+    divergence: str = ""
+    standard: str = CONFORMANCE
+
+    @property
+    def cost_failed(self) -> bool:
+        return self.cost is not None and not self.cost.ratio <= 1
+
+    @property
+    def passed(self) -> bool:
+        return self.gradients.passed and not self.cost_failed
+
+    @property
+    def worst_ratio(self) -> float:
+        return max(self.gradients.worst_ratio, self.cost.ratio if self.cost is not None else 0.0)
+
+    @property
+    def worst(self) -> Mismatch | None:
+        """The element (or the cost) furthest outside its bound; None when everything is within."""
+        candidates = [*self.gradients.mismatches[:1], *([self.cost] if self.cost_failed else [])]
+        return max(candidates, key=lambda m: m.ratio, default=None)
+
+    def message(self) -> str:
+        """The failure report, written to be pasted into a bug report as it is."""
+        g = self.gradients
+        if self.passed:
+            return (
+                f"{self.cell}: all {g.elements} gradient elements and the cost within {self.standard} (worst ratio {self.worst_ratio:.3g})"
+            )
+        if g.passed:
+            lines = [f"{self.cell}: the cost exceeds {self.standard}, while all {g.elements} gradient elements are within it"]
+        else:
+            lines = g.describe(self.cell, self.standard).splitlines()
+            if self.cost_failed:
+                lines[0] += " (and so does the cost)"
+        if self.cost_failed:
+            assert self.cost is not None
+            lines.append(f"  cost:  {self.cost.line()}")
         if self.divergence:
             lines.append(f"  first divergence: {self.divergence}")
         lines.append(f"  case: {self.problem.describe()}")
         return "\n".join(lines)
-
-
-def _compare(name_of: object, framework: np.ndarray, reference: np.ndarray, bound: np.ndarray) -> tuple[float, list[Mismatch]]:
-    """Worst ratio and the failing elements of one array (framework converted to float64 first)."""
-    fw = np.asarray(framework, dtype=np.float64)
-    finite = np.isfinite(fw)
-    with np.errstate(over="ignore", invalid="ignore"):  # an infinite or huge framework value is a failure, not a warning
-        diff = np.where(finite, np.abs(fw - reference), np.inf)
-        ratio = diff / bound
-    bad = np.argwhere(ratio > 1)
-    mismatches = [
-        Mismatch(name_of(tuple(int(i) for i in idx)), float(fw[tuple(idx)]), float(reference[tuple(idx)]), float(bound[tuple(idx)]))  # type: ignore[operator]
-        for idx in bad
-    ]
-    return (float(np.max(ratio)) if ratio.size else 0.0), mismatches
 
 
 def first_divergence(output: AdapterOutput, problem: Problem, tol: ErrorBounds) -> str:
@@ -133,7 +239,7 @@ def first_divergence(output: AdapterOutput, problem: Problem, tol: ErrorBounds) 
         arr = np.asarray(got[l], dtype=np.float64)
         if arr.shape != want[l].shape:
             return f"{symbol}^{l} has shape {arr.shape}, expected {want[l].shape} (B, n({l}))"
-        _, bad = _compare(lambda idx, s=symbol, layer=l: f"{s}^{layer}_{idx[1] + 1} (example {idx[0] + 1})", arr, want[l], bound[l])
+        _, bad = compare_arrays(lambda idx, s=symbol, layer=l: f"{s}^{layer}_{idx[1] + 1} (example {idx[0] + 1})", arr, want[l], bound[l])
         if bad:
             m = max(bad, key=lambda m: m.ratio)
             return f"{symbol}^{l} (layer {l}) left its bound first; worst there {m.line()}"
@@ -142,52 +248,22 @@ def first_divergence(output: AdapterOutput, problem: Problem, tol: ErrorBounds) 
     return f"none: every exposed intermediate ({', '.join(compared)}) is within its bound, so the error arises in the gradient step itself"
 
 
-def compare_gradients(got: Gradients, want: Gradients, bound: Gradients) -> tuple[float, list[Mismatch], int]:
-    """Worst ratio, failing elements and element count of ``got`` against ``want`` within ``bound``."""
-    worst = 0.0
-    mismatches: list[Mismatch] = []
-    elements = 0
-    for kind, l, w in want.items():
-        g = (got.w if kind == "w" else got.b)[l]
-        e = (bound.w if kind == "w" else bound.b)[l]
-        ratio, bad = _compare(lambda idx, k=kind, layer=l: parameter_name(k, layer, idx), g, w, e)
-        worst = max(worst, ratio)
-        mismatches += bad
-        elements += w.size
-    return worst, mismatches, elements
-
-
 def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precision) -> Verdict:
-    """Compare an adapter's gradients with the reference at ``problem``, element by element.
+    """Compare an adapter's gradients and cost with the reference at ``problem``, element by element.
 
-    The output's shapes and dtypes must already have passed :func:`backprop_conformance.adapters.selfcheck.check_output`.
+    The output's form must already have passed the contract (:meth:`~backprop_conformance.adapters.base.Adapter.compute`).
+    The cost is judged beside the gradients: a framework whose gradients are right for a wrong cost (a
+    lost 1/2 compensated elsewhere, a mean) is not computing the page's network.
     """
     trace = problem.trace
-    with timed("bound"):
-        tol = tolerance(problem.network, problem.batch, trace, framework)
-        worst, mismatches, elements = compare_gradients(output.gradients, trace.gradients, tol.gradients)
-    # The cost is judged like one more element: a framework whose gradients are right for a wrong
-    # cost (a lost 1/2 compensated elsewhere, a mean) is not computing the page's network.
-    cost = Mismatch("C (the cost)", float(output.cost), trace.cost, tol.cost)
-    worst = max(worst, cost.ratio)
-    if cost.ratio > 1:
-        mismatches.append(cost)
-    mismatches.sort(key=lambda m: m.ratio, reverse=True)
-    divergence = first_divergence(output, problem, tol) if mismatches else ""
-    return Verdict(cell, problem, worst, tuple(mismatches), elements, divergence)
+    tol = tolerance(problem.network, problem.batch, trace, framework)
+    gradients = compare_gradients(output.gradients, trace.gradients, tol.gradients)
+    verdict = Verdict(cell, problem, gradients, Mismatch("C (the cost)", float(output.cost), trace.cost, tol.cost))
+    if verdict.passed:
+        return verdict
+    return Verdict(cell, problem, gradients, verdict.cost, first_divergence(output, problem, tol))
 
 
 def judge_exactness(cell: str, problem: Problem, output: AdapterOutput, exact: Gradients, bound: Gradients) -> Verdict:
     """Compare an adapter's gradients with the high-precision oracle's, within an exactness ``bound`` (fidelity tier)."""
-    worst, mismatches, elements = compare_gradients(output.gradients, exact, bound)
-    mismatches.sort(key=lambda m: m.ratio, reverse=True)
-    return Verdict(cell, problem, worst, tuple(mismatches), elements, standard=EXACTNESS)
-
-
-def run_and_judge(adapter: Adapter, cell: Cell, problem: Problem) -> Verdict:
-    """Run one cell's adapter on ``problem``, check the output's form, and judge its values."""
-    caps = adapter.capabilities()
-    with timed("framework"):
-        output = adapter.run(problem.network, problem.batch, dtype=cell.dtype, path=cell.path, device=cell.device)
-    check_output(caps.name, cell.path, cell.dtype, problem.network, problem.batch, output)
-    return judge(cell.id, problem, output, Precision.of(cell.dtype, caps.accumulation_of(cell.dtype)))
+    return Verdict(cell, problem, compare_gradients(output.gradients, exact, bound), standard=EXACTNESS)

@@ -43,23 +43,51 @@ C_SIGMA = 4.0
 
 @dataclass(frozen=True)
 class Precision:
-    """The rounding constants of one computation: storage u, accumulation u_a, underflow η, sigmoid c_σ."""
+    """The rounding constants of one computation: storage u, accumulation, underflow η, sigmoid c_σ.
+
+    Accumulation is charged per operation, because frameworks differ per operation: ``u_a`` is the unit
+    roundoff of the matrix products (z^l, (w^{l+1})ᵀδ^{l+1}, and the weight gradient's sum over the
+    batch, a matrix product too), ``u_batch`` that of the bias gradient's sum over the batch, and
+    ``u_cost`` that of the cost's sum; the last two default to ``u_a``. numpy, MyGrad and TensorFlow
+    in float16 round their matrix products as if accumulating in float32 but sum the bias gradient in
+    float16, which one accumulation per dtype cannot describe.
+    """
 
     u: float
     u_a: float
     eta: float
     c_sigma: float = C_SIGMA
+    u_batch: float | None = None
+    u_cost: float | None = None
+
+    @property
+    def u_bias_sum(self) -> float:
+        """Unit roundoff of the bias gradient's sum over the batch."""
+        return self.u_a if self.u_batch is None else self.u_batch
+
+    @property
+    def u_cost_sum(self) -> float:
+        """Unit roundoff of the cost's sum over the batch and the outputs."""
+        return self.u_a if self.u_cost is None else self.u_cost
 
     @classmethod
-    def of(cls, storage: str, accumulation: str | None = None) -> Precision:
+    def of(cls, storage: str, accumulation: str | Mapping[str, str] | None = None) -> Precision:
         """Constants for a format named as in :mod:`backprop_conformance.reference.dtypes`, optionally accumulated in another.
 
-        ``Precision.of("float16", accumulation="float32")`` describes float16 storage with float32
-        dot-product accumulation, which is what torch and jax do on CPU.
+        ``Precision.of("float16", accumulation="float32")`` describes float16 storage with every sum
+        accumulated in float32, which is what torch does on CPU; ``accumulation`` may instead map the
+        operations ``"dot"``, ``"batch_sum"`` and ``"cost_sum"`` to formats (an operation not named
+        accumulates in ``storage``).
         """
         fmt = float_format(storage)
-        acc = float_format(accumulation) if accumulation is not None else fmt
-        return cls(u=fmt.u, u_a=acc.u, eta=fmt.tiny)
+        if accumulation is None or isinstance(accumulation, str):
+            acc = float_format(accumulation) if accumulation is not None else fmt
+            return cls(u=fmt.u, u_a=acc.u, eta=fmt.tiny)
+        unknown = sorted(set(accumulation) - {"dot", "batch_sum", "cost_sum"})
+        if unknown:
+            raise ValueError(f"unknown operation(s) {', '.join(unknown)} in the accumulation; the operations are dot, batch_sum, cost_sum")
+        per_op = {op: float_format(accumulation.get(op, storage)).u for op in ("dot", "batch_sum", "cost_sum")}
+        return cls(u=fmt.u, u_a=per_op["dot"], eta=fmt.tiny, u_batch=per_op["batch_sum"], u_cost=per_op["cost_sum"])
 
 
 FLOAT64 = Precision.of("float64")
@@ -144,14 +172,14 @@ def error_bounds(
         E_δ^l = E_h^l σ′_l + |h^l| E_s^l + 2u|δ^l| + η
     Gradients summed over B examples:
         E[∂C/∂w^l] = E_δ^l |a^{l−1}|ᵀ + |δ^l| (E_a^{l−1})ᵀ + (u + γ_B)|δ^l||a^{l−1}|ᵀ + 2Bη
-        E[∂C/∂b^l] = Σ_batch E_δ^l + γ_B Σ_batch |δ^l| + Bη
+        E[∂C/∂b^l] = Σ_batch E_δ^l + γ_B Σ_batch |δ^l| + Bη          (γ_B at u_batch, the bias sum's own accumulation)
     Underflow is charged η per term of a sum, where the note adds η once per quantity: with
     flush-to-zero every product of a dot product and every partial sum can lose up to η on its own.
     Found by the suite: XLA returned 0 for a float32 ∂C/∂w^3 of 2.7e-38 whose four per-example
     products were each below float32's tiny and flushed. The extra terms matter only for values
     within a few η of zero.
     Cost, with N = B·n(L) terms (not in the note; the same model applied to C = Σ 1/2 r²):
-        E_C = Σ (|r| E_h^L + 1/2 (E_h^L)²) + (u + γ_N) Σ 1/2 r² + 2Nη
+        E_C = Σ (|r| E_h^L + 1/2 (E_h^L)²) + (u + γ_N) Σ 1/2 r² + 2Nη   (γ_N at u_cost)
     The second-order term 1/2 (E_h^L)² is kept because 1/2 (r + e)² − 1/2 r² = r·e + 1/2 e²: when the
     targets equal the outputs (r = 0, a corner the suite generates on purpose) the first-order
     term vanishes and a framework's cost of 1/2 e² ≈ 1e-33 would otherwise be judged wrong.
@@ -192,8 +220,9 @@ def error_bounds(
         l: E_d[l].T @ np.abs(a[l - 1]) + delta[l].T @ E_a[l - 1] + (u + g_B) * (delta[l].T @ np.abs(a[l - 1])) + 2 * B * eta
         for l in network.layers
     }
-    E_b = {l: E_d[l].sum(axis=0) + g_B * delta[l].sum(axis=0) + B * eta for l in network.layers}
-    g_N = gamma(B * network.widths[-1], u_a)
+    g_bias = gamma(B, precision.u_bias_sum)
+    E_b = {l: E_d[l].sum(axis=0) + g_bias * delta[l].sum(axis=0) + B * eta for l in network.layers}
+    g_N = gamma(B * network.widths[-1], precision.u_cost_sum)
     E_C = float(np.sum(np.abs(r) * E_h[L] + 0.5 * E_h[L] ** 2) + (u + g_N) * np.sum(0.5 * r * r) + 2 * B * network.widths[-1] * eta)
     return ErrorBounds(z=E_z, a=E_a, sigma_prime=E_s, dC_da=E_h, delta=E_d, gradients=Gradients(E_w, E_b), cost=E_C)
 

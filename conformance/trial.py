@@ -1,0 +1,113 @@
+"""One cell on trial: run each example through the adapter, judge it, count it, keep its reproducers.
+
+This is the loop body of the conformance property, free of pytest so that the suite's
+``test_gradients`` and the Python API's :func:`~backprop_conformance.conformance.api.check_adapter`
+run exactly the same code. For every example hypothesis draws, :meth:`CellTrial.run` times the
+framework's call, checks the output against the adapter contract, judges it against the reference
+within the error bound, and adds it to the cell's :class:`~backprop_conformance.conformance.report.CellResult`.
+
+What counts as an example. Hypothesis calls the test again after the first failure to shrink it, and
+once more to replay the minimal example. Those calls test the same bug again, so they are counted
+apart (``shrink_calls``): "examples" is the number of examples *tried*, and a run with
+``--conformance-max-examples 10`` reports at most 10 of them. Two failing examples are kept: the last
+(hypothesis replays the minimal one last, so it is the shrunk example) and the worst (the largest
+error/bound ratio), and both become case files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from backprop_conformance.conformance import cases, provenance
+from backprop_conformance.conformance.cells import Backend, Cell
+from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.report import CellResult
+from backprop_conformance.conformance.timing import timed
+from backprop_conformance.conformance.verdict import Verdict, judge
+
+
+@dataclass(frozen=True)
+class FailingExample:
+    """An example that failed: by its verdict, or by an exception the adapter raised on it."""
+
+    problem: Problem
+    ratio: float
+    message: str
+
+
+class AdapterRaised(Exception):
+    """The adapter raised while computing an example; the message names the cell, the exception and the case."""
+
+
+class CellTrial:
+    """The property test of one cell in progress: its examples, their verdicts, and the failing examples to keep."""
+
+    def __init__(self, backend: Backend, cell: Cell) -> None:
+        assert backend.adapter is not None and backend.capabilities is not None
+        self.backend = backend
+        self.adapter = backend.adapter
+        self.cell = cell
+        self.precision = backend.capabilities.precision(cell.dtype)
+        self.result = CellResult(cell.id, cell.backend, cell.path, cell.dtype, cell.device)
+        self.shrunk: FailingExample | None = None
+        self.worst: FailingExample | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.shrunk is not None
+
+    def run(self, problem: Problem) -> Verdict:
+        """Compute, check and judge one example, and record it; an adapter exception is recorded and re-raised as :class:`AdapterRaised`."""
+        try:
+            with timed("framework"):
+                output = self.adapter.compute(
+                    problem.network, problem.batch, dtype=self.cell.dtype, path=self.cell.path, device=self.cell.device
+                )
+        except Exception as exc:  # the adapter is the code on trial: whatever it raises is a result, recorded and reported
+            message = f"{self.cell.id}: the adapter raised {type(exc).__name__}: {exc}\n  case: {problem.describe()}"
+            if not self.failed:
+                self.result.exceptions += 1
+                self.result.problems.append(f"adapter raised {type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                self.result.shrink_calls += 1
+            self._keep(FailingExample(problem, float("inf"), message))
+            raise AdapterRaised(message) from exc
+        with timed("reference"):
+            problem.trace  # noqa: B018 (computed here so that its time is the reference's, not the bound's)
+        with timed("bound"):
+            verdict = judge(self.cell.id, problem, output, self.precision)
+        if self.failed:
+            self.result.shrink_calls += 1
+        else:
+            self.result.add_example(verdict.worst_ratio, problem.network.depth, problem.max_abs_z, not verdict.passed)
+        if not verdict.passed:
+            worst = verdict.worst
+            if worst is not None and (self.result.worst_element is None or worst.ratio > self.result.worst_element["ratio"]):
+                self.result.worst_element = worst.to_json()
+            self._keep(FailingExample(problem, verdict.worst_ratio, verdict.message()))
+        return verdict
+
+    def record_hang(self, problem: Problem, message: str) -> None:
+        """Keep ``problem`` as the failing example of a framework call that never returned (a timeout)."""
+        self.result.problems.append(message)
+        self._keep(FailingExample(problem, float("inf"), f"{message}\n  case: {problem.describe()}"))
+
+    def _keep(self, example: FailingExample) -> None:
+        self.shrunk = example
+        if self.worst is None or example.ratio > self.worst.ratio:
+            self.worst = example
+
+    def write_cases(self, directory: Path, environment: dict[str, str | None]) -> list[Path]:
+        """Write the shrunk and the worst failing example as case files (one file when they are the same)."""
+        caps = self.backend.capabilities
+        assert caps is not None
+        versions = provenance.versions(caps.framework, caps.version)
+        written = []
+        for kind, example in (("shrunk", self.shrunk), ("worst", self.worst)):
+            if example is None or (kind == "worst" and example is self.shrunk):
+                continue
+            case = cases.Case(example.problem, self.cell, self.backend.spec.requested_as, versions, example.message, environment, kind)
+            written.append(cases.write(case, directory))
+        self.result.case_files += [str(p) for p in written if str(p) not in self.result.case_files]
+        return written
