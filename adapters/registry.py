@@ -120,8 +120,9 @@ class AdapterSpec:
 
     @property
     def requested_as(self) -> str:
-        """How to name this adapter again on a command line (``--conformance-backend``): its name, or its ``module:attribute``."""
-        return self.target if self.source == "command line" else self.name
+        """How to name this adapter again on a command line (``--conformance-backend``): a built-in's or installed
+        plug-in's name, else its ``module:attribute``."""
+        return self.name if self.source == "built-in" or self.source.startswith("entry point") else self.target
 
 
 def _installed(module: str) -> bool:

@@ -1,13 +1,15 @@
 """The kill table: run the real suite against every planted bug of ``tests/mutants.py`` and say what caught it.
 
-    python benchmarks/kill_table.py            # one run, as a user's first run (default profile, fresh database)
-    python benchmarks/kill_table.py --runs 10  # also count in how many of 10 fresh runs each mutant was caught
+    python -m benchmarks.kill_table            # one run, as a user's first run (default profile, fresh database)
+    python -m benchmarks.kill_table --runs 10  # also count in how many of 10 fresh runs each mutant was caught
 
-Prints a Markdown table: the mutant, its bug, the items that failed (``gradients float64``,
-``contract float32``), and the evidence: the worst error/bound ratio of a gradient failure, or the
-first line of the contract's message. The correct variants follow, with their worst passing ratio
-taken from the suite's own matrix. Each run is one ``pytest conformance`` subprocess with every
-adapter of the catalogue, exactly what ``tests/test_mutants.py`` runs.
+Run from the repository root (``-m`` puts it on the import path, so ``tests.mutants`` imports without any
+path manipulation). Prints a Markdown table: the mutant, its bug, the items that failed (``gradients
+float64``, ``contract float32``), and the evidence: the worst element's error/bound ratio from the run's
+JSON report, or the first line of the contract's message. The correct variants follow, with their worst
+passing ratio from the same report. Each run is one ``pytest conformance`` subprocess with every adapter
+of the catalogue (:func:`backprop_conformance.conformance.runner.run_suite`), exactly what
+``tests/test_mutants.py`` runs.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, so that ``tests.mutants`` imports when run as a script
-
-from tests.mutants import CORRECT, MUTANTS, ManualBackprop, Outcome, SuiteRun, bug, run_suite, worst_ratio
+from backprop_conformance.conformance.runner import Outcome, SuiteRun, run_suite
+from tests.mutants import CONFORMANCE_ONLY, CORRECT, MUTANTS, ManualBackprop, backend_name, bug, cells
 
 MAX_MESSAGE = 160
 """Characters of a contract message kept in the table."""
@@ -34,8 +35,12 @@ def _item(outcome: Outcome) -> str:
     return f"{test} {outcome.cell.rsplit('-', 1)[1]}"
 
 
-def _evidence(failed: list[Outcome]) -> str:
-    """The contract's complaint when the contract caught it, else each failing gradient cell's worst ratio."""
+def _conformance_items(run: SuiteRun, adapter: type[ManualBackprop]) -> list[Outcome]:
+    return [o for o in run.items(cells(adapter)) if o.test.startswith(("test_contract[", "test_gradients["))]
+
+
+def _evidence(run: SuiteRun, failed: list[Outcome]) -> str:
+    """The contract's complaint when the contract caught it, else each failing gradient cell's worst ratio (from the report)."""
     contract = [o for o in failed if o.test.startswith("test_contract[")]
     if contract:
         first = contract[0].message.splitlines()[0] if contract[0].message else "(no message)"
@@ -43,8 +48,9 @@ def _evidence(failed: list[Outcome]) -> str:
         return "contract: " + (text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…")
     parts = []
     for outcome in failed:
-        ratio = worst_ratio(outcome.message)
-        parts.append(f"{_item(outcome)}: " + (f"ratio {ratio:.3g}" if ratio is not None else outcome.message.splitlines()[0][:MAX_MESSAGE]))
+        cell = run.report.cell(outcome.cell) if run.report is not None else None
+        element = cell.worst_element if cell is not None else None
+        parts.append(f"{_item(outcome)}: " + (f"ratio {element['ratio']:.3g}" if element else outcome.message.splitlines()[0][:MAX_MESSAGE]))
     return "; ".join(parts) or "-"
 
 
@@ -52,14 +58,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _matrix_worst(run: SuiteRun, adapter: type[ManualBackprop]) -> str:
-    """The worst ratio per dtype from the suite's terminal matrix (``<cell> <examples> <failures> <worst> <median>``)."""
+def _worst(run: SuiteRun, adapter: type[ManualBackprop]) -> str:
+    """The worst ratio per cell of a correct variant, from the run's report."""
     found = []
-    for dtype in adapter.dtypes:
-        match = re.search(rf"^{re.escape(adapter.name)}-\w+-{dtype}\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)$", run.output, re.MULTILINE)
-        if match:
-            found.append(f"{dtype}: worst {match.group(3)} over {match.group(1)} examples")
-    return "; ".join(found) or "(not in the matrix)"
+    for cell_id in cells(adapter):
+        cell = run.report.cell(cell_id) if run.report is not None else None
+        if cell is not None and cell.worst is not None:
+            found.append(f"{cell.dtype}: worst {cell.worst:.3g} over {cell.examples} examples")
+    return "; ".join(found) or "(not in the report)"
 
 
 def table(runs: list[SuiteRun]) -> str:
@@ -69,38 +75,38 @@ def table(runs: list[SuiteRun]) -> str:
     rule = "|---|---|---|---|" + ("---|" if counted else "")
     lines = [head, rule]
     for mutant in MUTANTS:
-        failed = [o for o in first.of(mutant) if o.failed]
+        failed = [o for o in _conformance_items(first, mutant) if o.failed]
         caught = ", ".join(_item(o) for o in failed) or "**nothing: not caught**"
-        evidence = _evidence(failed)
-        row = f"| `{mutant.__name__}` | {_cell(bug(mutant))} | {caught} | {_cell(evidence)} |"
+        row = f"| `{mutant.__name__}` | {_cell(bug(mutant))} | {caught} | {_cell(_evidence(first, failed))} |"
         if counted:
-            kills = sum(any(o.failed for o in run.of(mutant)) for run in runs)
+            kills = sum(any(o.failed for o in _conformance_items(run, mutant)) for run in runs)
             row += f" {kills}/{len(runs)} |"
         lines.append(row)
     lines += ["", "| correct variant | how it rounds differently | result | worst ratio |", "|---|---|---|---|"]
     for variant in CORRECT:
-        outcomes = [o for run in runs for o in run.of(variant)]
+        outcomes = [o for run in runs for o in _conformance_items(run, variant)]
         result = "passed" if outcomes and all(o.outcome == "passed" for o in outcomes) else "**FAILED**"
-        if counted:
-            result += f" in {len(runs)}/{len(runs)} runs" if result == "passed" else ""
+        if counted and result == "passed":
+            result += f" in {len(runs)}/{len(runs)} runs"
         how = _cell(bug(variant).removeprefix("Correct: "))
-        lines.append(f"| `{variant.__name__}` | {how} | {result} | {_matrix_worst(first, variant)} |")
+        lines.append(f"| `{variant.__name__}` | {how} | {result} | {_worst(first, variant)} |")
     seconds = ", ".join(f"{run.seconds:.0f}" for run in runs)
     lines += ["", f"{len(MUTANTS)} mutants, {len(CORRECT)} correct variants; wall time per run (s): {seconds}"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1, help="independent fresh runs of the suite (default 1)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
+    backends = [arg for adapter in (*CORRECT, *MUTANTS) for arg in ("--conformance-backend", backend_name(adapter))]
     with tempfile.TemporaryDirectory(prefix="kill-table-") as tmp:
-        runs = [run_suite((*CORRECT, *MUTANTS), Path(tmp) / f"run{i}") for i in range(args.runs)]
+        runs = [run_suite([*backends, *CONFORMANCE_ONLY], Path(tmp) / f"run{i}") for i in range(args.runs)]
     print(table(runs))
-    missed = [m.__name__ for m in MUTANTS if not all(any(o.failed for o in run.of(m)) for run in runs)]
-    wrong = [v.__name__ for v in CORRECT if not all(o.outcome == "passed" for run in runs for o in run.of(v))]
+    missed = [m.__name__ for m in MUTANTS if not all(any(o.failed for o in _conformance_items(run, m)) for run in runs)]
+    wrong = [v.__name__ for v in CORRECT if not all(o.outcome == "passed" for run in runs for o in _conformance_items(run, v))]
     return 1 if missed or wrong else 0
 
 

@@ -248,17 +248,19 @@ def first_divergence(output: AdapterOutput, problem: Problem, tol: ErrorBounds) 
     return f"none: every exposed intermediate ({', '.join(compared)}) is within its bound, so the error arises in the gradient step itself"
 
 
-def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precision) -> Verdict:
+def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precision, *, with_cost: bool = True) -> Verdict:
     """Compare an adapter's gradients and cost with the reference at ``problem``, element by element.
 
     The output's form must already have passed the contract (:meth:`~backprop_conformance.adapters.base.Adapter.compute`).
     The cost is judged beside the gradients: a framework whose gradients are right for a wrong cost (a
-    lost 1/2 compensated elsewhere, a mean) is not computing the page's network.
+    lost 1/2 compensated elsewhere, a mean) is not computing the page's network. ``with_cost=False``
+    judges the gradients alone, for a computation that returns no cost (the Python API's ``check_gradients``).
     """
     trace = problem.trace
     tol = tolerance(problem.network, problem.batch, trace, framework)
     gradients = compare_gradients(output.gradients, trace.gradients, tol.gradients)
-    verdict = Verdict(cell, problem, gradients, Mismatch("C (the cost)", float(output.cost), trace.cost, tol.cost))
+    cost = Mismatch("C (the cost)", float(output.cost), trace.cost, tol.cost) if with_cost else None
+    verdict = Verdict(cell, problem, gradients, cost)
     if verdict.passed:
         return verdict
     return Verdict(cell, problem, gradients, verdict.cost, first_divergence(output, problem, tol))

@@ -4,10 +4,11 @@ A conformance suite is only worth its green when it turns red for a wrong framew
 catalogue of adapters that the real suite (``pytest conformance``, default profile) must fail, each
 differing from a correct implementation in exactly one small hook, plus correct implementations that
 round differently (another σ′ formula, another summation order) and must pass. ``tests/test_mutants.py``
-runs the suite against all of them at once; ``benchmarks/kill_table.py`` prints which test caught which.
+runs the suite against all of them at once (through :mod:`backprop_conformance.conformance.runner`);
+``python -m benchmarks.kill_table`` prints which test caught which.
 
 Every adapter here is third-party from the suite's point of view: it is named on the command line as
-``--backend tests.mutants:ClassName`` (``tests`` is a namespace package: no ``__init__.py``).
+``--conformance-backend tests.mutants:ClassName`` (``tests`` is a namespace package: no ``__init__.py``).
 
 The page's notation throughout: layers l = 1..L with layer 1 the input, z^l = w^l a^{l−1} + b^l,
 a^l = σ(z^l), C = Σ_x 1/2 Σ_j (y_j − a^L_j)², δ^l = ∂C/∂z^l, ∂C/∂w^l_jk = Σ_x δ^l_j a^{l−1}_k and
@@ -16,15 +17,7 @@ a^l = σ(z^l), C = Σ_x 1/2 Σ_j (y_j − a^L_j)², δ^l = ∂C/∂z^l, ∂C/∂
 
 from __future__ import annotations
 
-import math
-import os
-import subprocess
-import sys
-import time
-import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -33,9 +26,8 @@ from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilit
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE = "tests.mutants"
-"""The import name the suite's subprocess uses, run from :data:`REPO_ROOT` (``tests/test_mutants.py`` imports this
+"""The import name the suite's subprocess uses, run from the repository root (``tests/test_mutants.py`` imports this
 file as ``mutants``, the sibling-module convention of this test directory, so ``__name__`` cannot be used)."""
 PATH = "manual"
 """The one execution path every adapter here declares."""
@@ -550,7 +542,7 @@ MUTANTS: tuple[type[ManualBackprop], ...] = (
 
 
 def backend_name(adapter: type[ManualBackprop]) -> str:
-    """The ``--backend`` argument that names ``adapter``: ``tests.mutants:ClassName``."""
+    """The ``--conformance-backend`` argument that names ``adapter``: ``tests.mutants:ClassName``."""
     return f"{MODULE}:{adapter.__name__}"
 
 
@@ -559,96 +551,11 @@ def bug(adapter: type[ManualBackprop]) -> str:
     return (adapter.__doc__ or "").strip().splitlines()[0]
 
 
-# Running the real suite against the catalogue, as a user would, and reading the outcome back.
+CONFORMANCE_ONLY = ("-m", "not fidelity")
+"""The catalogue is about conformance: its adapters compute σ′ in numpy, and the fidelity tier (exactness of σ′
+against mpmath) would only restate, for the a(1 − a) variants, what ``OutputSigmaPrime``'s docstring says."""
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One test item of a suite run: its id (``test_gradients[mut-no-half-manual-float64]``), result and failure text."""
-
-    test: str
-    cell: str
-    outcome: str
-    message: str
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome in ("failed", "error")
-
-
-@dataclass(frozen=True)
-class SuiteRun:
-    """The result of one ``pytest conformance`` subprocess: every item, where it wrote, its exit status and output.
-
-    Reproducer case files are in ``workdir / "cases"``.
-    """
-
-    outcomes: tuple[Outcome, ...]
-    workdir: Path
-    returncode: int
-    output: str
-    seconds: float
-
-    def of(self, adapter: type[ManualBackprop]) -> list[Outcome]:
-        """The items of ``adapter``'s cells (cell ids are ``<name>-<path>-<dtype>``)."""
-        cells = {f"{adapter.name}-{PATH}-{dtype}" for dtype in adapter.dtypes}
-        return [o for o in self.outcomes if o.cell in cells]
-
-
-def suite_environment(storage: Path) -> dict[str, str]:
-    """The environment of a user's first run: no ``CI`` (so the default ``dev`` profile), a fresh hypothesis database.
-
-    ``HYPOTHESIS_STORAGE_DIRECTORY`` points hypothesis' example database at ``storage`` so that a
-    failure found in an earlier run is not replayed first: each run has to find its bugs anew.
-    """
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "HYPOTHESIS_PROFILE")}
-    env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(storage)
-    return env
-
-
-def run_suite(adapters: Sequence[type[ManualBackprop]], workdir: Path, extra: Sequence[str] = ()) -> SuiteRun:
-    """Run ``python -m pytest conformance`` once against ``adapters``; reproducers and the junit XML go in ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    junit = workdir / "junit.xml"
-    command = [sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", "-q", f"--junitxml={junit}"]
-    command += [f"--case-dir={workdir / 'cases'}", *extra]
-    for adapter in adapters:
-        command += ["--backend", backend_name(adapter)]
-    start = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=REPO_ROOT, env=suite_environment(workdir / "hypothesis"), capture_output=True, text=True, check=False
-    )
-    seconds = time.perf_counter() - start
-    output = done.stdout + done.stderr
-    if not junit.exists():
-        raise RuntimeError(f"pytest conformance wrote no junit XML (exit status {done.returncode}); its output:\n{output}")
-    return SuiteRun(read_junit(junit), workdir, done.returncode, output, seconds)
-
-
-def read_junit(path: Path) -> tuple[Outcome, ...]:
-    """Every test case of a junit XML file with its outcome and the full failure text."""
-    outcomes = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        test = case.get("name", "")
-        cell = test[test.index("[") + 1 : -1] if test.endswith("]") and "[" in test else ""
-        outcome, message = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            element = case.find(tag)
-            if element is not None:
-                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                message = "\n".join(part for part in (element.get("message", ""), element.text or "") if part)
-                break
-        outcomes.append(Outcome(test, cell, outcome, message))
-    return tuple(outcomes)
-
-
-def worst_ratio(message: str) -> float | None:
-    """The worst error/bound ratio a gradient verdict reports (its ``worst: ... ratio R`` line), if any."""
-    for line in message.splitlines():
-        if "worst:" in line and "ratio " in line:
-            token = line.rsplit("ratio ", 1)[1].split()[0]
-            try:
-                return float(token)
-            except ValueError:
-                return math.nan
-    return None
+def cells(adapter: type[ManualBackprop]) -> list[str]:
+    """The ids of ``adapter``'s cells: ``<name>-manual-<dtype>``."""
+    return [f"{adapter.name}-{PATH}-{dtype}" for dtype in adapter.dtypes]

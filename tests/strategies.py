@@ -15,11 +15,12 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from backprop_conformance.conformance.verdict import GradientComparison, compare_gradients
 from backprop_conformance.reference import vectorized
 from backprop_conformance.reference.complex_step import complex_step_gradients, underflow_allowance
 from backprop_conformance.reference.error_bound import FLOAT64, K, error_bounds, tolerance
 from backprop_conformance.reference.literal import literal_gradients
-from backprop_conformance.reference.model import Batch, Gradients, Network, parameter_name
+from backprop_conformance.reference.model import Batch, Gradients, Network
 from backprop_conformance.reference.mpmath_oracle import mpmath_backprop
 
 
@@ -69,62 +70,28 @@ def random_case(seed: int, widths: tuple[int, ...], batch_size: int, scale: floa
 
 
 @dataclass(frozen=True)
-class Mismatch:
-    """One gradient element outside its tolerance, named in the page's indices (e.g. w^3_12)."""
-
-    name: str
-    got: float
-    expected: float
-    tolerance: float
-
-    def __str__(self) -> str:
-        diff = abs(self.got - self.expected)
-        return f"{self.name}: got {self.got!r}, expected {self.expected!r}, |diff| {diff:.3g} > tolerance {self.tolerance:.3g}"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of comparing one implementation's gradients with one oracle's, element by element."""
+class OracleVerdict:
+    """One implementation's gradients against one oracle's: the suite's own comparison, with what was compared."""
 
     what: str
-    mismatches: tuple[Mismatch, ...]
-    worst_ratio: float
-    """max |got − expected| / tolerance over all elements (inf where a tolerance is 0 and the values differ)."""
+    comparison: GradientComparison
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches
+        return self.comparison.passed
+
+    @property
+    def worst_ratio(self) -> float:
+        return self.comparison.worst_ratio
 
     def __str__(self) -> str:
-        outcome = "agree" if self.ok else f"{len(self.mismatches)} element(s) disagree"
-        head = f"{self.what}: {outcome} (worst |diff|/tolerance {self.worst_ratio:.3g})"
-        return "\n  ".join([head, *(str(m) for m in self.mismatches[:5])])
+        return self.comparison.describe(self.what, "their tolerance")
 
 
-def compare(got: Gradients, expected: Gradients, tol: Gradients, what: str) -> Verdict:
-    """Element-wise verdict: finite/non-finite pattern identical, and |got − expected| ≤ tol everywhere.
-
-    A non-finite element never passes (NaN ≠ NaN, and an infinite gradient of a finite cost is wrong);
-    a zero where |expected| exceeds the tolerance fails like any other difference.
-    """
-    mismatches: list[Mismatch] = []
-    worst = 0.0
-    for kind, l, g in got.items():
-        e = getattr(expected, kind)[l]
-        t = getattr(tol, kind)[l]
-        if g.shape != e.shape:
-            raise AssertionError(f"{what}: ∂C/∂{kind}^{l} has shape {g.shape}, expected {e.shape}")
-        g64, e64 = g.astype(np.float64), e.astype(np.float64)
-        finite = np.isfinite(g64) & np.isfinite(e64)
-        diff = np.where(finite, np.abs(g64 - e64), np.inf)
-        bad = ~(diff <= t)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(diff == 0, 0.0, diff / t)
-        worst = max(worst, float(np.nanmax(ratio, initial=0.0)))
-        for index in np.argwhere(bad):
-            idx = tuple(int(i) for i in index)
-            mismatches.append(Mismatch(parameter_name(kind, l, idx), float(g64[idx]), float(e64[idx]), float(t[idx])))
-    return Verdict(what, tuple(mismatches), worst)
+def compare(got: Gradients, expected: Gradients, tol: Gradients, what: str) -> OracleVerdict:
+    """Element-wise verdict with the suite's rule (:func:`backprop_conformance.conformance.verdict.compare_gradients`):
+    finite/non-finite pattern identical, and |got − expected| ≤ tol everywhere."""
+    return OracleVerdict(what, compare_gradients(got, expected, tol))
 
 
 Oracle = Callable[[Network, Batch], Gradients]

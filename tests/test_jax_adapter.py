@@ -28,17 +28,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import cases
 
-from backprop_conformance.adapters.base import AdapterOutput
+from backprop_conformance.adapters.base import AdapterOutput, RequestError
+from backprop_conformance.conformance.verdict import worst_ratio
 from backprop_conformance.adapters.registry import resolve
-from backprop_conformance.adapters.selfcheck import check_adapter
+from backprop_conformance.adapters.selfcheck import check_contract
 from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
-from backprop_conformance.reference.error_bound import Precision, tolerance
+from backprop_conformance.reference.error_bound import tolerance
 from backprop_conformance.reference.model import Batch, ModelError, Network
 from backprop_conformance.reference.vectorized import backprop
 
 jax = pytest.importorskip("jax", reason="the JAX adapter needs jax (pip install backprop-conformance[jax])")
 
-from backprop_conformance.adapters.jax_adapter import DEFAULT_PATHS, DTYPES, PATHS, JaxAdapter, JaxAdapterError  # noqa: E402
+from backprop_conformance.adapters.jax_adapter import DEFAULT_PATHS, DTYPES, PATHS, JaxAdapter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -101,12 +102,8 @@ def adapter() -> JaxAdapter:
 
 
 def _ratio(got: np.ndarray, expected: np.ndarray, tol: np.ndarray) -> float:
-    """max |got − expected| / tol; inf where got is non-finite (the reference is finite here) or tol is 0 and they differ."""
-    g = np.asarray(got, dtype=np.float64)
-    diff = np.where(np.isfinite(g), np.abs(g - expected), np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(diff == 0, 0.0, diff / tol)
-    return float(np.max(ratio, initial=0.0))
+    """max |got − expected| / tol, by the suite's own rule (inf for a non-finite value; 0 where exact)."""
+    return worst_ratio({0: np.atleast_1d(got)}, {0: np.atleast_1d(expected)}, {0: np.atleast_1d(tol)})
 
 
 def worst_ratios(adapter: JaxAdapter, case: Case, dtype: str, path: str) -> dict[str, float]:
@@ -117,7 +114,7 @@ def worst_ratios(adapter: JaxAdapter, case: Case, dtype: str, path: str) -> dict
     """
     network, batch = rounded(dtype, *case.draw())
     trace = backprop(network, batch)
-    precision = Precision.of(dtype, adapter.capabilities().accumulation_of(dtype))
+    precision = adapter.caps.precision(dtype)
     tol = tolerance(network, batch, trace, precision)
     out = adapter.run(network, batch, dtype=dtype, path=path)
     _check_layout(out, network, batch, dtype)
@@ -199,7 +196,7 @@ def test_reverse_mode_paths_agree_on_drawn_values(adapter: JaxAdapter, case: tup
     for dtype in DTYPES:
         network, batch = rounded(dtype, *case)
         trace = backprop(network, batch)
-        tol = tolerance(network, batch, trace, Precision.of(dtype, adapter.capabilities().accumulation_of(dtype)))
+        tol = tolerance(network, batch, trace, adapter.caps.precision(dtype))
         for path in ("grad", "jit", "vjp"):
             out = adapter.run(network, batch, dtype=dtype, path=path)
             for kind, l, g in out.gradients.items():
@@ -216,7 +213,7 @@ def test_reverse_mode_paths_agree_on_drawn_values(adapter: JaxAdapter, case: tup
 def test_contract_checks_pass(adapter: JaxAdapter, path: str, dtype: str) -> None:
     """The suite's own contract checks: layout round trip (square layers), output shapes and dtypes, repeatability."""
     network, batch = rounded(dtype, *CASE["deep L=7"].draw())
-    check_adapter(adapter, path, dtype, "cpu", network, batch)
+    check_contract(adapter, path, dtype, "cpu", network, batch)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -372,10 +369,10 @@ def test_jit_cache_keeps_float32_and_x64_traces_apart(adapter: JaxAdapter, compi
 )
 def test_unsupported_requests_name_the_adapter_and_the_valid_choices(adapter: JaxAdapter, kwargs: dict, fragments: list[str]) -> None:
     network, batch = CASE["L=2"].draw()
-    with pytest.raises(JaxAdapterError) as info:
-        adapter.run(network, batch, **kwargs)
+    with pytest.raises(RequestError) as info:
+        adapter.compute(network, batch, **kwargs)
     message = str(info.value)
-    assert message.startswith("jax adapter:")
+    assert message.startswith("adapter 'jax':")
     for fragment in fragments:
         assert fragment in message
 
@@ -384,13 +381,13 @@ def test_values_the_format_cannot_hold_are_refused(adapter: JaxAdapter) -> None:
     """0.1 is not a float16 value: converting it silently would give JAX a different network from the reference's."""
     network = Network.from_lists([np.array([[0.1]])], [np.array([0.0])])
     batch = Batch(np.array([[1.0]]), np.array([[0.5]]))
-    with pytest.raises(JaxAdapterError, match=r"w\^2 holds values that are not exactly representable in float16.*round_to"):
-        adapter.run(network, batch, dtype="float16", path="grad")
-    with pytest.raises(JaxAdapterError, match=r"w\^2 .* bfloat16"):
-        adapter.load_parameters(network, dtype="bfloat16")
+    with pytest.raises(RequestError, match=r"w\^2 holds values that are not exactly representable in float16.*round_to"):
+        adapter.compute(network, batch, dtype="float16", path="grad")
+    with pytest.raises(RequestError, match=r"w\^2 .* bfloat16"):
+        adapter.round_trip(network, dtype="bfloat16")
 
 
 def test_a_batch_that_does_not_fit_the_network_is_refused(adapter: JaxAdapter) -> None:
     network, _ = CASE["L=2"].draw()
     with pytest.raises(ModelError, match=r"x has 2 columns but the input layer 1 has n\(1\) = 3"):
-        adapter.run(network, Batch(np.zeros((1, 2)), np.zeros((1, 2))), dtype="float64", path="grad")
+        adapter.compute(network, Batch(np.zeros((1, 2)), np.zeros((1, 2))), dtype="float64", path="grad")

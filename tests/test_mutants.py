@@ -1,10 +1,11 @@
 """The suite's power, measured: ``pytest conformance`` with its default profile fails every planted bug and passes correct code.
 
-One subprocess runs the real suite, exactly as a user runs it (``python -m pytest conformance``, no
-``CI`` so the ``dev`` profile, a fresh hypothesis database) against the whole catalogue of
-:mod:`tests.mutants` at once. The tests below read its junit XML: every mutant must have at least
-one failing item, every correct variant none, and the failure messages must say what a user needs
-(the parameter in the page's indices and the ratio; the contract's specific complaint).
+One subprocess runs the real suite, exactly as a user runs it (``python -m pytest conformance``, no CI
+variables so Hypothesis' default profile, a fresh hypothesis database) against the whole catalogue of
+:mod:`tests.mutants` at once, through :mod:`backprop_conformance.conformance.runner`. The tests read its
+JSON report and its JUnit XML: every mutant's cells must fail, every correct variant's pass, and the
+failure messages must say what a user needs (the parameter in the page's indices and the ratio; the
+contract's specific complaint).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import sys
 
 import pytest
 from mutants import (
+    CONFORMANCE_ONLY,
     CORRECT,
     MUTANTS,
-    PATH,
-    REPO_ROOT,
     AccumulatesAcrossCalls,
     CostWithoutHalf,
     CrossEntropyShortcut,
@@ -26,14 +26,15 @@ from mutants import (
     MissingFirstLayer,
     ReturnsFloat64,
     SigmaTypo,
-    SuiteRun,
     TransposedLayout,
     TransposedSquareGradient,
     ZeroBiasGradient,
     backend_name,
-    run_suite,
-    suite_environment,
+    cells,
 )
+
+from backprop_conformance.conformance.provenance import PACKAGE_ROOT
+from backprop_conformance.conformance.runner import SuiteRun, clean_environment, run_suite
 
 CONTRACT_WORDING: dict[type[ManualBackprop], str] = {
     TransposedLayout: "(the framework's layout is transposed?)",
@@ -41,7 +42,7 @@ CONTRACT_WORDING: dict[type[ManualBackprop], str] = {
     MissingFirstLayer: "a missing layer means a dropped gradient",
     AccumulatesAcrossCalls: "gradients must not accumulate",
 }
-"""The contract mutants and the phrase of :mod:`backprop_conformance.adapters.selfcheck` that must name their bug."""
+"""The contract mutants and the phrase of :mod:`backprop_conformance.adapters.selfcheck` (or the base class's output check) that must name their bug."""
 
 NAMES_PARAMETER = re.compile(r"worst: [wb]\^\d+_\S+: framework \S+, reference \S+, bound \S+, ratio \S+")
 """A gradient verdict's worst line: the parameter in the page's indices (w^3_12, b^2_1), both values, bound and ratio."""
@@ -53,11 +54,12 @@ def _name(adapter: type[ManualBackprop]) -> str:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
-    return run_suite((*CORRECT, *MUTANTS), tmp_path_factory.mktemp("conformance-run"))
+    args = [arg for adapter in (*CORRECT, *MUTANTS) for arg in ("--conformance-backend", backend_name(adapter))]
+    return run_suite([*args, *CONFORMANCE_ONLY], tmp_path_factory.mktemp("conformance-run"))
 
 
 def _summary(run: SuiteRun, adapter: type[ManualBackprop]) -> str:
-    return "\n".join(f"{o.test}: {o.outcome}\n{o.message[:2000]}" for o in run.of(adapter))
+    return "\n".join(f"{o.test}: {o.outcome}\n{o.message[:2000]}" for o in run.items(cells(adapter)))
 
 
 def test_names_are_unique() -> None:
@@ -67,34 +69,44 @@ def test_names_are_unique() -> None:
 
 def test_every_cell_ran(suite: SuiteRun) -> None:
     """Each adapter got test_contract and test_gradients in each of its dtypes: nothing was skipped or deselected."""
-    assert suite.returncode == 1, f"expected exit status 1 (tests failed), got {suite.returncode}:\n{suite.output[-3000:]}"
+    assert suite.returncode == 1, f"expected exit status 1 (tests failed), got {suite.explain()}"
     for adapter in (*CORRECT, *MUTANTS):
-        want = {f"{test}[{adapter.name}-{PATH}-{dtype}]" for test in ("test_contract", "test_gradients") for dtype in adapter.dtypes}
-        got = {o.test for o in suite.of(adapter) if o.outcome != "skipped"}
-        assert got == want, f"{adapter.__name__}: ran {sorted(got)}, expected {sorted(want)}"
+        want = {f"{test}[{cell}]" for test in ("test_contract", "test_gradients") for cell in cells(adapter)}
+        got = {o.test for o in suite.items(cells(adapter)) if o.outcome != "skipped"}
+        assert want <= got, f"{adapter.__name__}: ran {sorted(got)}, expected {sorted(want)}"
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=_name)
 def test_mutant_is_caught(suite: SuiteRun, mutant: type[ManualBackprop]) -> None:
-    assert any(o.failed for o in suite.of(mutant)), f"{mutant.__name__} ({mutant.__doc__}) passed every test:\n{_summary(suite, mutant)}"
+    """Caught twice over: a failed test item, and every one of its cells reported as failed."""
+    assert any(o.failed for o in suite.items(cells(mutant))), f"{mutant.__name__} ({mutant.__doc__}) passed every test:\n{_summary(suite, mutant)}"
+    assert suite.report is not None, suite.explain()
+    statuses = {cell: suite.report.cell(cell).status for cell in cells(mutant)}  # type: ignore[union-attr]
+    assert any(status == "failed" for status in statuses.values()), f"{mutant.__name__}: report statuses {statuses}"
 
 
 @pytest.mark.parametrize("variant", CORRECT, ids=_name)
 def test_correct_variant_passes(suite: SuiteRun, variant: type[ManualBackprop]) -> None:
-    outcomes = suite.of(variant)
+    outcomes = [o for o in suite.items(cells(variant)) if o.test.startswith(("test_contract[", "test_gradients["))]
     assert outcomes, f"{variant.__name__} did not run"
     assert all(o.outcome == "passed" for o in outcomes), f"correct {variant.__name__} failed:\n{_summary(suite, variant)}"
+    assert suite.report is not None, suite.explain()
+    for cell in cells(variant):
+        result = suite.report.cell(cell)
+        assert result is not None and result.status == "passed" and result.examples >= 100, result
 
 
 @pytest.mark.parametrize("mutant", list(CONTRACT_WORDING), ids=_name)
 def test_contract_mutant_is_named_by_the_contract(suite: SuiteRun, mutant: type[ManualBackprop]) -> None:
-    contract = [o for o in suite.of(mutant) if o.test.startswith("test_contract[") and o.failed]
+    contract = [o for o in suite.items(cells(mutant)) if o.test.startswith("test_contract[") and o.failed]
     assert contract, f"{mutant.__name__}: test_contract passed in every cell:\n{_summary(suite, mutant)}"
     wording = CONTRACT_WORDING[mutant]
     for outcome in contract:
         assert "AdapterContractError" in outcome.message, outcome.message[:2000]
         assert wording in outcome.message, f"{outcome.test}: message lacks {wording!r}:\n{outcome.message[:2000]}"
         assert f"adapter {mutant.name!r}" in outcome.message, outcome.message[:2000]
+    assert suite.report is not None
+    assert all(suite.report.cell(o.cell).contract == "failed" for o in contract)  # type: ignore[union-attr]
 
 
 NAMED_IN_MESSAGE = (SigmaTypo, CostWithoutHalf, CrossEntropyShortcut, TransposedSquareGradient, ZeroBiasGradient)
@@ -102,25 +114,24 @@ NAMED_IN_MESSAGE = (SigmaTypo, CostWithoutHalf, CrossEntropyShortcut, Transposed
 
 @pytest.mark.parametrize("mutant", NAMED_IN_MESSAGE, ids=_name)
 def test_gradient_failure_names_the_parameter(suite: SuiteRun, mutant: type[ManualBackprop]) -> None:
-    gradients = [o for o in suite.of(mutant) if o.test.startswith("test_gradients[") and o.failed]
+    gradients = [o for o in suite.items(cells(mutant)) if o.test.startswith("test_gradients[") and o.failed]
     assert gradients, f"{mutant.__name__}: test_gradients passed in every cell:\n{_summary(suite, mutant)}"
     for outcome in gradients:
         assert NAMES_PARAMETER.search(outcome.message), f"{outcome.test}: no 'worst: w^l_jk ... ratio' line:\n{outcome.message[:2000]}"
 
 
 def test_zero_gradient_is_called_out(suite: SuiteRun) -> None:
-    failed = [o for o in suite.of(ZeroBiasGradient) if o.failed]
+    failed = [o for o in suite.items(cells(ZeroBiasGradient)) if o.test.startswith("test_gradients[") and o.failed]
     assert failed and all("framework returned exactly 0" in o.message for o in failed), _summary(suite, ZeroBiasGradient)
 
 
 def test_reproducer_replays_against_any_adapter(suite: SuiteRun) -> None:
     """A case file written by the failing run replays without hypothesis: the correct adapter passes it, the mutant fails it."""
-    directory = suite.workdir / "cases"
-    cases = sorted(directory.glob(f"{CrossEntropyShortcut.name}-{PATH}-float64-*.json"))
-    assert cases, f"no reproducer for {CrossEntropyShortcut.name} in {directory}: {sorted(p.name for p in directory.glob('*'))}"
-    env = suite_environment(suite.workdir / "hypothesis")
+    found = sorted(suite.case_dir.glob(f"{CrossEntropyShortcut.name}-manual-float64-shrunk-*.json"))
+    assert found, f"no reproducer for {CrossEntropyShortcut.name} in {suite.case_dir}: {sorted(p.name for p in suite.case_dir.glob('*'))}"
+    env = clean_environment(suite.workdir / "hypothesis")
     for adapter, status in ((ManualBackprop, 0), (CrossEntropyShortcut, 1)):
-        command = [sys.executable, "-m", "backprop_conformance", "replay", str(cases[0]), "--backend", backend_name(adapter)]
-        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+        command = [sys.executable, "-m", "backprop_conformance", "replay", str(found[0]), "--backend", backend_name(adapter)]
+        done = subprocess.run(command, cwd=PACKAGE_ROOT, env=env, capture_output=True, text=True, check=False)
         assert done.returncode == status, f"{' '.join(command)} exited {done.returncode}, expected {status}:\n{done.stdout}{done.stderr}"
         assert ("PASS " if status == 0 else "FAIL ") in done.stdout, done.stdout

@@ -28,11 +28,12 @@ torch = pytest.importorskip("torch", reason="the torch adapter needs PyTorch (pi
 
 from strategies import cases, compare  # noqa: E402  (after the importorskip that guards this module)
 
-from backprop_conformance.adapters.base import AdapterOutput  # noqa: E402
+from backprop_conformance.adapters.base import AdapterOutput, RequestError  # noqa: E402
 from backprop_conformance.adapters.registry import resolve  # noqa: E402
-from backprop_conformance.adapters.selfcheck import check_adapter  # noqa: E402
-from backprop_conformance.adapters.torch_adapter import DEFAULT_PATHS, DTYPES, TorchAdapter, TorchAdapterError, _ieee_arithmetic  # noqa: E402
+from backprop_conformance.adapters.selfcheck import check_contract  # noqa: E402
+from backprop_conformance.adapters.torch_adapter import DEFAULT_PATHS, DTYPES, TorchAdapter, _ieee_arithmetic  # noqa: E402
 from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to  # noqa: E402
+from backprop_conformance.conformance.verdict import worst_ratio  # noqa: E402
 from backprop_conformance.reference.error_bound import FLOAT64, ErrorBounds, Precision, tolerance  # noqa: E402
 from backprop_conformance.reference.model import Batch, Network  # noqa: E402
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop  # noqa: E402
@@ -95,24 +96,7 @@ def rounded(network: Network, batch: Batch, dtype: str) -> Problem:
 
 def precision(dtype: str) -> Precision:
     """The framework's precision as the adapter declares it (storage, accumulation)."""
-    return Precision.of(dtype, ADAPTER.capabilities().accumulation_of(dtype))
-
-
-def _intermediate_ratio(got: Mapping[int, np.ndarray] | None, want: Mapping[int, np.ndarray], bound: Mapping[int, np.ndarray]) -> float:
-    """Worst |got − want| / bound over one intermediate (z, a or δ); a non-finite value is infinitely wrong.
-
-    An exact value has ratio 0 even where its bound is 0 (a^1 = x has bound u|x|, which is 0 at x = 0).
-    """
-    if got is None:
-        return 0.0
-    worst = 0.0
-    for l, values in got.items():
-        g = np.asarray(values, dtype=np.float64)
-        diff = np.where(np.isfinite(g), np.abs(g - want[l]), np.inf)
-        with np.errstate(divide="ignore"):
-            ratio = np.where(diff == 0, 0.0, diff / np.where(diff == 0, 1.0, bound[l]))
-        worst = max(worst, float(np.max(ratio)))
-    return worst
+    return ADAPTER.caps.precision(dtype)
 
 
 def ratios(output: AdapterOutput, problem: Problem, framework: Precision) -> dict[str, float]:
@@ -130,9 +114,9 @@ def ratios(output: AdapterOutput, problem: Problem, framework: Precision) -> dic
     return {
         "gradients": verdict.worst_ratio,
         "cost": abs(output.cost - problem.trace.cost) / tol.cost,
-        "z": _intermediate_ratio(output.z, problem.trace.z, tol.z),
-        "a": _intermediate_ratio(output.a, problem.trace.a, tol.a),
-        "delta": _intermediate_ratio(output.delta, problem.trace.delta, tol.delta),
+        "z": worst_ratio(output.z, problem.trace.z, tol.z),
+        "a": worst_ratio(output.a, problem.trace.a, tol.a),
+        "delta": worst_ratio(output.delta, problem.trace.delta, tol.delta),
     }
 
 
@@ -215,7 +199,7 @@ def test_outputs_have_requested_shapes_and_carrier_dtypes(path: str, dtype: str)
 def test_project_contract_checks_pass(path: str, dtype: str) -> None:
     """The suite's own contract checks (layout round trip, shapes, repeatability) on a square-layer net."""
     problem = make_problem(next(a for a in ARCHITECTURES if a.name == "square"), 7, dtype)
-    check_adapter(ADAPTER, path, dtype, "cpu", problem.network, problem.batch)
+    check_contract(ADAPTER, path, dtype, "cpu", problem.network, problem.batch)
 
 
 @pytest.mark.parametrize("path", DEFAULT_PATHS)
@@ -267,34 +251,34 @@ def test_importing_the_module_does_not_import_torch() -> None:
     [
         (
             {"dtype": "float8", "path": "eager"},
-            "torch adapter: unsupported dtype 'float8'; valid dtypes are float64, float32, float16, bfloat16",
+            "adapter 'torch': unsupported dtype 'float8'; valid dtypes are float64, float32, float16, bfloat16",
         ),
-        ({"dtype": "float32", "path": "jit"}, "torch adapter: unsupported path 'jit'; valid paths are eager, func, mse, compile"),
-        ({"dtype": "float32", "path": "eager", "device": "tpu"}, "torch adapter: unsupported device 'tpu'; valid devices are cpu"),
+        ({"dtype": "float32", "path": "jit"}, "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, compile"),
+        ({"dtype": "float32", "path": "eager", "device": "tpu"}, "adapter 'torch': unsupported device 'tpu'; valid devices are cpu"),
     ],
 )
 def test_bad_request_is_a_clear_error(kwargs: dict[str, str], message: str) -> None:
     problem = make_problem(ARCHITECTURES[0], 1, "float32")
-    expected = message.replace("valid devices are cpu", "valid devices are " + ", ".join(ADAPTER.capabilities().devices))
-    with pytest.raises(TorchAdapterError) as info:
-        ADAPTER.run(problem.network, problem.batch, **kwargs)
+    expected = message.replace("valid devices are cpu", "valid devices are " + ", ".join(ADAPTER.caps.devices))
+    with pytest.raises(RequestError) as info:
+        ADAPTER.compute(problem.network, problem.batch, **kwargs)
     assert str(info.value) == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for cuda where it is not available")
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     problem = make_problem(ARCHITECTURES[0], 1, "float32")
-    with pytest.raises(TorchAdapterError, match="unsupported device 'cuda'; valid devices are cpu"):
-        ADAPTER.run(problem.network, problem.batch, dtype="float32", path="eager", device="cuda")
+    with pytest.raises(RequestError, match="unsupported device 'cuda'; valid devices are cpu"):
+        ADAPTER.compute(problem.network, problem.batch, dtype="float32", path="eager", device="cuda")
 
 
 def test_unrounded_values_are_refused() -> None:
     """A float64 value torch would round to float16 is refused, naming the array and the fix."""
     problem = make_problem(ARCHITECTURES[0], 1, "float64")
-    with pytest.raises(TorchAdapterError, match=r"w\^2 holds values that are not exactly representable in float16; round them first"):
-        ADAPTER.run(problem.network, problem.batch, dtype="float16", path="eager")
-    with pytest.raises(TorchAdapterError, match=r"w\^2 holds values that are not exactly representable in bfloat16"):
-        ADAPTER.load_parameters(problem.network, dtype="bfloat16")
+    with pytest.raises(RequestError, match=r"w\^2 holds values that are not exactly representable in float16; round them first"):
+        ADAPTER.compute(problem.network, problem.batch, dtype="float16", path="eager")
+    with pytest.raises(RequestError, match=r"w\^2 holds values that are not exactly representable in bfloat16"):
+        ADAPTER.round_trip(problem.network, dtype="bfloat16")
 
 
 def _torch_state() -> dict[str, object]:
@@ -370,7 +354,7 @@ def test_ieee_arithmetic_is_pinned_for_the_call_and_restored(device: str) -> Non
     try:
         torch.set_float32_matmul_precision("medium")
         before = _torch_state()
-        with _ieee_arithmetic(torch, device):
+        with _ieee_arithmetic(device):
             if device == "cpu":
                 assert backends.mkldnn.matmul.fp32_precision == "ieee"
             else:

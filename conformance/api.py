@@ -1,0 +1,286 @@
+"""The suite as two functions, for people who call it from their own tests instead of running it.
+
+* :func:`check_adapter` puts an adapter through the same property check as ``pytest conformance`` --
+  the contract, then hypothesis-generated networks judged against the reference within the error bound
+  -- outside pytest, in any test runner, and returns the same per-cell results and case files.
+* :func:`check_gradients` judges one computation given as a plain function, like
+  ``torch.autograd.gradcheck``, against the analytic reference instead of finite differences, and
+  raises (or returns) the same verdict a suite failure prints.
+
+Both run the suite's own code (:class:`~backprop_conformance.conformance.trial.CellTrial`,
+:func:`~backprop_conformance.conformance.verdict.judge`), so a verdict here and a verdict in the suite
+cannot disagree. Examples: ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings, target
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+
+from backprop_conformance.adapters.base import Adapter, AdapterContractError, AdapterOutput, Capabilities, RequestError
+from backprop_conformance.adapters.registry import AdapterSpec, AdapterUnavailable, resolve
+from backprop_conformance.adapters.selfcheck import check_contract
+from backprop_conformance.conformance.cells import Backend, Cell, select_cells
+from backprop_conformance.conformance.problems import Problem, contract_problem
+from backprop_conformance.conformance.report import CellResult
+from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, problems
+from backprop_conformance.conformance.trial import AdapterRaised, CellTrial
+from backprop_conformance.conformance.verdict import Verdict, judge
+from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to
+from backprop_conformance.reference.model import Batch, Gradients, Network
+
+RATIO_CAP = 1e6
+"""hypothesis.target needs a finite score; ratios beyond this are failures anyway."""
+
+
+class ConformanceFailure(AssertionError):
+    """The framework failed: its gradients left the bound, its adapter broke the contract or raised. The message says where."""
+
+
+@dataclass(frozen=True)
+class AdapterCheck:
+    """What :func:`check_adapter` found: one :class:`~backprop_conformance.conformance.report.CellResult` per cell, and each cell's failure text."""
+
+    cells: tuple[CellResult, ...]
+    failures: Mapping[str, str]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status == "passed" for c in self.cells)
+
+    def message(self) -> str:
+        """A line per cell, then every failure's full text (parameter, values, bound, ratio, case files)."""
+        lines = [
+            f"{c.id}: {c.status}, {c.examples} examples, {c.failures} failed, worst ratio "
+            + ("-" if c.worst is None else f"{c.worst:.3g}")
+            for c in self.cells
+        ]
+        for cell_id, text in self.failures.items():
+            lines += ["", text]
+        return "\n".join(lines)
+
+
+def _backend(adapter: Adapter | type[Adapter] | str) -> Backend:
+    if isinstance(adapter, str):
+        spec = resolve(adapter)
+    else:
+        target = adapter if isinstance(adapter, type) else type(adapter)
+        spec = AdapterSpec(target.__name__, f"{target.__module__}:{target.__qualname__}", "check_adapter")
+    if isinstance(adapter, Adapter):
+        adapter.caps  # noqa: B018 (checked now: bad capabilities fail here, not in the first example)
+        return Backend(spec, adapter)
+    try:
+        return Backend(spec, spec.load() if isinstance(adapter, str) else _instantiate(adapter, spec))
+    except AdapterUnavailable as exc:
+        raise ConformanceFailure(f"cannot check {spec.name}: {exc}") from None
+
+
+def _instantiate(cls: type[Adapter], spec: AdapterSpec) -> Adapter:
+    spec._raise_if_missing(cls.requires)
+    instance = cls()
+    instance.caps  # noqa: B018
+    return instance
+
+
+def check_adapter(
+    adapter: Adapter | type[Adapter] | str,
+    *,
+    paths: Sequence[str] | None = None,
+    dtypes: Sequence[str] | None = None,
+    devices: Sequence[str] = ("cpu",),
+    max_examples: int = 100,
+    seed: int | None = None,
+    case_dir: Path | str = "conformance-cases",
+    raise_on_failure: bool = False,
+) -> AdapterCheck:
+    """Check ``adapter`` (an instance, a class, or a name as ``--conformance-backend`` takes it) cell by cell.
+
+    ``paths`` defaults to the adapter's default paths and ``dtypes`` to all it declares. Each cell gets
+    the contract check, then ``max_examples`` hypothesis-generated networks (derandomized, so a rerun
+    draws the same ones, unless ``seed`` picks another sequence). A failing cell's shrunk and worst
+    examples are written as case files under ``case_dir``. With ``raise_on_failure``,
+    :class:`ConformanceFailure` is raised with every failure's text, which makes this one call usable
+    as a test in any runner.
+    """
+    if max_examples < 1:
+        raise ValueError(f"max_examples must be at least 1, got {max_examples}")
+    backend = _backend(adapter)
+    caps = backend.capabilities
+    assert caps is not None
+    cells, empty = select_cells([backend], tuple(paths or ()), tuple(dtypes or ()), tuple(devices))
+    if empty:
+        raise ValueError(f"{caps.name}: {empty[caps.name]}")
+    results, failures = [], {}
+    for cell in cells:
+        result, failure = _check_cell(backend, cell, max_examples, seed, Path(case_dir))
+        results.append(result)
+        if failure:
+            failures[cell.id] = failure
+    check = AdapterCheck(tuple(results), failures)
+    if raise_on_failure and not check.passed:
+        raise ConformanceFailure(check.message())
+    return check
+
+
+def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | None, case_dir: Path) -> tuple[CellResult, str]:
+    """The contract, then the property, of one cell; the cell's result and its failure text ("" when it passed)."""
+    assert backend.adapter is not None and backend.capabilities is not None
+    trial = CellTrial(backend, cell)
+    fixed = contract_problem(cell.dtype)
+    try:
+        check_contract(backend.adapter, cell.path, cell.dtype, cell.device, fixed.network, fixed.batch)
+        trial.result.contract = "passed"
+    except Exception as exc:  # the adapter is on trial: a contract violation or any exception is its result
+        trial.result.contract = "failed"
+        trial.result.status = "failed"
+        kind = "" if isinstance(exc, AdapterContractError) else f"{type(exc).__name__}: "
+        trial.result.problems.append(f"the adapter contract failed: {kind}{exc}")
+        return trial.result, f"{cell.id}: the adapter contract failed: {kind}{exc}"
+    pooled = cell.path in backend.capabilities.shape_compiled_paths
+
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=seed is None,
+        report_multiple_bugs=False,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(data=st.data())
+    def property_(data: st.DataObject) -> None:
+        verdict = trial.run(data.draw(problems(cell.dtype, DEFAULT_LIMITS, pooled=pooled), label="problem"))
+        target(min(verdict.worst_ratio, RATIO_CAP), label="error/bound")
+        if not verdict.passed:
+            raise ConformanceFailure(verdict.message())
+
+    if seed is not None:
+        property_ = hypothesis_seed(seed)(property_)
+    failure = ""
+    try:
+        property_()
+    except (ConformanceFailure, AdapterRaised) as exc:
+        failure = str(exc).split("\nFalsifying example", 1)[0]
+    trial.result.status = "failed" if failure or trial.result.failures or trial.result.exceptions else "passed"
+    if trial.failed:
+        written = trial.write_cases(case_dir, {})
+        requested = backend.spec.requested_as
+        trial.result.replay = f"python -m backprop_conformance replay {written[0]} --backend {requested}"
+        failure += "\n" + "\n".join(f"case file: {p}" for p in written) + f"\nreplay it: {trial.result.replay}"
+    return trial.result, failure
+
+
+def rounded(network: Network, batch: Batch, dtype: str) -> tuple[Network, Batch]:
+    """``network`` and ``batch`` rounded to ``dtype``'s values (held in float64), as the suite hands them to a framework.
+
+    A framework computing in float32 can only be given float32 numbers; the reference is then judged at
+    exactly that point, so any difference is the framework's rounding (bounded) or a bug.
+    """
+    problem = Problem.rounded(network, batch, dtype)
+    return problem.network, problem.batch
+
+
+GradFn = Callable[[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray], Any]
+
+
+class _FunctionAdapter(Adapter):
+    """A plain ``grad_fn(w, b, x, y) -> (dw, db[, cost])`` as an adapter, so that it gets the suite's contract and verdict."""
+
+    def __init__(self, grad_fn: GradFn, dtype: str, accumulation: str | Mapping[str, str] | None) -> None:
+        self.grad_fn = grad_fn
+        self.dtype = dtype
+        self.accumulation = accumulation
+        self.returned_cost = False
+
+    def capabilities(self) -> Capabilities:
+        name = getattr(self.grad_fn, "__name__", "grad_fn").strip("<>") or "grad_fn"
+        safe = "".join(ch if ch.isalnum() or ch in "_.+-" else "_" for ch in name)[:64]
+        return Capabilities(
+            name=safe,
+            framework=f"the function {getattr(self.grad_fn, '__qualname__', name)}",
+            version="n/a",
+            dtypes=(self.dtype,),
+            paths=("call",),
+            default_paths=("call",),
+            accumulation={self.dtype: self.accumulation} if self.accumulation else {},
+        )
+
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        return network.astype(FORMATS[dtype].carrier)
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        carrier = FORMATS[dtype].carrier
+        w = [network.w[l].astype(carrier) for l in network.layers]
+        b = [network.b[l].astype(carrier) for l in network.layers]
+        returned = self.grad_fn(w, b, batch.x.astype(carrier), batch.y.astype(carrier))
+        if not isinstance(returned, (tuple, list)) or len(returned) not in (2, 3):
+            raise AdapterContractError(f"grad_fn returned {type(returned).__name__}; expected (dw, db) or (dw, db, cost)")
+        dw, db = (_by_layer(part, network, dtype, kind) for part, kind in zip(returned[:2], "wb"))
+        self.returned_cost = len(returned) == 3
+        return AdapterOutput(Gradients(dw, db), float(returned[2]) if self.returned_cost else 0.0)
+
+
+def _by_layer(part: object, network: Network, dtype: str, kind: str) -> dict[int, np.ndarray]:
+    """``dw`` or ``db`` as returned (a list from w^2 on, or a mapping keyed by the page's l), in the format's carrier.
+
+    Arrays in a wider dtype are accepted when converting them loses nothing (a framework computing in
+    float32 and handing back float64 copies); otherwise the contract check names the element.
+    """
+    layers = list(network.layers)
+    if isinstance(part, Mapping):
+        items = dict(part)
+    elif isinstance(part, (list, tuple)):
+        if len(part) != len(layers):
+            raise AdapterContractError(f"grad_fn returned {len(part)} arrays for d{kind}, expected {len(layers)} (layers 2..{network.depth})")
+        items = dict(zip(layers, part))
+    else:
+        raise AdapterContractError(f"grad_fn returned d{kind} as {type(part).__name__}; expected a list (w^2 first) or a mapping keyed by l")
+    out = {}
+    for l, value in items.items():
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.floating) and is_representable(dtype, array):
+            array = round_to(dtype, array.astype(np.float64))
+        out[l] = array
+    return out
+
+
+def check_gradients(
+    grad_fn: GradFn,
+    network: Network,
+    batch: Batch,
+    dtype: str,
+    *,
+    accumulation: str | Mapping[str, str] | None = None,
+    raise_on_failure: bool = True,
+) -> Verdict:
+    """Judge one computation of the page's gradients, given as ``grad_fn(w, b, x, y) -> (dw, db)`` or ``(dw, db, cost)``.
+
+    ``w`` and ``b`` are lists of numpy arrays in page layout, ``w[0]`` being w^2 of shape (n(2), n(1))
+    (``w[i][j-1, k-1]`` is w^{i+2}_jk), ``x`` is (B, n(1)) and ``y`` is (B, n(L)), all in ``dtype``'s
+    numpy carrier (float32 for bfloat16). The gradients come back the same way (lists from w^2 on, or
+    mappings keyed by the page's l). ``network`` and ``batch`` must hold values of ``dtype``: round them
+    first with :func:`rounded`. ``accumulation`` declares where the computation sums in a wider format
+    (``"float32"`` for float16 storage with float32 accumulation), as an adapter's capabilities do.
+
+    Returns the :class:`~backprop_conformance.conformance.verdict.Verdict`; when it fails and
+    ``raise_on_failure`` is true (the default, as ``gradcheck`` does), raises :class:`ConformanceFailure`
+    with the message a suite failure prints. The cost is judged only when ``grad_fn`` returns one.
+    """
+    if dtype not in FORMATS:
+        raise ValueError(f"unknown dtype {dtype!r}; the suite knows {', '.join(FORMATS)}")
+    adapter = _FunctionAdapter(grad_fn, dtype, accumulation)
+    try:
+        output = adapter.compute(network, batch, dtype=dtype, path="call")
+    except RequestError as exc:
+        raise ValueError(f"{exc}; backprop_conformance.rounded(network, batch, {dtype!r}) does that for both") from None
+    problem = Problem(network, batch, dtype)
+    verdict = judge(f"{adapter.caps.name}-{dtype}", problem, output, adapter.caps.precision(dtype), with_cost=adapter.returned_cost)
+    if raise_on_failure and not verdict.passed:
+        raise ConformanceFailure(verdict.message())
+    return verdict
