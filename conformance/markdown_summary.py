@@ -32,7 +32,7 @@ def headline(report: Report, comparison: Comparison | None) -> str:
     if comparison is not None and comparison.regressions:
         return "❌ regressions against the baseline"
     if not total:
-        return "❌ no cell was selected: nothing was tested"
+        return "⚠️ nothing was tested: no cell was selected"
     if counts["not run"]:
         return f"⚠️ {counts['not run']} of {total} cells were not run"
     if counts["known defect"]:

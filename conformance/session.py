@@ -137,6 +137,11 @@ class ConformanceSession:
         self.limits = LIMITS_BY_PROFILE.get(self.profile, DEFAULT_LIMITS)
         self.results = {c.id: CellResult(c.id, c.backend, c.path, c.dtype, c.device) for c in self.cells}
         self.outcomes = {c.id: _Outcome() for c in self.cells}
+        # Every test item the table makes, by name: known here, not at collection, because under xdist the
+        # controller, which merges the results, never collects.
+        for c in self.cells:
+            self.items.update({f"{test}[{c.id}]": (c.id, test) for test in CONFORMANCE_TESTS})
+            self.items.update({f"{test}[{c.id}-{case}]": (c.id, test) for test, cases_ in fidelity.FIDELITY_TESTS.items() for case in cases_})
         self.timing = timing.take()
         if self.controller:
             self._check_outputs()
@@ -240,9 +245,6 @@ class ConformanceSession:
             raise pytest.UsageError(
                 f"{name} takes a cell but is neither a conformance test nor listed in conformance.fidelity.FIDELITY_TESTS"
             )
-        for param in params:
-            cell = param.values[0]
-            self.items[f"{name}[{param.id}]"] = (cell.id, name)  # type: ignore[union-attr]
 
     def _known_defect(self, test: str, cell: Cell, case: str | None) -> list[pytest.MarkDecorator]:
         caps = self.backend(cell).capabilities

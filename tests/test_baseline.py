@@ -1,95 +1,52 @@
-"""Baselines (conformance/baseline.py and the --baseline/--update-baseline options of conformance/report.py).
+"""Baselines: the comparison rule (conformance/baseline.py) and the ``--conformance-baseline`` options in real runs.
 
 The rule under test, written out here independently of the code: a cell regresses when its worst
-error/bound ratio exceeds 2 × max(baseline worst, 0.25), or when it passed in the baseline and fails
-now; cells on one side only are listed, not failed. Reports are built from hand-made statistics, and
-the options run in a real pytest session through ``pytester`` (tests/report_project.py).
+error/bound ratio exceeds 2 × max(baseline worst, floor) (floor 0.25, or 0.02 when both runs drew the
+same examples), or when it passed in the baseline and does not pass now; cells on one side only are
+listed, not failed, unless the two runs share no cell at all. The rule is tested on hand-made reports
+(:mod:`reports`); the options run the real suite in a subprocess against a fast numpy adapter, with
+baselines made from that run's own report and edited by hand.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from report_project import PASSING_TEST, make_report_project
+from reports import F32, F64, cell, run
 
-from backprop_conformance.adapters.base import Capabilities
-from backprop_conformance.adapters.registry import AdapterSpec
 from backprop_conformance.conformance import baseline, report
-from backprop_conformance.conformance.cells import Backend, Cell
-from backprop_conformance.conformance.stats import CellStats
+from backprop_conformance.conformance.baseline import FLOOR, FLOOR_SAME_EXAMPLES, floor_for
+from backprop_conformance.conformance.runner import SuiteRun, clean_environment, run_suite
 
-pytest_plugins = ("pytester",)
-
-COMMAND = {"executable": "python", "argv": [], "pytest_args": [], "cwd": "."}
-
-
-@pytest.fixture(autouse=True)
-def _randomized_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The reports below stand for randomized runs whatever the environment: under CI=true the ci profile
-    is loaded, both sides would record derandomize=True, and the comparison would use the narrow floor
-    (tested on its own in test_floor_narrows_only_when_both_runs_drew_the_same_examples)."""
-    monkeypatch.delenv("CI", raising=False)
-    previous = settings.get_current_profile_name()
-    settings.register_profile("baseline-tests-randomized", parent=settings.get_profile(previous), derandomize=False, database=None)
-    settings.load_profile("baseline-tests-randomized")
-    try:
-        yield
-    finally:
-        settings.load_profile(previous)
+CORRECT = ("--conformance-backend", "tests.mutants:ManualBackprop", "-m", "not fidelity")
+C32, C64 = "ok-stable-manual-float32", "ok-stable-manual-float64"
 
 
-def caps(version: str = "1.0") -> Capabilities:
-    return Capabilities(
-        name="fake", framework="Fake", version=version, dtypes=("float64", "float32"), paths=("eager",), default_paths=("eager",)
-    )
-
-
-def cell_stats(*ratios: float) -> CellStats:
-    """A cell whose examples had these worst ratios; those above 1 are its failures."""
-    return CellStats(len(ratios), sum(r > 1 for r in ratios), list(ratios), [3] * len(ratios), [2.0] * len(ratios))
-
-
-def run(stats: dict[str, CellStats], version: str = "1.0", profile: str = "ci") -> dict:
-    """A report of a run of the backend "fake" over the dtypes named in ``stats`` (keys "fake-eager-<dtype>")."""
-    cells = [Cell("fake", "eager", key.rsplit("-", 1)[1]) for key in stats]
-    backends = [Backend(AdapterSpec("fake", "pkg:Fake", "command line"), capabilities=caps(version))]
-    data = report.build(stats, backends, cells, profile=profile, command=COMMAND, exitstatus=0)
-    data["hypothesis"]["derandomize"] = False  # a randomized run, even inside a derandomized @given example
-    return data
-
-
-def compare(old: dict[str, CellStats], new: dict[str, CellStats]) -> baseline.Comparison:
-    return baseline.compare(report.parse(run(old), "base.json"), report.parse(run(new), "this run"))
-
-
-F32 = "fake-eager-float32"
-F64 = "fake-eager-float64"
+def compare(old: list, new: list) -> baseline.Comparison:
+    return baseline.compare(run(*old, source="base.json"), run(*new))
 
 
 def test_identical_runs_pass() -> None:
-    stats = {F32: cell_stats(0.1, 0.4, 0.2), F64: cell_stats(0.0, 0.01)}
-    comparison = compare(stats, stats)
+    cells = [cell(F32, 0.1, 0.4, 0.2), cell(F64, 0.0, 0.01)]
+    comparison = compare(cells, cells)
     assert comparison.regressions == [] and comparison.new == [] and comparison.missing == []
     assert {c.status for c in comparison.cells.values()} == {"ok"}
     assert "no regressions" in comparison.summary_lines()
 
 
 def test_worse_ratio_fails_naming_the_cell_and_both_ratios() -> None:
-    comparison = compare({F32: cell_stats(0.1, 0.3)}, {F32: cell_stats(0.2, 0.7)})
-    assert comparison.regressions == [
-        f"{F32}: worst error/bound ratio 0.3 in the baseline, 0.7 now (×2.33), beyond 2 × max(0.3, 0.25) = 0.6"
-    ]
+    comparison = compare([cell(F32, 0.1, 0.3)], [cell(F32, 0.2, 0.7)])
+    assert comparison.regressions == [f"{F32}: worst error/bound ratio 0.3 in the baseline, 0.7 now (×2.33), beyond 2 × max(0.3, 0.25) = 0.6"]
     assert comparison.cells[F32].status == "regressed"
 
 
 def test_doubling_exactly_is_not_beyond_the_limit() -> None:
-    assert compare({F32: cell_stats(0.3)}, {F32: cell_stats(0.6)}).regressions == []
+    assert compare([cell(F32, 0.3)], [cell(F32, 0.6)]).regressions == []
 
 
 @pytest.mark.parametrize(
@@ -98,7 +55,7 @@ def test_doubling_exactly_is_not_beyond_the_limit() -> None:
 )
 def test_floor_keeps_small_ratios_from_failing(old: float, new: float, regressed: bool) -> None:
     """Under the floor 0.25 the limit is 0.5, however small the baseline's ratio (0 included)."""
-    comparison = compare({F64: cell_stats(old)}, {F64: cell_stats(new)})
+    comparison = compare([cell(F64, old)], [cell(F64, new)])
     assert bool(comparison.regressions) == regressed, comparison.regressions
     if regressed:
         assert f"beyond 2 × max({old:g}, 0.25) = 0.5" in comparison.regressions[0]
@@ -106,47 +63,63 @@ def test_floor_keeps_small_ratios_from_failing(old: float, new: float, regressed
 
 def test_passing_cell_that_starts_failing_is_a_regression_even_within_the_factor() -> None:
     """Baseline worst 0.9 allows up to 1.8 by the ratio rule; a failing example is caught by the second rule."""
-    comparison = compare({F32: cell_stats(0.9, 0.5)}, {F32: cell_stats(0.5, 1.5, 0.2)})
+    comparison = compare([cell(F32, 0.9, 0.5)], [cell(F32, 0.5, 1.5, 0.2)])
     assert comparison.regressions == [
-        f"{F32}: passed in the baseline (0 of 2 examples failed, worst ratio 0.9), fails now (1 of 3 examples, worst ratio 1.5)"
+        f"{F32}: passed in the baseline (0 of 2 examples failed, worst ratio 0.9), failed now "
+        "(1 of 3 examples failed, contract passed, 0 exception(s), worst ratio 1.5)"
     ]
 
 
+def test_a_contract_failure_is_a_regression_even_with_good_ratios() -> None:
+    """A cell whose ratios are fine but whose contract now fails no longer passes: the second rule catches it."""
+    broken = cell(F32, 0.1, status="failed", contract="failed")
+    comparison = compare([cell(F32, 0.1)], [broken])
+    assert len(comparison.regressions) == 1 and "contract failed" in comparison.regressions[0], comparison.regressions
+
+
 def test_cell_failing_in_both_runs_is_not_a_regression() -> None:
-    assert compare({F32: cell_stats(3.0, 0.1)}, {F32: cell_stats(2.0)}).regressions == []
+    assert compare([cell(F32, 3.0, 0.1)], [cell(F32, 2.0)]).regressions == []
 
 
 def test_infinite_ratios() -> None:
-    became_infinite = compare({F32: cell_stats(0.1)}, {F32: cell_stats(0.2, math.inf)})
+    became_infinite = compare([cell(F32, 0.1)], [cell(F32, 0.2, math.inf)])
     assert len(became_infinite.regressions) == 2, became_infinite.regressions
     assert "0.1 in the baseline, inf now, beyond 2 × max(0.1, 0.25) = 0.5" in became_infinite.regressions[0]
-    assert compare({F32: cell_stats(math.inf)}, {F32: cell_stats(math.inf)}).regressions == []
+    assert compare([cell(F32, math.inf)], [cell(F32, math.inf)]).regressions == []
 
 
 def test_new_and_missing_cells_are_listed_not_failed() -> None:
-    comparison = compare({F64: cell_stats(0.1)}, {F32: cell_stats(0.1)})
+    comparison = compare([cell(F64, 0.1), cell(F32, 0.1)], [cell(F32, 0.1), cell("fake-eager-float16", 0.1)])
     assert comparison.regressions == []
-    assert comparison.new == [F32] and comparison.missing == [F64]
+    assert comparison.new == ["fake-eager-float16"] and comparison.missing == [F64]
     lines = comparison.summary_lines()
-    assert f"new cells, not in the baseline: {F32}" in lines
+    assert "new cells, not in the baseline: fake-eager-float16" in lines
     assert f"cells in the baseline that this run did not run: {F64}" in lines
 
 
+def test_a_run_sharing_no_cell_with_the_baseline_is_not_no_regressions() -> None:
+    """Comparing nothing proves nothing: it is reported, and it fails the comparison."""
+    comparison = compare([cell(F64, 0.1)], [cell(F32, 0.1)])
+    assert comparison.compared == 0
+    assert len(comparison.regressions) == 1 and "shares no cell with the baseline" in comparison.regressions[0]
+    assert "no regressions" not in comparison.summary_lines()
+
+
 def test_cell_with_no_examples_counts_as_not_run() -> None:
-    comparison = compare({F64: cell_stats(0.1)}, {F64: CellStats()})
+    comparison = compare([cell(F64, 0.1), cell(F32, 0.2)], [cell(F64), cell(F32, 0.2)])
     assert comparison.missing == [F64] and comparison.regressions == []
 
 
 def test_notes_say_what_differs_between_the_runs() -> None:
-    old = report.parse(run({F32: cell_stats(0.1)}, version="1.0", profile="ci"), "base.json")
-    new = report.parse(run({F32: cell_stats(0.1)}, version="2.0", profile="dev"), "this run")
+    old = run(cell(F32, 0.1), version="1.0", profile="ci", source="base.json")
+    new = run(cell(F32, 0.1), version="2.0", profile="default")
     notes = baseline.compare(old, new).notes
-    assert any("profile 'ci' → 'dev'" in note for note in notes), notes
+    assert any("profile 'ci' → 'default'" in note for note in notes), notes
     assert "fake: Fake 1.0 in the baseline, 2.0 now" in notes
 
 
 def test_comparison_is_strict_json() -> None:
-    comparison = compare({F32: cell_stats(0.1)}, {F32: cell_stats(math.inf)})
+    comparison = compare([cell(F32, 0.1)], [cell(F32, math.inf)])
 
     def refuse(token: str) -> object:
         raise AssertionError(f"{token} is not JSON")
@@ -161,134 +134,149 @@ ratios = st.lists(st.one_of(st.floats(0, 3), st.just(math.inf)), min_size=1, max
 
 @given(ratios)
 def test_a_run_never_regresses_against_itself(values: list[float]) -> None:
-    assert compare({F32: cell_stats(*values)}, {F32: cell_stats(*values)}).regressions == []
+    assert compare([cell(F32, *values)], [cell(F32, *values)]).regressions == []
 
 
 @given(st.floats(0, 0.99), st.floats(0, 0.99))
 def test_passing_cells_regress_exactly_beyond_twice_the_floored_baseline(old: float, new: float) -> None:
-    regressed = bool(compare({F32: cell_stats(old)}, {F32: cell_stats(new)}).regressions)
+    regressed = bool(compare([cell(F32, old)], [cell(F32, new)]).regressions)
     assert regressed == (new > 2 * max(old, 0.25))
 
 
-# The options in a pytest run.
+def test_floor_narrows_only_when_both_runs_drew_the_same_examples() -> None:
+    """Same derandomized settings, hypothesis and suite versions: no seed noise to absorb, so the narrow floor applies."""
+    same = run(cell(F32, 0.1), derandomize=True)
+    assert floor_for(same, run(cell(F32, 0.1), derandomize=True)) == FLOOR_SAME_EXAMPLES
+    other_budget = run(cell(F32, 0.1), derandomize=True)
+    other_budget.hypothesis = {**other_budget.hypothesis, "max_examples": 200}
+    assert floor_for(same, other_budget) == FLOOR
+    other_hypothesis = run(cell(F32, 0.1), derandomize=True)
+    other_hypothesis.hypothesis = {**other_hypothesis.hypothesis, "version": "6.171.0"}
+    assert floor_for(same, other_hypothesis) == FLOOR
+    other_suite = run(cell(F32, 0.1), derandomize=True)
+    other_suite.suite = {"version": "0.2.0"}
+    assert floor_for(same, other_suite) == FLOOR
+    assert floor_for(run(cell(F32, 0.1)), run(cell(F32, 0.1))) == FLOOR, "randomized runs keep the wide floor"
 
 
-def project(pytester: pytest.Pytester, stats: dict[str, CellStats], test: str = PASSING_TEST) -> None:
-    """A pytest run of backend "fake" (Fake 1.0, ci profile), like the baselines :func:`stored` writes."""
-    make_report_project(pytester, stats, test=test, framework="Fake", version="1.0", profile="ci")
+# The options, in real runs of the suite.
 
 
-def pytest_run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "no:cacheprovider", *args)
+def suite(tmp: Path, *args: str, ci: bool = False) -> SuiteRun:
+    env = clean_environment(tmp / "hypothesis", **({"CI": "true"} if ci else {}))
+    return run_suite([*CORRECT, "--conformance-max-examples", "5", *args], tmp, env=env)
 
 
-def stored(pytester: pytest.Pytester, stats: dict[str, CellStats], name: str = "base.json") -> Path:
-    path = pytester.path / name
-    report.write(run(stats), path)
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real report of the correct adapter under CI (derandomized), kept as the baselines below are made from it."""
+    tmp = tmp_path_factory.mktemp("recorded")
+    done = suite(tmp, ci=True)
+    assert done.returncode == 0 and done.report is not None, done.explain()
+    return tmp / "report.json"
+
+
+def edited(recorded: Path, path: Path, edit: object) -> Path:
+    data = json.loads(recorded.read_text(encoding="utf-8"))
+    edit(data)  # type: ignore[operator]
+    path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+def claim_worst(data: dict, cell_id: str, ratio: float) -> None:
+    """Edit a report so that ``cell_id``'s every example had the worst ratio ``ratio``."""
+    for c in data["cells"]:
+        if c["id"] == cell_id:
+            c["ratios"] = [ratio] * c["examples"]
+            c["worst"] = c["median"] = ratio
+            c["quantiles"] = dict.fromkeys(c["quantiles"], ratio)
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (
-            None,
-            "--baseline: report file */base.json does not exist; to create a baseline, run with --baseline base.json --update-baseline*",
-        ),
-        ("{corrupt", "--baseline: */base.json is not valid JSON*"),
-        ('{"schema": "something/else"}', "--baseline: */base.json: not a backprop-conformance report (schema 'something/else'*"),
+        (None, "--conformance-baseline: report file {path} does not exist; to create a baseline, run with --conformance-baseline"),
+        ("{corrupt", "is not valid JSON"),
+        ('{"schema": "something/else"}', "not a backprop-conformance report of this version (schema 'something/else'"),
+        (lambda d: d["cells"][0].update(worst=None), "'worst' is None for a cell with 5 examples"),
+        (lambda d: d["cells"][0].update(worst="nan"), "'worst' is NaN"),
+        (lambda d: d.update(backends={"torch": "2.13"}), "field 'backends' must be a list"),
+        (lambda d: d.update(hypothesis=["ci"]), "field 'hypothesis' has the wrong type"),
+        (lambda d: [c.update(id=c["id"].replace("ok-stable", "other")) for c in d["cells"]], "shares no cell with this run's selection"),
     ],
-    ids=["missing", "corrupt", "other-schema"],
+    ids=["missing", "corrupt", "other-schema", "null-worst", "nan-worst", "backends-not-a-list", "hypothesis-not-an-object", "no-shared-cell"],
 )
-def test_unusable_baseline_is_a_usage_error_at_start_up(pytester: pytest.Pytester, content: str | None, message: str) -> None:
-    project(pytester, {F32: cell_stats(0.1)}, "def test_never_runs():\n    raise AssertionError('ran')\n")
-    if content is not None:
-        (pytester.path / "base.json").write_text(content, encoding="utf-8")
-    result = pytest_run(pytester, "--baseline", "base.json")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
-    result.stderr.fnmatch_lines([f"ERROR: {message}"])
-    assert "test_never_runs" not in result.stdout.str()
+def test_unusable_baseline_is_a_usage_error_at_start_up(tmp_path: Path, recorded: Path, content: object, message: str) -> None:
+    """Refused before any test runs, naming the file and the field; a comparison that cannot be made must not cost a run."""
+    path = tmp_path / "base.json"
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    elif content is not None:
+        edited(recorded, path, content)
+    done = suite(tmp_path / "run", "--conformance-baseline", str(path))
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.explain()
+    assert message.format(path=path) in done.output, done.explain()
+    assert done.report is None and "passed" not in done.output, "no test may run"
 
 
-def test_regression_fails_a_passing_run(pytester: pytest.Pytester) -> None:
-    project(pytester, {F32: cell_stats(0.2, 0.9), F64: cell_stats(0.01)})
-    stored(pytester, {F32: cell_stats(0.3), F64: cell_stats(0.01)})
-    result = pytest_run(pytester, "--baseline", "base.json", "--markdown-summary", "summary.md")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "  REGRESSION fake-eager-float32: worst error/bound ratio 0.3 in the baseline, 0.9 now (×3), beyond 2 × max(0.3, 0.25) = 0.6",
-            "  the run fails: 1 regression(s) against the baseline",
-        ]
-    )
-    summary = (pytester.path / "summary.md").read_text(encoding="utf-8")
-    assert "| `fake-eager-float32` | 2 | 0 | 0.9 | 0.9 | **0.3 → 0.9 (×3)** regressed | ❌ |" in summary
-    assert "| `fake-eager-float64` | 1 | 0 | 0.01 | 0.01 | 0.01 → 0.01 (×1) | ✅ |" in summary
+def test_regression_fails_a_passing_run(tmp_path: Path, recorded: Path) -> None:
+    """The same derandomized examples (floor 0.02): a baseline claiming a worst ratio of 0.001 makes today's real ratio a regression."""
+    base = edited(recorded, tmp_path / "base.json", lambda d: claim_worst(d, C32, 0.001))
+    done = suite(tmp_path / "run", "--conformance-baseline", str(base), "--conformance-markdown", str(tmp_path / "summary.md"), ci=True)
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
+    assert done.report is not None and done.report.cell(C32) is not None
+    now = done.report.cell(C32).worst  # type: ignore[union-attr]
+    assert f"REGRESSION {C32}: worst error/bound ratio 0.001 in the baseline, {now:.3g} now" in done.output, done.explain()
+    assert f"beyond 2 × max(0.001, 0.02) = 0.04" in done.output and "the run fails: 1 regression(s) against the baseline" in done.output
+    assert done.report.baseline is not None and done.report.baseline["passed"] is False
+    summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert f"**0.001 → {now:.3g}" in summary and "❌ regressed" in summary, summary
 
 
-def test_no_regression_keeps_the_run_passing(pytester: pytest.Pytester) -> None:
-    project(pytester, {F32: cell_stats(0.2, 0.4)})
-    stored(pytester, {F32: cell_stats(0.3)})
-    result = pytest_run(pytester, "--baseline", "base.json")
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    result.stdout.fnmatch_lines(["compared with baseline base.json:", "  no regressions"])
+def test_no_regression_keeps_the_run_passing(tmp_path: Path, recorded: Path) -> None:
+    done = suite(tmp_path, "--conformance-baseline", str(recorded), ci=True)
+    assert done.returncode == pytest.ExitCode.OK, done.explain()
+    assert "compared with baseline" in done.output and "  no regressions" in done.output
+    assert done.report is not None and done.report.baseline is not None and done.report.baseline["compared"] == 2
 
 
-def test_update_creates_a_missing_baseline(pytester: pytest.Pytester) -> None:
-    project(pytester, {F32: cell_stats(0.2, math.inf)}, PASSING_TEST)
-    result = pytest_run(pytester, "--baseline", "new/base.json", "--update-baseline")
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    result.stdout.fnmatch_lines(["baseline created: new/base.json"])
-    written = report.read(pytester.path / "new" / "base.json")
-    assert written.cell(F32) is not None and written.cell(F32).ratios == (0.2, math.inf)  # type: ignore[union-attr]
+def test_update_creates_a_missing_baseline(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "base.json"
+    done = suite(tmp_path / "run", "--conformance-baseline", str(path), "--conformance-update-baseline")
+    assert done.returncode == pytest.ExitCode.OK, done.explain()
+    assert "baseline created: " in done.output
+    written = report.read(path)
+    assert {c.id for c in written.cells} == {C32, C64} and all(c.status == "passed" and c.examples == 5 for c in written.cells)
 
 
-def test_update_replaces_the_baseline_and_does_not_fail_on_the_comparison(pytester: pytest.Pytester) -> None:
-    project(pytester, {F32: cell_stats(0.9)})
-    path = stored(pytester, {F32: cell_stats(0.1)})
-    result = pytest_run(pytester, "--baseline", "base.json", "--update-baseline")
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    result.stdout.fnmatch_lines(["  REGRESSION fake-eager-float32: *0.1 in the baseline, 0.9 now*", "baseline updated: base.json"])
-    assert report.read(path).cell(F32).worst == 0.9  # type: ignore[union-attr]
+def test_update_replaces_the_baseline_and_does_not_fail_on_the_comparison(tmp_path: Path, recorded: Path) -> None:
+    base = edited(recorded, tmp_path / "base.json", lambda d: claim_worst(d, C32, 0.001))
+    done = suite(tmp_path / "run", "--conformance-baseline", str(base), "--conformance-update-baseline", ci=True)
+    assert done.returncode == pytest.ExitCode.OK, done.explain()
+    assert f"REGRESSION {C32}: worst error/bound ratio 0.001 in the baseline" in done.output and "baseline updated: " in done.output
+    assert report.read(base).cell(C32).worst != 0.001  # type: ignore[union-attr]
 
 
-def test_update_after_a_failing_run_keeps_the_old_baseline(pytester: pytest.Pytester) -> None:
-    project(pytester, {F32: cell_stats(0.9)}, "def test_fails():\n    raise AssertionError('no')\n")
-    path = stored(pytester, {F32: cell_stats(0.1)})
-    before = path.read_bytes()
-    result = pytest_run(pytester, "--baseline", "base.json", "--update-baseline")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["baseline base.json NOT updated: the run did not pass (exit status 1)"])
-    assert path.read_bytes() == before
+def test_update_after_a_failing_run_keeps_the_old_baseline(tmp_path: Path, recorded: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_bytes(recorded.read_bytes())
+    args = ["--conformance-backend", "tests.mutants:CrossEntropyShortcut", "--conformance-baseline", str(base), "--conformance-update-baseline"]
+    done = suite(tmp_path / "run", *args)
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
+    assert f"baseline {base} NOT updated: the run did not pass (exit status 1)" in done.output, done.explain()
+    assert base.read_bytes() == recorded.read_bytes()
 
 
-def test_update_never_overwrites_a_file_that_is_not_a_report(pytester: pytest.Pytester) -> None:
-    project(pytester, {F32: cell_stats(0.1)})
-    path = pytester.path / "base.json"
+def test_update_never_overwrites_a_file_that_is_not_a_report(tmp_path: Path) -> None:
+    path = tmp_path / "base.json"
     path.write_text("precious notes, not JSON\n", encoding="utf-8")
-    result = pytest_run(pytester, "--baseline", "base.json", "--update-baseline")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --update-baseline: refusing to overwrite base.json, which is not a usable report: *"])
+    done = suite(tmp_path / "run", "--conformance-baseline", str(path), "--conformance-update-baseline")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.explain()
+    assert f"--conformance-update-baseline: refusing to overwrite {path}, which is not a usable report: " in done.output
     assert path.read_text(encoding="utf-8") == "precious notes, not JSON\n"
 
 
-def test_update_without_a_baseline_path_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    project(pytester, {F32: cell_stats(0.1)})
-    result = pytest_run(pytester, "--update-baseline")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --update-baseline writes the file named by --baseline PATH; give --baseline too"])
-
-
-def test_floor_narrows_only_when_both_runs_drew_the_same_examples() -> None:
-    """Same derandomized settings, hypothesis and suite versions: no seed noise to absorb, so the narrow floor applies."""
-    from backprop_conformance.conformance.baseline import FLOOR, FLOOR_SAME_EXAMPLES, floor_for
-
-    ci = {"profile": "ci", "max_examples": 100, "derandomize": True, "seed": None, "version": "6.170.17"}
-    same = {"hypothesis": ci, "suite": {"version": "0.1.0", "commit": "abc"}}
-    assert floor_for(same, {**same, "suite": {"version": "0.1.0", "commit": "def"}}) == FLOOR_SAME_EXAMPLES
-    assert floor_for(same, {**same, "hypothesis": {**ci, "max_examples": 200}}) == FLOOR
-    assert floor_for(same, {**same, "hypothesis": {**ci, "version": "6.171.0"}}) == FLOOR
-    assert floor_for(same, {**same, "suite": {"version": "0.2.0"}}) == FLOOR
-    dev = {**ci, "profile": "dev", "derandomize": False}
-    assert floor_for({**same, "hypothesis": dev}, {**same, "hypothesis": dev}) == FLOOR
+def test_update_without_a_baseline_path_is_a_usage_error(tmp_path: Path) -> None:
+    done = suite(tmp_path, "--conformance-update-baseline")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.explain()
+    assert "--conformance-update-baseline writes the file named by --conformance-baseline PATH; give --conformance-baseline too" in done.output

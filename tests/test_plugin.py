@@ -1,27 +1,25 @@
-"""The ``pytest conformance`` machinery, driven as a user drives it: a subprocess, options, exit status, printed text.
+"""The ``pytest conformance`` machinery, driven as a user drives it: a subprocess, options, exit status, the JSON report.
 
-Each module-scoped fixture is one ``python -m pytest conformance`` run (about a second with the fast numpy
-adapters of :mod:`tests.mutants`), shared by the checks that read it: the session header, the skip of a
-backend whose framework is missing, the end-of-run matrix, the reproducer of a failure (case file,
-replay command, JUnit XML) and the merge of pytest-xdist workers' statistics. Usage errors, which stop
-the run before any test, get one short run each. The replay command line (``python -m backprop_conformance
-replay``) is driven in-process through :func:`backprop_conformance.conformance.__main__.main` where only its exit status and
-messages matter, and as a subprocess where the test is that the printed command works when pasted.
+Each module-scoped fixture is one run of the suite (about a second with the fast numpy adapters of
+:mod:`tests.mutants`), through :mod:`backprop_conformance.conformance.runner`, shared by the checks that
+read it: the session header, the skip of a backend whose framework is missing, the cells of the
+report, the reproducer of a failure (case files, replay command, JUnit XML) and the merge of
+pytest-xdist workers' results. Usage errors, which stop the run before any test, get one short run
+each. The replay command line is driven in-process through
+:func:`backprop_conformance.conformance.__main__.main` where only its exit status and messages matter,
+and as a subprocess where the test is that the printed command works when pasted.
 
-The adapters defined here are named on the subprocess' command line as ``tests.test_plugin:Name``, so
-this module imports nothing from its sibling test modules (they are not importable as ``tests.*``).
+The adapters defined here are named on the subprocess' command line as ``tests.test_plugin:Name``
+(the suite runs from the repository root).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,16 +31,18 @@ from backprop_conformance.conformance import cases
 from backprop_conformance.conformance.__main__ import main as replay_main
 from backprop_conformance.conformance.cells import Cell
 from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.provenance import PACKAGE_ROOT
+from backprop_conformance.conformance.runner import SuiteRun, clean_environment, run_suite
 from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
 from backprop_conformance.reference.model import Batch, Gradients, Network
 from backprop_conformance.reference.vectorized import backprop
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HERE = "tests.test_plugin"
-"""This module's import name in the suite's subprocess, which runs from :data:`REPO_ROOT`."""
+"""This module's import name in the suite's subprocess, which runs from the repository root."""
 MISSING_MODULE = "no_such_framework_for_conformance_tests"
 EXAMPLES = 7
-"""--max-examples of the runs below: small for speed, and an odd number no default profile uses."""
+"""--conformance-max-examples of the runs below: small for speed, and an odd number no profile uses."""
+CONFORMANCE_ONLY = ("-m", "not fidelity")
 
 
 class ReferenceAdapter(Adapter):
@@ -101,74 +101,36 @@ class ImpostorOfReference(ReferenceAdapter):
     gradient_factor = 2.0
 
 
-@dataclass(frozen=True)
-class Run:
-    """One ``python -m pytest conformance`` subprocess: its exit status, its output and where it wrote."""
-
-    returncode: int
-    output: str
-    case_dir: Path
-    junit: Path
-
-    def explain(self) -> str:
-        return f"exit status {self.returncode}; output:\n{self.output[-6000:]}"
-
-
-def environment(tmp: Path, **extra: str) -> dict[str, str]:
-    """A user's environment without CI (so the dev profile) and with a fresh hypothesis database under ``tmp``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "HYPOTHESIS_PROFILE")}
-    env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(tmp / "hypothesis")
-    env.update(extra)
-    return env
-
-
-def conformance(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Run:
-    """Run the suite from the repository root with a case directory and a JUnit file under ``tmp``."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    case_dir, junit = tmp / "cases", tmp / "junit.xml"
-    command = [sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", f"--case-dir={case_dir}", *args]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env or environment(tmp), capture_output=True, text=True, check=False)
-    return Run(done.returncode, done.stdout + done.stderr, case_dir, junit)
-
-
-MATRIX_ROW = re.compile(r"^(?P<cell>\S+)\s+(?P<examples>\d+)\s+(?P<failures>\d+)\s+\S+\s+\S+$")
-
-
-def matrix(output: str) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """The end-of-run matrix: {cell id: (examples, failures)} and its lines for skipped backends."""
-    lines = output.splitlines()
-    start = next((i for i, line in enumerate(lines) if "conformance matrix" in line), None)
-    assert start is not None, f"no conformance matrix in the output:\n{output[-4000:]}"
-    rows: dict[str, tuple[int, int]] = {}
-    skipped = []
-    for line in lines[start + 1 :]:
-        if line.startswith("="):
-            break
-        if m := MATRIX_ROW.match(line):
-            rows[m["cell"]] = (int(m["examples"]), int(m["failures"]))
-        elif "skipped:" in line:
-            skipped.append(line)
-    return rows, skipped
+def conformance(tmp: Path, *args: str, env: dict[str, str] | None = None) -> SuiteRun:
+    """One run of the suite from the repository root, its outputs under ``tmp``."""
+    return run_suite(list(args), tmp, env=env)
 
 
 CORRECT_CELLS = {"ok-stable-manual-float64", "ok-stable-manual-float32"}
 """ManualBackprop's cells: its name, its one path and its two dtypes (tests/mutants.py)."""
 SKIP_REASON = f"skipped: {MISSING_MODULE} not installed"
-CORRECT_ARGS = ("--backend", "tests.mutants:ManualBackprop", "--backend", f"{HERE}:NeedsMissingFramework", f"--max-examples={EXAMPLES}")
+CORRECT_ARGS = (
+    "--conformance-backend",
+    "tests.mutants:ManualBackprop",
+    "--conformance-backend",
+    f"{HERE}:NeedsMissingFramework",
+    f"--conformance-max-examples={EXAMPLES}",
+    *CONFORMANCE_ONLY,
+)
 
 
 @pytest.fixture(scope="module")
-def correct_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def correct_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     return conformance(tmp_path_factory.mktemp("correct"), *CORRECT_ARGS, "-rs")
 
 
 @pytest.fixture(scope="module")
-def xdist_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def xdist_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     return conformance(tmp_path_factory.mktemp("xdist"), *CORRECT_ARGS, "-n", "2")
 
 
 @pytest.fixture(scope="module")
-def xdist_each_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def xdist_each_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     """Every worker runs every test (``--dist each``), so each cell's examples come from both workers."""
     return conformance(tmp_path_factory.mktemp("xdist-each"), *CORRECT_ARGS, "-n", "2", "--dist", "each")
 
@@ -178,9 +140,8 @@ FAILING_NAME = "mut-cross-entropy-delta"
 
 
 @pytest.fixture(scope="module")
-def failing_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    tmp = tmp_path_factory.mktemp("failing")
-    return conformance(tmp, "--backend", FAILING, "--max-examples=10", f"--junitxml={tmp / 'junit.xml'}")
+def failing_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
+    return conformance(tmp_path_factory.mktemp("failing"), "--conformance-backend", FAILING, "--conformance-max-examples=10", *CONFORMANCE_ONLY)
 
 
 # Usage errors: exit status 4 (pytest's usage error), a message that lists what is valid.
@@ -189,16 +150,17 @@ def failing_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 @pytest.mark.parametrize(
     ("args", "wanted"),
     [
-        (["--backend", "tensorflw"], ["unknown adapter 'tensorflw'", "jax", "torch", "package.module:Attribute"]),
-        (["--backend", "tests.mutants:ManualBackprop", "--path", "jit"], ["unknown --path 'jit'", "offer manual"]),
-        (["--backend", "tests.mutants:ManualBackprop", "--dtype", "float8"], ["unknown --dtype 'float8'", "float32, float64"]),
-        (["--backend", "tests.mutants:ManualBackprop", "--device", "cuda"], ["unknown --device 'cuda'", "offer cpu"]),
-        (["--backend", "tests.mutants:ManualBackprop", "--max-examples", "0"], ["--max-examples must be at least 1, got 0"]),
-        (["--backend", "tests.mutants:NoSuchAdapter"], ["module 'tests.mutants' has no attribute 'NoSuchAdapter'"]),
-        (["--backend", "tests.mutants:PATH"], ["tests.mutants:PATH is a str, not a backprop_conformance.adapters.base.Adapter"]),
-        (["--backend", f"{HERE}:NeedsMissingFramework", "--require"], ["--require", SKIP_REASON]),
+        (["--conformance-backend", "tensorflw"], ["unknown adapter 'tensorflw'", "jax", "torch", "package.module:Attribute"]),
+        (["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-path", "jit"], ["unknown --conformance-path 'jit'", "offer manual"]),
+        (["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-dtype", "float8"], ["unknown --conformance-dtype 'float8'", "float32, float64"]),
+        (["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-device", "cuda"], ["unknown --conformance-device 'cuda'", "offer cpu"]),
+        (["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-max-examples", "0"], ["--conformance-max-examples must be at least 1, got 0"]),
+        (["--conformance-backend", "tests.mutants:NoSuchAdapter"], ["module 'tests.mutants' has no attribute 'NoSuchAdapter'"]),
+        (["--conformance-backend", "tests.mutants:PATH"], ["tests.mutants:PATH is a str, not a backprop_conformance.adapters.base.Adapter"]),
+        (["--conformance-backend", f"{HERE}:NeedsMissingFramework", "--conformance-require"], ["--conformance-require", SKIP_REASON]),
+        (["--conformance-all-paths", "--conformance-path", "manual"], ["--conformance-all-paths and --conformance-path select paths in two ways"]),
     ],
-    ids=["backend", "path", "dtype", "device", "max-examples", "no-attribute", "not-an-adapter", "require"],
+    ids=["backend", "path", "dtype", "device", "max-examples", "no-attribute", "not-an-adapter", "require", "all-paths-and-path"],
 )
 def test_usage_error(tmp_path: Path, args: list[str], wanted: list[str]) -> None:
     run = conformance(tmp_path, *args)
@@ -209,115 +171,127 @@ def test_usage_error(tmp_path: Path, args: list[str], wanted: list[str]) -> None
 
 
 @pytest.mark.parametrize(
-    "target",
-    ["backprop_conformance.adapters.base:Capabilities", "backprop_conformance.adapters.base:Adapter"],
-    ids=["not-an-adapter-class", "abstract"],
+    "target", ["backprop_conformance.adapters.base:Capabilities", "backprop_conformance.adapters.base:Adapter"], ids=["not-an-adapter-class", "abstract"]
 )
 def test_class_that_cannot_be_an_adapter_is_a_usage_error(tmp_path: Path, target: str) -> None:
-    run = conformance(tmp_path, "--backend", target)
+    run = conformance(tmp_path, "--conformance-backend", target)
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
     assert target in run.output and "INTERNALERROR" not in run.output, run.explain()
 
 
 def test_misspelt_module_is_a_usage_error(tmp_path: Path) -> None:
-    run = conformance(tmp_path, "--backend", "tests.mutnats:ManualBackprop")
+    run = conformance(tmp_path, "--conformance-backend", "tests.mutnats:ManualBackprop")
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
-    assert "tests.mutnats" in run.output, run.explain()
+    assert "tests.mutnats" in run.output and "PYTHONPATH" in run.output, run.explain()
 
 
 def test_backends_with_the_same_name_are_rejected(tmp_path: Path) -> None:
-    run = conformance(tmp_path, "--backend", f"{HERE}:ReferenceAdapter", "--backend", f"{HERE}:ImpostorOfReference", "--max-examples=3")
+    run = conformance(
+        tmp_path, "--conformance-backend", f"{HERE}:ReferenceAdapter", "--conformance-backend", f"{HERE}:ImpostorOfReference", "--conformance-max-examples=3"
+    )
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
     assert ReferenceAdapter.name in run.output, run.explain()
 
 
-# Profiles: the header says which one is in force and with how many examples.
+# Profiles: the header says which one is in force and with how many examples; Hypothesis detects CI itself.
 
 
 @pytest.mark.parametrize(
     ("extra_env", "args", "wanted"),
     [
-        ({}, [], "hypothesis profile dev, max_examples=100"),
+        ({}, [], "hypothesis profile default, max_examples=100"),
         ({"CI": "true"}, [], "hypothesis profile ci, max_examples=100"),
+        ({"GITHUB_ACTIONS": "true"}, [], "hypothesis profile ci, max_examples=100"),
         ({}, ["--hypothesis-profile", "thorough"], "hypothesis profile thorough, max_examples=2000"),
-        ({}, [f"--max-examples={EXAMPLES}"], f"max_examples={EXAMPLES}"),
+        ({}, [f"--conformance-max-examples={EXAMPLES}"], f"max_examples={EXAMPLES}"),
     ],
-    ids=["dev", "ci", "thorough", "max-examples"],
+    ids=["default", "ci", "github-actions", "thorough", "max-examples"],
 )
 def test_header_names_the_profile(tmp_path: Path, extra_env: dict[str, str], args: list[str], wanted: str) -> None:
-    run = conformance(tmp_path, "--backend", f"{HERE}:ReferenceAdapter", "--collect-only", *args, env=environment(tmp_path, **extra_env))
+    env = clean_environment(tmp_path / "hypothesis", **extra_env)
+    run = conformance(tmp_path, "--conformance-backend", f"{HERE}:ReferenceAdapter", "--collect-only", *args, env=env)
     assert run.returncode == pytest.ExitCode.OK, run.explain()
     assert wanted in run.output, run.explain()
+
+
+def test_backends_can_be_named_by_the_environment(tmp_path: Path) -> None:
+    """$BACKPROP_CONFORMANCE_BACKENDS names the backends for tox and CI matrices when the option is not given."""
+    env = clean_environment(tmp_path / "hypothesis", BACKPROP_CONFORMANCE_BACKENDS=f"tests.mutants:ManualBackprop, {HERE}:ReferenceAdapter")
+    run = conformance(tmp_path, "--collect-only", env=env)
+    assert run.returncode == pytest.ExitCode.OK, run.explain()
+    assert "test_gradients[ok-stable-manual-float64]" in run.output and f"test_gradients[{ReferenceAdapter.name}-vectorized-float32]" in run.output
+    assert "torch" not in run.output.split("collected", 1)[0], "the built-ins must not join when the variable names the backends"
 
 
 # A correct adapter and a missing framework, in one run.
 
 
-def test_correct_run_passes(correct_run: Run) -> None:
+def test_correct_run_passes(correct_run: SuiteRun) -> None:
     assert correct_run.returncode == pytest.ExitCode.OK, correct_run.explain()
 
 
-def test_header_names_each_backend_framework_and_version(correct_run: Run) -> None:
+def test_header_names_each_backend_framework_and_version(correct_run: SuiteRun) -> None:
     header = correct_run.output.split("collected", 1)[0]
     assert f"ok-stable: NumPy hand-written backprop (ManualBackprop, tests/mutants.py) {np.__version__}" in header, correct_run.explain()
-    assert "paths manual" in header and "dtypes float64, float32" in header, correct_run.explain()
+    assert "paths manual" in header and "dtypes float64, float32" in header and "accumulation in storage format" in header
     assert f"NeedsMissingFramework: {SKIP_REASON}" in header, correct_run.explain()
 
 
-def test_missing_framework_is_skipped_with_the_reason(correct_run: Run) -> None:
+def test_missing_framework_is_skipped_with_the_reason(correct_run: SuiteRun) -> None:
     skips = [line for line in correct_run.output.splitlines() if line.startswith("SKIPPED")]
     assert skips and all(SKIP_REASON in line for line in skips), correct_run.explain()
     assert any("test_gradients" in line for line in skips) and any("test_contract" in line for line in skips), correct_run.explain()
-    _, skipped = matrix(correct_run.output)
-    assert any(line.startswith("NeedsMissingFramework") and SKIP_REASON in line for line in skipped), correct_run.explain()
+    assert correct_run.report is not None
+    (skipped,) = correct_run.report.skipped_backends
+    assert skipped.name == "NeedsMissingFramework" and skipped.reason is not None and skipped.reason.startswith(SKIP_REASON), skipped
 
 
 def test_requires_is_checked_without_importing(tmp_path: Path) -> None:
     """``requires`` is checked with find_spec: a module that is present counts as installed and is still not imported."""
     (tmp_path / f"{MISSING_MODULE}.py").write_text("raise RuntimeError('the suite imported a framework it should only have looked for')\n")
-    env = environment(tmp_path, PYTHONPATH=str(tmp_path))
-    run = conformance(tmp_path, "--backend", f"{HERE}:NeedsMissingFramework", "--collect-only", env=env)
+    env = clean_environment(tmp_path / "hypothesis", PYTHONPATH=str(tmp_path))
+    run = conformance(tmp_path, "--conformance-backend", f"{HERE}:NeedsMissingFramework", "--collect-only", env=env)
     assert run.returncode == pytest.ExitCode.OK and "the suite imported" not in run.output, run.explain()
     assert f"{NeedsMissingFramework.name}: the suite's own float64 reference" in run.output, run.explain()
 
 
-def test_matrix_has_a_row_per_cell_with_every_example(correct_run: Run) -> None:
-    rows, _ = matrix(correct_run.output)
+def test_report_has_a_cell_per_cell_with_every_example(correct_run: SuiteRun) -> None:
+    assert correct_run.report is not None, correct_run.explain()
+    rows = {c.id: c for c in correct_run.report.cells}
     assert set(rows) == CORRECT_CELLS, correct_run.explain()
-    for cell, (examples, failures) in rows.items():
-        assert examples >= EXAMPLES, f"{cell}: {examples} examples, --max-examples was {EXAMPLES}"
-        assert failures == 0, f"{cell}: {failures} failures for a correct adapter"
+    for cell_id, c in rows.items():
+        assert c.examples == EXAMPLES, f"{cell_id}: {c.examples} examples, --conformance-max-examples was {EXAMPLES}"
+        assert (c.failures, c.status, c.contract, c.exceptions) == (0, "passed", "passed", 0), c
+    assert "conformance matrix" in correct_run.output and "2 passed" in correct_run.output
 
 
-# pytest-xdist: the controller's matrix merges the workers'.
+# pytest-xdist: the controller's results merge the workers'.
 
 
-def test_xdist_matrix_matches_a_serial_run(correct_run: Run, xdist_run: Run) -> None:
+def test_xdist_results_match_a_serial_run(correct_run: SuiteRun, xdist_run: SuiteRun) -> None:
     assert xdist_run.returncode == pytest.ExitCode.OK, xdist_run.explain()
-    serial, serial_skipped = matrix(correct_run.output)
-    parallel, parallel_skipped = matrix(xdist_run.output)
-    assert set(parallel) == set(serial) == CORRECT_CELLS, f"-n 2 matrix {parallel}, -n 0 matrix {serial}"
-    for cell, (examples, failures) in parallel.items():
-        assert examples >= EXAMPLES and failures == serial[cell][1] == 0, f"{cell}: -n 2 {parallel[cell]}, -n 0 {serial[cell]}"
-    assert len(parallel_skipped) == len(serial_skipped) == 1
+    assert correct_run.report is not None and xdist_run.report is not None
+    serial = {c.id: (c.examples, c.failures, c.status) for c in correct_run.report.cells}
+    parallel = {c.id: (c.examples, c.failures, c.status) for c in xdist_run.report.cells}
+    assert parallel == serial, f"-n 2 {parallel}, -n 0 {serial}"
+    assert len(xdist_run.report.skipped_backends) == len(correct_run.report.skipped_backends) == 1
 
 
-def test_xdist_sums_examples_across_workers(xdist_each_run: Run) -> None:
+def test_xdist_sums_examples_across_workers(xdist_each_run: SuiteRun) -> None:
     assert xdist_each_run.returncode == pytest.ExitCode.OK, xdist_each_run.explain()
-    rows, _ = matrix(xdist_each_run.output)
-    assert set(rows) == CORRECT_CELLS, xdist_each_run.explain()
-    for cell, (examples, failures) in rows.items():
-        assert examples >= 2 * EXAMPLES, f"{cell}: {examples} examples from two workers running {EXAMPLES} each"
-        assert failures == 0
+    assert xdist_each_run.report is not None
+    for c in xdist_each_run.report.cells:
+        assert c.examples == 2 * EXAMPLES, f"{c.id}: {c.examples} examples from two workers running {EXAMPLES} each"
+        assert c.failures == 0 and c.status == "passed"
 
 
-# A failing adapter: the failure, its case file, its replay command, the JUnit XML.
+# A failing adapter: the failure, its case files, its replay command, the JUnit XML.
 
 NAMES_PARAMETER = re.compile(r"worst: [wb]\^\d+_\S+: framework \S+, reference \S+, bound \S+, ratio \S+")
 REPLAY_LINE = re.compile(r"^replay it \(any adapter, no hypothesis\): (?P<command>.+)$", re.MULTILINE)
 
 
-def replay_commands(run: Run) -> list[list[str]]:
+def replay_commands(run: SuiteRun) -> list[list[str]]:
     """The printed replay commands, with ``python`` as the interpreter the user ran pytest with."""
     commands = [shlex.split(m["command"]) for m in REPLAY_LINE.finditer(run.output)]
     assert commands, f"no replay command printed:\n{run.explain()}"
@@ -327,7 +301,7 @@ def replay_commands(run: Run) -> list[list[str]]:
 
 
 def replay(command: Sequence[str], tmp: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(command), cwd=REPO_ROOT, env=environment(tmp), capture_output=True, text=True, check=False)
+    return subprocess.run(list(command), cwd=PACKAGE_ROOT, env=clean_environment(tmp), capture_output=True, text=True, check=False)
 
 
 def with_backend(command: Sequence[str], backend: str) -> list[str]:
@@ -336,69 +310,68 @@ def with_backend(command: Sequence[str], backend: str) -> list[str]:
     return [*command[: i + 1], backend, *command[i + 2 :]]
 
 
-def test_failing_run_exits_1_and_names_the_parameter(failing_run: Run) -> None:
+def test_failing_run_exits_1_and_names_the_parameter(failing_run: SuiteRun) -> None:
     assert failing_run.returncode == pytest.ExitCode.TESTS_FAILED, failing_run.explain()
     assert NAMES_PARAMETER.search(failing_run.output), failing_run.explain()
-    rows, _ = matrix(failing_run.output)
+    assert failing_run.report is not None
+    rows = {c.id: c for c in failing_run.report.cells}
     assert set(rows) == {f"{FAILING_NAME}-manual-float64", f"{FAILING_NAME}-manual-float32"}, failing_run.explain()
-    assert all(failures >= 1 for _, failures in rows.values()), rows
+    for c in rows.values():
+        assert c.status == "failed" and c.failures >= 1 and c.worst_element is not None and c.worst_element["ratio"] > 1, c
 
 
-def test_failure_writes_a_case_file_per_failing_cell(failing_run: Run) -> None:
+def test_examples_count_examples_tried_not_shrinking_replays(failing_run: SuiteRun) -> None:
+    """At most --conformance-max-examples examples per cell; hypothesis' shrinking calls are counted apart."""
+    assert failing_run.report is not None
+    for c in failing_run.report.cells:
+        assert 1 <= c.examples <= 10 and c.failures <= c.examples, c
+        assert c.shrink_calls >= 1, f"{c.id}: a failure is shrunk, and those calls must be counted somewhere"
+
+
+def test_failure_writes_shrunk_and_worst_case_files_per_failing_cell(failing_run: SuiteRun) -> None:
+    assert failing_run.report is not None
     for dtype in ("float64", "float32"):
-        files = sorted(failing_run.case_dir.glob(f"{FAILING_NAME}-manual-{dtype}-*.json"))
-        assert len(files) == 1, f"{dtype}: {sorted(p.name for p in failing_run.case_dir.glob('*'))}"
-        case = cases.read(files[0])
-        assert case.cell == Cell(FAILING_NAME, "manual", dtype)
-        assert str(files[0]) in failing_run.output
-        assert "ratio" in case.failure and NAMES_PARAMETER.search(case.failure), case.failure
+        cell_id = f"{FAILING_NAME}-manual-{dtype}"
+        files = sorted(failing_run.case_dir.glob(f"{cell_id}-*.json"))
+        assert files and any("-shrunk-" in f.name for f in files), f"{dtype}: {sorted(p.name for p in failing_run.case_dir.glob('*'))}"
+        read = [cases.read(f) for f in files]
+        assert all(c.cell == Cell(FAILING_NAME, "manual", dtype) for c in read)
+        assert all("ratio" in c.failure and NAMES_PARAMETER.search(c.failure) for c in read)
+        assert {str(f.name) for f in files} == {Path(p).name for p in failing_run.report.cell(cell_id).case_files}  # type: ignore[union-attr]
+        assert all(f.name in failing_run.output for f in files), "the failure text names every case file"
 
 
-def test_replayed_case_fails_the_mutant_and_passes_a_correct_adapter(failing_run: Run, tmp_path: Path) -> None:
+def test_replayed_case_fails_the_mutant_and_passes_a_correct_adapter(failing_run: SuiteRun, tmp_path: Path) -> None:
     for command in replay_commands(failing_run):
         for backend, status, verdict in ((FAILING, 1, "FAIL "), ("tests.mutants:ManualBackprop", 0, "PASS ")):
             done = replay(with_backend(command, backend), tmp_path)
-            assert done.returncode == status, (
-                f"{shlex.join(with_backend(command, backend))}: exit {done.returncode}\n{done.stdout}{done.stderr}"
-            )
+            assert done.returncode == status, f"{shlex.join(with_backend(command, backend))}: exit {done.returncode}\n{done.stdout}{done.stderr}"
             assert verdict in done.stdout, done.stdout
 
 
-def test_printed_replay_command_works_as_printed(failing_run: Run, tmp_path: Path) -> None:
+def test_printed_replay_command_works_as_printed(failing_run: SuiteRun, tmp_path: Path) -> None:
     for command in replay_commands(failing_run):
         done = replay(command, tmp_path)
         assert done.returncode == 1, f"{shlex.join(command)}: exit {done.returncode}\n{done.stdout}{done.stderr}"
         assert "FAIL " in done.stdout
 
 
-def test_junit_xml_carries_the_reproducer(failing_run: Run) -> None:
-    failures = {}
-    for case in ET.parse(failing_run.junit).getroot().iter("testcase"):
-        element = case.find("failure")
-        if case.get("name", "").startswith("test_gradients[") and element is not None:
-            failures[case.get("name")] = element.text or ""
+def test_junit_xml_carries_the_reproducer(failing_run: SuiteRun) -> None:
+    failures = {o.test: o.message for o in failing_run.outcomes if o.test.startswith("test_gradients[") and o.failed}
     assert set(failures) == {f"test_gradients[{FAILING_NAME}-manual-{d}]" for d in ("float64", "float32")}, failures
     for name, text in failures.items():
-        assert "case file: " in text and "python -m backprop_conformance replay " in text, f"{name}:\n{text[-2000:]}"
-        assert str(failing_run.case_dir) in text, f"{name}:\n{text[-2000:]}"
+        assert "case file, " in text and "python -m backprop_conformance replay " in text, f"{name}:\n{text[-2000:]}"
+        assert "-shrunk-" in text, f"{name}:\n{text[-2000:]}"
 
 
 # The replay command line's own checks (in-process: only exit status and messages matter).
 
 
-def reference_case(tmp_path: Path, dtype: str = "float64") -> Path:
+def reference_case(tmp_path: Path, dtype: str = "float64", adapter: str = f"{HERE}:ReferenceAdapter") -> Path:
     """A case whose parameters and data (0.1, 1/3, ...) are float64 values but not float32 ones."""
-    network = Network(
-        {2: np.array([[0.1, 1 / 3], [-0.7, 0.2]]), 3: np.array([[0.3, -1 / 7]])}, {2: np.array([0.05, -0.1]), 3: np.array([0.1])}
-    )
+    network = Network({2: np.array([[0.1, 1 / 3], [-0.7, 0.2]]), 3: np.array([[0.3, -1 / 7]])}, {2: np.array([0.05, -0.1]), 3: np.array([0.1])})
     batch = Batch(np.array([[0.9, -0.3], [1 / 3, 0.6]]), np.array([[0.1], [0.7]]))
-    case = cases.Case(
-        Problem(network, batch, dtype),
-        Cell(ReferenceAdapter.name, "vectorized", dtype),
-        f"{HERE}:ReferenceAdapter",
-        {"numpy": np.__version__},
-        "",
-    )
+    case = cases.Case(Problem(network, batch, dtype), Cell(ReferenceAdapter.name, "vectorized", dtype), adapter, {"numpy": np.__version__}, "")
     return cases.write(case, tmp_path)
 
 
@@ -416,14 +389,13 @@ def test_replay_rerounds_to_the_requested_dtype(tmp_path: Path, capsys: pytest.C
     ("args", "wanted"),
     [
         (["--path", "jit"], "has no path jit; it offers vectorized"),
-        (["--dtype", "float16"], "does not support dtype float16; it offers float64, float32"),
+        (["--dtype", "float16"], "has no dtype float16; it offers float64, float32"),
+        (["--device", "cuda"], "has no device cuda; it offers cpu"),
         (["--backend", "nonesuch"], "unknown adapter 'nonesuch'"),
     ],
-    ids=["path", "dtype", "backend"],
+    ids=["path", "dtype", "device", "backend"],
 )
-def test_replay_rejects_what_the_backend_does_not_offer(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], wanted: str
-) -> None:
+def test_replay_rejects_what_the_backend_does_not_offer(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], wanted: str) -> None:
     path = reference_case(tmp_path)
     backend = [] if "--backend" in args else ["--backend", "test_plugin:ReferenceAdapter"]
     assert replay_main(["replay", str(path), *backend, *args]) == 2
@@ -436,13 +408,11 @@ def test_replay_rejects_what_the_backend_does_not_offer(
         (None, "cannot read case file"),
         ("{not json", "is not valid JSON"),
         ('{"schema": "something/else"}', "not a backprop-conformance case file (schema 'something/else'"),
-        ('{"schema": "backprop-conformance/case/1", "parameters": {}}', "missing or malformed field 'cell'"),
+        ('{"schema": "backprop-conformance/case/2", "parameters": {}}', "missing or malformed field 'cell'"),
     ],
     ids=["unreadable", "not-json", "wrong-schema", "missing-field"],
 )
-def test_replay_of_a_bad_case_file_is_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, wanted: str
-) -> None:
+def test_replay_of_a_bad_case_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, wanted: str) -> None:
     path = tmp_path / "case.json"
     if content is not None:
         path.write_text(content)
@@ -459,18 +429,18 @@ import backprop_conformance
 import backprop_conformance.adapters.base, backprop_conformance.adapters.registry, backprop_conformance.adapters.selfcheck
 import backprop_conformance.conformance.cases, backprop_conformance.conformance.cells, backprop_conformance.conformance.known_defects
 import backprop_conformance.conformance.plugin, backprop_conformance.reference.model, backprop_conformance.reference.vectorized
-import backprop_conformance.reference.error_bound
+import backprop_conformance.reference.error_bound, backprop_conformance.conformance.api
 from backprop_conformance.adapters.registry import known_specs
 print(sorted(known_specs()), {name: spec.missing() for name, spec in known_specs().items()})
-print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxlib")))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxlib", "tensorflow", "keras")))
 """
 
 
 def test_importing_the_suite_imports_no_framework(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", IMPORTS_NO_FRAMEWORK], cwd=REPO_ROOT, env=environment(tmp_path), capture_output=True, text=True, check=False
+        [sys.executable, "-c", IMPORTS_NO_FRAMEWORK], cwd=PACKAGE_ROOT, env=clean_environment(tmp_path), capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
     listed, frameworks = done.stdout.strip().splitlines()
-    assert listed.startswith("['jax', 'torch']"), listed
+    assert listed.startswith("['jax', ") and "'torch'" in listed, listed
     assert frameworks == "[]", f"imported {frameworks}"
