@@ -50,7 +50,9 @@ def _evidence(run: SuiteRun, failed: list[Outcome]) -> str:
     for outcome in failed:
         cell = run.report.cell(outcome.cell) if run.report is not None else None
         element = cell.worst_element if cell is not None else None
-        parts.append(f"{_item(outcome)}: " + (f"ratio {element['ratio']:.3g}" if element else outcome.message.splitlines()[0][:MAX_MESSAGE]))
+        parts.append(
+            f"{_item(outcome)}: " + (f"ratio {element['ratio']:.3g}" if element else outcome.message.splitlines()[0][:MAX_MESSAGE])
+        )
     return "; ".join(parts) or "-"
 
 

@@ -58,8 +58,7 @@ class AdapterCheck:
     def message(self) -> str:
         """A line per cell, then every failure's full text (parameter, values, bound, ratio, case files)."""
         lines = [
-            f"{c.id}: {c.status}, {c.examples} examples, {c.failures} failed, worst ratio "
-            + ("-" if c.worst is None else f"{c.worst:.3g}")
+            f"{c.id}: {c.status}, {c.examples} examples, {c.failures} failed, worst ratio " + ("-" if c.worst is None else f"{c.worst:.3g}")
             for c in self.cells
         ]
         for cell_id, text in self.failures.items():
@@ -237,10 +236,14 @@ def _by_layer(part: object, network: Network, dtype: str, kind: str) -> dict[int
         items = dict(part)
     elif isinstance(part, (list, tuple)):
         if len(part) != len(layers):
-            raise AdapterContractError(f"grad_fn returned {len(part)} arrays for d{kind}, expected {len(layers)} (layers 2..{network.depth})")
+            raise AdapterContractError(
+                f"grad_fn returned {len(part)} arrays for d{kind}, expected {len(layers)} (layers 2..{network.depth})"
+            )
         items = dict(zip(layers, part))
     else:
-        raise AdapterContractError(f"grad_fn returned d{kind} as {type(part).__name__}; expected a list (w^2 first) or a mapping keyed by l")
+        raise AdapterContractError(
+            f"grad_fn returned d{kind} as {type(part).__name__}; expected a list (w^2 first) or a mapping keyed by l"
+        )
     out = {}
     for l, value in items.items():
         array = np.asarray(value)

@@ -100,12 +100,12 @@ class _Reader:
     def object(self, value: object, where: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(where, f"expected an object, got {_kind(value)}")
-        missing = [k for k in keys if k not in value]
-        if missing:
-            raise CaseError(f"{self.source}: missing or malformed field {'.'.join([where, missing[0]]).lstrip('.')!r}")
         unknown = sorted(set(value) - set(keys) - set(optional))
         if unknown:
             raise self.fail(where or "(top level)", f"unknown key(s) {', '.join(map(repr, unknown))}")
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise CaseError(f"{self.source}: missing or malformed field {'.'.join([where, missing[0]]).lstrip('.')!r}")
         return value
 
     def text(self, value: object, where: str) -> str:

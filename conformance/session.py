@@ -141,7 +141,9 @@ class ConformanceSession:
         # controller, which merges the results, never collects.
         for c in self.cells:
             self.items.update({f"{test}[{c.id}]": (c.id, test) for test in CONFORMANCE_TESTS})
-            self.items.update({f"{test}[{c.id}-{case}]": (c.id, test) for test, cases_ in fidelity.FIDELITY_TESTS.items() for case in cases_})
+            self.items.update(
+                {f"{test}[{c.id}-{case}]": (c.id, test) for test, cases_ in fidelity.FIDELITY_TESTS.items() for case in cases_}
+            )
         self.timing = timing.take()
         if self.controller:
             self._check_outputs()

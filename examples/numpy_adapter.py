@@ -2,7 +2,7 @@
 
 Run it through the whole suite (from the repository root, so that ``examples`` is importable):
 
-    python -m pytest conformance --backend examples.numpy_adapter:NumpyAdapter
+    python -m pytest conformance --conformance-backend examples.numpy_adapter:NumpyAdapter
 
 This is the template for a framework author: replace the numpy code in ``run`` with your framework's
 model, cost and gradient calls. Everything the suite needs is below.

@@ -40,6 +40,13 @@ def run(*cells: CellResult, version: str = "1.0", profile: str = "ci", derandomi
         command=COMMAND,
         suite={"version": "0.1.0", "commit": None, "dirty": None},
         environment={"python": "3.11.7", "numpy": "2.4.6", "platform": "Linux"},
-        hypothesis={"version": "6.170.17", "profile": profile, "max_examples": 100, "derandomize": derandomize, "seed": None, "database": False},
+        hypothesis={
+            "version": "6.170.17",
+            "profile": profile,
+            "max_examples": 100,
+            "derandomize": derandomize,
+            "seed": None,
+            "database": False,
+        },
         source=source,
     )

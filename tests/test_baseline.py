@@ -41,7 +41,9 @@ def test_identical_runs_pass() -> None:
 
 def test_worse_ratio_fails_naming_the_cell_and_both_ratios() -> None:
     comparison = compare([cell(F32, 0.1, 0.3)], [cell(F32, 0.2, 0.7)])
-    assert comparison.regressions == [f"{F32}: worst error/bound ratio 0.3 in the baseline, 0.7 now (×2.33), beyond 2 × max(0.3, 0.25) = 0.6"]
+    assert comparison.regressions == [
+        f"{F32}: worst error/bound ratio 0.3 in the baseline, 0.7 now (×2.33), beyond 2 × max(0.3, 0.25) = 0.6"
+    ]
     assert comparison.cells[F32].status == "regressed"
 
 
@@ -204,7 +206,16 @@ def claim_worst(data: dict, cell_id: str, ratio: float) -> None:
         (lambda d: d.update(hypothesis=["ci"]), "field 'hypothesis' has the wrong type"),
         (lambda d: [c.update(id=c["id"].replace("ok-stable", "other")) for c in d["cells"]], "shares no cell with this run's selection"),
     ],
-    ids=["missing", "corrupt", "other-schema", "null-worst", "nan-worst", "backends-not-a-list", "hypothesis-not-an-object", "no-shared-cell"],
+    ids=[
+        "missing",
+        "corrupt",
+        "other-schema",
+        "null-worst",
+        "nan-worst",
+        "backends-not-a-list",
+        "hypothesis-not-an-object",
+        "no-shared-cell",
+    ],
 )
 def test_unusable_baseline_is_a_usage_error_at_start_up(tmp_path: Path, recorded: Path, content: object, message: str) -> None:
     """Refused before any test runs, naming the file and the field; a comparison that cannot be made must not cost a run."""
@@ -260,7 +271,13 @@ def test_update_replaces_the_baseline_and_does_not_fail_on_the_comparison(tmp_pa
 def test_update_after_a_failing_run_keeps_the_old_baseline(tmp_path: Path, recorded: Path) -> None:
     base = tmp_path / "base.json"
     base.write_bytes(recorded.read_bytes())
-    args = ["--conformance-backend", "tests.mutants:CrossEntropyShortcut", "--conformance-baseline", str(base), "--conformance-update-baseline"]
+    args = [
+        "--conformance-backend",
+        "tests.mutants:CrossEntropyShortcut",
+        "--conformance-baseline",
+        str(base),
+        "--conformance-update-baseline",
+    ]
     done = suite(tmp_path / "run", *args)
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
     assert f"baseline {base} NOT updated: the run did not pass (exit status 1)" in done.output, done.explain()
@@ -279,4 +296,6 @@ def test_update_never_overwrites_a_file_that_is_not_a_report(tmp_path: Path) -> 
 def test_update_without_a_baseline_path_is_a_usage_error(tmp_path: Path) -> None:
     done = suite(tmp_path, "--conformance-update-baseline")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.explain()
-    assert "--conformance-update-baseline writes the file named by --conformance-baseline PATH; give --conformance-baseline too" in done.output
+    assert (
+        "--conformance-update-baseline writes the file named by --conformance-baseline PATH; give --conformance-baseline too" in done.output
+    )

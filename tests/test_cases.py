@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from backprop_conformance.conformance import cases
+from backprop_conformance.conformance import cases, provenance
 from backprop_conformance.conformance.cells import Cell
 from backprop_conformance.conformance.problems import Problem
-from backprop_conformance.reference.dtypes import FORMATS
+from backprop_conformance.reference.dtypes import FORMATS, round_to
 from backprop_conformance.reference.model import Batch, Network
 
 FLOATS = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
@@ -29,14 +29,24 @@ FLOATS = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
 
 @st.composite
 def problems(draw: st.DrawFn) -> Problem:
-    """A network of L = 2..4 layers of width 1..4 and a batch of B = 1..3, with arbitrary finite float64 entries."""
+    """A network of L = 2..4 layers of width 1..4 and a batch of B = 1..3, with arbitrary finite values of the drawn format.
+
+    Arbitrary float64 values for a float64 case; for a narrower format, arbitrary float64 values rounded to
+    it (a case holds the point a framework computed at, so its values are values of its format), those
+    that overflow the format replaced by its largest value.
+    """
     widths = draw(st.lists(st.integers(1, 4), min_size=2, max_size=4))
     B = draw(st.integers(1, 3))
-    w = {l: draw(hnp.arrays(np.float64, (widths[l - 1], widths[l - 2]), elements=FLOATS)) for l in range(2, len(widths) + 1)}
-    b = {l: draw(hnp.arrays(np.float64, (widths[l - 1],), elements=FLOATS)) for l in range(2, len(widths) + 1)}
-    x = draw(hnp.arrays(np.float64, (B, widths[0]), elements=FLOATS))
-    y = draw(hnp.arrays(np.float64, (B, widths[-1]), elements=FLOATS))
-    return Problem(Network(w, b), Batch(x, y), draw(st.sampled_from(list(FORMATS))))
+    dtype = draw(st.sampled_from(list(FORMATS)))
+
+    def values(shape: tuple[int, ...]) -> np.ndarray:
+        drawn = draw(hnp.arrays(np.float64, shape, elements=FLOATS))
+        largest = FORMATS[dtype].largest
+        return round_to(dtype, np.clip(drawn, -largest, largest)).astype(np.float64)
+
+    w = {l: values((widths[l - 1], widths[l - 2])) for l in range(2, len(widths) + 1)}
+    b = {l: values((widths[l - 1],)) for l in range(2, len(widths) + 1)}
+    return Problem(Network(w, b), Batch(values((B, widths[0])), values((B, widths[-1]))), dtype)
 
 
 @st.composite
@@ -50,7 +60,9 @@ def case_objects(draw: st.DrawFn) -> cases.Case:
     )
     versions = draw(st.dictionaries(st.sampled_from(["torch", "numpy", "python"]), st.text(max_size=8), max_size=3))
     adapter = draw(st.sampled_from([cell.backend, "tests.mutants:ManualBackprop"]))
-    return cases.Case(problem, cell, adapter, versions, draw(st.text(max_size=40)))
+    environment = draw(st.dictionaries(st.sampled_from(["KERAS_BACKEND", "XLA_FLAGS"]), st.none() | st.text(max_size=8), max_size=2))
+    kind = draw(st.sampled_from(cases.KINDS))
+    return cases.Case(problem, cell, adapter, versions, draw(st.text(max_size=40)), environment, kind)
 
 
 def bits(array: np.ndarray) -> np.ndarray:
@@ -63,6 +75,7 @@ def assert_identical(got: cases.Case, want: cases.Case) -> None:
     assert got.adapter == want.adapter
     assert got.versions == want.versions
     assert got.failure == want.failure
+    assert got.environment == want.environment and got.kind == want.kind
     assert got.problem.dtype == want.problem.dtype
     g, w = got.problem, want.problem
     assert list(g.network.layers) == list(w.network.layers)
@@ -108,7 +121,7 @@ def test_file_records_the_page_layout_and_the_environment(tmp_path: Path) -> Non
     w2 = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     network = Network({2: w2, 3: np.array([[0.5, -0.5]])}, {2: np.array([0.1, 0.2]), 3: np.array([0.3])})
     batch = Batch(np.zeros((1, 3)), np.zeros((1, 1)))
-    versions = cases.environment_versions("PyTorch", "9.9.9")
+    versions = provenance.versions("PyTorch", "9.9.9")
     path = cases.write(
         cases.Case(Problem(network, batch, "float64"), Cell("torch", "eager", "float64"), "torch", versions, "why"), tmp_path
     )
@@ -152,13 +165,13 @@ def replaced(data: dict, value: object, *keys: str) -> dict:
         (replaced(valid_json(), "backprop-conformance/case/0", "schema"), "schema 'backprop-conformance/case/0'"),
         (without(valid_json(), "schema"), "schema None"),
         (without(valid_json(), "cell"), "missing or malformed field 'cell'"),
-        (without(valid_json(), "parameters", "b"), "missing or malformed field 'b'"),
-        (without(valid_json(), "batch", "y"), "missing or malformed field 'y'"),
+        (without(valid_json(), "parameters", "b"), "missing or malformed field 'parameters.b'"),
+        (without(valid_json(), "batch", "y"), "missing or malformed field 'batch.y'"),
         (replaced(valid_json(), {"backend": "torch", "colour": "red"}, "cell"), "colour"),
         (replaced(valid_json(), {"two": [[0.5, 0.25]]}, "parameters", "w"), "two"),
         (replaced(valid_json(), [[1.0, 2.0], [3.0]], "batch", "x"), "bad.json: "),
-        (replaced(valid_json(), [["1.0", "zwei"]], "batch", "x"), "zwei"),
-        (replaced(valid_json(), [[None, 2.0]], "batch", "x"), "non-finite"),
+        (replaced(valid_json(), [[1.0, "zwei"]], "batch", "x"), "zwei"),
+        (replaced(valid_json(), [[None, 2.0]], "batch", "x"), "batch.x[0][0]: expected a number, got null"),
         (replaced(valid_json(), [[0.5, 0.25], [1.0, 1.0]], "parameters", "w", "2"), "b^2 has shape (1,); expected (2,)"),
     ],
     ids=[

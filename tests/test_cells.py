@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mutants import ManualBackprop
 
-from backprop_conformance.adapters.base import Capabilities
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
 from backprop_conformance.adapters.registry import AdapterSpec, UnknownAdapter
 from backprop_conformance.conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
 from backprop_conformance.reference.dtypes import FORMATS
+from backprop_conformance.reference.model import Batch, Network
 
 TORCHLIKE = Capabilities(
     name="torch",
@@ -40,12 +41,34 @@ class NeedsMissingFramework(ManualBackprop):
     requires = ("no_such_framework_for_cells_tests",)
 
 
+class Declares(Adapter):
+    """An adapter that only declares capabilities: the table needs nothing else."""
+
+    def __init__(self, caps: Capabilities) -> None:
+        self.declared = caps
+
+    def capabilities(self) -> Capabilities:
+        return self.declared
+
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        raise AssertionError("the table never runs an adapter")
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        raise AssertionError("the table never runs an adapter")
+
+
 def backend(caps: Capabilities) -> Backend:
-    return Backend(AdapterSpec(caps.name, f"fake:{caps.name}", "test"), capabilities=caps)
+    return Backend(AdapterSpec(caps.name, f"fake:{caps.name}", "test"), Declares(caps))
 
 
 def unavailable(name: str) -> Backend:
     return Backend(AdapterSpec(name, f"fake:{name}", "test", ("missing",)), unavailable=f"skipped: missing not installed ({name})")
+
+
+def select(*args: object, **kwargs: object) -> list[Cell]:
+    """The cells alone (the backends left without one are tested apart)."""
+    cells, _ = select_cells(*args, **kwargs)  # type: ignore[arg-type]
+    return cells
 
 
 def ids(cells: Sequence[Cell]) -> list[str]:
@@ -59,7 +82,7 @@ def test_cell_ids() -> None:
 
 
 def test_default_paths_every_dtype_on_cpu() -> None:
-    assert ids(select_cells([backend(TORCHLIKE)])) == [
+    assert ids(select([backend(TORCHLIKE)])) == [
         "torch-eager-float64",
         "torch-eager-float32",
         "torch-eager-float16",
@@ -72,40 +95,45 @@ def test_default_paths_every_dtype_on_cpu() -> None:
 
 
 def test_opt_in_path_only_when_named() -> None:
-    assert ids(select_cells([backend(TORCHLIKE)], paths=["compile"], dtypes=["float32"])) == ["torch-compile-float32"]
+    assert ids(select([backend(TORCHLIKE)], paths=["compile"], dtypes=["float32"])) == ["torch-compile-float32"]
 
 
 def test_filters_apply_to_each_backend_that_offers_the_name() -> None:
-    """--path jit selects jax's jit cells and no torch cells (torch has no jit): the union of offers, not an error."""
-    cells = select_cells([backend(TORCHLIKE), backend(JAXLIKE)], paths=["jit", "eager"], dtypes=["float16", "float64"])
+    """--conformance-path jit selects jax's jit cells and no torch cells (torch has no jit): the union of offers, not an error."""
+    cells = select([backend(TORCHLIKE), backend(JAXLIKE)], paths=["jit", "eager"], dtypes=["float16", "float64"])
     assert ids(cells) == ["torch-eager-float64", "torch-eager-float16", "jax-eager-float64", "jax-jit-float64"]
 
 
 def test_device_filter_and_suffix() -> None:
-    cells = select_cells([backend(TORCHLIKE), backend(JAXLIKE)], paths=["eager"], dtypes=["float32"], devices=["cpu", "cuda"])
+    cells = select([backend(TORCHLIKE), backend(JAXLIKE)], paths=["eager"], dtypes=["float32"], devices=["cpu", "cuda"])
     assert ids(cells) == ["torch-eager-float32", "torch-eager-float32-cuda", "jax-eager-float32"]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "wanted"),
     [
-        ({"paths": ["jitt"]}, "unknown --path 'jitt'; the selected backends offer compile, eager, func, jit"),
-        ({"dtypes": ["float8", "float32"]}, "unknown --dtype 'float8'; the selected backends offer bfloat16, float16, float32, float64"),
-        ({"devices": ["tpu"]}, "unknown --device 'tpu'; the selected backends offer cpu, cuda"),
+        ({"paths": ["jitt"]}, "unknown --conformance-path 'jitt'; the selected backends offer compile, eager, func, jit"),
+        (
+            {"dtypes": ["float8", "float32"]},
+            "unknown --conformance-dtype 'float8'; the selected backends offer bfloat16, float16, float32, float64",
+        ),
+        ({"devices": ["tpu"]}, "unknown --conformance-device 'tpu'; the selected backends offer cpu, cuda"),
     ],
     ids=["path", "dtype", "device"],
 )
 def test_unknown_name_lists_the_valid_ones(kwargs: dict[str, list[str]], wanted: str) -> None:
     with pytest.raises(SelectionError) as raised:
-        select_cells([backend(TORCHLIKE), backend(JAXLIKE)], **kwargs)
+        select([backend(TORCHLIKE), backend(JAXLIKE)], **kwargs)
     assert str(raised.value) == wanted
 
 
 def test_unavailable_backends_give_no_cells_but_dtypes_are_still_checked() -> None:
-    assert select_cells([unavailable("torch"), backend(JAXLIKE)]) == select_cells([backend(JAXLIKE)])
-    assert select_cells([unavailable("torch")], dtypes=["float16"]) == []
-    with pytest.raises(SelectionError, match="unknown --dtype 'half'; the selected backends offer float64, float32, float16, bfloat16"):
-        select_cells([unavailable("torch")], dtypes=["half"])
+    assert select([unavailable("torch"), backend(JAXLIKE)]) == select([backend(JAXLIKE)])
+    assert select([unavailable("torch")], dtypes=["float16"]) == []
+    with pytest.raises(
+        SelectionError, match="unknown --conformance-dtype 'half'; the selected backends offer float64, float32, float16, bfloat16"
+    ):
+        select([unavailable("torch")], dtypes=["half"])
 
 
 NAMES = st.sampled_from(["eager", "jit", "func", "compile", "graph"])
@@ -148,11 +176,11 @@ def test_table_is_exactly_what_is_offered_and_asked_for(
     unknown = {kind: [n for n in names if n not in offered[kind]] for kind, names in asked.items()}
     if any(unknown.values()):
         with pytest.raises(SelectionError) as raised:
-            select_cells(backends, paths, dtypes, devices)
+            select(backends, paths, dtypes, devices)
         kind = next(k for k in ("path", "dtype", "device") if unknown[k])
-        assert f"unknown --{kind} " in str(raised.value) and repr(unknown[kind][0]) in str(raised.value)
+        assert f"unknown --conformance-{kind} " in str(raised.value) and repr(unknown[kind][0]) in str(raised.value)
         return
-    cells = select_cells(backends, paths, dtypes, devices)
+    cells = select(backends, paths, dtypes, devices)
     assert len(set(cells)) == len(cells), "a cell appears twice"
     expected = {
         Cell(c.name, p, d, dev)
@@ -172,9 +200,17 @@ def test_load_backends_resolves_deduplicates_and_keeps_the_unavailable() -> None
     assert ok.capabilities is not None and ok.capabilities.name == "ok-stable" and ok.unavailable is None
     assert missing.capabilities is None and missing.adapter is None
     assert missing.unavailable == "skipped: no_such_framework_for_cells_tests not installed (needed by adapter 'NeedsMissingFramework')"
-    assert ids(select_cells(loaded)) == ["ok-stable-manual-float64", "ok-stable-manual-float32"]
+    assert ids(select(loaded)) == ["ok-stable-manual-float64", "ok-stable-manual-float32"]
 
 
 def test_load_backends_rejects_an_unknown_name() -> None:
     with pytest.raises(UnknownAdapter, match=r"unknown adapter 'pytorch'; known adapters are .*jax, torch"):
         load_backends(["pytorch"])
+
+
+def test_a_backend_left_without_a_cell_is_named_with_the_reason() -> None:
+    """--conformance-path jit beside a torch-like backend: torch gets no cell, and the run must be told so, not lose it silently."""
+    cells, empty = select_cells([backend(TORCHLIKE), backend(JAXLIKE)], paths=["jit"])
+    assert ids(cells) == ["jax-jit-float64", "jax-jit-float32"]
+    assert list(empty) == ["torch"] and "offers paths eager, func, compile" in empty["torch"]
+    assert select_cells([backend(JAXLIKE)], paths=["jit"])[1] == {}

@@ -8,24 +8,17 @@ into *strict* xfails, so that the day a framework fixes the defect the test XPAS
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 from importlib.util import find_spec
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from packaging.specifiers import SpecifierSet
 
 from backprop_conformance.adapters.base import Capabilities
-from backprop_conformance.adapters.registry import AdapterSpec, known_specs
 from backprop_conformance.conformance import known_defects
-from backprop_conformance.conformance.cells import Backend, Cell
 from backprop_conformance.conformance.fidelity import FIDELITY_TESTS
-from backprop_conformance.conformance.known_defects import Defect, KnownDefectsError, find, load, validate
-from backprop_conformance.conformance.plugin import BACKENDS_KEY, CELLS_KEY, DEFECTS_KEY, fidelity_params
+from backprop_conformance.conformance.known_defects import CONFORMANCE_TESTS, KnownDefectsError, find, load, validate
+from backprop_conformance.conformance.runner import run_suite
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ISSUE = "https://example.org/fakeframework/issues/1"
@@ -56,19 +49,23 @@ def write(tmp_path: Path, *entries: str) -> Path:
     return path
 
 
+TESTS = {**dict.fromkeys(CONFORMANCE_TESTS, ()), **FIDELITY_TESTS}
+"""Every test an entry may name, with its cases (the conformance tests have none)."""
+
+
 def test_valid_entry_loads_every_field(tmp_path: Path) -> None:
-    assert load(write(tmp_path, entry())) == [
-        Defect(
-            backend="fake",
-            versions=SpecifierSet(),
-            tests=("test_sigmoid_prime_fidelity",),
-            paths=("jit",),
-            dtypes=("*",),
-            cases=("saturated", "positive-tail"),
-            issue=ISSUE,
-            summary="σ′ computed as a(1 − a)",
-        )
-    ]
+    (defect,) = load(write(tmp_path, entry()))
+    assert (defect.backend, defect.versions, defect.tests, defect.paths, defect.dtypes, defect.cases, defect.issue, defect.summary) == (
+        "fake",
+        SpecifierSet(),
+        ("test_sigmoid_prime_fidelity",),
+        ("jit",),
+        ("*",),
+        ("saturated", "positive-tail"),
+        ISSUE,
+        "σ′ computed as a(1 − a)",
+    )
+    assert defect.source == f"known defect #1 of {tmp_path / 'known_defects.toml'} (fake, {ISSUE})"
 
 
 @pytest.mark.parametrize("missing", list(FIELDS))
@@ -76,7 +73,7 @@ def test_missing_field_names_the_entry_and_the_field(tmp_path: Path, missing: st
     path = write(tmp_path, entry(), entry(**{missing: None}))
     with pytest.raises(KnownDefectsError) as raised:
         load(path)
-    assert str(raised.value) == f"{path}: defect #2 lacks the field '{missing}'"
+    assert str(raised.value).startswith(f"{path}: defect #2 lacks the field '{missing}'"), str(raised.value)
 
 
 def test_unreadable_or_invalid_toml_is_an_error(tmp_path: Path) -> None:
@@ -98,49 +95,64 @@ def test_misspelt_table_name_is_an_error(tmp_path: Path) -> None:
 
 
 LOADED = {"fake": FAKE}
-KNOWN = ["torch", "jax"]
 
 
 @pytest.mark.parametrize(
     ("changes", "wanted"),
     [
         (
-            {"backend": '"mxnet"'},
-            "known defect #2 (mxnet, https://example.org/fakeframework/issues/1): unknown backend 'mxnet'; known: fake, jax, torch",
-        ),
-        (
             {"tests": '["test_sigmoid_fidelity"]'},
-            "no fidelity test named 'test_sigmoid_fidelity'; the tests are test_sigmoid_prime_fidelity, ",
+            "no test named 'test_sigmoid_fidelity'; the tests are test_contract, test_gradients, test_sigmoid_prime_fidelity, ",
         ),
         ({"cases": '["saturated", "tail"]'}, "no case tail in test_sigmoid_prime_fidelity; their cases are center, negative-tail, "),
         ({"cases": '["saturated-output"]'}, "no case saturated-output in test_sigmoid_prime_fidelity"),
         (
             {"paths": '["jit", "compile"]'},
-            "known defect #2 (fake, https://example.org/fakeframework/issues/1): fake has no path compile; it offers eager, jit",
+            "known defect #2 of {path} (fake, https://example.org/fakeframework/issues/1): fake has no path compile; it offers eager, jit",
         ),
         ({"dtypes": '["bfloat16"]'}, "fake has no dtype bfloat16; it offers float64, float32"),
+        ({"paths": '["*", "eager"]'}, "paths ['*', 'eager'] mixes \"*\" (every one) with names"),
+        (
+            {"tests": '["test_gradients", "test_network_fidelity"]', "cases": '["tail"]'},
+            "no case tail in test_gradients, test_network_fidelity",
+        ),
     ],
-    ids=["backend", "test", "case", "case-of-another-test", "path", "dtype"],
+    ids=["test", "case", "case-of-another-test", "path", "dtype", "mixed-star", "case-of-mixed-tests"],
 )
 def test_stale_entry_names_itself(tmp_path: Path, changes: dict[str, str], wanted: str) -> None:
-    defects = load(write(tmp_path, entry(), entry(**changes)))
+    path = write(tmp_path, entry(), entry(**changes))
     with pytest.raises(KnownDefectsError) as raised:
-        validate(defects, FIDELITY_TESTS, LOADED, KNOWN)
-    assert wanted in str(raised.value), str(raised.value)
+        validate(load(path), TESTS, LOADED)
+    assert wanted.format(path=path) in str(raised.value), str(raised.value)
 
 
-def test_entry_for_a_backend_not_loaded_is_checked_for_tests_and_cases_only(tmp_path: Path) -> None:
-    """torch is known but not loaded here: its paths cannot be checked, its test and case names still are."""
-    fine = load(write(tmp_path, entry(backend='"torch"', paths='["no-such-path"]')))
-    validate(fine, FIDELITY_TESTS, LOADED, KNOWN)
+def test_entry_for_a_backend_not_loaded_is_ignored_with_a_note(tmp_path: Path) -> None:
+    """One file may cover several frameworks: an entry for a backend this run did not load is ignored, and the run says so.
+
+    Its paths cannot be checked without the backend; its test and case names still are.
+    """
+    path = write(tmp_path, entry(backend='"mxnet"', paths='["no-such-path"]'), entry(backend='"mxnet"'))
+    notes = validate(load(path), TESTS, LOADED)
+    assert notes == [f"{path}: 2 known-defect entries for backend 'mxnet', not loaded in this run, ignored"]
     stale = load(write(tmp_path, entry(backend='"torch"', cases='["nowhere"]')))
     with pytest.raises(KnownDefectsError, match="no case nowhere"):
-        validate(stale, FIDELITY_TESTS, LOADED, KNOWN)
+        validate(stale, TESTS, LOADED)
+
+
+def test_conformance_tests_take_no_cases(tmp_path: Path) -> None:
+    """An entry for test_gradients covers the whole cell; ``cases`` is required only where a fidelity test is named."""
+    path = write(tmp_path, entry(tests='["test_gradients"]', cases=None))
+    (defect,) = load(path)
+    assert validate([defect], TESTS, LOADED) == []
+    assert find([defect], "test_gradients", "fake", "0", "jit", "float32") is defect
+    assert find([defect], "test_contract", "fake", "0", "jit", "float32") is None
+    with pytest.raises(KnownDefectsError, match="lacks the field 'cases' .*required for the fidelity tests test_network_fidelity"):
+        load(write(tmp_path, entry(tests='["test_gradients", "test_network_fidelity"]', cases=None)))
 
 
 def test_find_matches_exactly_the_listed_combinations(tmp_path: Path) -> None:
     first, second = load(write(tmp_path, entry(), entry(tests='["test_network_fidelity"]', paths='["*"]', cases='["saturated-output"]')))
-    validate([first, second], FIDELITY_TESTS, LOADED, KNOWN)
+    validate([first, second], TESTS, LOADED)
     for dtype in FAKE.dtypes:
         for case in ("saturated", "positive-tail"):
             assert find([first, second], "test_sigmoid_prime_fidelity", "fake", "0", "jit", dtype, case) is first
@@ -153,32 +165,78 @@ def test_find_matches_exactly_the_listed_combinations(tmp_path: Path) -> None:
     assert find([first, second], "test_sigmoid_prime_fidelity", "other", "0", "jit", "float64", "saturated") is None
 
 
-def test_matching_parameters_become_strict_xfails(tmp_path: Path) -> None:
-    """The plugin's parameters of a fidelity test: the entry's combinations carry xfail(strict=True) with the issue, no others do."""
-    config = SimpleNamespace(stash=pytest.Stash())
-    config.stash[DEFECTS_KEY] = load(write(tmp_path, entry()))
-    config.stash[CELLS_KEY] = [Cell("fake", path, dtype) for path in FAKE.paths for dtype in FAKE.dtypes]
-    missing = Backend(AdapterSpec("gone", "gone:Gone", "test", ("gone",)), unavailable="skipped: gone not installed")
-    config.stash[BACKENDS_KEY] = [Backend(AdapterSpec("fake", "fake:Fake", "test"), capabilities=FAKE), missing]
-    params = fidelity_params(config, "test_sigmoid_prime_fidelity")  # type: ignore[arg-type]
-    marks = {p.id: [(m.name, m.kwargs) for m in p.marks] for p in params}
-    xfailed = {pid for pid, ms in marks.items() if ms and ms[0][0] == "xfail"}
-    assert xfailed == {f"fake-jit-{d}-{c}" for d in ("float64", "float32") for c in ("saturated", "positive-tail")}
-    for pid in xfailed:
-        (_, kwargs), *rest = marks[pid]
-        assert not rest and kwargs["strict"] is True, marks[pid]
-        assert ISSUE in kwargs["reason"] and "σ′ computed as a(1 − a)" in kwargs["reason"], kwargs
-    unmarked = {pid for pid, ms in marks.items() if not ms}
-    assert len(unmarked) == 2 * 2 * 4 - len(xfailed)
-    assert marks["gone"][0][0] == "skip", "an unavailable backend stays in the run as a skip"
-    assert not any(p.marks for p in fidelity_params(config, "test_network_fidelity") if p.id != "gone")  # type: ignore[arg-type]
-
-
 def test_bundled_file_is_valid() -> None:
     defects = load(known_defects.DEFAULT_FILE)
     assert defects, "the bundled file lists the known torch and jax defects"
-    assert all(d.backend in ("torch", "jax") and d.issue.startswith("https://github.com/") for d in defects)
-    validate(defects, FIDELITY_TESTS, {}, list(known_specs()))
+    assert all(d.issue.startswith("https://github.com/") for d in defects)
+    assert validate(defects, TESTS, {}) == [], "the suite's own file needs no note about backends a run did not load"
+
+
+def test_extra_files_add_to_the_bundled_list(tmp_path: Path) -> None:
+    """--conformance-known-defects adds entries; it never replaces torch's and jax's own."""
+    bundled = load(known_defects.DEFAULT_FILE)
+    combined = known_defects.load_all([write(tmp_path, entry())])
+    assert combined[: len(bundled)] == bundled and len(combined) == len(bundled) + 1 and combined[-1].backend == "fake"
+
+
+# End to end: strict xfails in real runs, through --conformance-known-defects.
+
+OUTPUT_SIGMA_PRIME = ("--conformance-backend", "tests.mutants:OutputSigmaPrime", "--conformance-max-examples", "5")
+FIDELITY_ENTRY = (
+    '[[defect]]\nbackend = "ok-output-sigma-prime"\nversions = "*"\ntests = ["test_sigmoid_prime_fidelity"]\npaths = ["*"]\n'
+    'dtypes = ["*"]\ncases = ["positive-tail", "saturated"]\nissue = "https://example.org/numpy/1"\nsummary = "a(1 − a) in numpy"\n'
+    '\n[[defect]]\nbackend = "ok-output-sigma-prime"\nversions = "*"\ntests = ["test_network_fidelity"]\npaths = ["*"]\n'
+    'dtypes = ["float64", "float32"]\ncases = ["saturated-output"]\nissue = "https://example.org/numpy/1"\nsummary = "a(1 − a) in numpy"\n'
+)
+
+
+def test_matching_items_become_strict_xfails_and_only_they(tmp_path: Path) -> None:
+    """A third party's file (textbook σ′ = a(1 − a) in numpy): exactly its fidelity items xfail, strictly, naming the issue."""
+    defects = tmp_path / "defects.toml"
+    defects.write_text(FIDELITY_ENTRY, encoding="utf-8")
+    done = run_suite([*OUTPUT_SIGMA_PRIME, "--conformance-known-defects", str(defects), "-m", "fidelity"], tmp_path)
+    assert done.returncode == pytest.ExitCode.OK, done.explain()
+    xfailed = {o.test for o in done.outcomes if o.outcome == "skipped" and "known upstream defect" in o.message}
+    expected = {
+        f"test_sigmoid_prime_fidelity[ok-output-sigma-prime-manual-{d}-{case}]"
+        for d in ("float64", "float32")
+        for case in ("positive-tail", "saturated")
+    } | {f"test_network_fidelity[ok-output-sigma-prime-manual-{d}-saturated-output]" for d in ("float64", "float32")}
+    assert xfailed == expected, f"xfailed {sorted(xfailed)}"
+    assert all("https://example.org/numpy/1" in o.message for o in done.outcomes if o.test in xfailed)
+    assert {o.outcome for o in done.outcomes if o.test not in xfailed} == {"passed"}
+
+
+def test_a_known_defect_on_a_conformance_cell_still_shows_its_verdict(tmp_path: Path) -> None:
+    """test_gradients xfails (strictly) for the listed cell, and the matrix and report still show the verdict as a known defect."""
+    defects = tmp_path / "defects.toml"
+    defects.write_text(
+        '[[defect]]\nbackend = "mut-cross-entropy-delta"\nversions = "*"\ntests = ["test_gradients"]\npaths = ["manual"]\n'
+        'dtypes = ["float32"]\nissue = "https://example.org/x/2"\nsummary = "δ^L without σ′"\n',
+        encoding="utf-8",
+    )
+    args = ["--conformance-backend", "tests.mutants:CrossEntropyShortcut", "--conformance-dtype", "float32", "-m", "not fidelity"]
+    done = run_suite([*args, "--conformance-max-examples", "5", "--conformance-known-defects", str(defects)], tmp_path)
+    assert done.returncode == pytest.ExitCode.OK, done.explain()
+    assert done.report is not None
+    (c,) = done.report.cells
+    assert (c.status, c.failures) == ("known defect", 1) and c.worst_element is not None and c.worst_element["ratio"] > 1
+    assert "known defect" in done.output and f"worst {c.worst_element['name']}: framework" in done.output, done.explain()
+
+
+def test_a_fixed_defect_fails_the_run(tmp_path: Path) -> None:
+    """An entry for a cell that passes (ManualBackprop is correct) turns into a strict XPASS: the run fails, and the cell with it."""
+    defects = tmp_path / "defects.toml"
+    defects.write_text(
+        '[[defect]]\nbackend = "ok-stable"\nversions = "*"\ntests = ["test_gradients"]\npaths = ["*"]\ndtypes = ["float32"]\n'
+        'issue = "https://example.org/x/3"\nsummary = "fixed since"\n',
+        encoding="utf-8",
+    )
+    args = ["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-dtype", "float32", "-m", "not fidelity"]
+    done = run_suite([*args, "--conformance-max-examples", "5", "--conformance-known-defects", str(defects)], tmp_path)
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
+    assert done.report is not None and done.report.cells[0].status == "failed"
+    assert any("passed although a known-defect entry says it fails" in p for p in done.report.cells[0].problems)
 
 
 def covered_by_bundled_torch_entries(test_id: str) -> bool:
@@ -190,21 +248,13 @@ def covered_by_bundled_torch_entries(test_id: str) -> bool:
 
 @pytest.mark.skipif(find_spec("torch") is None, reason="torch not installed")
 def test_bundled_torch_entries_are_strict_xfails_end_to_end(tmp_path: Path) -> None:
-    """``pytest conformance --backend torch``, fidelity tier, float64: exactly the file's torch combinations xfail, nothing fails."""
-    junit = tmp_path / "junit.xml"
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "HYPOTHESIS_PROFILE")}
-    env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(tmp_path / "hypothesis")
-    command = [sys.executable, "-m", "pytest", "conformance/test_fidelity.py", "-p", "no:cacheprovider", "--backend", "torch"]
-    command += ["--dtype", "float64", f"--case-dir={tmp_path / 'cases'}", f"--junitxml={junit}"]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    outcomes = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        skipped = case.find("skipped")
-        outcomes[case.get("name", "")] = (skipped.get("type"), skipped.get("message", "")) if skipped is not None else ("passed", "")
-    assert outcomes and not any(kind == "pytest.skip" for kind, _ in outcomes.values()), outcomes
+    """``pytest conformance --conformance-backend torch``, fidelity tier, float64: exactly the file's torch combinations xfail, nothing fails."""
+    done = run_suite(["--conformance-backend", "torch", "--conformance-dtype", "float64", "-m", "fidelity"], tmp_path)
+    assert done.returncode == 0, done.explain()
+    outcomes = {o.test: (o.outcome, o.message) for o in done.outcomes}
+    assert outcomes and not any(kind == "skipped" and "known upstream defect" not in msg for kind, msg in outcomes.values()), outcomes
     expected = {name for name in outcomes if covered_by_bundled_torch_entries(name)}
-    xfailed = {name for name, (kind, _) in outcomes.items() if kind == "pytest.xfail"}
+    xfailed = {name for name, (kind, _) in outcomes.items() if kind == "skipped"}
     assert expected and xfailed == expected, f"xfailed {sorted(xfailed)}, expected {sorted(expected)}"
     assert all(
         "known upstream defect" in message and "github.com/pytorch/pytorch/issues" in message

@@ -79,7 +79,9 @@ def test_every_cell_ran(suite: SuiteRun) -> None:
 @pytest.mark.parametrize("mutant", MUTANTS, ids=_name)
 def test_mutant_is_caught(suite: SuiteRun, mutant: type[ManualBackprop]) -> None:
     """Caught twice over: a failed test item, and every one of its cells reported as failed."""
-    assert any(o.failed for o in suite.items(cells(mutant))), f"{mutant.__name__} ({mutant.__doc__}) passed every test:\n{_summary(suite, mutant)}"
+    assert any(o.failed for o in suite.items(cells(mutant))), (
+        f"{mutant.__name__} ({mutant.__doc__}) passed every test:\n{_summary(suite, mutant)}"
+    )
     assert suite.report is not None, suite.explain()
     statuses = {cell: suite.report.cell(cell).status for cell in cells(mutant)}  # type: ignore[union-attr]
     assert any(status == "failed" for status in statuses.values()), f"{mutant.__name__}: report statuses {statuses}"

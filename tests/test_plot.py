@@ -18,47 +18,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reports import cell, run
 
-from backprop_conformance.adapters.base import Capabilities
-from backprop_conformance.adapters.registry import AdapterSpec
 from backprop_conformance.conformance import report
 from backprop_conformance.conformance.__main__ import main
-from backprop_conformance.conformance.cells import Backend, Cell
 from backprop_conformance.conformance.plot import FILES, RatioAxis
-from backprop_conformance.conformance.stats import CellStats
 
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the plot extra (matplotlib) is not installed")
-
-CAPS = Capabilities(
-    name="fake",
-    framework="Fake",
-    version="1.0",
-    dtypes=("float64", "float32", "bfloat16"),
-    paths=("eager", "jit"),
-    default_paths=("eager",),
-)
 
 
 def synthetic_report(path: Path, examples: bool = True) -> Path:
     rng = np.random.default_rng(1)
-    cells = [Cell("fake", p, d) for p in ("eager", "jit") for d in ("float64", "float32", "bfloat16")] + [
-        Cell("fake", "eager", "float32", "gpu")
-    ]
-    stats = {}
-    if examples:
-        for cell in cells:
-            ratios = list(10.0 ** rng.uniform(-4, -0.3, 30))
-            if cell.dtype == "float64":
-                ratios += [0.0, 1e-200]
-            if cell.path == "jit" and cell.dtype == "float32":
-                ratios += [math.inf, 3.0, 1e140]
-            n = len(ratios)
-            stats[cell.id] = CellStats(
-                n, sum(r > 1 for r in ratios), ratios, list(rng.integers(2, 9, n)), list(10.0 ** rng.uniform(-1, 3, n))
-            )
-    backends = [Backend(AdapterSpec("fake", "pkg:Fake", "command line"), capabilities=CAPS)]
-    command = {"executable": "python", "argv": [], "pytest_args": [], "cwd": "."}
-    report.write(report.build(stats, backends, cells, profile="dev", command=command, exitstatus=1), path)
+    ids = [f"fake-{p}-{d}" for p in ("eager", "jit") for d in ("float64", "float32", "bfloat16")] + ["fake-eager-float32-gpu"]
+    cells = []
+    for cell_id in ids:
+        if not examples:
+            cells.append(cell(cell_id))
+            continue
+        ratios = list(10.0 ** rng.uniform(-4, -0.3, 30))
+        if cell_id.endswith("float64"):
+            ratios += [0.0, 1e-200]
+        if cell_id == "fake-jit-float32":
+            ratios += [math.inf, 3.0, 1e140]
+        n = len(ratios)
+        cells.append(cell(cell_id, *ratios, depths=[int(d) for d in rng.integers(2, 9, n)], zs=list(10.0 ** rng.uniform(-1, 3, n))))
+    report.write(run(*cells), path)
     return path
 
 
@@ -98,8 +82,11 @@ def test_axis_of_a_passing_run_spans_its_data_and_the_bound() -> None:
     [
         (None, "does not exist"),
         ("{not json", "is not valid JSON"),
-        (json.dumps({"schema": "backprop-conformance/case/1"}), "not a backprop-conformance report (schema 'backprop-conformance/case/1'"),
-        (json.dumps({"schema": report.SCHEMA, "cells": [{"id": "x"}]}), "cells[0]: missing field"),
+        (
+            json.dumps({"schema": "backprop-conformance/case/1"}),
+            "not a backprop-conformance report of this version (schema 'backprop-conformance/case/1'",
+        ),
+        (json.dumps({**report.Report(cells=[]).to_json(), "cells": [{"id": "x"}]}), "cells[0]: missing field"),
     ],
     ids=["missing", "not-json", "case-file", "malformed-cell"],
 )

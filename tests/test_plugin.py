@@ -141,7 +141,9 @@ FAILING_NAME = "mut-cross-entropy-delta"
 
 @pytest.fixture(scope="module")
 def failing_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
-    return conformance(tmp_path_factory.mktemp("failing"), "--conformance-backend", FAILING, "--conformance-max-examples=10", *CONFORMANCE_ONLY)
+    return conformance(
+        tmp_path_factory.mktemp("failing"), "--conformance-backend", FAILING, "--conformance-max-examples=10", *CONFORMANCE_ONLY
+    )
 
 
 # Usage errors: exit status 4 (pytest's usage error), a message that lists what is valid.
@@ -151,14 +153,32 @@ def failing_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     ("args", "wanted"),
     [
         (["--conformance-backend", "tensorflw"], ["unknown adapter 'tensorflw'", "jax", "torch", "package.module:Attribute"]),
-        (["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-path", "jit"], ["unknown --conformance-path 'jit'", "offer manual"]),
-        (["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-dtype", "float8"], ["unknown --conformance-dtype 'float8'", "float32, float64"]),
-        (["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-device", "cuda"], ["unknown --conformance-device 'cuda'", "offer cpu"]),
-        (["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-max-examples", "0"], ["--conformance-max-examples must be at least 1, got 0"]),
+        (
+            ["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-path", "jit"],
+            ["unknown --conformance-path 'jit'", "offer manual"],
+        ),
+        (
+            ["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-dtype", "float8"],
+            ["unknown --conformance-dtype 'float8'", "float32, float64"],
+        ),
+        (
+            ["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-device", "cuda"],
+            ["unknown --conformance-device 'cuda'", "offer cpu"],
+        ),
+        (
+            ["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-max-examples", "0"],
+            ["--conformance-max-examples must be at least 1, got 0"],
+        ),
         (["--conformance-backend", "tests.mutants:NoSuchAdapter"], ["module 'tests.mutants' has no attribute 'NoSuchAdapter'"]),
-        (["--conformance-backend", "tests.mutants:PATH"], ["tests.mutants:PATH is a str, not a backprop_conformance.adapters.base.Adapter"]),
+        (
+            ["--conformance-backend", "tests.mutants:PATH"],
+            ["tests.mutants:PATH is a str, not a backprop_conformance.adapters.base.Adapter"],
+        ),
         (["--conformance-backend", f"{HERE}:NeedsMissingFramework", "--conformance-require"], ["--conformance-require", SKIP_REASON]),
-        (["--conformance-all-paths", "--conformance-path", "manual"], ["--conformance-all-paths and --conformance-path select paths in two ways"]),
+        (
+            ["--conformance-all-paths", "--conformance-path", "manual"],
+            ["--conformance-all-paths and --conformance-path select paths in two ways"],
+        ),
     ],
     ids=["backend", "path", "dtype", "device", "max-examples", "no-attribute", "not-an-adapter", "require", "all-paths-and-path"],
 )
@@ -171,7 +191,9 @@ def test_usage_error(tmp_path: Path, args: list[str], wanted: list[str]) -> None
 
 
 @pytest.mark.parametrize(
-    "target", ["backprop_conformance.adapters.base:Capabilities", "backprop_conformance.adapters.base:Adapter"], ids=["not-an-adapter-class", "abstract"]
+    "target",
+    ["backprop_conformance.adapters.base:Capabilities", "backprop_conformance.adapters.base:Adapter"],
+    ids=["not-an-adapter-class", "abstract"],
 )
 def test_class_that_cannot_be_an_adapter_is_a_usage_error(tmp_path: Path, target: str) -> None:
     run = conformance(tmp_path, "--conformance-backend", target)
@@ -187,7 +209,12 @@ def test_misspelt_module_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_backends_with_the_same_name_are_rejected(tmp_path: Path) -> None:
     run = conformance(
-        tmp_path, "--conformance-backend", f"{HERE}:ReferenceAdapter", "--conformance-backend", f"{HERE}:ImpostorOfReference", "--conformance-max-examples=3"
+        tmp_path,
+        "--conformance-backend",
+        f"{HERE}:ReferenceAdapter",
+        "--conformance-backend",
+        f"{HERE}:ImpostorOfReference",
+        "--conformance-max-examples=3",
     )
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
     assert ReferenceAdapter.name in run.output, run.explain()
@@ -219,7 +246,10 @@ def test_backends_can_be_named_by_the_environment(tmp_path: Path) -> None:
     env = clean_environment(tmp_path / "hypothesis", BACKPROP_CONFORMANCE_BACKENDS=f"tests.mutants:ManualBackprop, {HERE}:ReferenceAdapter")
     run = conformance(tmp_path, "--collect-only", env=env)
     assert run.returncode == pytest.ExitCode.OK, run.explain()
-    assert "test_gradients[ok-stable-manual-float64]" in run.output and f"test_gradients[{ReferenceAdapter.name}-vectorized-float32]" in run.output
+    assert (
+        "test_gradients[ok-stable-manual-float64]" in run.output
+        and f"test_gradients[{ReferenceAdapter.name}-vectorized-float32]" in run.output
+    )
     assert "torch" not in run.output.split("collected", 1)[0], "the built-ins must not join when the variable names the backends"
 
 
@@ -345,7 +375,9 @@ def test_replayed_case_fails_the_mutant_and_passes_a_correct_adapter(failing_run
     for command in replay_commands(failing_run):
         for backend, status, verdict in ((FAILING, 1, "FAIL "), ("tests.mutants:ManualBackprop", 0, "PASS ")):
             done = replay(with_backend(command, backend), tmp_path)
-            assert done.returncode == status, f"{shlex.join(with_backend(command, backend))}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+            assert done.returncode == status, (
+                f"{shlex.join(with_backend(command, backend))}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+            )
             assert verdict in done.stdout, done.stdout
 
 
@@ -369,9 +401,13 @@ def test_junit_xml_carries_the_reproducer(failing_run: SuiteRun) -> None:
 
 def reference_case(tmp_path: Path, dtype: str = "float64", adapter: str = f"{HERE}:ReferenceAdapter") -> Path:
     """A case whose parameters and data (0.1, 1/3, ...) are float64 values but not float32 ones."""
-    network = Network({2: np.array([[0.1, 1 / 3], [-0.7, 0.2]]), 3: np.array([[0.3, -1 / 7]])}, {2: np.array([0.05, -0.1]), 3: np.array([0.1])})
+    network = Network(
+        {2: np.array([[0.1, 1 / 3], [-0.7, 0.2]]), 3: np.array([[0.3, -1 / 7]])}, {2: np.array([0.05, -0.1]), 3: np.array([0.1])}
+    )
     batch = Batch(np.array([[0.9, -0.3], [1 / 3, 0.6]]), np.array([[0.1], [0.7]]))
-    case = cases.Case(Problem(network, batch, dtype), Cell(ReferenceAdapter.name, "vectorized", dtype), adapter, {"numpy": np.__version__}, "")
+    case = cases.Case(
+        Problem(network, batch, dtype), Cell(ReferenceAdapter.name, "vectorized", dtype), adapter, {"numpy": np.__version__}, ""
+    )
     return cases.write(case, tmp_path)
 
 
@@ -395,7 +431,9 @@ def test_replay_rerounds_to_the_requested_dtype(tmp_path: Path, capsys: pytest.C
     ],
     ids=["path", "dtype", "device", "backend"],
 )
-def test_replay_rejects_what_the_backend_does_not_offer(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], wanted: str) -> None:
+def test_replay_rejects_what_the_backend_does_not_offer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], wanted: str
+) -> None:
     path = reference_case(tmp_path)
     backend = [] if "--backend" in args else ["--backend", "test_plugin:ReferenceAdapter"]
     assert replay_main(["replay", str(path), *backend, *args]) == 2
@@ -412,7 +450,9 @@ def test_replay_rejects_what_the_backend_does_not_offer(tmp_path: Path, capsys: 
     ],
     ids=["unreadable", "not-json", "wrong-schema", "missing-field"],
 )
-def test_replay_of_a_bad_case_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, wanted: str) -> None:
+def test_replay_of_a_bad_case_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, wanted: str
+) -> None:
     path = tmp_path / "case.json"
     if content is not None:
         path.write_text(content)
@@ -438,7 +478,12 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxl
 
 def test_importing_the_suite_imports_no_framework(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", IMPORTS_NO_FRAMEWORK], cwd=PACKAGE_ROOT, env=clean_environment(tmp_path), capture_output=True, text=True, check=False
+        [sys.executable, "-c", IMPORTS_NO_FRAMEWORK],
+        cwd=PACKAGE_ROOT,
+        env=clean_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     listed, frameworks = done.stdout.strip().splitlines()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from backprop_conformance.adapters.registry import (
     known_specs,
     resolve,
 )
+from backprop_conformance.conformance.runner import clean_environment, run_suite
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_MODULE = "fake_conformance_plugin"
@@ -141,16 +141,21 @@ def test_plugin_cannot_shadow_a_builtin(installed_plugin: Path) -> None:
 
 
 def test_installed_plugin_runs_by_name(installed_plugin: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """``--backend fakeplug`` in a fresh interpreter: the suite finds the plug-in through its entry point and tests it."""
+    """``--conformance-backend fakeplug`` in a fresh interpreter: the suite finds the plug-in through its entry point and tests it."""
     tmp = tmp_path_factory.mktemp("plugin-run")
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "HYPOTHESIS_PROFILE")}
-    env["PYTHONPATH"] = os.pathsep.join([str(installed_plugin), str(REPO_ROOT / "tests")])
-    env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(tmp / "hypothesis")
-    command = [sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", "--backend", "fakeplug", "--max-examples=3"]
-    done = subprocess.run([*command, f"--case-dir={tmp}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
-    matrix = output.split("conformance matrix", 1)[-1]
-    for cell in ("fakeplug-manual-float64", "fakeplug-manual-float32"):
-        rows = [line.split() for line in matrix.splitlines() if line.startswith(cell)]
-        assert len(rows) == 1 and int(rows[0][1]) >= 3 and rows[0][2] == "0", output[-4000:]
+    env = clean_environment(tmp / "hypothesis", PYTHONPATH=os.pathsep.join([str(installed_plugin), str(REPO_ROOT / "tests")]))
+    done = run_suite(["--conformance-backend", "fakeplug", "--conformance-max-examples=3", "-m", "not fidelity"], tmp, env=env)
+    assert done.returncode == 0 and done.report is not None, done.explain()
+    cells = {c.id: c for c in done.report.cells}
+    assert set(cells) == {"fakeplug-manual-float64", "fakeplug-manual-float32"}
+    assert all(c.examples == 3 and c.status == "passed" for c in cells.values()), cells
+
+
+def test_installed_plugin_joins_a_plain_run(installed_plugin: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Installing a plug-in is how a user says "test this framework": a run that names no backend includes it, beside the built-ins."""
+    tmp = tmp_path_factory.mktemp("plain-run")
+    env = clean_environment(tmp / "hypothesis", PYTHONPATH=os.pathsep.join([str(installed_plugin), str(REPO_ROOT / "tests")]))
+    done = run_suite(["--collect-only", "-q"], tmp, env=env)
+    assert done.returncode == 0, done.explain()
+    assert "test_gradients[fakeplug-manual-float64]" in done.output, done.explain()
+    assert "torch" in done.output.split("collected", 1)[0] or "test_gradients[torch-" in done.output, "the built-ins still run"

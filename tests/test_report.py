@@ -190,8 +190,14 @@ def write_json(path: Path, data: object) -> Path:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.update(schema="backprop-conformance/case/1"), "not a backprop-conformance report of this version (schema 'backprop-conformance/case/1'"),
-        (lambda d: d.update(schema="backprop-conformance/report/1"), "(schema 'backprop-conformance/report/1', expected 'backprop-conformance/report/2')"),
+        (
+            lambda d: d.update(schema="backprop-conformance/case/1"),
+            "not a backprop-conformance report of this version (schema 'backprop-conformance/case/1'",
+        ),
+        (
+            lambda d: d.update(schema="backprop-conformance/report/1"),
+            "(schema 'backprop-conformance/report/1', expected 'backprop-conformance/report/2')",
+        ),
         (lambda d: d.update(cells={}), "field 'cells' must be a list"),
         (lambda d: d["cells"][0].pop("ratios"), "cells[0]: missing field 'ratios'"),
         (lambda d: d["cells"][0].update(examples="4"), "cells[0]: field 'examples' has the wrong type"),
@@ -203,7 +209,20 @@ def write_json(path: Path, data: object) -> Path:
         (lambda d: d["cells"][0].update(failures=9), "'failures' is 9, more than its 4 examples"),
         (lambda d: d["cells"].append(d["cells"][0]), "a cell id appears twice"),
     ],
-    ids=["schema", "old-schema", "cells", "missing-field", "wrong-type", "bool-for-int", "bad-non-finite", "lengths", "depths", "status", "failures", "duplicate"],
+    ids=[
+        "schema",
+        "old-schema",
+        "cells",
+        "missing-field",
+        "wrong-type",
+        "bool-for-int",
+        "bad-non-finite",
+        "lengths",
+        "depths",
+        "status",
+        "failures",
+        "duplicate",
+    ],
 )
 def test_malformed_report_is_rejected_naming_the_field(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     data = built().to_json()
@@ -300,7 +319,16 @@ def test_options_write_report_and_summary(tmp_path: Path) -> None:
 
 def test_nothing_is_written_without_the_options(tmp_path: Path) -> None:
     env = clean_environment(tmp_path / "hypothesis")
-    command = [sys.executable, "-m", "pytest", "conformance", "-p", "no:cacheprovider", *CORRECT, f"--conformance-case-dir={tmp_path / 'cases'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "conformance",
+        "-p",
+        "no:cacheprovider",
+        *CORRECT,
+        f"--conformance-case-dir={tmp_path / 'cases'}",
+    ]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "conformance report and baseline" not in done.stdout
