@@ -3,7 +3,7 @@
 An adapter builds the page's sigmoid network with a framework's own building blocks, evaluates the
 page's cost summed over the batch, and differentiates it with the framework's own machinery. It is a
 small class; third parties write one to put their framework through the suite (see
-``docs/adapters.md`` and ``examples/``).
+``docs/adapters.md`` and :mod:`backprop_conformance.adapters.example_numpy`).
 
 Contract, in short:
 
@@ -35,15 +35,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from backprop_conformance.reference.dtypes import FORMATS, float_format, is_representable, round_to
+from backprop_conformance.reference.error_bound import Precision
 from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible, parameter_name
-
-if TYPE_CHECKING:
-    from backprop_conformance.reference.error_bound import Precision
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 """Names, paths and devices become parts of test ids and of case-file names (``<name>-<path>-<dtype>-<hash>.json``):
@@ -190,8 +188,6 @@ class Capabilities:
 
     def precision(self, dtype: str) -> Precision:
         """The rounding constants the error bound charges this adapter for ``dtype`` (storage and accumulation)."""
-        from backprop_conformance.reference.error_bound import Precision
-
         return Precision.of(dtype, {op: self.accumulation_of(dtype, op) for op in OPERATIONS})
 
     def describe_accumulation(self) -> str:

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backprop_conformance.conformance.options import add_options
+
 SUITE = Path(__file__).resolve().parent
 """The directory holding the suite's conftest and test modules, wherever it is installed."""
 
@@ -34,7 +36,7 @@ class _OptionCollector:
         self.parser = argparse.ArgumentParser(
             prog="backprop-conformance",
             usage="backprop-conformance [suite options] [pytest options]",
-            description=(__doc__ or "").split("\n\n")[0],
+            description="The installed suite, run from any directory, with the options of `pytest conformance`.",
             add_help=False,
         )
         self.group: Any = None
@@ -48,8 +50,6 @@ class _OptionCollector:
 
 
 def suite_help() -> str:
-    from backprop_conformance.conformance.options import add_options
-
     collector = _OptionCollector()
     add_options(collector)
     return collector.parser.format_help()

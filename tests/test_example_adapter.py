@@ -7,11 +7,11 @@ from pathlib import Path
 from backprop_conformance.conformance.runner import run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = "python -m pytest conformance --conformance-backend examples.numpy_adapter:NumpyAdapter"
+COMMAND = "python -m pytest conformance --conformance-backend backprop_conformance.adapters.example_numpy:NumpyAdapter"
 
 
 def test_documented_command_is_the_one_tested() -> None:
-    assert COMMAND in (ROOT / "examples" / "numpy_adapter.py").read_text()
+    assert COMMAND in (ROOT / "adapters" / "example_numpy.py").read_text()
     assert COMMAND in (ROOT / "docs" / "adapters.md").read_text()
 
 

@@ -1,11 +1,13 @@
 """A complete third-party adapter: hand-written numpy backpropagation, put on trial by the suite.
 
-Run it through the whole suite (from the repository root, so that ``examples`` is importable):
+It ships with the suite so that it can be run, read and copied wherever the suite is installed:
 
-    python -m pytest conformance --conformance-backend examples.numpy_adapter:NumpyAdapter
+    python -m pytest conformance --conformance-backend backprop_conformance.adapters.example_numpy:NumpyAdapter
+    backprop-conformance --conformance-backend backprop_conformance.adapters.example_numpy:NumpyAdapter
 
-This is the template for a framework author: replace the numpy code in ``run`` with your framework's
-model, cost and gradient calls. Everything the suite needs is below.
+This is the template for a framework author: copy this file into your package, replace the numpy code
+in ``run`` with your framework's model, cost and gradient calls, and name your copy on the command
+line. Everything the suite needs is below; docs/adapters.md explains each part.
 """
 
 from __future__ import annotations
