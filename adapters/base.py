@@ -304,7 +304,8 @@ class Adapter(abc.ABC):
         caps = self.capabilities()
         if not isinstance(caps, Capabilities):
             raise CapabilitiesError(
-                f"{type(self).__name__}.capabilities() returned a {type(caps).__name__}, expected backprop_conformance.adapters.base.Capabilities"
+                f"{type(self).__name__}.capabilities() returned a {type(caps).__name__}, "
+                "expected backprop_conformance.adapters.base.Capabilities"
             )
         return caps
 
@@ -374,7 +375,8 @@ def check_output(where: str, network: Network, batch: Batch, dtype: str, output:
         )
     if not isinstance(output.gradients, Gradients):
         raise AdapterContractError(
-            f"{where}: AdapterOutput.gradients is a {type(output.gradients).__name__}, expected backprop_conformance.reference.model.Gradients"
+            f"{where}: AdapterOutput.gradients is a {type(output.gradients).__name__}, "
+            "expected backprop_conformance.reference.model.Gradients"
         )
     carrier = float_format(dtype).carrier
     layers = list(network.layers)

@@ -92,7 +92,10 @@ def xdist_comparison(args: list[str]) -> None:
         serial = run_suite(["-n", "0", *common], Path(tmp) / "serial")
         parallel = run_suite(["-n", "2", *common], Path(tmp) / "parallel")
     assert serial.report is not None and parallel.report is not None, serial.explain() + parallel.explain()
-    print(f"\nthorough profile, test_gradients: -n 0 {serial.seconds:.1f} s, -n 2 {parallel.seconds:.1f} s, speed-up {serial.seconds / parallel.seconds:.2f}x")
+    print(
+        f"\nthorough profile, test_gradients: -n 0 {serial.seconds:.1f} s, -n 2 {parallel.seconds:.1f} s, "
+        f"speed-up {serial.seconds / parallel.seconds:.2f}x"
+    )
     rows0 = {c.id: c for c in serial.report.cells}
     rows2 = {c.id: c for c in parallel.report.cells}
     # Examples are drawn afresh in each run; what must agree is the cells and their verdicts.

@@ -46,7 +46,8 @@ class ConformanceFailure(AssertionError):
 
 @dataclass(frozen=True)
 class AdapterCheck:
-    """What :func:`check_adapter` found: one :class:`~backprop_conformance.conformance.report.CellResult` per cell, and each cell's failure text."""
+    """What :func:`check_adapter` found: one :class:`~backprop_conformance.conformance.report.CellResult` per cell,
+    and each failing cell's failure text."""
 
     cells: tuple[CellResult, ...]
     failures: Mapping[str, str]
@@ -61,7 +62,7 @@ class AdapterCheck:
             f"{c.id}: {c.status}, {c.examples} examples, {c.failures} failed, worst ratio " + ("-" if c.worst is None else f"{c.worst:.3g}")
             for c in self.cells
         ]
-        for cell_id, text in self.failures.items():
+        for text in self.failures.values():
             lines += ["", text]
         return "\n".join(lines)
 
@@ -220,7 +221,7 @@ class _FunctionAdapter(Adapter):
         returned = self.grad_fn(w, b, batch.x.astype(carrier), batch.y.astype(carrier))
         if not isinstance(returned, (tuple, list)) or len(returned) not in (2, 3):
             raise AdapterContractError(f"grad_fn returned {type(returned).__name__}; expected (dw, db) or (dw, db, cost)")
-        dw, db = (_by_layer(part, network, dtype, kind) for part, kind in zip(returned[:2], "wb"))
+        dw, db = (_by_layer(part, network, dtype, kind) for part, kind in zip(returned[:2], "wb", strict=True))
         self.returned_cost = len(returned) == 3
         return AdapterOutput(Gradients(dw, db), float(returned[2]) if self.returned_cost else 0.0)
 
@@ -239,7 +240,7 @@ def _by_layer(part: object, network: Network, dtype: str, kind: str) -> dict[int
             raise AdapterContractError(
                 f"grad_fn returned {len(part)} arrays for d{kind}, expected {len(layers)} (layers 2..{network.depth})"
             )
-        items = dict(zip(layers, part))
+        items = dict(zip(layers, part, strict=True))
     else:
         raise AdapterContractError(
             f"grad_fn returned d{kind} as {type(part).__name__}; expected a list (w^2 first) or a mapping keyed by l"

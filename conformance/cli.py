@@ -30,7 +30,8 @@ REPORT_CHARS = "-rfEsX"
 
 
 class _OptionCollector:
-    """Collects the suite's options (as :func:`~backprop_conformance.conformance.options.add_options` declares them) into argparse, for ``--help``."""
+    """Collects the suite's options, as :func:`~backprop_conformance.conformance.options.add_options` declares them,
+    into argparse, to print them for ``--help``."""
 
     def __init__(self) -> None:
         self.parser = argparse.ArgumentParser(

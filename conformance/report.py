@@ -196,7 +196,8 @@ class CellResult:
         zs = [decode_float(v, f"{where}.max_abs_z[{i}]") for i, v in enumerate(fields.get("max_abs_z", list))]
         if not len(ratios) == len(depths) == len(zs) == examples:
             raise ReportError(
-                f"{where}: 'examples' is {examples} but 'ratios', 'depths' and 'max_abs_z' have {len(ratios)}, {len(depths)}, {len(zs)} entries"
+                f"{where}: 'examples' is {examples} but 'ratios', 'depths' and 'max_abs_z' have "
+                f"{len(ratios)}, {len(depths)}, {len(zs)} entries"
             )
         failures = fields.integer("failures")
         if failures > examples:

@@ -206,7 +206,8 @@ class ConformanceSession:
         current = settings.default
         overridden = f" ({options.PREFIX}max-examples)" if self.options.max_examples is not None else ""
         lines = [
-            f"backprop-conformance {provenance.suite_version()}: hypothesis profile {self.profile}, max_examples={current.max_examples}{overridden}"
+            f"backprop-conformance {provenance.suite_version()}: hypothesis profile {self.profile}, "
+            f"max_examples={current.max_examples}{overridden}"
         ]
         for backend in self.backends:
             caps = backend.capabilities
@@ -365,7 +366,7 @@ class ConformanceSession:
         command = f"python -m backprop_conformance replay {shlex.quote(shown[0])} --backend {shlex.quote(requested)}"
         trial.result.replay = command
         labels = ["shrunk (smallest failing)", "worst (largest error/bound ratio)"] if len(shown) == 2 else ["shrunk and worst"]
-        text = "".join(f"case file, {label}: {path}\n" for label, path in zip(labels, shown))
+        text = "".join(f"case file, {label}: {path}\n" for label, path in zip(labels, shown, strict=True))
         text += f"replay it (any adapter, no hypothesis): {command}\n"
         if environment:
             text += "recorded environment: " + ", ".join(f"{k}={v}" for k, v in environment.items()) + "\n"
@@ -575,7 +576,8 @@ def _write_matrix(tr: pytest.TerminalReporter, rep: Report, case_dir: Path) -> N
         if c.status in ("known defect", "failed", "incomplete") and c.worst_element is not None:
             e = c.worst_element
             tr.write_line(
-                f"{'':<{width}}   worst {e['name']}: framework {e['framework']:.17g}, reference {e['reference']:.17g}, ratio {_ratio(e['ratio'])}"
+                f"{'':<{width}}   worst {e['name']}: framework {e['framework']:.17g}, reference {e['reference']:.17g}, "
+                f"ratio {_ratio(e['ratio'])}"
             )
     for b in rep.skipped_backends:
         tr.write_line(f"{b.name:<{width}} {b.reason}")

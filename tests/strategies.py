@@ -109,7 +109,7 @@ complex step also loses tiny gradients to underflow (:func:`backprop_conformance
 which is added, times K, to its tolerance."""
 
 
-def reference_verdicts(network: Network, batch: Batch, oracles: tuple[str, ...] = tuple(ORACLES)) -> list[Verdict]:
+def reference_verdicts(network: Network, batch: Batch, oracles: tuple[str, ...] = tuple(ORACLES)) -> list[OracleVerdict]:
     """Run :func:`backprop_conformance.reference.vectorized.backprop` and compare its gradients with each named oracle.
 
     The tolerance is the design note's bound computed from the reference's own trace: K·(E64 + E64)
@@ -136,7 +136,7 @@ def _plus(g: Gradients, c: float) -> Gradients:
     return Gradients({l: v + c for l, v in g.w.items()}, {l: v + c for l, v in g.b.items()})
 
 
-def assert_all_agree(verdicts: list[Verdict]) -> None:
+def assert_all_agree(verdicts: list[OracleVerdict]) -> None:
     """Fail with every verdict's summary when any comparison disagrees."""
     if not all(v.ok for v in verdicts):
         raise AssertionError("\n".join(str(v) for v in verdicts))

@@ -238,7 +238,7 @@ def test_regression_fails_a_passing_run(tmp_path: Path, recorded: Path) -> None:
     assert done.report is not None and done.report.cell(C32) is not None
     now = done.report.cell(C32).worst  # type: ignore[union-attr]
     assert f"REGRESSION {C32}: worst error/bound ratio 0.001 in the baseline, {now:.3g} now" in done.output, done.explain()
-    assert f"beyond 2 × max(0.001, 0.02) = 0.04" in done.output and "the run fails: 1 regression(s) against the baseline" in done.output
+    assert "beyond 2 × max(0.001, 0.02) = 0.04" in done.output and "the run fails: 1 regression(s) against the baseline" in done.output
     assert done.report.baseline is not None and done.report.baseline["passed"] is False
     summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert f"**0.001 → {now:.3g}" in summary and "❌ regressed" in summary, summary

@@ -23,5 +23,5 @@ def test_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "docs_api"}
     for number, block in enumerate(blocks(), start=1):
-        exec(compile(block, f"{DOC}:block {number}", "exec"), namespace)  # noqa: S102 (the documentation's own code, run as a user would)
+        exec(compile(block, f"{DOC}:block {number}", "exec"), namespace)
     assert not (tmp_path / "conformance-cases").exists(), "a passing check writes no case file"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import site
 import subprocess
 import sys
 import sysconfig
@@ -40,7 +39,7 @@ def pytest_addoption(parser):
     parser.addoption("--path", default="y")
 '''
 
-SCRIPT = '''
+SCRIPT = """
 import numpy as np
 import backprop_conformance as bc
 from backprop_conformance.adapters.torch_adapter import TorchAdapter
@@ -65,7 +64,7 @@ print("check_gradients", verdict.passed)
 
 import adapters
 print("adapters", adapters.__file__, getattr(adapters, "OWNER", None))
-'''
+"""
 
 
 @dataclass(frozen=True)

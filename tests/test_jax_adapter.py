@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from strategies import cases
 
 from backprop_conformance.adapters.base import AdapterOutput, RequestError
-from backprop_conformance.conformance.verdict import worst_ratio
 from backprop_conformance.adapters.registry import resolve
 from backprop_conformance.adapters.selfcheck import check_contract
+from backprop_conformance.conformance.verdict import worst_ratio
 from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
 from backprop_conformance.reference.error_bound import tolerance
 from backprop_conformance.reference.model import Batch, ModelError, Network

@@ -18,7 +18,7 @@ from backprop_conformance.adapters.base import Capabilities
 from backprop_conformance.conformance import known_defects
 from backprop_conformance.conformance.fidelity import FIDELITY_TESTS
 from backprop_conformance.conformance.known_defects import CONFORMANCE_TESTS, KnownDefectsError, find, load, validate
-from backprop_conformance.conformance.runner import run_suite
+from backprop_conformance.conformance.runner import SuiteRun, run_suite
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ISSUE = "https://example.org/fakeframework/issues/1"
@@ -146,7 +146,7 @@ def test_conformance_tests_take_no_cases(tmp_path: Path) -> None:
     assert validate([defect], TESTS, LOADED) == []
     assert find([defect], "test_gradients", "fake", "0", "jit", "float32") is defect
     assert find([defect], "test_contract", "fake", "0", "jit", "float32") is None
-    with pytest.raises(KnownDefectsError, match="lacks the field 'cases' .*required for the fidelity tests test_network_fidelity"):
+    with pytest.raises(KnownDefectsError, match=r"lacks the field 'cases' .*required for the fidelity tests test_network_fidelity"):
         load(write(tmp_path, entry(tests='["test_gradients", "test_network_fidelity"]', cases=None)))
 
 
@@ -207,16 +207,21 @@ def test_matching_items_become_strict_xfails_and_only_they(tmp_path: Path) -> No
     assert {o.outcome for o in done.outcomes if o.test not in xfailed} == {"passed"}
 
 
-def test_a_known_defect_on_a_conformance_cell_still_shows_its_verdict(tmp_path: Path) -> None:
-    """test_gradients xfails (strictly) for the listed cell, and the matrix and report still show the verdict as a known defect."""
+def gradients_entry_run(tmp_path: Path, backend: str, adapter: str) -> SuiteRun:
+    """A float32 run of ``adapter`` with a known-defects file whose one entry covers its test_gradients."""
     defects = tmp_path / "defects.toml"
     defects.write_text(
-        '[[defect]]\nbackend = "mut-cross-entropy-delta"\nversions = "*"\ntests = ["test_gradients"]\npaths = ["manual"]\n'
-        'dtypes = ["float32"]\nissue = "https://example.org/x/2"\nsummary = "δ^L without σ′"\n',
+        f'[[defect]]\nbackend = "{backend}"\nversions = "*"\ntests = ["test_gradients"]\npaths = ["*"]\ndtypes = ["float32"]\n'
+        'issue = "https://example.org/x/2"\nsummary = "a known defect"\n',
         encoding="utf-8",
     )
-    args = ["--conformance-backend", "tests.mutants:CrossEntropyShortcut", "--conformance-dtype", "float32", "-m", "not fidelity"]
-    done = run_suite([*args, "--conformance-max-examples", "5", "--conformance-known-defects", str(defects)], tmp_path)
+    args = ["--conformance-backend", adapter, "--conformance-dtype", "float32", "-m", "not fidelity", "--conformance-max-examples", "5"]
+    return run_suite([*args, "--conformance-known-defects", str(defects)], tmp_path)
+
+
+def test_a_known_defect_on_a_conformance_cell_still_shows_its_verdict(tmp_path: Path) -> None:
+    """test_gradients xfails (strictly) for the listed cell, and the matrix and report still show the verdict as a known defect."""
+    done = gradients_entry_run(tmp_path, "mut-cross-entropy-delta", "tests.mutants:CrossEntropyShortcut")
     assert done.returncode == pytest.ExitCode.OK, done.explain()
     assert done.report is not None
     (c,) = done.report.cells
@@ -226,14 +231,7 @@ def test_a_known_defect_on_a_conformance_cell_still_shows_its_verdict(tmp_path: 
 
 def test_a_fixed_defect_fails_the_run(tmp_path: Path) -> None:
     """An entry for a cell that passes (ManualBackprop is correct) turns into a strict XPASS: the run fails, and the cell with it."""
-    defects = tmp_path / "defects.toml"
-    defects.write_text(
-        '[[defect]]\nbackend = "ok-stable"\nversions = "*"\ntests = ["test_gradients"]\npaths = ["*"]\ndtypes = ["float32"]\n'
-        'issue = "https://example.org/x/3"\nsummary = "fixed since"\n',
-        encoding="utf-8",
-    )
-    args = ["--conformance-backend", "tests.mutants:ManualBackprop", "--conformance-dtype", "float32", "-m", "not fidelity"]
-    done = run_suite([*args, "--conformance-max-examples", "5", "--conformance-known-defects", str(defects)], tmp_path)
+    done = gradients_entry_run(tmp_path, "ok-stable", "tests.mutants:ManualBackprop")
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
     assert done.report is not None and done.report.cells[0].status == "failed"
     assert any("passed although a known-defect entry says it fails" in p for p in done.report.cells[0].problems)
@@ -248,7 +246,8 @@ def covered_by_bundled_torch_entries(test_id: str) -> bool:
 
 @pytest.mark.skipif(find_spec("torch") is None, reason="torch not installed")
 def test_bundled_torch_entries_are_strict_xfails_end_to_end(tmp_path: Path) -> None:
-    """``pytest conformance --conformance-backend torch``, fidelity tier, float64: exactly the file's torch combinations xfail, nothing fails."""
+    """``pytest conformance --conformance-backend torch``, fidelity tier, float64: exactly the file's torch combinations xfail,
+    nothing fails."""
     done = run_suite(["--conformance-backend", "torch", "--conformance-dtype", "float64", "-m", "fidelity"], tmp_path)
     assert done.returncode == 0, done.explain()
     outcomes = {o.test: (o.outcome, o.message) for o in done.outcomes}

@@ -42,7 +42,8 @@ CONTRACT_WORDING: dict[type[ManualBackprop], str] = {
     MissingFirstLayer: "a missing layer means a dropped gradient",
     AccumulatesAcrossCalls: "gradients must not accumulate",
 }
-"""The contract mutants and the phrase of :mod:`backprop_conformance.adapters.selfcheck` (or the base class's output check) that must name their bug."""
+"""The contract mutants and the phrase of the contract's checks (:mod:`backprop_conformance.adapters.selfcheck`, or the
+base class's output check) that must name their bug."""
 
 NAMES_PARAMETER = re.compile(r"worst: [wb]\^\d+_\S+: framework \S+, reference \S+, bound \S+, ratio \S+")
 """A gradient verdict's worst line: the parameter in the page's indices (w^3_12, b^2_1), both values, bound and ratio."""

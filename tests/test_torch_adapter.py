@@ -16,7 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +32,8 @@ from backprop_conformance.adapters.base import AdapterOutput, RequestError  # no
 from backprop_conformance.adapters.registry import resolve  # noqa: E402
 from backprop_conformance.adapters.selfcheck import check_contract  # noqa: E402
 from backprop_conformance.adapters.torch_adapter import DEFAULT_PATHS, DTYPES, TorchAdapter, _ieee_arithmetic  # noqa: E402
-from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to  # noqa: E402
 from backprop_conformance.conformance.verdict import worst_ratio  # noqa: E402
+from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to  # noqa: E402
 from backprop_conformance.reference.error_bound import FLOAT64, ErrorBounds, Precision, tolerance  # noqa: E402
 from backprop_conformance.reference.model import Batch, Network  # noqa: E402
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop  # noqa: E402
