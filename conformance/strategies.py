@@ -8,10 +8,13 @@ batch and scale that still fails, which is what a bug report needs.
 
 The corners the strategies reach, and why each matters:
 
-* depth L from 2 to 8: errors compound through the backward recursion;
-* widths from 1 to 64, with width-1 layers and equal adjacent widths (a transposed square weight
-  gradient has the right shape and is only caught when the layer is square);
-* batch from 1 to 16 (a gradient taken from one example only, or a mean instead of a sum);
+* depth L from 2 to 8, half of the networks at L ≥ 5: errors compound through the backward recursion;
+* widths from 1 to 96 and batches from 1 to 24, steered to the sizes where kernels change code paths
+  (:data:`BLOCKS`: both sides of multiples of 4, 8, 16 and 64, every remainder, more than one 32- or
+  64-wide block), with width-1 layers and equal adjacent widths (a transposed square weight gradient has
+  the right shape and is only caught when the layer is square);
+* batch 1, and odd and even batches above 12 (a gradient taken from one example only, a mean instead of
+  a sum, an odd tail dropped);
 * weight and bias scales up to saturation: |z| beyond 40 in float32 and beyond 800 in float64, where
   σ′ computed as a(1 − a) degrades and then vanishes;
 * targets equal to the outputs (zero residual), binary targets, and targets within rounding of the
@@ -59,32 +62,42 @@ INPUT_SCALES = (1.0, 0.01, 10.0)
 TARGET_KINDS = ("uniform", "outputs", "binary", "near-outputs")
 
 
+BLOCKS = (4, 8, 16, 32, 64)
+"""The sizes at which kernels change code paths: SIMD lanes of 4, 8 and 16 floats, and register or cache
+tiles of 32 and 64. A dimension that is not a multiple of its kernel's block runs a remainder loop; one
+that exceeds a block runs a second one. Bugs live there: a remainder loop that drops its last lane, a
+second tile that is never visited, a batch whose odd tail is lost."""
+
 SHAPE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
     ((1, 1), 1),
     ((2, 2), 3),
-    ((3, 1, 2), 2),
-    ((4, 4, 4), 1),
-    ((1, 3, 3, 1), 5),
-    ((7, 2), 10),
-    ((2, 3, 4, 3, 2), 7),
+    ((3, 5, 4), 5),
+    ((7, 9, 8, 2), 8),
+    ((15, 17, 16), 17),
+    ((23, 31, 5), 13),
+    ((33, 40, 6), 14),
+    ((63, 65, 3), 15),
+    ((96, 72, 96), 16),
+    ((47, 12, 39, 1), 21),
+    ((1, 64, 64), 2),
     ((5, 5, 5, 5, 5), 9),
-    ((8, 16, 8), 16),
-    ((33, 4, 2), 4),
-    ((6, 40, 40, 3), 2),
-    ((64, 64), 3),
     ((3, 3, 3, 3, 3, 3, 3), 4),
-    ((16, 64, 16, 1), 12),
     ((2, 5, 1, 5, 2, 5, 1, 3), 6),
-    ((4, 4, 4, 4, 4, 4, 4, 4), 16),
+    ((4, 4, 4, 4, 4, 4, 4, 4), 24),
+    ((55, 20, 71, 7, 7), 7),
 )
-"""Architectures (widths, batch size) most examples are drawn from; every corner of the default limits
-is in it: L = 2 and L = 8, width-1 layers, square layers, widths 33 and 64, batch 1, 9 and 16.
+"""Architectures (widths, batch size) for the paths that compile per shape, covering the shape classes
+of :data:`BLOCKS` and every corner of the default limits: widths and batch sizes on both sides of 4, 8,
+16 and 64 (3 5 4, 7 9 8, 15 17 16, 63 65), every remainder of 8 that a fan-in ≥ 15 can have among the
+fan-ins (15 23 31 39 47 55 63 ≡ 7 mod 8; 9 17 33 65 ≡ 1), more than one 32-wide block (33, 40) and
+more than one 64-wide block (65, 71, 72, 96); batches 1, odd and even above 12 (13 14 15 16 17 21 24);
+width-1 layers; square layers (2, 5, 4, 3, 64, 96, 7, as a transposed square weight gradient keeps its
+shape); depth 2 and depth 5 to 8.
 
-Why a pool: compiling frameworks pay per *shape*. ``jax.jit`` compiles each new (widths, batch) in
-~0.2 s and eager ``jax.grad`` compiles every primitive for each new operand shape, while a repeated
-shape runs in about a millisecond. Values, scales and targets are drawn fresh for every example either
-way; only the shape is reused, so the cost of a run is bounded by the pool instead of growing with
-the number of examples.
+Why a pool: compiling frameworks pay per *shape*. ``jax.jit`` compiles each new (widths, batch) once,
+while a repeated shape runs in about a millisecond. Values, scales and targets are drawn fresh for every
+example either way; only the shape is reused, so the cost of a run is bounded by the pool instead of
+growing with the number of examples. Paths that do not compile per shape draw their shapes freely.
 """
 
 LARGE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
@@ -97,27 +110,52 @@ LARGE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
 """The ``large`` profile's pool: each limit reached alone, and all of them at once (width 1024, depth 16,
 batch 512: 16.8 million parameters)."""
 
-DEFAULT_LIMITS = Limits(max_depth=8, max_width=64, max_batch=16, pool=SHAPE_POOL)
+DEFAULT_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POOL)
 LARGE_LIMITS = Limits(max_depth=16, max_width=1024, max_batch=512, pool=LARGE_POOL)
 
 FREE_SHAPE_ODDS = 16
-"""One example in this many draws its shape freely from the full limits instead of from the pool;
-shrinking moves toward the free branch, so a failure still shrinks to the smallest failing network."""
+"""On a path that compiles per shape, one example in this many draws its shape freely from the full
+limits instead of from the pool; shrinking moves toward the free branch, so a failure still shrinks to
+the smallest failing network."""
+
+
+@st.composite
+def dimension(draw: st.DrawFn, high: int, label: str) -> int:
+    """One width or batch size in 1..``high``, steered to the sizes where kernels change paths (:data:`BLOCKS`).
+
+    Hypothesis draws the kind of size first, each kind equally likely (so a hundred examples reach every
+    kind many times over) and shrinking toward the first, small sizes:
+
+    * ``small``: 1 to 8 (width 1, B = 1, the sub-vector sizes);
+    * ``around a block``: q·m − 1, q·m or q·m + 1 for a block m: both sides of a multiple;
+    * ``remainder``: q·m + r for a block m of 4, 8 or 16 and any remainder r, so that every remainder
+      loop length occurs (fan-in ≡ 7 mod 8 and at least 15 among them);
+    * ``beyond a block``: more than one 32-wide block, up to ``high`` (more than one 64-wide block when
+      ``high`` exceeds 64); for a ``high`` under 66, its upper half.
+    """
+    kind = draw(st.sampled_from(("small", "around a block", "remainder", "beyond a block")), label=f"{label}: kind")
+    if kind == "small" or high <= 8:
+        return draw(st.integers(1, min(8, high)), label=label)
+    if kind == "beyond a block":
+        return draw(st.integers(min(33, high // 2 + 1), high), label=label)
+    block = draw(st.sampled_from([m for m in (BLOCKS if kind == "around a block" else BLOCKS[:3]) if m < high]), label=f"{label}: block")
+    multiple = block * draw(st.integers(1, max(1, high // block)), label=f"{label}: multiple")
+    offset = draw(st.sampled_from((-1, 0, 1)) if kind == "around a block" else st.integers(0, block - 1), label=f"{label}: offset")
+    return min(max(multiple + offset, 1), high)
 
 
 @st.composite
 def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int, ...]:
-    """Widths (n(1), ..., n(L)); each layer either repeats the previous width or draws a new one.
+    """Widths (n(1), ..., n(L)); each layer either repeats the previous width (a square layer) or draws a new one.
 
-    The width cap is drawn first so that most networks are small and fast while some reach the
-    limit; both shrink toward 1.
+    Half of the networks are shallow (L = 2..4) and half deep (L ≥ 5), where errors compound through the
+    backward recursion; widths come from :func:`dimension`.
     """
-    depth = draw(st.integers(2, limits.max_depth), label="L")
-    cap = draw(st.sampled_from(sorted({1, 4, 16, limits.max_width})), label="width cap")
-    widths = [draw(st.integers(1, cap), label="n(1)")]
+    depth = draw(st.one_of(st.integers(2, min(4, limits.max_depth)), st.integers(min(5, limits.max_depth), limits.max_depth)), label="L")
+    widths = [draw(dimension(limits.max_width, "n(1)"))]
     for l in range(2, depth + 1):
         repeat = draw(st.booleans(), label=f"n({l}) = n({l - 1})")
-        widths.append(widths[-1] if repeat else draw(st.integers(1, cap), label=f"n({l})"))
+        widths.append(widths[-1] if repeat else draw(dimension(limits.max_width, f"n({l})")))
     return tuple(widths)
 
 
@@ -127,7 +165,7 @@ def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS, pooled: bool = True
     limits' pool, or free one time in :data:`FREE_SHAPE_ODDS`."""
     if pooled and draw(st.integers(0, FREE_SHAPE_ODDS - 1), label="shape from pool"):
         return draw(st.sampled_from(limits.pool), label="pooled shape")
-    return draw(architectures(limits)), draw(st.integers(1, limits.max_batch), label="B")
+    return draw(architectures(limits)), draw(dimension(limits.max_batch, "B"))
 
 
 @st.composite

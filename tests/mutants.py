@@ -52,6 +52,9 @@ class ManualBackprop(Adapter):
     dtypes: ClassVar[tuple[str, ...]] = ("float64", "float32")
     cost_factor: ClassVar[float] = 0.5
     """The ½ of C = Σ_x 1/2 Σ_j (y_j − a^L_j)²; ∂C/∂a^L_j = 2·cost_factor·(a^L_j − y_j)."""
+    compiles_per_shape: ClassVar[bool] = False
+    """Declare the path as compiling per shape, so that the suite draws its shapes from the pool (as it does for
+    ``jax.jit``): the shape-coverage benchmark runs each shape-dependent mutant both ways."""
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -61,6 +64,7 @@ class ManualBackprop(Adapter):
             dtypes=self.dtypes,
             paths=(PATH,),
             default_paths=(PATH,),
+            shape_compiled_paths=(PATH,) if self.compiles_per_shape else (),
         )
 
     # Layout: page (n(l), n(l−1)) <-> framework (n(l−1), n(l)).
@@ -454,7 +458,7 @@ TRUNCATED_WIDTH = 32
 class TruncatedWideSum(ManualBackprop):
     """z^l sums only the first 32 terms Σ_{k ≤ 32} w^l_jk a^{l−1}_k (a fixed-size tile never looped over).
 
-    Wrong only when a layer feeding another has n(l−1) ≥ 33; caught by the width corner (up to 64).
+    Wrong only when a layer feeding another has n(l−1) ≥ 33; caught by the sizes beyond one 32-wide block.
     """
 
     name = "mut-wide-only"
@@ -469,13 +473,62 @@ BATCH_TILE = 8
 class TruncatedBatchSum(ManualBackprop):
     """Only the first 8 examples are summed into the gradients (one batch tile).
 
-    Wrong only when B ≥ 9; caught by the batch corner (up to 16).
+    Wrong only when B ≥ 9; caught by the larger batches (up to 24).
     """
 
     name = "mut-big-batch-only"
 
     def batch_sum(self, per_example: np.ndarray) -> np.ndarray:
         return per_example[:BATCH_TILE].sum(axis=0)
+
+
+class RemainderLoopDropsALane(ManualBackprop):
+    """z^l loses the last term of Σ_k w^l_jk a^{l−1}_k when the fan-in n(l−1) ≥ 15 is ≡ 7 mod 8 (a remainder loop one lane short).
+
+    Wrong only for those fan-ins (15, 23, 31, ...); caught by the strategies' sizes with every remainder of 8.
+    """
+
+    name = "mut-remainder-lane"
+
+    def weighted_input(self, l: int, W_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray) -> np.ndarray:
+        fan_in = a_prev.shape[1]
+        if fan_in >= 15 and fan_in % 8 == 7:
+            return a_prev[:, :-1] @ W_l[:-1, :] + b_l
+        return super().weighted_input(l, W_l, a_prev, b_l)
+
+
+class OddBatchTailDropped(ManualBackprop):
+    """The last example of an odd batch of B ≥ 13 is left out of the batch sums (a vectorised sum's tail never added).
+
+    Wrong only for B = 13, 15, 17, ...; caught by the strategies' odd batches above 12.
+    """
+
+    name = "mut-odd-tail"
+
+    def batch_sum(self, per_example: np.ndarray) -> np.ndarray:
+        B = per_example.shape[0]
+        if B >= 13 and B % 2 == 1:
+            return per_example[:-1].sum(axis=0)
+        return super().batch_sum(per_example)
+
+
+SECOND_BLOCK = 32
+
+
+class SecondBlockWithoutBias(ManualBackprop):
+    """Neurons j > 32 of a layer at least 40 wide get no bias b^l_j: the kernel for the second 32-wide block forgets it.
+
+    Wrong only when some n(l) ≥ 40; caught by the strategies' sizes beyond one 32-wide block.
+    """
+
+    name = "mut-second-block"
+
+    def weighted_input(self, l: int, W_l: np.ndarray, a_prev: np.ndarray, b_l: np.ndarray) -> np.ndarray:
+        z = super().weighted_input(l, W_l, a_prev, b_l)
+        if z.shape[1] >= 40:
+            z = z.copy()
+            z[:, SECOND_BLOCK:] -= b_l[SECOND_BLOCK:]
+        return z
 
 
 class TransposedLayout(ManualBackprop):
@@ -534,6 +587,9 @@ MUTANTS: tuple[type[ManualBackprop], ...] = (
     DeepLayersWithoutSigmaPrime,
     TruncatedWideSum,
     TruncatedBatchSum,
+    RemainderLoopDropsALane,
+    OddBatchTailDropped,
+    SecondBlockWithoutBias,
     TransposedLayout,
     ReturnsFloat64,
     MissingFirstLayer,
