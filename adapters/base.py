@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -293,6 +294,16 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
         """Compute the gradients of C = Σ_x 1/2 Σ_j (y_j − a^L_j)² with the framework."""
+
+    def use_cache(self, directory: Path) -> str | None:
+        """Offered by a suite run: a directory that persists between runs, for this adapter's own caches.
+
+        An adapter whose framework can keep compiled programs on disk (JAX's persistent compilation cache)
+        uses it so that repeated runs and CI runs with a cached directory compile little. Return a line for
+        the run's header saying what was done (the setting may outlive the run in the process), or None;
+        the default uses nothing. A cache must never change a result, only its cost.
+        """
+        return None
 
     @cached_property
     def caps(self) -> Capabilities:

@@ -24,6 +24,18 @@ BACKENDS_VARIABLE = "BACKPROP_CONFORMANCE_BACKENDS"
 """Names the backends when ``--conformance-backend`` is not given (comma- or space-separated), for tox
 and CI matrices: the convention array-api-tests' users know from ``ARRAY_API_TESTS_MODULE``."""
 
+CACHE_VARIABLE = "BACKPROP_CONFORMANCE_CACHE_DIR"
+"""Where adapters keep caches between runs when ``--conformance-cache-dir`` is not given."""
+
+
+def default_cache_dir() -> str:
+    """``$BACKPROP_CONFORMANCE_CACHE_DIR``, else ``$XDG_CACHE_HOME/backprop-conformance``, else ``~/.cache/backprop-conformance``."""
+    if CACHE_VARIABLE in os.environ:
+        return os.environ[CACHE_VARIABLE]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "backprop-conformance")
+
+
 DEFAULT_TIMEOUT = 900.0
 """Seconds one test of the suite may run before pytest-timeout ends it, naming the cell (unless the user
 set pytest-timeout's own ``--timeout``). Generous: the slowest default test, a thorough-profile cell on a
@@ -52,6 +64,7 @@ class RunOptions:
     update_baseline: bool = False
     markdown: Path | None = None
     timeout: float = DEFAULT_TIMEOUT
+    cache_dir: Path | None = None
     backends_from: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +150,13 @@ def add_options(parser: Any) -> None:
     )
     add(f"{PREFIX}markdown", metavar="PATH", default=None, help="append a Markdown summary of the run to PATH (e.g. $GITHUB_STEP_SUMMARY)")
     add(
+        f"{PREFIX}cache-dir",
+        metavar="DIR",
+        default=None,
+        help=f"where adapters keep caches between runs (JAX's compilation cache, in DIR/jax); an empty string turns them off; "
+        f"default: ${CACHE_VARIABLE}, else $XDG_CACHE_HOME/backprop-conformance or ~/.cache/backprop-conformance",
+    )
+    add(
         f"{PREFIX}timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -147,6 +167,11 @@ def add_options(parser: Any) -> None:
 
 def _names(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
+
+
+def _cache_dir(value: str | None, start: Path) -> Path | None:
+    chosen = default_cache_dir() if value is None else value
+    return start / chosen if chosen else None
 
 
 def from_config(config: Any) -> RunOptions:
@@ -180,5 +205,6 @@ def from_config(config: Any) -> RunOptions:
         update_baseline=bool(get("update_baseline")),
         markdown=path(get("markdown")),
         timeout=get("timeout"),
+        cache_dir=_cache_dir(get("cache_dir"), start),
         backends_from=source,
     )

@@ -48,11 +48,11 @@ from backprop_conformance.conformance.cells import Backend, Cell, SelectionError
 from backprop_conformance.conformance.markdown_summary import markdown
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import BackendEntry, CellResult, Report
-from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, LARGE_LIMITS, Limits, problems
+from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, LARGE_LIMITS, THOROUGH_LIMITS, Limits, problems
 from backprop_conformance.conformance.trial import CellTrial
 from backprop_conformance.conformance.verdict import Verdict, judge_exactness
 
-LIMITS_BY_PROFILE = {"large": LARGE_LIMITS}
+LIMITS_BY_PROFILE = {"large": LARGE_LIMITS, "thorough": THOROUGH_LIMITS}
 """Profiles that change the size of the networks, not only the number of examples (default: DEFAULT_LIMITS)."""
 
 CONFORMANCE_TESTS = known_defects.CONFORMANCE_TESTS
@@ -132,6 +132,14 @@ class ConformanceSession:
             reasons = [f"{b.spec.name}: {b.unavailable}" for b in missing] + [f"{name}: {why}" for name, why in self.empty.items()]
             raise pytest.UsageError(f"{options.PREFIX}require: " + "; ".join(reasons))
         self.notes += [f"{name}: {why}" for name, why in self.empty.items()]
+        if self.options.cache_dir is not None:
+            self.notes += [
+                note
+                for b in self.backends
+                if b.adapter is not None
+                for note in [b.adapter.use_cache(self.options.cache_dir / b.name)]
+                if note
+            ]
         self.profile = settings.get_current_profile_name()
         self._load_profile()
         self.limits = LIMITS_BY_PROFILE.get(self.profile, DEFAULT_LIMITS)

@@ -47,6 +47,11 @@ class Limits:
     max_width: int
     max_batch: int
     pool: tuple[tuple[tuple[int, ...], int], ...]
+    free_odds: int | None = None
+    """On a path that compiles per shape, one example in about this many draws its shape freely from the full
+    limits instead of from the pool (hypothesis favours the boundary, so "about": 1 in 10 for 16); None keeps
+    those paths on the pool, which covers every shape class, so that a run pays a bounded number of
+    compilations."""
 
 
 Z_REACH: dict[str, float] = {"float64": 1000.0, "float32": 100.0, "bfloat16": 100.0, "float16": 30.0}
@@ -72,19 +77,19 @@ SHAPE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
     ((1, 1), 1),
     ((2, 2), 3),
     ((3, 5, 4), 5),
-    ((7, 9, 8, 2), 8),
-    ((15, 17, 16), 17),
-    ((23, 31, 5), 13),
-    ((33, 40, 6), 14),
-    ((63, 65, 3), 15),
-    ((96, 72, 96), 16),
-    ((47, 12, 39, 1), 21),
-    ((1, 64, 64), 2),
-    ((5, 5, 5, 5, 5), 9),
     ((3, 3, 3, 3, 3, 3, 3), 4),
     ((2, 5, 1, 5, 2, 5, 1, 3), 6),
+    ((5, 5, 5, 5, 5), 9),
+    ((7, 9, 8, 2), 8),
     ((4, 4, 4, 4, 4, 4, 4, 4), 24),
+    ((1, 64, 64), 2),
+    ((15, 17, 16), 17),
+    ((23, 31, 5), 13),
     ((55, 20, 71, 7, 7), 7),
+    ((33, 40, 6), 14),
+    ((47, 12, 39, 1), 21),
+    ((63, 65, 3), 15),
+    ((96, 72, 96), 16),
 )
 """Architectures (widths, batch size) for the paths that compile per shape, covering the shape classes
 of :data:`BLOCKS` and every corner of the default limits: widths and batch sizes on both sides of 4, 8,
@@ -111,12 +116,9 @@ LARGE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
 batch 512: 16.8 million parameters)."""
 
 DEFAULT_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POOL)
+THOROUGH_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POOL, free_odds=16)
+"""The ``thorough`` profile's: 2,000 examples per cell can afford compiling shapes outside the pool too."""
 LARGE_LIMITS = Limits(max_depth=16, max_width=1024, max_batch=512, pool=LARGE_POOL)
-
-FREE_SHAPE_ODDS = 16
-"""On a path that compiles per shape, one example in this many draws its shape freely from the full
-limits instead of from the pool; shrinking moves toward the free branch, so a failure still shrinks to
-the smallest failing network."""
 
 
 @st.composite
@@ -162,8 +164,9 @@ def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int
 @st.composite
 def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS, pooled: bool = True) -> tuple[tuple[int, ...], int]:
     """(widths, batch size): free for a path that does not compile per shape; for one that does, from the
-    limits' pool, or free one time in :data:`FREE_SHAPE_ODDS`."""
-    if pooled and draw(st.integers(0, FREE_SHAPE_ODDS - 1), label="shape from pool"):
+    limits' pool (ordered small to large, so that a failure shrinks toward the smallest pooled network),
+    or now and then free where the limits allow it (:attr:`Limits.free_odds`)."""
+    if pooled and (limits.free_odds is None or draw(st.integers(0, limits.free_odds - 1), label="shape from pool")):
         return draw(st.sampled_from(limits.pool), label="pooled shape")
     return draw(architectures(limits)), draw(dimension(limits.max_batch, "B"))
 
