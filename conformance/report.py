@@ -74,7 +74,10 @@ def decode_float(value: object, where: str) -> float:
         if value not in NON_FINITE:
             raise ReportError(f"{where}: expected a number or one of {', '.join(map(repr, NON_FINITE))}, got {value!r}")
         return NON_FINITE[value]
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer has no size limit; a float64 has
+        raise ReportError(f"{where}: the integer {str(value)[:20]}... is too large for a float64") from None
 
 
 @dataclass
@@ -480,9 +483,12 @@ def read(path: Path) -> Report:
         raise ReportError(f"cannot read report file {path}: {exc}") from None
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, ReportError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, ReportError, an integer of more than 4,300 digits
         raise ReportError(f"{path} is not valid JSON ({exc})") from None
-    return Report.from_json(data, str(path))
+    try:
+        return Report.from_json(data, str(path))
+    except OverflowError:  # an integer too large for a float64 anywhere decode_float does not look (timings)
+        raise ReportError(f"{path}: holds an integer too large for a float64") from None
 
 
 def _refuse_constant(token: str) -> float:
