@@ -193,6 +193,9 @@ class CellResult:
         fields = _Fields(entry, where)
         examples = fields.integer("examples")
         ratios = [decode_float(v, f"{where}.ratios[{i}]") for i, v in enumerate(fields.get("ratios", list))]
+        for i, ratio in enumerate(ratios):
+            if math.isnan(ratio):  # max() over a NaN is NaN or not depending on its place, and nothing compares beyond NaN
+                raise ReportError(f"{where}.ratios[{i}]: NaN; a ratio is a number or 'inf'")
         depths = fields.get("depths", list)
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in depths):
             raise ReportError(f"{where}: field 'depths' must be a list of integers")
@@ -212,6 +215,11 @@ class CellResult:
                 )
             if recorded is not None and math.isnan(decode_float(recorded, f"{where}.{name}")):
                 raise ReportError(f"{where}: '{name}' is NaN; a ratio is a number or 'inf'")
+        if ratios and decode_float(fields.get("worst", (int, float, str)), f"{where}.worst") != max(ratios):
+            raise ReportError(
+                f"{where}: 'worst' is {fields.entry['worst']!r}, but the largest of its 'ratios' is {encode_float(max(ratios))!r}; "
+                "a baseline is compared by its ratios: edit both, or neither"
+            )
         element = fields.get("worst_element", (dict, type(None)))
         timing = fields.get("timing", dict)
         for key, value in timing.items():
