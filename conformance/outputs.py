@@ -122,15 +122,19 @@ def _writable_directory(directory: Path) -> str | None:
     return None
 
 
-def check_locations(files: Mapping[str, Path], directories: Mapping[str, Path], longest_name: int = 0) -> None:
+def check_locations(
+    files: Mapping[str, Path], directories: Mapping[str, Path], longest_name: int = 0, inputs: Mapping[str, Path] | None = None
+) -> None:
     """Raise :class:`OutputError` unless every output can be written and no two outputs share a location.
 
     ``files`` maps an option (``--conformance-report``) to the file it writes, ``directories`` an
-    option to a directory it fills with files of up to ``longest_name`` characters. Paths are
-    compared after resolving symbolic links, so ``out/../r.json`` and ``r.json`` are the same file.
+    option to a directory it fills with files of up to ``longest_name`` characters, ``inputs`` an
+    option to a file it only reads (a baseline not being updated), which must not be an output but
+    may be read-only. Paths are compared after resolving symbolic links, so ``out/../r.json`` and
+    ``r.json`` are the same file.
     """
     seen: dict[Path, str] = {}
-    for option, path in [*files.items(), *directories.items()]:
+    for option, path in [*files.items(), *(inputs or {}).items(), *directories.items()]:
         resolved = path.resolve()
         if resolved in seen:
             raise OutputError(
