@@ -542,8 +542,8 @@ def test_bad_capabilities_are_a_usage_error_naming_the_adapter(tmp_path: Path, d
 
 @pytest.mark.parametrize(
     "accumulation",
-    [{"float64": "float32"}, {"float64": {"batch_sum": "float32"}}, {"float32": "bfloat16"}],
-    ids=["float64-in-float32", "one-operation", "float32-in-bfloat16"],
+    [{"float64": "float32"}, {"float64": {"batch_sum": "float32"}}],
+    ids=["float64-in-float32", "one-operation"],
 )
 def test_coarser_accumulation_is_a_usage_error(tmp_path: Path, accumulation: dict[str, object]) -> None:
     """float32 sums declared for float64 storage would widen the float64 bound by 2^29 and let a 1e-9 relative bug pass."""
@@ -753,7 +753,6 @@ UNCOMPARABLE_BASELINES: dict[str, tuple[Callable[[str], str], str]] = {
         lambda t: json.dumps({**json.loads(t), "cells": ["ok-stable-manual-float64"]}),
         "cells[0] must be an object, got str",
     ),
-    "suite-not-an-object": (lambda t: json.dumps({**json.loads(t), "suite": "0.1.0"}), "field 'suite' has the wrong type (str: '0.1.0')"),
 }
 
 
@@ -1058,7 +1057,10 @@ def test_ctrl_c_ends_a_run_with_status_2_and_no_traceback(tmp_path: Path) -> Non
             time.sleep(0.05)
         assert marker.exists(), "the adapter was never called"
         os.killpg(run.pid, signal.SIGINT)
-        output, _ = run.communicate(timeout=60)
+        try:
+            output, _ = run.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run was still going 60 s after Ctrl-C")
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
