@@ -15,7 +15,8 @@ it is meant to. Plug-ins that must break while being imported are modules writte
 directory, installed as entry points by a ``*.dist-info`` directory beside them, as pip would leave them.
 
 Several checks read one run (module-scoped fixtures); each run uses a handful of examples and the
-conformance tier only, so that the whole module stays within about a minute and a half under ``-n 2``.
+conformance tier only: the module costs about 80 CPU-seconds (some 70 short runs of the suite), two
+minutes of wall time under ``-n 2`` on the project's 2-core machine while others were using it.
 What other modules already cover is not repeated here: the examples/shrink-call count of a failing
 cell (``tests/test_plugin.py::test_examples_count_examples_tried_not_shrinking_replays``), most
 malformed baselines (``tests/test_baseline.py::test_unusable_baseline_is_a_usage_error_at_start_up``),
