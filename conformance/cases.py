@@ -136,7 +136,10 @@ class _Reader:
             if depth == ndim:
                 if isinstance(item, bool) or not isinstance(item, (int, float)):
                     raise self.fail(path, f"expected a number, got {_kind(item)}")
-                number = float(item)
+                try:
+                    number = float(item)
+                except OverflowError:  # a JSON integer has no size limit; a float64 has
+                    raise self.fail(path, "is an integer too large for a float64") from None
                 if not math.isfinite(number):
                     raise self.fail(path, f"{item!r} is non-finite; parameters and data are finite")
                 flat.append(number)
@@ -267,6 +270,8 @@ def read(path: Path) -> Case:
     except RecursionError:
         raise CaseError(f"{path} is nested too deeply to be a case file") from None
     except CaseError as exc:
+        raise CaseError(f"{path} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # what json.loads raises besides JSONDecodeError: an integer of more than 4,300 digits
         raise CaseError(f"{path} is not valid JSON: {exc}") from None
     return from_json(data, str(path))
 

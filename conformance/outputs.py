@@ -122,15 +122,19 @@ def _writable_directory(directory: Path) -> str | None:
     return None
 
 
-def check_locations(files: Mapping[str, Path], directories: Mapping[str, Path], longest_name: int = 0) -> None:
+def check_locations(
+    files: Mapping[str, Path], directories: Mapping[str, Path], longest_name: int = 0, inputs: Mapping[str, Path] | None = None
+) -> None:
     """Raise :class:`OutputError` unless every output can be written and no two outputs share a location.
 
     ``files`` maps an option (``--conformance-report``) to the file it writes, ``directories`` an
-    option to a directory it fills with files of up to ``longest_name`` characters. Paths are
-    compared after resolving symbolic links, so ``out/../r.json`` and ``r.json`` are the same file.
+    option to a directory it fills with files of up to ``longest_name`` characters, ``inputs`` an
+    option to a file it only reads (a baseline not being updated), which must not be an output but
+    may be read-only. Paths are compared after resolving symbolic links, so ``out/../r.json`` and
+    ``r.json`` are the same file.
     """
     seen: dict[Path, str] = {}
-    for option, path in [*files.items(), *directories.items()]:
+    for option, path in [*files.items(), *(inputs or {}).items(), *directories.items()]:
         resolved = path.resolve()
         if resolved in seen:
             raise OutputError(
@@ -138,26 +142,32 @@ def check_locations(files: Mapping[str, Path], directories: Mapping[str, Path], 
                 "or one would overwrite the other (a baseline replaced by a failing run's report is lost)"
             )
         seen[resolved] = option
-    for option, path in files.items():
-        if path.is_dir():
-            raise OutputError(f"{option} {path}: is a directory; give a file name")
-        problem = _writable_directory(path.parent)
-        if problem is not None or (path.exists() and not os.access(path, os.W_OK)):
-            raise OutputError(f"{option} {path}: cannot be written ({problem or 'the file is not writable'})")
-    for option, path in directories.items():
-        if path.exists() and not path.is_dir():
-            raise OutputError(f"{option} {path}: is a file; give a directory")
-        problem = _writable_directory(path)
-        if problem is not None:
-            raise OutputError(f"{option} {path}: cannot be written ({problem})")
-        if longest_name:
-            existing = path
-            while not existing.exists():
-                existing = existing.parent
-            name_max = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
-            path_max = os.pathconf(existing, "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
-            if longest_name > name_max or len(str(path.resolve())) + 1 + longest_name >= path_max:
-                raise OutputError(
-                    f"{option} {path}: case files of {longest_name} characters would exceed this file system's limits "
-                    f"(names ≤ {name_max}, paths < {path_max}); use a shorter directory or shorter adapter and path names"
-                )
+    where = ""
+    try:
+        for option, path in files.items():
+            where = f"{option} {path}"
+            if path.is_dir():
+                raise OutputError(f"{option} {path}: is a directory; give a file name")
+            problem = _writable_directory(path.parent)
+            if problem is not None or (path.exists() and not os.access(path, os.W_OK)):
+                raise OutputError(f"{option} {path}: cannot be written ({problem or 'the file is not writable'})")
+        for option, path in directories.items():
+            where = f"{option} {path}"
+            if path.exists() and not path.is_dir():
+                raise OutputError(f"{option} {path}: is a file; give a directory")
+            problem = _writable_directory(path)
+            if problem is not None:
+                raise OutputError(f"{option} {path}: cannot be written ({problem})")
+            if longest_name:
+                existing = path
+                while not existing.exists():
+                    existing = existing.parent
+                name_max = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+                path_max = os.pathconf(existing, "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+                if longest_name > name_max or len(str(path.resolve())) + 1 + longest_name >= path_max:
+                    raise OutputError(
+                        f"{option} {path}: case files of {longest_name} characters would exceed this file system's limits "
+                        f"(names ≤ {name_max}, paths < {path_max}); use a shorter directory or shorter adapter and path names"
+                    )
+    except OSError as exc:  # a name beyond NAME_MAX or a path beyond PATH_MAX: pathlib raises ENAMETOOLONG where it would answer
+        raise OutputError(f"{where}: cannot be used ({exc.strerror or exc})") from None

@@ -74,7 +74,10 @@ def decode_float(value: object, where: str) -> float:
         if value not in NON_FINITE:
             raise ReportError(f"{where}: expected a number or one of {', '.join(map(repr, NON_FINITE))}, got {value!r}")
         return NON_FINITE[value]
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer has no size limit; a float64 has
+        raise ReportError(f"{where}: the integer {str(value)[:20]}... is too large for a float64") from None
 
 
 @dataclass
@@ -190,6 +193,9 @@ class CellResult:
         fields = _Fields(entry, where)
         examples = fields.integer("examples")
         ratios = [decode_float(v, f"{where}.ratios[{i}]") for i, v in enumerate(fields.get("ratios", list))]
+        for i, ratio in enumerate(ratios):
+            if math.isnan(ratio):  # max() over a NaN is NaN or not depending on its place, and nothing compares beyond NaN
+                raise ReportError(f"{where}.ratios[{i}]: NaN; a ratio is a number or 'inf'")
         depths = fields.get("depths", list)
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in depths):
             raise ReportError(f"{where}: field 'depths' must be a list of integers")
@@ -210,6 +216,11 @@ class CellResult:
                 )
             if recorded is not None and math.isnan(decode_float(recorded, f"{where}.{name}")):
                 raise ReportError(f"{where}: '{name}' is NaN; a ratio is a number or 'inf'")
+        if ratios and decode_float(fields.get("worst", (int, float, str)), f"{where}.worst") != max(ratios):
+            raise ReportError(
+                f"{where}: 'worst' is {fields.entry['worst']!r}, but the largest of its 'ratios' is {encode_float(max(ratios))!r}; "
+                "a baseline is compared by its ratios: edit both, or neither"
+            )
         element = fields.get("worst_element", (dict, type(None)))
         timing = fields.get("timing", dict)
         for key, value in timing.items():
@@ -481,9 +492,12 @@ def read(path: Path) -> Report:
         raise ReportError(f"cannot read report file {path}: {exc}") from None
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, ReportError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, ReportError, an integer of more than 4,300 digits
         raise ReportError(f"{path} is not valid JSON ({exc})") from None
-    return Report.from_json(data, str(path))
+    try:
+        return Report.from_json(data, str(path))
+    except OverflowError:  # an integer too large for a float64 anywhere decode_float does not look (timings)
+        raise ReportError(f"{path}: holds an integer too large for a float64") from None
 
 
 def _refuse_constant(token: str) -> float:

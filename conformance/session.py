@@ -177,12 +177,13 @@ class ConformanceSession:
         junit = self.config.getoption("xmlpath", None)
         if junit:
             files["--junitxml"] = Path(self.config.invocation_params.dir) / junit
-        if opts.baseline is not None:
-            files[f"{options.PREFIX}baseline"] = opts.baseline
+        read_only: dict[str, Path] = {}
+        if opts.baseline is not None:  # written only with --conformance-update-baseline; else it may be read-only
+            (files if opts.update_baseline else read_only)[f"{options.PREFIX}baseline"] = opts.baseline
         chosen = {option: path for option, path in files.items() if path is not None}
         longest = max((cases.file_name_length(c.id) for c in self.cells), default=0)
         try:
-            outputs.check_locations(chosen, {f"{options.PREFIX}case-dir": opts.case_dir}, longest)
+            outputs.check_locations(chosen, {f"{options.PREFIX}case-dir": opts.case_dir}, longest, read_only)
         except outputs.OutputError as exc:
             raise pytest.UsageError(str(exc)) from None
         if opts.baseline is None or (opts.update_baseline and not opts.baseline.exists()):
