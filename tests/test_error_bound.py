@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -173,8 +174,24 @@ def _sigma(t: float) -> float:
     return (1.0 if t >= 0 else e) / (1.0 + e)
 
 
+def _sigma_deviation(z: float, E_z: float) -> float:
+    """max |σ(ẑ) − σ(z)| over |ẑ − z| ≤ E_z, from its definition: σ is increasing, so the ends of the interval.
+
+    Evaluated at 60 digits, where the subtraction of two nearly equal σ loses nothing that matters: an
+    independent check of the module's closed form σ(p)σ(−q)(1 − e^{q−p}).
+    """
+    with mpmath.workdps(60):
+        s = mpmath.mpf(z)
+        e = mpmath.mpf(E_z)
+
+        def sig(t: mpmath.mpf) -> mpmath.mpf:
+            return 1 / (1 + mpmath.exp(-t))
+
+        return float(max(sig(s + e) - sig(s), sig(s) - sig(s - e)))
+
+
 def test_one_neuron_network_by_hand() -> None:
-    """L = 2, n(1) = n(2) = 1, B = 1: every equation of the note written out with scalars."""
+    """L = 2, n(1) = n(2) = 1, B = 1: every equation of docs/error-bound.md written out with scalars."""
     x, y, w, b = 0.75, 0.25, 2.0, -0.5
     u, u_a, eta, c = 2.0**-24, 2.0**-24, 2.0**-126, 4.0
 
@@ -190,14 +207,15 @@ def test_one_neuron_network_by_hand() -> None:
     E_a1 = u * abs(x)
     # fan-in n(1) = 1, so γ_{n+1} = γ_2; underflow is charged η per term of a sum: (2n + 1)η = 3η here
     E_z = abs(w) * E_a1 + (g(2) + 2 * u) * (abs(w) * abs(x) + abs(b)) + 3 * eta
-    E_a = sp * E_z + c * u * a + eta
-    E_s = abs(1 - 2 * a) * E_a + 2 * u * sp + eta
-    E_s_stable = abs(1 - 2 * a) * sp * E_z + 2 * c * u * sp + eta  # σ′ evaluated as σ(z)σ(−z): relative error
+    dsigma = _sigma_deviation(z, E_z)  # the range of σ over [z − E_z, z + E_z]
+    E_a = dsigma + c * u * a + eta
+    E_s = abs(1 - 2 * a) * E_a + E_a**2 + 2 * u * sp + eta  # â(1 − â) − a(1 − a) = e(1 − 2a − e)
+    E_s_stable = abs(1 - 2 * a) * dsigma + dsigma**2 + 2 * c * u * sp + eta  # σ′ evaluated as σ(z)σ(−z): relative error
     E_h = E_a + u * (abs(r) + abs(y))
-    E_d = E_h * sp + abs(r) * E_s + 3 * u * abs(delta) + eta
-    E_w = E_d * abs(x) + abs(delta) * E_a1 + (u + g(1)) * abs(delta) * abs(x) + 2 * eta  # 2Bη, B = 1
-    E_b = E_d + g(1) * abs(delta) + eta  # Bη
-    E_C = abs(r) * E_h + 0.5 * E_h**2 + (u + g(1)) * 0.5 * r * r + 2 * eta  # 1/2 (r + e)² − 1/2 r² = r·e + 1/2 e²; 2Nη, N = 1
+    E_d = E_h * sp + abs(r) * E_s + E_h * E_s + 3 * u * abs(delta) + eta  # x̂ŷ − xy = e_x y + x e_y + e_x e_y
+    E_w = E_d * abs(x) + abs(delta) * E_a1 + E_d * E_a1 + (u + g(1)) * abs(delta) * abs(x) + 2 * eta  # 2Bη, B = 1
+    E_b = E_d + (u + g(1)) * abs(delta) + eta  # Bη; u: the sum's final rounding to storage
+    E_C = abs(r) * E_h + 0.5 * E_h**2 + (2 * u + g(1)) * 0.5 * r * r + 2 * eta  # 1/2 (r + e)² − 1/2 r² = r·e + 1/2 e²; 2Nη, N = 1
 
     network = Network({2: np.array([[w]])}, {2: np.array([b])})
     batch = Batch(np.array([[x]]), np.array([[y]]))
@@ -215,18 +233,20 @@ def test_one_neuron_network_by_hand() -> None:
         "b": bounds.gradients.b[2][0],
     }
     for name, value in expected.items():
-        assert got[name] == pytest.approx(value, rel=1e-13), name
-    assert bounds.cost == pytest.approx(E_C, rel=1e-13)
+        assert got[name] == pytest.approx(value, rel=1e-13, abs=0.0), name
+    assert bounds.cost == pytest.approx(E_C, rel=1e-13, abs=0.0)
     stable = error_bounds(network, batch, backprop(network, batch), precision, stable_sigma_prime=True)
-    assert stable.sigma_prime[2][0, 0] == pytest.approx(E_s_stable, rel=1e-13)
+    assert stable.sigma_prime[2][0, 0] == pytest.approx(E_s_stable, rel=1e-13, abs=0.0)
 
 
 def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_prime: bool) -> dict[str, object]:
-    """The note's equations, index by index, in plain Python floats (no numpy arithmetic, no module code).
+    """The equations of docs/error-bound.md, index by index, in plain Python floats (no numpy arithmetic, no module code).
 
-    Two refinements the module documents beyond the note are included: underflow is charged η per term
-    of each sum (flush-to-zero can lose η on every product and partial sum), and the cost bound keeps
-    the second-order term 1/2 (E_h^L)².
+    The refinements beyond the design note are included: underflow is charged η per term of each sum
+    (flush-to-zero can lose η on every product and partial sum), the cost bound keeps the second-order
+    term 1/2 (E_h^L)², σ's error is its range over [z − E_z, z + E_z], every product of two erroneous
+    factors keeps the product of their errors (σ′ = a(1 − a), δ = ∂C/∂a · σ′, δ a^{l−1}), and the bias
+    and cost sums are charged their final rounding to storage.
 
     ``stable_sigma_prime`` selects the E_s of a σ′ evaluated as σ(z)σ(−z) (relative error) instead of a(1 − a).
     Returns per-example lists keyed [e][l][j] and gradient bounds keyed [l][j][k] / [l][j].
@@ -257,16 +277,19 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
                 + (2 * n[l - 1] + 1) * eta
                 for j in range(n[l])
             ]
-            E_a[l] = [sp[l][j] * E_z[l][j] + c * u * a[l][j] + eta for j in range(n[l])]
+            dsigma = [_sigma_deviation(z[l][j], E_z[l][j]) for j in range(n[l])]
+            E_a[l] = [dsigma[j] + c * u * a[l][j] + eta for j in range(n[l])]
             if stable_sigma_prime:
-                E_s[l] = [abs(1 - 2 * a[l][j]) * sp[l][j] * E_z[l][j] + 2 * c * u * sp[l][j] + eta for j in range(n[l])]
+                E_s[l] = [abs(1 - 2 * a[l][j]) * dsigma[j] + dsigma[j] ** 2 + 2 * c * u * sp[l][j] + eta for j in range(n[l])]
             else:
-                E_s[l] = [abs(1 - 2 * a[l][j]) * E_a[l][j] + 2 * u * sp[l][j] + eta for j in range(n[l])]
+                E_s[l] = [abs(1 - 2 * a[l][j]) * E_a[l][j] + E_a[l][j] ** 2 + 2 * u * sp[l][j] + eta for j in range(n[l])]
         r = [a[L][j] - y[j] for j in range(n[L])]
         h = {L: r}
         delta = {L: [r[j] * sp[L][j] for j in range(n[L])]}
         E_h = {L: [E_a[L][j] + u * (abs(r[j]) + abs(y[j])) for j in range(n[L])]}
-        E_d = {L: [E_h[L][j] * sp[L][j] + abs(r[j]) * E_s[L][j] + 3 * u * abs(delta[L][j]) + eta for j in range(n[L])]}
+        E_d = {
+            L: [E_h[L][j] * sp[L][j] + abs(r[j]) * E_s[L][j] + E_h[L][j] * E_s[L][j] + 3 * u * abs(delta[L][j]) + eta for j in range(n[L])]
+        }
         for l in range(L - 1, 1, -1):
             h[l] = [math.fsum(delta[l + 1][i] * w[l + 1][i][j] for i in range(n[l + 1])) for j in range(n[l])]
             delta[l] = [h[l][j] * sp[l][j] for j in range(n[l])]
@@ -276,7 +299,10 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
                 + 2 * n[l + 1] * eta
                 for j in range(n[l])
             ]
-            E_d[l] = [E_h[l][j] * sp[l][j] + abs(h[l][j]) * E_s[l][j] + 2 * u * abs(delta[l][j]) + eta for j in range(n[l])]
+            E_d[l] = [
+                E_h[l][j] * sp[l][j] + abs(h[l][j]) * E_s[l][j] + E_h[l][j] * E_s[l][j] + 2 * u * abs(delta[l][j]) + eta
+                for j in range(n[l])
+            ]
         per_example.append({"a": a, "delta": delta, "r": r, "E_a": E_a, "E_z": E_z, "E_s": E_s, "E_h": E_h, "E_d": E_d})
 
     E_w = {
@@ -285,6 +311,7 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
                 sum(
                     ex["E_d"][l][j] * abs(ex["a"][l - 1][k])
                     + abs(ex["delta"][l][j]) * ex["E_a"][l - 1][k]
+                    + ex["E_d"][l][j] * ex["E_a"][l - 1][k]
                     + (u + g(B)) * abs(ex["delta"][l][j]) * abs(ex["a"][l - 1][k])
                     for ex in per_example
                 )
@@ -297,14 +324,14 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
     }
     E_b = {
         l: [
-            sum(ex["E_d"][l][j] for ex in per_example) + g(B) * sum(abs(ex["delta"][l][j]) for ex in per_example) + B * eta
+            sum(ex["E_d"][l][j] for ex in per_example) + (u + g(B)) * sum(abs(ex["delta"][l][j]) for ex in per_example) + B * eta
             for j in range(n[l])
         ]
         for l in range(2, L + 1)
     }
     E_C = (
         sum(abs(ex["r"][j]) * ex["E_h"][L][j] + 0.5 * ex["E_h"][L][j] ** 2 for ex in per_example for j in range(n[L]))
-        + (u + g(B * n[L])) * sum(0.5 * ex["r"][j] ** 2 for ex in per_example for j in range(n[L]))
+        + (2 * u + g(B * n[L])) * sum(0.5 * ex["r"][j] ** 2 for ex in per_example for j in range(n[L]))
         + 2 * B * n[L] * eta
     )
     return {"examples": per_example, "w": E_w, "b": E_b, "cost": E_C}
