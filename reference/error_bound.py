@@ -173,16 +173,20 @@ def sigma_deviation(z: np.ndarray, E_z: np.ndarray) -> np.ndarray:
 def weighted_input_bound(
     abs_w: np.ndarray, abs_b: np.ndarray, a_prev: np.ndarray, E_a_prev: np.ndarray, precision: Precision
 ) -> np.ndarray:
-    """E_z^l_j = Σ_k |w^l_jk| E_a^{l−1}_k + (γ_{n+1} + 2u)(Σ_k |w^l_jk| |a^{l−1}_k| + |b^l_j|) + (2n + 1)η, n = n(l − 1).
+    """E_z^l_j = Σ_k |w^l_jk| E_a^{l−1}_k + (γ_{n+1} + 2u) Σ_k |w^l_jk| |a^{l−1}_k| + (γ_{n+1} + u)|b^l_j| + (2n + 1)η, n = n(l − 1).
 
     The error of z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j: the inputs' errors carried through the exact
-    weights (linear, so first order is exact), the dot product's rounding at the accumulation's γ,
-    the rounding of the products and of z itself to storage (2u), and η per product and partial sum.
+    weights (linear, so first order is exact), the sum's rounding at the accumulation's γ_{n+1}, the
+    rounding of each product w^l_jk a^{l−1}_k to storage (u, where a framework forms them there) and of z
+    itself (u|z| ≤ u(Σ_k |w^l_jk||a^{l−1}_k| + |b^l_j|)), and η per product and partial sum. b^l_j is
+    no product, so it is charged the one rounding of z, not the design note's two: in bfloat16 a z made
+    mostly of bias is otherwise uncertain by twice its own rounding, enough for σ's exact range at a
+    saturated output to admit a σ′ of 0 (docs/error-bound.md).
     ``abs_w``, ``abs_b`` are |w^l|, |b^l|; ``a_prev``, ``E_a_prev`` per example, shape (B, n(l − 1)).
     """
     n = abs_w.shape[1]
-    u, eta = precision.u, precision.eta
-    return E_a_prev @ abs_w.T + (gamma(n + 1, precision.u_a) + 2 * u) * (np.abs(a_prev) @ abs_w.T + abs_b) + (2 * n + 1) * eta
+    u, g = precision.u, gamma(n + 1, precision.u_a)
+    return E_a_prev @ abs_w.T + (g + 2 * u) * (np.abs(a_prev) @ abs_w.T) + (g + u) * abs_b + (2 * n + 1) * precision.eta
 
 
 def activation_bound(z: np.ndarray, a: np.ndarray, E_z: np.ndarray, precision: Precision) -> np.ndarray:

@@ -273,7 +273,7 @@ def test_one_neuron_network_by_hand() -> None:
 
     E_a1 = u * abs(x)
     # fan-in n(1) = 1, so γ_{n+1} = γ_2; underflow is charged η per term of a sum: (2n + 1)η = 3η here
-    E_z = abs(w) * E_a1 + (g(2) + 2 * u) * (abs(w) * abs(x) + abs(b)) + 3 * eta
+    E_z = abs(w) * E_a1 + (g(2) + 2 * u) * abs(w) * abs(x) + (g(2) + u) * abs(b) + 3 * eta  # b is no product: one rounding
     dsigma = _sigma_deviation(z, E_z)  # the range of σ over [z − E_z, z + E_z]
     E_a = dsigma + c * u * a + eta
     E_s = abs(1 - 2 * a) * E_a + E_a**2 + 2 * u * sp + eta  # â(1 − â) − a(1 − a) = e(1 − 2a − e)
@@ -313,7 +313,7 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
     (flush-to-zero can lose η on every product and partial sum), the cost bound keeps the second-order
     term 1/2 (E_h^L)², σ's error is its range over [z − E_z, z + E_z], every product of two erroneous
     factors keeps the product of their errors (σ′ = a(1 − a), δ = ∂C/∂a · σ′, δ a^{l−1}), and the bias
-    and cost sums are charged their final rounding to storage.
+    and cost sums are charged their final rounding to storage, and b^l_j, no product, one rounding in z^l_j.
 
     ``stable_sigma_prime`` selects the E_s of a σ′ evaluated as σ(z)σ(−z) (relative error) instead of a(1 − a).
     Returns per-example lists keyed [e][l][j] and gradient bounds keyed [l][j][k] / [l][j].
@@ -340,7 +340,8 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
             sp[l] = [_sigma(t) * _sigma(-t) for t in z[l]]
             E_z[l] = [
                 sum(abs(w[l][j][k]) * E_a[l - 1][k] for k in range(n[l - 1]))
-                + (g(n[l - 1] + 1) + 2 * u) * (sum(abs(w[l][j][k]) * abs(a[l - 1][k]) for k in range(n[l - 1])) + abs(b[l][j]))
+                + (g(n[l - 1] + 1) + 2 * u) * sum(abs(w[l][j][k]) * abs(a[l - 1][k]) for k in range(n[l - 1]))
+                + (g(n[l - 1] + 1) + u) * abs(b[l][j])
                 + (2 * n[l - 1] + 1) * eta
                 for j in range(n[l])
             ]
