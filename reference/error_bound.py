@@ -288,7 +288,7 @@ def weight_gradient_bound(
     """
     B = delta.shape[0]
     abs_delta, abs_a = np.abs(delta), np.abs(a_prev)
-    errors = E_delta.T @ abs_a + abs_delta.T @ E_a_prev + E_delta.T @ E_a_prev
+    errors = E_delta.T @ (abs_a + E_a_prev) + abs_delta.T @ E_a_prev  # E_δ|a| + E_δ E_a in one product
     return errors + (precision.u + gamma(B, precision.u_a)) * (abs_delta.T @ abs_a) + 2 * B * precision.eta
 
 
