@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.strategies import _fits, problems
-from backprop_conformance.conformance.verdict import Mismatch, compare_gradients
+from backprop_conformance.conformance.verdict import Mismatch, Verdict, compare_gradients
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.error_bound import FLOAT64, K, Precision, gamma, tolerance
 from backprop_conformance.reference.model import Batch, Gradients, Network
@@ -104,9 +104,9 @@ def previous_tolerance(problem: Problem, precision: Precision) -> tuple[Gradient
 
 
 def worst_ratio(output: AdapterOutput, problem: Problem, bound: Gradients, cost_bound: float) -> float:
-    """The verdict's worst error/bound ratio over every gradient element and the cost."""
+    """The verdict's worst error/bound ratio over every gradient element and the cost (:attr:`Verdict.worst_ratio`)."""
     gradients = compare_gradients(output.gradients, problem.trace.gradients, bound)
-    return max(gradients.worst_ratio, Mismatch("C", float(output.cost), problem.trace.cost, cost_bound).ratio)
+    return Verdict("", problem, gradients, Mismatch("C (the cost)", float(output.cost), problem.trace.cost, cost_bound)).worst_ratio
 
 
 class NumpyBfloat16(NumpyAdapter):
