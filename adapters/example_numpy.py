@@ -26,10 +26,13 @@ class NumpyAdapter(Adapter):
             name="numpy-example",
             framework="NumPy (hand-written backprop)",
             version=np.__version__,
-            dtypes=("float64", "float32"),
+            dtypes=("float64", "float32", "float16"),
             paths=("manual",),
             default_paths=("manual",),
-            accumulation={},  # dot products accumulate in the storage format itself
+            # Sums accumulate in the storage format, except in float16, declared per operation: numpy's float16
+            # matrix products and its sum of a whole array accumulate in float32, but sum(axis=0), the bias
+            # gradient's batch sum, adds row by row in float16.
+            accumulation={"float16": {"dot": "float32", "cost_sum": "float32"}},
         )
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:

@@ -13,7 +13,7 @@ FLOPs counted (matrix products only, forward + backward, page's layers l = 2..L,
     ∂C/∂a^{l−1} = δ^l w^l                2·B·n(l)·n(l−1)   every l except 2 (no ∂C/∂a^1 is needed)
     ∂C/∂w^l = (δ^l)ᵀ a^{l−1}             2·B·n(l)·n(l−1)   every l
 
-Run: ``python benchmarks/bench_reference.py``. It prints figures and asserts nothing about time.
+Run: ``python -m benchmarks.bench_reference``. It prints figures and asserts nothing about time.
 numpy's matmul uses every core OpenBLAS is given while σ and the other elementwise steps use one, so
 the ratio falls as cores are added; on a machine shared with other jobs, ``OPENBLAS_NUM_THREADS=1``
 gives the steadiest figure.

@@ -1,24 +1,27 @@
 """Per-element bounds on the rounding error of a gradient: the tolerance of every verdict.
 
-Implements the running error bound of the design note ``shared/design/error-bound.md`` (first order,
-standard model of floating point, Higham's γ_n). A framework's gradient passes when, element by
-element,
+The derivation, every equation and the evidence behind each refinement: ``docs/error-bound.md``. It
+starts from the design note's running error bound (standard model of floating point, Higham's γ_n) and
+keeps, beyond first order, what can dominate when a first-order factor vanishes: the exact range of σ
+over z's error interval, and the product of the two errors wherever two erroneous factors multiply.
+A framework's gradient passes when, element by element,
 
     |g_framework − g_reference| ≤ K · (E(framework precision) + E(reference precision)),   K = 2,
 
 where E is computed here from the float64 reference's own forward and backward values at the very
-point (parameters and data already rounded to the framework's format) the framework was given.
+point (parameters and data already rounded to the framework's format) the framework was given. Each
+equation is one function below, in the page's indices; :func:`error_bounds` chains them.
 
-Why a bound instead of rtol/atol: the note's measurements show that a fixed relative tolerance fails
-almost every correct float32 network, while the usual absolute tolerance passes pure rounding noise
-and misses float32 arithmetic hidden in a float64 run. The bound follows each element's own
-conditioning: width enters through γ_n, magnitude through |W||a| and |W|ᵀ|δ|, depth through the
-recursion, and saturation through E_s, the error of σ′ as frameworks compute it, a(1 − a).
+Why a bound instead of rtol/atol: a fixed relative tolerance fails almost every correct float32
+network, while the usual absolute tolerance passes pure rounding noise and misses float32 arithmetic
+hidden in a float64 run. The bound follows each element's own conditioning: width enters through γ_n,
+magnitude through |W||a| and |W|ᵀ|δ|, depth through the recursion, and saturation through E_s, the
+error of σ′ as frameworks compute it, a(1 − a).
 
-Symbols (all elementwise, all |·| taken in float64): u is the unit roundoff of storage, u_a that of
-accumulation (a float16 or bfloat16 dot product accumulated in float32 has u_a = 2^-24), η the
-underflow allowance (``finfo.tiny``: XLA on CPU flushes subnormals to zero), c_σ ≈ 4 the error of one
-sigmoid evaluation in ulps, σ′_l = σ(z^l)σ(−z^l) evaluated stably.
+Symbols (all elementwise, all |·| taken in float64): u is the unit roundoff of storage; u_a, u_batch and
+u_cost those of the three kinds of sum (:class:`Precision`); η the underflow allowance (``finfo.tiny``:
+XLA on CPU flushes subnormals to zero); c_σ ≈ 4 the error of one sigmoid evaluation in ulps;
+σ′ = σ(z)σ(−z) evaluated stably; Δσ the range of σ over z's error interval (:func:`sigma_deviation`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
-from backprop_conformance.reference.sigmoid import sigmoid_prime
+from backprop_conformance.reference.sigmoid import sigmoid, sigmoid_prime
 from backprop_conformance.reference.vectorized import BackpropTrace
 
 K = 2.0
@@ -147,83 +150,219 @@ def _combine(x: ErrorBounds, y: ErrorBounds, op: object) -> ErrorBounds:
     )
 
 
+def sigma_deviation(z: np.ndarray, E_z: np.ndarray) -> np.ndarray:
+    """Δσ^l_j = max |σ(ẑ^l_j) − σ(z^l_j)| over every ẑ^l_j with |ẑ^l_j − z^l_j| ≤ E_z^l_j, in closed form:
+
+        Δσ = (1 − e^{−E_z}) σ(|z|) σ(E_z − |z|)
+
+    σ is increasing, so the deviation is σ(z + E_z) − σ(z) or σ(z) − σ(z − E_z); σ′ decreases with
+    |z|, so it is the first for z ≤ 0 (the interval's upper half lies nearer 0) and the second for
+    z ≥ 0, and σ(−t) = 1 − σ(t) makes the two the same function of |z|. The identity
+    σ(p) − σ(q) = σ(p) σ(−q) (1 − e^{q − p}) writes it without subtracting two nearly equal σ.
+
+    Why not the first-order σ′(z^l_j) E_z^l_j of the design note: in saturation every derivative of σ
+    is about σ itself, so σ(z + E) − σ(z) ≈ σ(z)(e^E − 1) and no truncated Taylor series bounds it once
+    E_z is about 1 or more, as it is in bfloat16 (u = 2^-8) for a z^l_j summed from products of total
+    magnitude above about 100. For small E_z, Δσ = σ′ E_z (1 + O(E_z)): nothing changes where the
+    first-order term was valid.
+    """
+    magnitude = np.abs(z)
+    return -np.expm1(-E_z) * sigmoid(magnitude) * sigmoid(E_z - magnitude)
+
+
+def weighted_input_bound(
+    abs_w: np.ndarray, abs_b: np.ndarray, a_prev: np.ndarray, E_a_prev: np.ndarray, precision: Precision
+) -> np.ndarray:
+    """E_z^l_j = Σ_k |w^l_jk| E_a^{l−1}_k + (γ_{n+1} + 2u) Σ_k |w^l_jk| |a^{l−1}_k| + (γ_{n+1} + u)|b^l_j| + (2n + 1)η, n = n(l − 1).
+
+    The error of z^l_j = Σ_k w^l_jk a^{l−1}_k + b^l_j: the inputs' errors carried through the exact
+    weights (linear, so first order is exact), the sum's rounding at the accumulation's γ_{n+1}, the
+    rounding of each product w^l_jk a^{l−1}_k to storage (u, where a framework forms them there) and of z
+    itself (u|z| ≤ u(Σ_k |w^l_jk||a^{l−1}_k| + |b^l_j|)), and η per product and partial sum. b^l_j is
+    no product, so it is charged the one rounding of z, not the design note's two: in bfloat16 a z made
+    mostly of bias is otherwise uncertain by twice its own rounding, enough for σ's exact range at a
+    saturated output to admit a σ′ of 0 (docs/error-bound.md).
+    ``abs_w``, ``abs_b`` are |w^l|, |b^l|; ``a_prev``, ``E_a_prev`` per example, shape (B, n(l − 1)).
+    """
+    n = abs_w.shape[1]
+    u, g = precision.u, gamma(n + 1, precision.u_a)
+    return E_a_prev @ abs_w.T + (g + 2 * u) * (np.abs(a_prev) @ abs_w.T) + (g + u) * abs_b + (2 * n + 1) * precision.eta
+
+
+def activation_bound(z: np.ndarray, a: np.ndarray, E_z: np.ndarray, precision: Precision) -> np.ndarray:
+    """E_a^l_j = Δσ(z^l_j, E_z^l_j) + c_σ u a^l_j + η.
+
+    The error of a^l_j = σ(z^l_j): the error z^l_j already carries, through σ (:func:`sigma_deviation`),
+    plus the evaluation of σ itself (c_σ ulps) and underflow (η: a σ(z) below the format's smallest
+    normal number may be flushed to zero).
+    """
+    return sigma_deviation(z, E_z) + precision.c_sigma * precision.u * a + precision.eta
+
+
+def sigma_prime_bound(a: np.ndarray, E_a: np.ndarray, sigma_prime: np.ndarray, precision: Precision) -> np.ndarray:
+    """E_s^l_j = |1 − 2a^l_j| E_a^l_j + (E_a^l_j)² + 2u σ′(z^l_j) + η: the error of σ′ computed as a(1 − a).
+
+    With â = a + e the computed activation, â(1 − â) − a(1 − a) = e (1 − 2a − e) exactly, so
+    |1 − 2a| E_a + E_a² bounds it with nothing left out (a product of two errors, kept because its
+    first-order companion vanishes: at a = 1/2, where 1 − 2a = 0, and wherever E_a exceeds a, as in a
+    saturated unit whose z is uncertain by more than 1). 2u σ′ is the subtraction and the product.
+    The computed a(1 − a) has an absolute error of about u·a, so its relative error grows like u·e^{|z|}
+    and in float32 it is exactly 0 from z ≈ 16.7: this term is what lets the bound follow a saturated unit.
+    """
+    return np.abs(1 - 2 * a) * E_a + E_a * E_a + 2 * precision.u * sigma_prime + precision.eta
+
+
+def stable_sigma_prime_bound(z: np.ndarray, a: np.ndarray, E_z: np.ndarray, sigma_prime: np.ndarray, precision: Precision) -> np.ndarray:
+    """E_s^l_j = |1 − 2a^l_j| Δσ^l_j + (Δσ^l_j)² + 2c_σ u σ′(z^l_j) + η: σ′ as accurate as σ(z)σ(−z) in the format.
+
+    The fidelity tier's standard: σ′ evaluated at the computed ẑ to a few ulps relative. With
+    σ(ẑ) = σ(z) + e, |e| ≤ Δσ, σ′(ẑ) − σ′(z) = e (1 − 2σ(z) − e) exactly, the identity of
+    :func:`sigma_prime_bound` without the rounding of σ; 2c_σ u σ′ is the evaluation of the two factors.
+    """
+    deviation = sigma_deviation(z, E_z)
+    return np.abs(1 - 2 * a) * deviation + deviation * deviation + 2 * precision.c_sigma * precision.u * sigma_prime + precision.eta
+
+
+def output_activation_gradient_bound(E_a_L: np.ndarray, r: np.ndarray, y: np.ndarray, precision: Precision) -> np.ndarray:
+    """E_h^L_j = E_a^L_j + u(|a^L_j − y_j| + |y_j|): the error of ∂C/∂a^L_j = a^L_j − y_j (y is exact)."""
+    return E_a_L + precision.u * (np.abs(r) + np.abs(y))
+
+
+def product_error(x: np.ndarray, E_x: np.ndarray, y: np.ndarray, E_y: np.ndarray) -> np.ndarray:
+    """|x̂ŷ − xy| ≤ E_x |y| + |x| E_y + E_x E_y, for |x̂ − x| ≤ E_x and |ŷ − y| ≤ E_y: the product rule of errors.
+
+    Exact, not first order: x̂ŷ − xy = (x̂ − x) y + x (ŷ − y) + (x̂ − x)(ŷ − y). The product of the two
+    errors is what the design note's first-order bound left out, and it dominates when both first-order
+    terms vanish: x ≈ 0 (a residual a − y far below a's own error, targets set to the outputs) and
+    y ≈ 0 (σ′ of a saturated unit, or a value below the underflow threshold, whose error η exceeds it).
+    """
+    return E_x * np.abs(y) + np.abs(x) * E_y + E_x * E_y
+
+
+def output_error_bound(
+    E_h_L: np.ndarray, r: np.ndarray, sigma_prime: np.ndarray, E_s_L: np.ndarray, delta_L: np.ndarray, precision: Precision
+) -> np.ndarray:
+    """E_δ^L_j = E_h^L_j σ′(z^L_j) + |a^L_j − y_j| E_s^L_j + E_h^L_j E_s^L_j + 3u|δ^L_j| + η.
+
+    The error of δ^L_j = (a^L_j − y_j) σ′(z^L_j), by :func:`product_error`, plus its roundings. The
+    product E_h E_s is the one a correct framework was failed for (issue 12, replayed by
+    ``tests/test_recorded_cases.py``): a saturated output whose target lies far closer to the true a^L
+    than a^L's own error, so that (â − y) is all error, and so is â(1 − â).
+    """
+    return product_error(r, E_h_L, sigma_prime, E_s_L) + 3 * precision.u * np.abs(delta_L) + precision.eta
+
+
+def hidden_activation_gradient_bound(
+    abs_w_next: np.ndarray, E_delta_next: np.ndarray, delta_next: np.ndarray, precision: Precision
+) -> np.ndarray:
+    """E_h^l_j = Σ_i |w^{l+1}_ij| E_δ^{l+1}_i + γ_n Σ_i |w^{l+1}_ij| |δ^{l+1}_i| + 2nη, n = n(l + 1).
+
+    The error of ∂C/∂a^l_j = Σ_i δ^{l+1}_i w^{l+1}_ij: δ^{l+1}'s error through the exact weights (linear),
+    the dot product's rounding, and η per product and partial sum. ``abs_w_next`` is |w^{l+1}|.
+    """
+    n = abs_w_next.shape[0]
+    return E_delta_next @ abs_w_next + gamma(n, precision.u_a) * (np.abs(delta_next) @ abs_w_next) + 2 * n * precision.eta
+
+
+def hidden_error_bound(
+    E_h: np.ndarray, h: np.ndarray, sigma_prime: np.ndarray, E_s: np.ndarray, delta: np.ndarray, precision: Precision
+) -> np.ndarray:
+    """E_δ^l_j = E_h^l_j σ′(z^l_j) + |∂C/∂a^l_j| E_s^l_j + E_h^l_j E_s^l_j + 2u|δ^l_j| + η, for l < L.
+
+    The error of δ^l_j = ∂C/∂a^l_j σ′(z^l_j), by :func:`product_error`, plus the product's rounding (and
+    the dot product's final rounding to storage). E_h E_s matters where ∂C/∂a^l_j is below its own error
+    and σ′(z^l_j) below its own: a saturated hidden unit fed by an output that is already pure noise.
+    """
+    return product_error(h, E_h, sigma_prime, E_s) + 2 * precision.u * np.abs(delta) + precision.eta
+
+
+def weight_gradient_bound(
+    E_delta: np.ndarray, delta: np.ndarray, a_prev: np.ndarray, E_a_prev: np.ndarray, precision: Precision
+) -> np.ndarray:
+    """E[∂C/∂w^l_jk] = Σ_x (E_δ^l_j |a^{l−1}_k| + |δ^l_j| E_a^{l−1}_k + E_δ^l_j E_a^{l−1}_k) + (u + γ_B) Σ_x |δ^l_j| |a^{l−1}_k| + 2Bη.
+
+    The error of ∂C/∂w^l_jk = Σ_x δ^l_j a^{l−1}_k, a matrix product over the batch: :func:`product_error`
+    for each example's term (E_δ E_a where both δ and a^{l−1} are below their errors: a unit of layer
+    l − 1 saturated low, feeding a δ that is noise), the sum's γ_B at the matrix products' accumulation,
+    the final rounding to storage (u), and η per product and partial sum.
+    """
+    B = delta.shape[0]
+    abs_delta, abs_a = np.abs(delta), np.abs(a_prev)
+    errors = E_delta.T @ (abs_a + E_a_prev) + abs_delta.T @ E_a_prev  # E_δ|a| + E_δ E_a in one product
+    return errors + (precision.u + gamma(B, precision.u_a)) * (abs_delta.T @ abs_a) + 2 * B * precision.eta
+
+
+def bias_gradient_bound(E_delta: np.ndarray, delta: np.ndarray, precision: Precision) -> np.ndarray:
+    """E[∂C/∂b^l_j] = Σ_x E_δ^l_j + (u + γ_B) Σ_x |δ^l_j| + Bη, γ_B at the bias sum's own accumulation (``u_batch``).
+
+    The error of ∂C/∂b^l_j = Σ_x δ^l_j. The final rounding to storage (u) is charged as it is for the
+    weight gradient: a sum accumulated in float32 is still returned in float16 or bfloat16.
+    """
+    B = delta.shape[0]
+    return E_delta.sum(axis=0) + (precision.u + gamma(B, precision.u_bias_sum)) * np.abs(delta).sum(axis=0) + B * precision.eta
+
+
+def cost_bound(r: np.ndarray, E_h_L: np.ndarray, precision: Precision) -> float:
+    """E_C = Σ_x Σ_j (|r_j| E_h^L_j + 1/2 (E_h^L_j)²) + (2u + γ_N) Σ_x Σ_j 1/2 r_j², N = B·n(L) terms, γ_N at ``u_cost``.
+
+    The error of C = Σ_x 1/2 Σ_j r_j², r_j = a^L_j − y_j: 1/2 (r + e)² − 1/2 r² = r·e + 1/2 e² exactly (the
+    second-order term matters when the targets equal the outputs: r = 0, and a framework's cost of
+    1/2 e² ≈ 1e-33 would otherwise be judged wrong), the rounding of each square (u), the sum's γ_N and
+    its final rounding to storage (u), and η per square and partial sum.
+    """
+    N = r.size
+    half_squares = float(np.sum(0.5 * r * r))
+    propagated = float(np.sum(np.abs(r) * E_h_L + 0.5 * E_h_L * E_h_L))
+    return propagated + (2 * precision.u + gamma(N, precision.u_cost_sum)) * half_squares + 2 * N * precision.eta
+
+
 def error_bounds(
     network: Network, batch: Batch, trace: BackpropTrace, precision: Precision, *, stable_sigma_prime: bool = False
 ) -> ErrorBounds:
-    """First-order bounds E on the error of a computation done at ``precision``.
+    """Bounds E on the error of every quantity of a computation done at ``precision``, one equation each.
+
+    ``trace`` must be the float64 reference's trace at exactly ``network`` and ``batch``. The
+    equations, in the page's indices, are those of the functions called below, in this order (the
+    derivation: docs/error-bound.md). Forward, l = 2..L, E_a^1 = u|x|: :func:`weighted_input_bound`,
+    :func:`activation_bound`, :func:`sigma_prime_bound` (or :func:`stable_sigma_prime_bound`). Backward:
+    :func:`output_activation_gradient_bound`, :func:`output_error_bound`, then for l = L − 1..2
+    :func:`hidden_activation_gradient_bound` and :func:`hidden_error_bound`. Gradients, summed over the
+    batch: :func:`weight_gradient_bound`, :func:`bias_gradient_bound`; the cost: :func:`cost_bound`.
 
     With ``stable_sigma_prime`` the bound describes a computation whose σ′ is as accurate as
     σ(z)σ(−z) evaluated in the format (a few ulps *relative*), instead of the a(1 − a) that frameworks
-    compute, whose error is absolute (≈ u·a). It is the exactness standard of the suite's fidelity
-    tier: E_s^l = |1 − 2a^l| σ′_l E_z^l + 2c_σ u σ′_l + η (the first term propagates z's error through
-    σ″ = (1 − 2σ)σ′, the second is the evaluation of the two factors).
-
-    ``trace`` must be the float64 reference's trace at exactly ``network`` and ``batch``. Equations
-    (design note, in the page's indices; products with |W| are matrix products, per example):
-
-    Forward, layer l with fan-in n = n(l−1), E_a^1 = u|x|:
-        E_z^l = |W^l| E_a^{l−1} + (γ_{n+1} + 2u)(|W^l||a^{l−1}| + |b^l|) + (2n + 1)η
-        E_a^l = σ′_l E_z^l + c_σ u a^l + η
-        E_s^l = |1 − 2a^l| E_a^l + 2u σ′_l + η        (error of σ′ computed as a(1 − a))
-    Backward, r = a^L − y, h^l = ∂C/∂a^l = (W^{l+1})ᵀ δ^{l+1}:
-        E_h^L = E_a^L + u(|r| + |y|)
-        E_δ^L = E_h^L σ′_L + |r| E_s^L + 3u|δ^L| + η
-        E_h^l = |W^{l+1}|ᵀ E_δ^{l+1} + γ_{n(l+1)} |W^{l+1}|ᵀ|δ^{l+1}| + 2n(l+1)η
-        E_δ^l = E_h^l σ′_l + |h^l| E_s^l + 2u|δ^l| + η
-    Gradients summed over B examples:
-        E[∂C/∂w^l] = E_δ^l |a^{l−1}|ᵀ + |δ^l| (E_a^{l−1})ᵀ + (u + γ_B)|δ^l||a^{l−1}|ᵀ + 2Bη
-        E[∂C/∂b^l] = Σ_batch E_δ^l + γ_B Σ_batch |δ^l| + Bη          (γ_B at u_batch, the bias sum's own accumulation)
-    Underflow is charged η per term of a sum, where the note adds η once per quantity: with
-    flush-to-zero every product of a dot product and every partial sum can lose up to η on its own.
-    Found by the suite: XLA returned 0 for a float32 ∂C/∂w^3 of 2.7e-38 whose four per-example
-    products were each below float32's tiny and flushed. The extra terms matter only for values
-    within a few η of zero.
-    Cost, with N = B·n(L) terms (not in the note; the same model applied to C = Σ 1/2 r²):
-        E_C = Σ (|r| E_h^L + 1/2 (E_h^L)²) + (u + γ_N) Σ 1/2 r² + 2Nη   (γ_N at u_cost)
-    The second-order term 1/2 (E_h^L)² is kept because 1/2 (r + e)² − 1/2 r² = r·e + 1/2 e²: when the
-    targets equal the outputs (r = 0, a corner the suite generates on purpose) the first-order
-    term vanishes and a framework's cost of 1/2 e² ≈ 1e-33 would otherwise be judged wrong.
+    compute, whose error is absolute (≈ u·a): the exactness standard of the suite's fidelity tier.
     """
-    u, u_a, eta, c_sigma = precision.u, precision.u_a, precision.eta, precision.c_sigma
     L = network.depth
-    B = batch.size
     absw = {l: np.abs(network.w[l].astype(np.float64)) for l in network.layers}
     absb = {l: np.abs(network.b[l].astype(np.float64)) for l in network.layers}
     a = {l: np.asarray(v, dtype=np.float64) for l, v in trace.a.items()}
-    sp = {l: sigmoid_prime(np.asarray(trace.z[l], dtype=np.float64)) for l in network.layers}
+    z = {l: np.asarray(v, dtype=np.float64) for l, v in trace.z.items()}
+    sp = {l: sigmoid_prime(z[l]) for l in network.layers}
 
-    E_a: dict[int, np.ndarray] = {1: u * np.abs(a[1])}
+    E_a: dict[int, np.ndarray] = {1: precision.u * np.abs(a[1])}
     E_z: dict[int, np.ndarray] = {}
     E_s: dict[int, np.ndarray] = {}
     for l in network.layers:
-        n = network.widths[l - 2]
-        E_z[l] = E_a[l - 1] @ absw[l].T + (gamma(n + 1, u_a) + 2 * u) * (np.abs(a[l - 1]) @ absw[l].T + absb[l]) + (2 * n + 1) * eta
-        E_a[l] = sp[l] * E_z[l] + c_sigma * u * a[l] + eta
+        E_z[l] = weighted_input_bound(absw[l], absb[l], a[l - 1], E_a[l - 1], precision)
+        E_a[l] = activation_bound(z[l], a[l], E_z[l], precision)
         if stable_sigma_prime:
-            E_s[l] = np.abs(1 - 2 * a[l]) * sp[l] * E_z[l] + 2 * c_sigma * u * sp[l] + eta
+            E_s[l] = stable_sigma_prime_bound(z[l], a[l], E_z[l], sp[l], precision)
         else:
-            E_s[l] = np.abs(1 - 2 * a[l]) * E_a[l] + 2 * u * sp[l] + eta
+            E_s[l] = sigma_prime_bound(a[l], E_a[l], sp[l], precision)
 
     y = np.asarray(batch.y, dtype=np.float64)
-    r = np.asarray(trace.dC_da[L], dtype=np.float64)
-    delta = {l: np.abs(np.asarray(v, dtype=np.float64)) for l, v in trace.delta.items()}
-    h = {l: np.abs(np.asarray(v, dtype=np.float64)) for l, v in trace.dC_da.items()}
-    E_h: dict[int, np.ndarray] = {L: E_a[L] + u * (np.abs(r) + np.abs(y))}
-    E_d: dict[int, np.ndarray] = {L: E_h[L] * sp[L] + np.abs(r) * E_s[L] + 3 * u * delta[L] + eta}
+    h = {l: np.asarray(v, dtype=np.float64) for l, v in trace.dC_da.items()}
+    delta = {l: np.asarray(v, dtype=np.float64) for l, v in trace.delta.items()}
+    E_h: dict[int, np.ndarray] = {L: output_activation_gradient_bound(E_a[L], h[L], y, precision)}
+    E_d: dict[int, np.ndarray] = {L: output_error_bound(E_h[L], h[L], sp[L], E_s[L], delta[L], precision)}
     for l in range(L - 1, 1, -1):
-        n_next = network.widths[l]
-        E_h[l] = E_d[l + 1] @ absw[l + 1] + gamma(n_next, u_a) * (delta[l + 1] @ absw[l + 1]) + 2 * n_next * eta
-        E_d[l] = E_h[l] * sp[l] + h[l] * E_s[l] + 2 * u * delta[l] + eta
+        E_h[l] = hidden_activation_gradient_bound(absw[l + 1], E_d[l + 1], delta[l + 1], precision)
+        E_d[l] = hidden_error_bound(E_h[l], h[l], sp[l], E_s[l], delta[l], precision)
 
-    g_B = gamma(B, u_a)
-    E_w = {
-        l: E_d[l].T @ np.abs(a[l - 1]) + delta[l].T @ E_a[l - 1] + (u + g_B) * (delta[l].T @ np.abs(a[l - 1])) + 2 * B * eta
-        for l in network.layers
-    }
-    g_bias = gamma(B, precision.u_bias_sum)
-    E_b = {l: E_d[l].sum(axis=0) + g_bias * delta[l].sum(axis=0) + B * eta for l in network.layers}
-    g_N = gamma(B * network.widths[-1], precision.u_cost_sum)
-    E_C = float(np.sum(np.abs(r) * E_h[L] + 0.5 * E_h[L] ** 2) + (u + g_N) * np.sum(0.5 * r * r) + 2 * B * network.widths[-1] * eta)
+    E_w = {l: weight_gradient_bound(E_d[l], delta[l], a[l - 1], E_a[l - 1], precision) for l in network.layers}
+    E_b = {l: bias_gradient_bound(E_d[l], delta[l], precision) for l in network.layers}
+    E_C = cost_bound(h[L], E_h[L], precision)
     return ErrorBounds(z=E_z, a=E_a, sigma_prime=E_s, dC_da=E_h, delta=E_d, gradients=Gradients(E_w, E_b), cost=E_C)
 
 

@@ -132,7 +132,7 @@ def _layer_buffers(widths: tuple[int, ...], batch_size: int, dtype: np.dtype) ->
     so far, 2 MB here) and every call page-faulted it in again: about 9 ms per call against 12.7 ms for
     all the matrix products, on the 2-core VM the suite is developed on. One block raises glibc's threshold
     to its own size (up to 32 MiB), so the next call reuses it: 0.4 ms. Larger blocks are mapped afresh
-    but in huge pages, which numpy requests from 4 MiB. Figures: ``python benchmarks/bench_reference.py``.
+    but in huge pages, which numpy requests from 4 MiB. Figures: ``python -m benchmarks.bench_reference``.
     Writing into views instead of new arrays changes no bit of any result, since the same numpy calls
     run on the same operands (``tests/test_vectorized.py``); the price is that one array of a trace
     keeps the whole block alive.
