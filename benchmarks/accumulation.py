@@ -91,7 +91,7 @@ def jax_ops(dtype: str) -> dict[str, Op]:
 
 
 def numpy_ops(dtype: str) -> dict[str, Op]:
-    """numpy as backprop_conformance/adapters/example_numpy.py uses it (float16), and ml_dtypes' bfloat16 as the sweep's NumpyBfloat16 does."""
+    """numpy as the example plug-in uses it (float16), and ml_dtypes' bfloat16 as the sweep's NumpyBfloat16 does."""
     if dtype == "bfloat16":
         from ml_dtypes import bfloat16 as t
     else:
