@@ -19,12 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypothesis import reject
+
 from backprop_conformance.conformance import cases, provenance
 from backprop_conformance.conformance.cells import Backend, Cell
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.report import CellResult
 from backprop_conformance.conformance.timing import timed
 from backprop_conformance.conformance.verdict import Verdict, judge
+from backprop_conformance.reference.error_bound import VacuousBound
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,12 @@ class CellTrial:
         with timed("reference"):
             problem.trace  # noqa: B018 (computed here so that its time is the reference's, not the bound's)
         with timed("bound"):
-            verdict = judge(self.cell.id, problem, output, self.precision)
+            try:
+                verdict = judge(self.cell.id, problem, output, self.precision)
+            except VacuousBound as exc:
+                self._unjudgeable(exc)
+                reject()
+
         if self.failed:
             self.result.shrink_calls += 1
         else:
@@ -87,6 +95,16 @@ class CellTrial:
                 self.result.worst_element = worst.to_json()
             self._keep(FailingExample(problem, verdict.worst_ratio, verdict.message()))
         return verdict
+
+    def _unjudgeable(self, exc: VacuousBound) -> None:
+        """Say once, in the cell's problems, that some examples could not be judged (hypothesis then draws another).
+
+        A bfloat16 sum of 256 terms accumulated in bfloat16 (JAX's bias gradient) has no finite bound: such
+        an example says nothing about the framework, in either direction, so it is neither a pass nor a failure.
+        """
+        note = f"examples beyond what the declared accumulation can bound were skipped: {exc}"
+        if note not in self.result.problems:
+            self.result.problems.append(note)
 
     def record_hang(self, problem: Problem, message: str) -> None:
         """Keep ``problem`` as the failing example of a framework call that never returned (a timeout)."""

@@ -97,6 +97,10 @@ FLOAT64 = Precision.of("float64")
 """The reference's own precision: its rounding errors are part of every tolerance."""
 
 
+class VacuousBound(ValueError):
+    """A sum too long for its accumulation format: its bound would be infinite, so nothing computed with it can be judged."""
+
+
 def gamma(n: int, u_a: float) -> float:
     """γ_n = n·u_a / (1 − n·u_a), Higham's bound for a length-n dot product.
 
@@ -105,7 +109,7 @@ def gamma(n: int, u_a: float) -> float:
     """
     nu = n * u_a
     if nu >= 1:
-        raise ValueError(
+        raise VacuousBound(
             f"the error bound is vacuous for a length-{n} sum with accumulation unit roundoff {u_a:.3g} "
             f"(n·u_a = {nu:.3g} ≥ 1); use a smaller layer/batch or a wider accumulation format"
         )

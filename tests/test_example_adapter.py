@@ -21,6 +21,6 @@ def test_example_adapter_passes_the_whole_suite(tmp_path: Path) -> None:
     done = run_suite([*args, "--conformance-max-examples", "30"], tmp_path)
     assert done.returncode == 0 and done.report is not None, done.explain()
     cells = {c.id: c for c in done.report.cells}
-    assert set(cells) == {"numpy-example-manual-float64", "numpy-example-manual-float32"}
+    assert set(cells) == {"numpy-example-manual-float64", "numpy-example-manual-float32", "numpy-example-manual-float16"}
     for c in cells.values():
         assert (c.status, c.examples, c.failures, c.contract) == ("passed", 30, 0, "passed"), c
