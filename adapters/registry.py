@@ -28,8 +28,8 @@ ENTRY_POINT_GROUP = "backprop_conformance.adapters"
 """Entry-point group for third-party adapters: ``name = "package.module:AdapterClass"``."""
 
 IMPORT_HINT = (
-    "is the module on the import path? Set PYTHONPATH to its directory, or run `python -m pytest` rather than the "
-    "`pytest` script, which does not put the working directory on sys.path"
+    "is the module on the import path? Set PYTHONPATH to its directory, or run `python -m pytest` (or `python -m "
+    "backprop_conformance`) rather than a script such as `pytest`, which does not put the working directory on sys.path"
 )
 
 

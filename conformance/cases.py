@@ -2,7 +2,7 @@
 
 A case file is what a framework maintainer receives in a bug report: the exact network and batch
 (as JSON numbers, which round-trip float64 exactly), the cell it failed in, the versions and the
-environment it failed with, and the failure message. ``python -m backprop_conformance replay CASE.json``
+environment it failed with, and the failure message. ``backprop-conformance replay CASE.json``
 replays it against any adapter (see :mod:`~backprop_conformance.conformance.replay`).
 
 A case file is **untrusted data**: it arrives attached to a bug report written by a stranger. Reading
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters.base import SAFE_NAME
+from backprop_conformance.conformance import jsonfile
 from backprop_conformance.conformance.cells import Cell
 from backprop_conformance.conformance.outputs import write_atomically
 from backprop_conformance.conformance.problems import Problem
@@ -264,17 +265,7 @@ def read(path: Path) -> Case:
     except (OSError, UnicodeDecodeError) as exc:
         raise CaseError(f"cannot read case file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise CaseError(f"{path} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise CaseError(f"{path} is nested too deeply to be a case file") from None
-    except CaseError as exc:
-        raise CaseError(f"{path} is not valid JSON: {exc}") from None
-    except ValueError as exc:  # what json.loads raises besides JSONDecodeError: an integer of more than 4,300 digits
+        data = jsonfile.loads(text)
+    except jsonfile.JSONError as exc:
         raise CaseError(f"{path} is not valid JSON: {exc}") from None
     return from_json(data, str(path))
-
-
-def _refuse_constant(token: str) -> float:
-    raise CaseError(f"{token} is not a JSON number")

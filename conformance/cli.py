@@ -9,6 +9,7 @@ hypothesis database and pytest's cache land where the user runs it, and a ``pyte
 ``pyproject.toml`` of a project around the installation is not read (``-c`` names an empty one).
 
 ``backprop-conformance --help`` shows the suite's own options first, then pytest's.
+``backprop-conformance replay CASE.json`` and ``backprop-conformance plot REPORT.json`` run those commands.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from backprop_conformance.conformance.options import add_options
 
 SUITE = Path(__file__).resolve().parent
 """The directory holding the suite's conftest and test modules, wherever it is installed."""
+
+COMMANDS = ("replay", "plot")
+"""First arguments that name a command rather than the suite's pytest arguments."""
 
 REPORT_CHARS = "-rfEsX"
 """pytest's short summary of failures, errors, skips and strict xpasses, as the repository's own configuration asks."""
@@ -62,9 +66,20 @@ def pytest_arguments(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the suite; ``replay`` or ``plot`` as first argument runs that command instead (:mod:`.__main__`).
+
+    ``backprop-conformance replay CASE.json`` is the safe way to replay a case file a stranger sent: a
+    console script does not put the working directory on the import path, so a ``torch.py`` or
+    ``numpy.py`` left beside the file cannot be imported in place of the real one, as it can be under
+    ``python -m``.
+    """
     import pytest
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        from backprop_conformance.conformance.__main__ import main as commands
+
+        return commands(args)
     if "-h" in args or "--help" in args:
         print(suite_help())
         print("pytest's own options follow (the suite's appear again among them).\n", flush=True)

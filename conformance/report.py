@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from backprop_conformance.conformance import jsonfile
 from backprop_conformance.conformance.outputs import write_atomically
 
 SCHEMA = "backprop-conformance/report/2"
@@ -491,15 +492,10 @@ def read(path: Path) -> Report:
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportError(f"cannot read report file {path}: {exc}") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, ReportError, an integer of more than 4,300 digits
+        data = jsonfile.loads(text)
+    except jsonfile.JSONError as exc:
         raise ReportError(f"{path} is not valid JSON ({exc})") from None
     try:
         return Report.from_json(data, str(path))
     except OverflowError:  # an integer too large for a float64 anywhere decode_float does not look (timings)
         raise ReportError(f"{path}: holds an integer too large for a float64") from None
-
-
-def _refuse_constant(token: str) -> float:
-    """JSON has no NaN or Infinity literal; Python's reader accepts them unless told otherwise."""
-    raise ReportError(f"{token} is not JSON (non-finite numbers are written as strings)")

@@ -56,6 +56,12 @@ LIMITS_BY_PROFILE = {"large": LARGE_LIMITS, "thorough": THOROUGH_LIMITS}
 """Profiles that change the size of the networks, not only the number of examples (default: DEFAULT_LIMITS)."""
 
 CONFORMANCE_TESTS = known_defects.CONFORMANCE_TESTS
+REPLAY = "backprop-conformance replay"
+"""How a failure tells the user to replay its case: the console script, which (unlike ``python -m``) does not put
+the working directory on the import path, so a module left beside a case file cannot be imported in its place.
+An adapter named as ``module:Attribute`` may need the working directory on the path, so its case is replayed
+with :data:`REPLAY_FROM_HERE`."""
+REPLAY_FROM_HERE = "python -m backprop_conformance replay"
 TRIAL_KEY = pytest.StashKey[CellTrial]()
 TIME_KEY = pytest.StashKey[tuple[float, dict[str, float]]]()
 
@@ -372,7 +378,8 @@ class ConformanceSession:
         start = Path(self.config.invocation_params.dir)
         shown = [_relative(p, start) for p in written]
         requested = trial.backend.spec.requested_as
-        command = f"python -m backprop_conformance replay {shlex.quote(shown[0])} --backend {shlex.quote(requested)}"
+        replay = REPLAY if requested == trial.backend.spec.name else REPLAY_FROM_HERE
+        command = f"{replay} {shlex.quote(shown[0])} --backend {shlex.quote(requested)}"
         trial.result.replay = command
         labels = ["shrunk (smallest failing)", "worst (largest error/bound ratio)"] if len(shown) == 2 else ["shrunk and worst"]
         text = "".join(f"case file, {label}: {path}\n" for label, path in zip(labels, shown, strict=True))
@@ -595,6 +602,4 @@ def _write_matrix(tr: pytest.TerminalReporter, rep: Report, case_dir: Path) -> N
     counts = rep.counts
     tr.write_line(", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cell was selected: nothing was tested")
     if any(c.case_files for c in rep.cells):
-        tr.write_line(
-            f"reproducers written to {case_dir}/; replay one with: {sys.executable} -m backprop_conformance replay CASE.json --backend NAME"
-        )
+        tr.write_line(f"reproducers written to {case_dir}/; replay one with: {REPLAY} CASE.json --backend NAME")

@@ -211,3 +211,12 @@ def test_unreadable_and_non_json_files_are_case_errors(tmp_path: Path) -> None:
     bad.write_text('{"schema": ')
     with pytest.raises(cases.CaseError, match=r"bad\.json is not valid JSON"):
         cases.read(bad)
+
+
+def test_a_repeated_key_is_refused_as_ambiguous(tmp_path: Path) -> None:
+    """A file could show a reader one value and the suite another: the second "x" would silently win."""
+    text = json.dumps(valid_json())
+    path = tmp_path / "twice.json"
+    path.write_text(text.replace('"batch": {"x": ', '"batch": {"x": [[9.0, 9.0]], "x": ', 1), encoding="utf-8")
+    with pytest.raises(cases.CaseError, match="key 'x' appears twice in one object"):
+        cases.read(path)

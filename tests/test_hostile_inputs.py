@@ -393,7 +393,7 @@ MALFORMED_CASES: dict[str, tuple[Callable[[dict], str], str]] = {
         "field batch.x: holds values that are not float32 values",
     ),
     "deeply-nested-list": (edit("batch", "x", value=nested(60)), "field batch.x[0][0]: expected a number, got list"),
-    "nesting-bomb": (lambda d: "[" * 100_000 + "]" * 100_000, "is nested too deeply to be a case file"),
+    "nesting-bomb": (lambda d: "[" * 100_000 + "]" * 100_000, "is not valid JSON: nested too deeply"),
     "nesting-bomb-in-a-field": (
         raw(lambda t: t.replace('"failure": ""', '"failure": ' + "[" * 100_000 + "]" * 100_000)),
         "nested too deeply",

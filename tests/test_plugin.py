@@ -326,7 +326,7 @@ def replay_commands(run: SuiteRun) -> list[list[str]]:
     commands = [shlex.split(m["command"]) for m in REPLAY_LINE.finditer(run.output)]
     assert commands, f"no replay command printed:\n{run.explain()}"
     for command in commands:
-        assert command[:3] == ["python", "-m", "backprop_conformance"], command
+        assert command[:4] == ["python", "-m", "backprop_conformance", "replay"], "an adapter named by module:Attribute needs the cwd"
     return [[sys.executable, *command[1:]] for command in commands]
 
 
@@ -392,7 +392,7 @@ def test_junit_xml_carries_the_reproducer(failing_run: SuiteRun) -> None:
     failures = {o.test: o.message for o in failing_run.outcomes if o.test.startswith("test_gradients[") and o.failed}
     assert set(failures) == {f"test_gradients[{FAILING_NAME}-manual-{d}]" for d in ("float64", "float32")}, failures
     for name, text in failures.items():
-        assert "case file, " in text and "python -m backprop_conformance replay " in text, f"{name}:\n{text[-2000:]}"
+        assert "case file, " in text and "-m backprop_conformance replay " in text, f"{name}:\n{text[-2000:]}"
         assert "-shrunk-" in text, f"{name}:\n{text[-2000:]}"
 
 
@@ -489,3 +489,21 @@ def test_importing_the_suite_imports_no_framework(tmp_path: Path) -> None:
     listed, frameworks = done.stdout.strip().splitlines()
     assert listed.startswith("['jax', ") and "'torch'" in listed, listed
     assert frameworks == "[]", f"imported {frameworks}"
+
+
+def test_console_script_replays_without_the_working_directory_on_the_path(tmp_path: Path) -> None:
+    """``backprop-conformance replay`` in a directory holding a hostile ``numpy.py``: the real numpy is used, the case is judged."""
+    pytest.importorskip("torch")
+    case = reference_case(tmp_path, adapter="torch")
+    (tmp_path / "numpy.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').write('x')\nraise SystemExit(99)\n")
+    script = Path(sys.executable).with_name("backprop-conformance")
+    done = subprocess.run(
+        [str(script), "replay", str(case), "--backend", "torch", "--path", "eager"],
+        cwd=tmp_path,
+        env=clean_environment(tmp_path / "hypothesis"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert not (tmp_path / "imported").exists(), "the console script imported numpy.py from the working directory"
+    assert done.returncode == 0 and "PASS torch-eager-float64" in done.stdout, done.stdout + done.stderr

@@ -241,7 +241,7 @@ def test_unreadable_report_files(tmp_path: Path) -> None:
         tmp_path / "missing.json": "does not exist",
         tmp_path: "is a directory",
         tmp_path / "bad.json": "is not valid JSON",
-        tmp_path / "nan.json": "NaN is not JSON",
+        tmp_path / "nan.json": "NaN is not a JSON number",
         tmp_path / "deep.json": "is not valid JSON",
     }
     for path, message in cases.items():
@@ -255,7 +255,7 @@ def test_unreadable_report_files(tmp_path: Path) -> None:
 def test_markdown_has_a_row_per_cell_and_names_the_failing_evidence() -> None:
     failing = cell(
         F32, 0.3, 1.5, worst_element={"name": "w^2_11", "framework": 1.5, "reference": 1.0, "bound": 0.25, "ratio": 2.0},
-        case_files=["cases/fake-eager-float32-shrunk-0123456789.json"], replay="python -m backprop_conformance replay X --backend pkg:Fake",
+        case_files=["cases/fake-eager-float32-shrunk-0123456789.json"], replay="backprop-conformance replay X --backend pkg:Fake",
     )  # fmt: skip
     text = markdown(run(failing, cell(F64, 0.02, 0.01), cell(CUDA)))
     assert text.startswith("## backprop-conformance: ❌ 1 failed of 3 cells\n"), text
@@ -265,7 +265,7 @@ def test_markdown_has_a_row_per_cell_and_names_the_failing_evidence() -> None:
     assert "| `fake-jit-float32-cuda` | 0 | 0 | not run | 0 | – | – | – not run |" in text
     assert "- worst: w^2_11: framework 1.5, reference 1, bound 0.25, ratio 2" in text
     assert "- case file: `cases/fake-eager-float32-shrunk-0123456789.json`" in text
-    assert "- replay: `python -m backprop_conformance replay X --backend pkg:Fake`" in text
+    assert "- replay: `backprop-conformance replay X --backend pkg:Fake`" in text
     assert "fake: Fake 1.0" in text and "baseline" not in text
 
 
