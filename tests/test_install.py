@@ -30,6 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
+COPY_IGNORES = (".git", ".venv*", ".tox", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache", "conformance-*")
+
 STUB_PLUGIN = '''"""A pytest plug-in that takes the generic option names, as pytest-playwright takes --device."""
 
 
@@ -106,8 +108,10 @@ def _distribution(root: Path, name: str, package: str, init: str, entry_points: 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     tmp = tmp_path_factory.mktemp("install")
-    dist = tmp / "dist"
-    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO_ROOT)])
+    dist, source = tmp / "dist", tmp / "source"
+    # Built from a copy, so that setuptools' build/ and egg-info never land in the checkout.
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(*COPY_IGNORES))
+    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)])
     (wheel,) = dist.glob("backprop_conformance-*.whl")
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
