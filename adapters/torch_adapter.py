@@ -21,7 +21,7 @@ Execution paths, each putting a different piece of torch's machinery on trial:
 Why the care about global state: a conformance suite must measure the framework as configured for
 exact float32 arithmetic, and must not change how the rest of the user's process computes. Each call
 builds a fresh model (no gradient can accumulate from one call into the next), initialises it without
-touching torch's random number generator (``nn.utils.skip_init``), pins float32 matrix products to IEEE
+touching torch's random number generator (its state is restored after construction), pins float32 matrix products to IEEE
 arithmetic (no TF32 on CUDA, no bf16 through oneDNN on CPU, no reduced-precision float16/bfloat16
 reductions in cuBLAS) only for the duration of the call, and restores every flag it touched.
 
@@ -191,19 +191,27 @@ def _ieee_arithmetic(device: str) -> Iterator[None]:
 def _build(network: Network, tdtype: Any, device: str) -> Any:
     """The page's network as a PyTorch user builds it: Linear(n(l−1), n(l)) then Sigmoid, for l = 2..L.
 
-    ``skip_init`` allocates the layers without their random initialisation, so building a model does
-    not advance torch's global random number generator; the page's w^l and b^l are then copied in.
+    The layers are constructed as usual, which draws their random initial values from torch's global
+    generator, and the generator's state is restored afterwards, so that building a model leaves the
+    caller's random stream where it was; the page's w^l and b^l are then copied in. (``nn.utils.skip_init``
+    does the same without drawing, but through the meta device, at five times the cost of a call's
+    backward pass.) Built on the CPU, whose generator this is, then moved to ``device``.
     """
     torch = _torch()
-    layers = []
-    for l in network.layers:
-        n_out, n_in = network.w[l].shape
-        linear = torch.nn.utils.skip_init(torch.nn.Linear, n_in, n_out, device=device, dtype=tdtype)
-        with torch.no_grad():
-            linear.weight.copy_(torch.tensor(network.w[l], dtype=tdtype, device=device))
-            linear.bias.copy_(torch.tensor(network.b[l], dtype=tdtype, device=device))
-        layers += [linear, torch.nn.Sigmoid()]
-    return torch.nn.Sequential(*layers)
+    state = torch.random.get_rng_state()
+    try:
+        layers = []
+        for l in network.layers:
+            n_out, n_in = network.w[l].shape
+            linear = torch.nn.Linear(n_in, n_out, dtype=tdtype)
+            with torch.no_grad():
+                linear.weight.copy_(torch.tensor(network.w[l], dtype=tdtype))
+                linear.bias.copy_(torch.tensor(network.b[l], dtype=tdtype))
+            layers += [linear, torch.nn.Sigmoid()]
+    finally:
+        torch.random.set_rng_state(state)
+    model = torch.nn.Sequential(*layers)
+    return model if device == "cpu" else model.to(device)
 
 
 class _Recorder:

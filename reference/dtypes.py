@@ -90,6 +90,9 @@ def is_representable(name: str, values: np.ndarray) -> bool:
     arr = np.asarray(values)
     if not np.issubdtype(arr.dtype, np.floating):
         return False
+    carrier = float_format(name).carrier
+    if name != "bfloat16" and np.finfo(arr.dtype).bits <= np.finfo(carrier).bits:
+        return True  # IEEE formats nest: a float16 or float32 array holds only values of every wider IEEE format
     finite = np.isfinite(arr)
     as64 = arr.astype(np.float64)[finite]
     back = round_to(name, as64).astype(np.float64)

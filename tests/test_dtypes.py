@@ -296,3 +296,10 @@ def test_largest_finite_value(name: str, largest: float) -> None:
 
 def test_float64_largest_is_finfo_max() -> None:
     assert float_format("float64").largest == float(np.finfo(np.float64).max)
+
+
+def test_a_narrower_array_is_judged_by_value_for_bfloat16() -> None:
+    """IEEE formats nest, bfloat16 does not nest with float16: 1 + 2^-10 is a float16 value and not a bfloat16 one."""
+    assert is_representable("float32", np.array([1 + 2.0**-10], dtype=np.float16))
+    assert not is_representable("bfloat16", np.array([1 + 2.0**-10], dtype=np.float16))
+    assert is_representable("bfloat16", np.array([1.5], dtype=np.float16))
