@@ -134,6 +134,9 @@ def _installed(module: str) -> bool:
 BUILTIN: dict[str, AdapterSpec] = {
     "torch": AdapterSpec("torch", "backprop_conformance.adapters.torch_adapter:TorchAdapter", "built-in", ("torch",)),
     "jax": AdapterSpec("jax", "backprop_conformance.adapters.jax_adapter:JaxAdapter", "built-in", ("jax",)),
+    "tensorflow": AdapterSpec(
+        "tensorflow", "backprop_conformance.adapters.tensorflow_adapter:TensorFlowAdapter", "built-in", ("tensorflow",)
+    ),
 }
 
 
