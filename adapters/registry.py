@@ -137,6 +137,7 @@ BUILTIN: dict[str, AdapterSpec] = {
     "tensorflow": AdapterSpec(
         "tensorflow", "backprop_conformance.adapters.tensorflow_adapter:TensorFlowAdapter", "built-in", ("tensorflow",)
     ),
+    "keras": AdapterSpec("keras", "backprop_conformance.adapters.keras_adapter:KerasAdapter", "built-in", ("keras",)),
 }
 
 
