@@ -59,8 +59,8 @@ DEFAULT_PATHS: tuple[str, ...] = ("torch", "tensorflow")
 ``jax`` is supported but opt-in (``--conformance-path jax``, ``--conformance-all-paths``): Keras' JAX step is
 compiled by XLA per network shape and dtype, and compiling ``value_and_grad`` of a Keras model took 0.6-3.4 s
 per shape on 2 CPU cores (1 s for a depth-8 net, where the ``jax`` adapter's hand-written network compiles in
-0.2 s), so its four cells took 110 s of a 195 s Keras run, against 38 s for ``tensorflow`` (its worker's
-TensorFlow import included) and 15 s for ``torch`` (100 examples per cell; ``docs/backends.md``)."""
+0.2 s). A run of the ``jax`` path alone took 121 s, where ``torch`` and ``tensorflow`` together took 71 s, worker
+start-ups included (100 examples per cell; ``docs/backends.md``)."""
 
 SHAPE_COMPILED_PATHS: tuple[str, ...] = ("jax", "tensorflow")
 """``jax.jit`` compiles and ``tf.function`` traces the step anew for every network shape; torch runs eagerly."""
@@ -138,7 +138,10 @@ class KerasAdapter(Adapter):
         versions = _distribution_versions()
         return Capabilities(
             name="keras",
-            framework="Keras (" + ", ".join(f"{path} {versions.get(module, 'not installed')}" for path, module in BACKENDS.items()) + ")",
+            # The backends' versions travel with Keras' own into the header, reports and case files.
+            framework="Keras (backends: "
+            + ", ".join(f"{path} {versions.get(module, 'not installed')}" for path, module in BACKENDS.items())
+            + ")",
             version=importlib.metadata.version("keras"),
             dtypes=DTYPES,
             paths=tuple(BACKENDS),

@@ -68,11 +68,11 @@ DEFAULT_PATHS: tuple[str, ...] = ("eager",)
 """The path a plain run takes: ``eager``, TensorFlow's default execution.
 
 ``function`` and ``xla`` are supported but opt-in (``--conformance-path function``, ``--conformance-all-paths``).
-``xla`` compiles a new program per network shape and dtype (0.7-2 s each on 2 CPU cores): its four cells took
-111 s of test time where ``eager``'s took 23 s (100 examples per cell, TensorFlow 2.21). ``function`` cost about
-what ``eager`` did (25 s, tracing per shape included), but the default run already covers ``tf.function``: the
-``keras`` adapter's ``tensorflow`` path runs its training step in one, as Keras' trainer does. Measurements and
-commands: ``docs/backends.md``."""
+``xla`` compiles a new program per network shape and dtype (0.7-2 s each): a run of the backend took 89 s with
+it against 34 s with ``eager`` (2 shared CPU cores, 100 examples per cell, TensorFlow 2.21). ``function`` cost a
+little more than ``eager`` (47 s, its tracing per shape included; with 1,000 examples per cell it is the cheaper
+of the two), but the default run already covers ``tf.function``: the ``keras`` adapter's ``tensorflow`` path runs
+its training step in one, as Keras' trainer does. Measurements and commands: ``docs/backends.md``."""
 
 ACCUMULATION: dict[str, str | dict[str, str]] = {
     "float16": {"dot": "float32", "batch_sum": "float16", "cost_sum": "float16"},
@@ -224,7 +224,7 @@ def _to_numpy(tensor: Any, carrier: np.dtype) -> np.ndarray:
 
 @functools.cache
 def _model_class() -> type:
-    """The ``tf.Module`` classes, defined on first use (they subclass ``tf.Module``, which needs TensorFlow)."""
+    """The model class (``MLP`` of ``Dense`` layers), defined on first use: both subclass ``tf.Module``, which needs TensorFlow."""
     tf = _tf()
 
     class Dense(tf.Module):  # type: ignore[misc,name-defined]
@@ -285,10 +285,9 @@ class _StepResult:
 def _step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
     """Forward, cost and one ``tape.gradient`` for the parameters and the z^l together, as :class:`_StepResult`'s fields.
 
-    A tuple, not the dataclass, because a ``tf.function`` returns only nested tuples, lists and dicts of tensors.
-
     Asking the tape for ∂C/∂z^l beside ∂C/∂w^l and ∂C/∂b^l returns the δ^l that its backward pass computes on the
-    way to the parameters, so the intermediates describe the same computation as the gradients.
+    way to the parameters, so the intermediates describe the same computation as the gradients. A tuple, not the
+    dataclass, because a ``tf.function`` returns only nested tuples, lists and dicts of tensors.
     """
     tf = _tf()
     with tf.GradientTape() as tape:
