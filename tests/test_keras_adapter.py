@@ -8,7 +8,9 @@ versioned known-defect entry. Beside the numbers: each backend really runs in a 
 ``KERAS_BACKEND``, importing the adapter or running the torch backend imports neither Keras nor TensorFlow, and a
 backend that is not installed is refused with the reason.
 
-This module never imports Keras itself: importing it would fix this process's backend for good.
+This module never imports Keras itself: importing it would fix this process's backend for good. (TensorFlow
+imports Keras when it is imported, so a session that also runs the TensorFlow adapter's tests has Keras loaded;
+the adapter's own promise is checked in a fresh process.)
 """
 
 from __future__ import annotations
@@ -136,7 +138,6 @@ def test_each_backend_runs_in_a_worker_of_its_own(path: str) -> None:
     hosted = worker.call("capabilities")
     assert hosted.paths == (path,), f"the {path} worker runs Keras on {hosted.paths}"
     assert "float64" in hosted.dtypes, "float64 must be available on every backend's worker (JAX needs JAX_ENABLE_X64)"
-    assert "keras" not in sys.modules, "the test process itself must never import Keras"
 
 
 def test_the_round_trip_agrees_across_every_backend_used() -> None:
@@ -178,17 +179,25 @@ def test_the_registry_finds_the_adapter() -> None:
 FRAMEWORKS = ("keras", "tensorflow", "torch", "jax")
 
 
-def test_loading_and_declaring_the_adapter_imports_no_framework() -> None:
+@pytest.mark.skipif("torch" not in INSTALLED, reason="torch is not installed")
+def test_loading_and_running_the_adapter_imports_no_framework_here() -> None:
+    """Keras runs in the workers only: this process imports none of the frameworks, even after computing an example.
+
+    (A process that imports TensorFlow gets Keras with it: TensorFlow 2.21 imports Keras itself. Hence a fresh process.)
+    """
     code = (
         "import sys\n"
         "from backprop_conformance.adapters.registry import resolve\n"
-        "caps = resolve('keras').load().caps\n"
+        "from backprop_conformance.conformance.problems import contract_problem\n"
+        "adapter = resolve('keras').load()\n"
+        "problem = contract_problem('float32')\n"
+        "adapter.compute(problem.network, problem.batch, dtype='float32', path='torch')\n"
         f"imported = [m for m in {FRAMEWORKS!r} if m in sys.modules]\n"
         "print(imported)\n"
         "sys.exit(1 if imported else 0)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"loading the keras adapter imported {done.stdout.strip()} {done.stderr[-2000:]}"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"the keras adapter imported {done.stdout.strip()} here {done.stderr[-2000:]}"
 
 
 def test_a_torch_run_imports_neither_tensorflow_nor_keras() -> None:
