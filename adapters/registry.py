@@ -135,6 +135,10 @@ def _installed(module: str) -> bool:
 BUILTIN: dict[str, AdapterSpec] = {
     "torch": AdapterSpec("torch", "backprop_conformance.adapters.torch_adapter:TorchAdapter", "built-in", ("torch",)),
     "jax": AdapterSpec("jax", "backprop_conformance.adapters.jax_adapter:JaxAdapter", "built-in", ("jax",)),
+    "tensorflow": AdapterSpec(
+        "tensorflow", "backprop_conformance.adapters.tensorflow_adapter:TensorFlowAdapter", "built-in", ("tensorflow",)
+    ),
+    "keras": AdapterSpec("keras", "backprop_conformance.adapters.keras_adapter:KerasAdapter", "built-in", ("keras",)),
 }
 
 
