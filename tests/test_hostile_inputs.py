@@ -597,17 +597,17 @@ def test_declared_accumulation_is_shown_in_the_header_and_the_report(tiny_bug_ru
     assert declared == {"mut-scale-1e-9": "in storage format", "hostile-acc64": "float32→float64"}, declared
 
 
-# 6. An installed plug-in joins a plain run, and is tested even where neither torch nor jax is installed.
+# 6. An installed plug-in joins a plain run, and is tested even where no built-in framework is installed.
 
-HIDE_FRAMEWORKS = '''"""sitecustomize for the test: this interpreter behaves as one where torch and jax were never installed.
+HIDE_FRAMEWORKS = '''"""sitecustomize for the test: this interpreter behaves as one where no built-in framework was ever installed.
 
-Every finder on sys.meta_path is wrapped so that it finds nothing named torch, jax or jaxlib: then
+Every finder on sys.meta_path is wrapped so that it finds nothing named torch, jax, jaxlib, tensorflow or keras: then
 ``importlib.util.find_spec("torch")`` returns None and ``import torch`` raises ModuleNotFoundError,
 exactly as without the packages, while everything else installed beside them still imports.
 """
 import sys
 
-HIDDEN = ("torch", "jax", "jaxlib")
+HIDDEN = ("torch", "jax", "jaxlib", "tensorflow", "keras")
 
 
 class Hiding:
@@ -630,7 +630,7 @@ sys.meta_path[:] = [Hiding(finder) for finder in sys.meta_path]
 
 @pytest.fixture(scope="module")
 def without_frameworks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory whose ``sitecustomize.py`` hides torch and jax from an interpreter that has it on ``PYTHONPATH``.
+    """A directory whose ``sitecustomize.py`` hides the built-in frameworks from an interpreter that has it on ``PYTHONPATH``.
 
     Why this way: the frameworks sit in the same site-packages as numpy and pytest, so they cannot be
     removed from the path, and a stub ``torch.py`` would make them *present*. A finder that finds
@@ -647,7 +647,7 @@ def without_frameworks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def test_installed_plugin_is_tested_by_a_plain_run_without_torch_or_jax(
+def test_installed_plugin_is_tested_by_a_plain_run_without_the_built_in_frameworks(
     tmp_path: Path, good_plugin: Path, without_frameworks: Path
 ) -> None:
     """No ``--conformance-backend``: the built-ins skip with their reason, the plug-in's cells run and pass (not "all skipped, exit 0")."""
@@ -657,6 +657,8 @@ def test_installed_plugin_is_tested_by_a_plain_run_without_torch_or_jax(
     assert skipped == {
         "torch": "skipped: torch not installed (needed by adapter 'torch')",
         "jax": "skipped: jax not installed (needed by adapter 'jax')",
+        "tensorflow": "skipped: tensorflow not installed (needed by adapter 'tensorflow')",
+        "keras": "skipped: keras not installed (needed by adapter 'keras')",
     }
     cells = {c.id: (c.status, c.examples) for c in run.report.cells}
     assert cells == {f"{GOOD_PLUGIN}-manual-float64": ("passed", 3), f"{GOOD_PLUGIN}-manual-float32": ("passed", 3)}, run.explain()

@@ -79,14 +79,14 @@ def test_the_environment_is_set_before_the_target_is_imported(probe: Worker) -> 
 def test_the_suites_data_travel_intact() -> None:
     """Network, Batch and AdapterOutput hold read-only MappingProxyType mappings, which plain pickle refuses."""
     problem = contract_problem("float32")
-    hosted = Worker("examples.numpy_adapter:NumpyAdapter")
+    hosted = Worker("backprop_conformance.adapters.example_numpy:NumpyAdapter")
     try:
         remote = hosted.call("run", problem.network, problem.batch, dtype="float32", path="manual")
         args, kwargs = Worker(PROBE).call("echo", problem.network, key=problem.batch)
     finally:
         hosted.close()
         workers.close_all()
-    from examples.numpy_adapter import NumpyAdapter
+    from backprop_conformance.adapters.example_numpy import NumpyAdapter
 
     local = NumpyAdapter().run(problem.network, problem.batch, dtype="float32", path="manual")
     for kind, l, g in local.gradients.items():
@@ -119,11 +119,11 @@ def test_an_exception_in_the_child_is_raised_here_with_the_childs_traceback(prob
 
 
 def test_a_request_error_keeps_its_type() -> None:
-    problem = contract_problem("float16")
-    hosted = Worker("examples.numpy_adapter:NumpyAdapter")
+    problem = contract_problem("bfloat16")
+    hosted = Worker("backprop_conformance.adapters.example_numpy:NumpyAdapter")
     try:
-        with pytest.raises(RequestError, match="unsupported dtype 'float16'"):
-            hosted.call("compute", problem.network, problem.batch, dtype="float16", path="manual")
+        with pytest.raises(RequestError, match="unsupported dtype 'bfloat16'"):
+            hosted.call("compute", problem.network, problem.batch, dtype="bfloat16", path="manual")
     finally:
         hosted.close()
 
