@@ -23,6 +23,7 @@ The corners the strategies reach, and why each matters:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,29 +122,40 @@ THOROUGH_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POO
 LARGE_LIMITS = Limits(max_depth=16, max_width=1024, max_batch=512, pool=LARGE_POOL)
 
 
+@functools.cache
+def sizes(high: int) -> dict[str, tuple[int, ...]]:
+    """The sizes 1..``high`` by kind, each kind sorted small to large (so that shrinking goes to small sizes).
+
+    * ``small``: 1 to 8 (width 1, B = 1, the sub-vector sizes);
+    * ``around a block``: q·m − 1, q·m and q·m + 1 for every block m of :data:`BLOCKS`: both sides of a multiple;
+    * ``remainder``: every size from 9 up, so every remainder of 4, 8 and 16 equally often (fan-ins ≡ 7 mod 8
+      and ≥ 15 among them);
+    * ``beyond a block``: more than one 32-wide block, up to ``high`` (more than one 64-wide block when ``high``
+      exceeds 64); for a ``high`` under 66, its upper half.
+
+    A kind with no size in 1..``high`` (no block fits under 4) is left out rather than drawn empty.
+    """
+    around = sorted({q * m + r for m in BLOCKS for q in range(1, high // m + 1) for r in (-1, 0, 1)} & set(range(1, high + 1)))
+    kinds = {
+        "small": tuple(range(1, min(8, high) + 1)),
+        "around a block": tuple(around),
+        "remainder": tuple(range(min(9, high), high + 1)),
+        "beyond a block": tuple(range(min(33, high // 2 + 1), high + 1)),
+    }
+    return {kind: values for kind, values in kinds.items() if values}
+
+
 @st.composite
 def dimension(draw: st.DrawFn, high: int, label: str) -> int:
     """One width or batch size in 1..``high``, steered to the sizes where kernels change paths (:data:`BLOCKS`).
 
-    Hypothesis draws the kind of size first, each kind equally likely (so a hundred examples reach every
-    kind many times over) and shrinking toward the first, small sizes:
-
-    * ``small``: 1 to 8 (width 1, B = 1, the sub-vector sizes);
-    * ``around a block``: q·m − 1, q·m or q·m + 1 for a block m: both sides of a multiple;
-    * ``remainder``: q·m + r for a block m of 4, 8 or 16 and any remainder r, so that every remainder
-      loop length occurs (fan-in ≡ 7 mod 8 and at least 15 among them);
-    * ``beyond a block``: more than one 32-wide block, up to ``high`` (more than one 64-wide block when
-      ``high`` exceeds 64); for a ``high`` under 66, its upper half.
+    Two choices: the kind of size (:func:`sizes`), each kind equally likely so that a hundred examples
+    reach every kind many times over, then a size of that kind. Few choices per size keep hypothesis'
+    bookkeeping per example small: its cost grows with the number of choices an example makes.
     """
-    kind = draw(st.sampled_from(("small", "around a block", "remainder", "beyond a block")), label=f"{label}: kind")
-    if kind == "small" or high <= 8:
-        return draw(st.integers(1, min(8, high)), label=label)
-    if kind == "beyond a block":
-        return draw(st.integers(min(33, high // 2 + 1), high), label=label)
-    block = draw(st.sampled_from([m for m in (BLOCKS if kind == "around a block" else BLOCKS[:3]) if m < high]), label=f"{label}: block")
-    multiple = block * draw(st.integers(1, max(1, high // block)), label=f"{label}: multiple")
-    offset = draw(st.sampled_from((-1, 0, 1)) if kind == "around a block" else st.integers(0, block - 1), label=f"{label}: offset")
-    return min(max(multiple + offset, 1), high)
+    kinds = sizes(high)
+    kind = draw(st.sampled_from(tuple(kinds)), label=f"{label}: kind")
+    return draw(st.sampled_from(kinds[kind]), label=label)
 
 
 @st.composite
