@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -303,6 +303,23 @@ class Adapter(abc.ABC):
         the run's header saying what was done (the setting may outlive the run in the process), or None;
         the default uses nothing. A cache must never change a result, only its cost.
         """
+        return None
+
+    def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
+        """A hint from a suite run, before its first test: the cell (``path``, ``dtype``, ``device``) will be tested,
+        and most of its examples will have these (widths, batch size) -- the shape pool, for a path declared in
+        :attr:`Capabilities.shape_compiled_paths`; empty for a path that draws its shapes freely.
+
+        An adapter may start, in the background, work those requests will need -- compiling the shapes, starting
+        a worker process -- so that it overlaps the rest of the run instead of adding to it; on a 2-core machine
+        the main thread leaves one core idle most of the time. The default does nothing. Whatever it starts must
+        not change any result (a request computes exactly what it would have computed without the hint), must
+        not raise (a failure belongs to the request that meets it), and must stop at :meth:`finish`.
+        """
+        return None
+
+    def finish(self) -> None:
+        """The run is over: drop whatever :meth:`prepare` queued and has not begun. The default does nothing."""
         return None
 
     @cached_property

@@ -27,13 +27,18 @@ Why the details below matter for a verdict:
   per function object, and rebuilding ``jax.jit(jax.grad(f))`` on every call would recompile every time. The
   cache then keys on shapes, dtypes, device and the x64 context, so a repeated architecture never recompiles.
 * Importing this module does not import JAX (adapter contract): JAX is imported inside functions.
+* Compilation overlaps the run (:meth:`JaxAdapter.prepare`): a background thread calls the same jitted
+  functions on zeros of every pooled shape, which fills ``jax.jit``'s own cache with the very programs the
+  examples then run; a shape the examples reach first is compiled by them instead (:class:`_Precompiler`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -185,6 +190,19 @@ class JaxAdapter(Adapter):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         return f"jax: persistent compilation cache in {directory} (process-wide; clear it by deleting the directory)"
 
+    def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
+        """Compile ``path``'s program for each of ``shapes`` in ``dtype`` in a background thread (:class:`_Precompiler`).
+
+        Each compilation takes 0.15-1 s on 2 CPU cores (``python -m benchmarks.bench_suite``: a cold default run
+        compiles 64 programs) and releases the GIL, so it runs on the core the rest of the run leaves idle.
+        """
+        for widths, batch_size in shapes:
+            _PRECOMPILER.submit((path, dtype, device, tuple(widths), batch_size))
+
+    def finish(self) -> None:
+        """Drop the compilations not yet begun: a run that ends early must not wait for programs it will never run."""
+        _PRECOMPILER.cancel()
+
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """Put w^l and b^l on ``device`` as the (W, b) pairs ``run`` differentiates, and read them back in page layout."""
         with _precision_scope(dtype):
@@ -241,6 +259,7 @@ def _to_numpy(array: Any, carrier: np.dtype) -> np.ndarray:
 
 def _run(network: Network, batch: Batch, *, dtype: str, path: str, device: str) -> AdapterOutput:
     """Put the inputs on ``device`` in ``dtype``, differentiate along ``path``, and bring the results back."""
+    _PRECOMPILER.claim((path, dtype, device, network.widths, batch.size))
     params = _parameters(network, dtype, device)
     x, y = _put(batch.x, dtype, device), _put(batch.y, dtype, device)
     gradients, deltas, (cost, zs, activations) = _differentiated(path)(params, x, y)
@@ -256,3 +275,109 @@ def _run(network: Network, batch: Batch, *, dtype: str, path: str, device: str) 
         z=by_layer(zs),
         delta=None if deltas is None else by_layer(deltas),
     )
+
+
+_Key = tuple[str, str, str, tuple[int, ...], int]
+"""(path, dtype, device, widths, batch size): what one compiled program is specialised to."""
+
+
+class _Job:
+    def __init__(self, key: _Key) -> None:
+        self.key = key
+        self.state = "queued"  # then "running" and "done", or "claimed" (an example got there first) / "cancelled"
+        self.done = threading.Event()
+
+
+class _Precompiler:
+    """One background thread that runs the differentiated functions on zeros, shape after shape, to compile them.
+
+    Why it cannot change a result: it calls the same jitted function objects (:func:`_differentiated`) with
+    arrays of the same shapes, formats, device and x64 context as an example's, so ``jax.jit`` caches exactly
+    the program the example would have compiled for itself; the zeros are computed on and thrown away.
+
+    An example that needs a shape (:meth:`claim`) waits for it only while it is being compiled: a shape still in
+    the queue is taken out and the example compiles it itself, as it would have without the hint, instead of
+    waiting behind the others. Exceptions in the thread are dropped: the example that meets the same program
+    raises them where they belong. The thread is not a daemon, so it is never stopped inside XLA at exit;
+    instead it leaves as soon as :meth:`cancel` is called or the main thread has finished, so a process waits at
+    exit for one compilation at most.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[_Key, _Job] = {}
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, key: _Key) -> None:
+        with self._lock:
+            if key in self._jobs:
+                return
+            job = self._jobs[key] = _Job(key)
+            self._queue.put(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="backprop-conformance-jax-precompile")
+                self._thread.start()
+
+    def claim(self, key: _Key) -> None:
+        """Before an example of ``key`` runs: wait if its program is being compiled, else take it off the queue."""
+        with self._lock:
+            job = self._jobs.pop(key, None)
+            if job is None:
+                return
+            if job.state == "queued":
+                job.state = "claimed"
+                return
+        job.done.wait()
+
+    def cancel(self) -> None:
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state == "queued":
+                    job.state = "cancelled"
+            self._jobs.clear()
+
+    def _serve(self) -> None:
+        try:
+            self._work()
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _work(self) -> None:
+        while threading.main_thread().is_alive():
+            try:
+                job = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():  # nothing left: leave, under the lock, so that the next submit starts a thread
+                        self._thread = None
+                        return
+                continue
+            with self._lock:
+                if job.state != "queued":
+                    continue
+                job.state = "running"
+            try:
+                _compile(*job.key)
+            except Exception:  # a hint only: the example that meets this program raises the error itself
+                pass
+            finally:
+                job.state = "done"
+                job.done.set()
+
+
+def _compile(path: str, dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> None:
+    """Run ``path``'s differentiated function once on zeros of this shape, as :func:`_run` would call it."""
+    jax = _jax()
+    with _precision_scope(dtype):
+        params = [
+            (_put(np.zeros((widths[i + 1], widths[i])), dtype, device), _put(np.zeros(widths[i + 1]), dtype, device))
+            for i in range(len(widths) - 1)
+        ]
+        x, y = _put(np.zeros((batch_size, widths[0])), dtype, device), _put(np.zeros((batch_size, widths[-1])), dtype, device)
+        jax.block_until_ready(_differentiated(path)(params, x, y))
+
+
+_PRECOMPILER = _Precompiler()

@@ -38,7 +38,7 @@ import functools
 import importlib.metadata
 import importlib.util
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -176,10 +176,21 @@ class KerasAdapter(Adapter):
             raise RequestError(f"adapter 'keras': path {path!r} needs Keras' {path} backend, and {BACKENDS[path]} is not installed")
         return self._worker(path).call("run", network, batch, dtype=dtype, path=path, device=device)
 
+    def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
+        """Start ``path``'s worker process now, without waiting for it: importing Keras and its backend there takes
+        5-7 s on 2 CPU cores, which then overlaps the tests that run before this backend's first one."""
+        if path in BACKENDS and _installed(BACKENDS[path]):
+            _shared_worker(path).start(wait=False)
+
     def _worker(self, path: str) -> workers.Worker:
         if path not in self._used:
             self._used.append(path)
-        return workers.shared(f"{__name__}:KerasInProcess", WORKER_ENVIRONMENT[path], name=f"keras-{path}")
+        return _shared_worker(path)
+
+
+def _shared_worker(path: str) -> workers.Worker:
+    """The process's worker for Keras on the ``path`` backend (one per backend, shared by every user)."""
+    return workers.shared(f"{__name__}:KerasInProcess", WORKER_ENVIRONMENT[path], name=f"keras-{path}")
 
 
 def _first_installed(caps: Capabilities) -> str:

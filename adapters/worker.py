@@ -14,6 +14,7 @@ The contract with the caller:
 
 * **Lazy.** Creating a :class:`Worker` starts nothing; the first :meth:`Worker.call` starts the process and waits
   until the target is built (that is where the framework's import time is paid), and later calls reuse it.
+  :meth:`Worker.start` with ``wait=False`` starts it ahead of need, so that the import overlaps other work.
   :func:`shared` hands out one worker per (target, environment) per process, so that every user of a
   configuration shares its process.
 * **No orphans.** The parent closes every worker it started when the interpreter exits (``atexit``), when a call
@@ -125,6 +126,7 @@ class Worker:
         self._stderr: BinaryIO | None = None
         self._lock = threading.Lock()
         self._owner = os.getpid()
+        self._starting = False
         self.starts = 0
 
     def __repr__(self) -> str:
@@ -152,7 +154,9 @@ class Worker:
             raise WorkerError(f"worker {self.name!r}: only public methods can be called, not {method!r}")
         with self._lock:
             self._check_owner()
-            if not self.alive:
+            if self._starting:  # launched by start(wait=False): its answer (ready, or why not) is in the pipe
+                self._await_ready()
+            elif not self.alive:
                 self._start()
             try:
                 reply = self._exchange(("call", method, args, kwargs))
@@ -160,6 +164,20 @@ class Worker:
                 self._kill()
                 raise
         return self._unpack(reply)
+
+    def start(self, *, wait: bool = True) -> None:
+        """Start the child now, unless it runs already; with ``wait=False``, return as soon as it is launched.
+
+        Without waiting, the child imports its framework while the caller goes on (a run starts the workers it
+        will need before its first test, so that their start-up overlaps the parent's own work), and the next
+        :meth:`call` waits for it to be ready; a child that fails to start makes that call raise.
+        """
+        with self._lock:
+            self._check_owner()
+            if not self._starting and not self.alive:
+                self._launch()
+            if wait and self._starting:
+                self._await_ready()
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Ask the child to exit, wait up to ``timeout`` seconds, then kill it; safe to call more than once."""
@@ -189,6 +207,11 @@ class Worker:
             )
 
     def _start(self) -> None:
+        self._launch()
+        self._await_ready()
+
+    def _launch(self) -> None:
+        """Start the child and send it the header; :meth:`_await_ready` reads its answer."""
         self._kill()
         env = {**os.environ, **self.environment}
         self._stderr = tempfile.TemporaryFile()  # kept open for the child's life; _kill closes it
@@ -204,7 +227,18 @@ class Worker:
         _register(self)
         header = {"sys_path": list(sys.path), "target": self.target, "parent": os.getpid(), "name": self.name}
         try:
-            reply = self._exchange(header)
+            _dump(header, self._process.stdin)  # type: ignore[arg-type]
+        except OSError as exc:
+            error = self._died(f"could not be sent its header ({exc})")
+            self._kill()
+            raise error from None
+        self._starting = True
+
+    def _await_ready(self) -> None:
+        """Wait until the child has built its target; raise (and kill it) if it could not."""
+        self._starting = False
+        try:
+            reply = self._receive()
         except BaseException:
             self._kill()
             raise
@@ -221,6 +255,11 @@ class Worker:
             raise WorkerError(f"worker {self.name!r}: the request cannot be pickled: {exc}") from None
         except OSError as exc:
             raise self._died(f"could not send the request ({exc})") from None
+        return self._receive()
+
+    def _receive(self) -> tuple[Any, ...]:
+        process = self._process
+        assert process is not None and process.stdout is not None
         try:
             return pickle.load(process.stdout)
         except EOFError:
@@ -264,6 +303,7 @@ class Worker:
         raise WorkerError(f"worker {self.name!r}: unexpected reply {reply[0]!r}")
 
     def _kill(self) -> None:
+        self._starting = False
         process, self._process = self._process, None
         if process is not None:
             for stream in (process.stdin, process.stdout):

@@ -271,6 +271,30 @@ class ConformanceSession:
         return [pytest.mark.xfail(strict=True, reason=defect.reason)] if defect else []
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        self._compiled_cells_first(items)
+        self._add_timeouts(config, items)
+
+    def _compiled_cells_first(self, items: list[pytest.Item]) -> None:
+        """Among the property tests, the cells of paths that compile per shape first, each group in table order.
+
+        Those cells' cost is compilation, which their adapter may have started in a background thread
+        (:meth:`pytest_collection_finish`): run first, they share that work between the main thread and the
+        background one. Run after the eager cells, the compilation would compete with them instead (torch's
+        intra-op threads slow down threefold beside a compiling thread on 2 cores), and the run takes longer.
+        """
+        positions = [i for i, item in enumerate(items) if self.items.get(item_key(item.nodeid), ("", ""))[1] == "test_gradients"]
+        cells = {c.id: c for c in self.cells}
+
+        def compiled(item: pytest.Item) -> bool:
+            cell = cells[self.items[item_key(item.nodeid)][0]]
+            caps = self.backend(cell).capabilities
+            return caps is not None and cell.path in caps.shape_compiled_paths
+
+        ordered = sorted((items[i] for i in positions), key=lambda item: not compiled(item))
+        for position, item in zip(positions, ordered, strict=True):
+            items[position] = item
+
+    def _add_timeouts(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """The per-test time limit: pytest-timeout's own settings when the user gave any, else ours."""
         if not self.options.timeout or not config.pluginmanager.hasplugin("timeout"):
             return
@@ -433,7 +457,33 @@ class ConformanceSession:
 
     # The end: statuses, the typed report built once, compared, written.
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Tell each adapter which cells this process will test, before the first test (:meth:`Adapter.prepare`).
+
+        Only in a run without xdist workers: there, each worker tests some of the cells, and preparing all of them
+        in every worker would double the work the hint is meant to hide.
+        """
+        if not self.controller or self.config.getoption("numprocesses", None):
+            return
+        selected = {item_key(item.nodeid) for item in session.items}
+        for cell in self.cells:
+            if f"test_gradients[{cell.id}]" not in selected:
+                continue
+            backend = self.backend(cell)
+            assert backend.adapter is not None and backend.capabilities is not None
+            pooled = cell.path in backend.capabilities.shape_compiled_paths
+            try:
+                backend.adapter.prepare(cell.path, cell.dtype, cell.device, self.limits.pool if pooled else ())
+            except Exception as exc:  # a hint that failed costs time, never a verdict: the cell's own requests meet the error
+                self.notes.append(f"{cell.id}: the adapter's prepare() raised {type(exc).__name__}: {exc}")
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        for backend in self.backends:
+            if backend.adapter is not None:
+                try:
+                    backend.adapter.finish()
+                except Exception as exc:  # the run's results matter more than a hint's clean-up
+                    self.notes.append(f"{backend.name}: the adapter's finish() raised {type(exc).__name__}: {exc}")
         if not self.controller:
             return
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,6 +355,84 @@ def test_jit_cache_keeps_float32_and_x64_traces_apart(adapter: JaxAdapter, compi
     assert not np.array_equal(first64.gradients.w[2], first32.gradients.w[2].astype(np.float64)), (
         "float64 and float32 gave the same bits: one of them was not computed in its own format"
     )
+
+
+# --- compiling ahead (JaxAdapter.prepare) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_a_prepared_shape_runs_the_program_the_example_would_have_compiled(
+    adapter: JaxAdapter, dtype: str, compilations: list[str]
+) -> None:
+    """After prepare(), the example compiles nothing, and its bits equal those of a fresh compilation (caches cleared)."""
+    network, batch = rounded(dtype, *Case("prepared", (3, 11, 2), 9, seed=41).draw())
+    adapter.prepare("jit", dtype, "cpu", [(network.widths, batch.size)])
+    from backprop_conformance.adapters.jax_adapter import _PRECOMPILER
+
+    thread = _PRECOMPILER._thread
+    assert thread is not None
+    thread.join(timeout=60)  # the background compilation done (a claim now could take the shape off the queue instead)
+    compilations.clear()
+    prepared = adapter.run(network, batch, dtype=dtype, path="jit")
+    assert compilations == [], "the prepared program was not the one the example ran: it compiled again"
+    jax.clear_caches()
+    fresh = adapter.run(network, batch, dtype=dtype, path="jit")
+    assert compilations, "clearing the caches should have forced a compilation"
+    for l in network.layers:
+        np.testing.assert_array_equal(prepared.gradients.w[l], fresh.gradients.w[l])
+        np.testing.assert_array_equal(prepared.gradients.b[l], fresh.gradients.b[l])
+
+
+def test_an_example_does_not_wait_behind_shapes_still_queued() -> None:
+    """claim() of a shape not yet begun takes it off the queue at once; cancel() empties the queue and the thread leaves."""
+    from backprop_conformance.adapters.jax_adapter import _Precompiler
+
+    precompiler = _Precompiler()
+    keys = [("jit", "float32", "cpu", (5, 40 + i, 40 + i, 40 + i, 3), 7) for i in range(12)]
+    for key in keys:
+        precompiler.submit(key)
+    began = time.perf_counter()
+    precompiler.claim(keys[-1])
+    assert time.perf_counter() - began < 0.1, "claim() waited for the shapes queued before it"
+    precompiler.cancel()
+    thread = precompiler._thread
+    if thread is not None:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the background thread did not leave after cancel()"
+
+
+def test_a_failing_background_compilation_is_left_to_the_example(adapter: JaxAdapter) -> None:
+    """An error in the thread is dropped (the request that meets it raises it); claiming that shape returns."""
+    from backprop_conformance.adapters.jax_adapter import _Precompiler
+
+    precompiler = _Precompiler()
+    key = ("no-such-path", "float32", "cpu", (2, 2), 1)
+    precompiler.submit(key)
+    thread = precompiler._thread
+    assert thread is not None
+    thread.join(timeout=30)
+    precompiler.claim(key)
+    assert not thread.is_alive()
+
+
+def test_the_compilation_cache_and_compiling_ahead_change_no_verdict(tmp_path: Path) -> None:
+    """The same examples (one ``--hypothesis-seed``) in three runs -- no cache, a cold cache, the same cache warm --
+    give the same error/bound ratio for every example, bit for bit, and the cold run fills the cache."""
+    from backprop_conformance.conformance.runner import clean_environment, run_suite
+
+    cache = tmp_path / "cache"
+    args = ["--conformance-backend", "jax", "--conformance-dtype", "float32", "--conformance-dtype", "bfloat16"]
+    args += ["--conformance-max-examples", "15", "--hypothesis-seed", "20261201", "-k", "test_gradients"]
+    series = {}
+    for name, cache_dir in (("no cache", ""), ("cold cache", str(cache)), ("warm cache", str(cache))):
+        run = run_suite([*args, "--conformance-cache-dir", cache_dir], tmp_path / name, env=clean_environment(tmp_path / name / "db"))
+        assert run.returncode == pytest.ExitCode.OK and run.report is not None, run.explain()
+        series[name] = {c.id: c.ratios for c in run.report.cells}
+        assert all(len(r) == 15 for r in series[name].values()), series[name]
+        if name == "cold cache":
+            assert any((cache / "jax").iterdir()), "the run wrote nothing to its compilation cache"
+    assert series["cold cache"] == series["no cache"], "the compilation cache changed an example's ratio"
+    assert series["warm cache"] == series["no cache"], "a cached program gave a different ratio from a freshly compiled one"
 
 
 # --- bad requests --------------------------------------------------------------------------------------

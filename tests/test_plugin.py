@@ -15,6 +15,7 @@ The adapters defined here are named on the subprocess' command line as ``tests.t
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -101,6 +102,41 @@ class ImpostorOfReference(ReferenceAdapter):
     gradient_factor = 2.0
 
 
+class PreparationRecorder(ReferenceAdapter):
+    """Correct, with a path that compiles per shape declared *after* an eager one; logs every hint and request.
+
+    The log (``$BACKPROP_CONFORMANCE_TEST_LOG``) shows what the suite told the adapter before its tests
+    (:meth:`Adapter.prepare`) and after them (:meth:`Adapter.finish`), and the order in which its cells ran.
+    """
+
+    name = "prep"
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            name=self.name,
+            framework="the suite's own float64 reference",
+            version=f"numpy {np.__version__}",
+            dtypes=("float64",),
+            paths=("eager", "compiled"),
+            default_paths=("eager", "compiled"),
+            shape_compiled_paths=("compiled",),
+        )
+
+    def _log(self, line: str) -> None:
+        with open(os.environ["BACKPROP_CONFORMANCE_TEST_LOG"], "a") as log:
+            log.write(line + "\n")
+
+    def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
+        self._log(f"prepare {path} {dtype} {device} {len(shapes)}")
+
+    def finish(self) -> None:
+        self._log("finish")
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        self._log(f"run {path}")
+        return super().run(network, batch, dtype=dtype, path=path, device=device)
+
+
 def conformance(tmp: Path, *args: str, env: dict[str, str] | None = None) -> SuiteRun:
     """One run of the suite from the repository root, its outputs under ``tmp``."""
     return run_suite(list(args), tmp, env=env)
@@ -144,6 +180,41 @@ def failing_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     return conformance(
         tmp_path_factory.mktemp("failing"), "--conformance-backend", FAILING, "--conformance-max-examples=10", *CONFORMANCE_ONLY
     )
+
+
+# Hints to adapters: prepare() before the tests, finish() after them, compiled cells first.
+
+
+def prepared_run(tmp: Path, *args: str) -> list[str]:
+    log = tmp / "log"
+    env = clean_environment(tmp / "hypothesis", BACKPROP_CONFORMANCE_TEST_LOG=str(log))
+    run = conformance(tmp, "--conformance-backend", f"{HERE}:PreparationRecorder", f"--conformance-max-examples={EXAMPLES}", *args, env=env)
+    assert run.returncode == pytest.ExitCode.OK, run.explain()
+    return log.read_text().splitlines()
+
+
+def test_each_selected_cell_is_prepared_before_the_tests_and_the_adapter_finished_after(tmp_path: Path) -> None:
+    from backprop_conformance.conformance.strategies import DEFAULT_LIMITS
+
+    log = prepared_run(tmp_path, "-k", "test_gradients")
+    first_run = next(i for i, line in enumerate(log) if line.startswith("run "))
+    prepared = log[:first_run]
+    assert sorted(prepared) == sorted([f"prepare compiled float64 cpu {len(DEFAULT_LIMITS.pool)}", "prepare eager float64 cpu 0"]), log
+    assert log[-1] == "finish" and log.count("finish") == 1, log
+    runs = [line.split()[1] for line in log if line.startswith("run ")]
+    assert runs == ["compiled"] * EXAMPLES + ["eager"] * EXAMPLES, f"the compiled path's cell must run first: {runs}"
+
+
+def test_a_deselected_cell_is_not_prepared(tmp_path: Path) -> None:
+    log = prepared_run(tmp_path, "-k", "test_gradients and eager")
+    assert [line for line in log if line.startswith("prepare")] == ["prepare eager float64 cpu 0"], log
+
+
+def test_xdist_workers_are_not_given_hints(tmp_path: Path) -> None:
+    """Each xdist worker runs only some cells: preparing every cell in each would double the work the hint hides."""
+    log = prepared_run(tmp_path, "-k", "test_gradients", "-n", "2")
+    assert not [line for line in log if line.startswith("prepare")], log
+    assert sorted(line.split()[1] for line in log if line.startswith("run ")) == sorted(["compiled", "eager"] * EXAMPLES), log
 
 
 # Usage errors: exit status 4 (pytest's usage error), a message that lists what is valid.

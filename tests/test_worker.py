@@ -71,6 +71,39 @@ def test_a_worker_starts_on_its_first_call_and_is_reused(probe: Worker) -> None:
     assert probe.call("pid") == pid and probe.starts == 1
 
 
+def test_start_without_waiting_returns_at_once_and_the_first_call_uses_that_process() -> None:
+    worker = Worker("worker_targets:SlowConstructor", {"BACKPROP_CONFORMANCE_TEST_DELAY": "1.5"}, name="slow")
+    try:
+        began = time.monotonic()
+        worker.start(wait=False)
+        launched = time.monotonic() - began
+        assert launched < 1.0, f"start(wait=False) waited {launched:.2f} s for a target that takes 1.5 s to build"
+        pid = worker.pid
+        assert pid is not None and running(pid)
+        worker.start(wait=False)  # already starting: no second process
+        assert worker.call("pid") == pid and worker.starts == 1
+        assert time.monotonic() - began >= 1.5, "the first call returned before the target was built"
+    finally:
+        worker.close()
+
+
+def test_a_target_that_fails_while_starting_in_the_background_raises_its_own_error_at_the_first_call() -> None:
+    worker = Worker("worker_targets:BrokenConstructor")
+    worker.start(wait=False)
+    with pytest.raises(RuntimeError, match="constructor failed on purpose"):
+        worker.call("anything")
+    assert not worker.alive and worker.starts == 1, "the error must come from the background start, not from a second one"
+
+
+def test_a_worker_closed_while_starting_leaves_no_process() -> None:
+    worker = Worker("worker_targets:SlowConstructor", {"BACKPROP_CONFORMANCE_TEST_DELAY": "1.0"}, name="slow")
+    worker.start(wait=False)
+    pid = worker.pid
+    assert pid is not None
+    worker.close()
+    assert wait_until_gone(pid) and not worker.alive
+
+
 def test_the_environment_is_set_before_the_target_is_imported(probe: Worker) -> None:
     assert probe.call("environment_at_import", "BACKPROP_CONFORMANCE_TEST_VARIABLE") == "set before import"
     assert "BACKPROP_CONFORMANCE_TEST_VARIABLE" not in os.environ, "the parent's own environment must not change"

@@ -60,3 +60,13 @@ class Probe:
 class BrokenConstructor:
     def __init__(self) -> None:
         raise RuntimeError("the constructor failed on purpose")
+
+
+class SlowConstructor:
+    """A target that takes ``$BACKPROP_CONFORMANCE_TEST_DELAY`` seconds to build, as a framework's import does."""
+
+    def __init__(self) -> None:
+        time.sleep(float(os.environ.get("BACKPROP_CONFORMANCE_TEST_DELAY", "1")))
+
+    def pid(self) -> int:
+        return os.getpid()
