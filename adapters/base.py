@@ -125,6 +125,10 @@ class Capabilities:
         environment: names of environment variables that select what the framework computes with
             (``KERAS_BACKEND``, ``XLA_FLAGS``); their values are recorded in case files and printed on
             replay, since a replay under other values would test something else.
+        ranks: for a data-parallel path, the number R of processes or devices whose partial gradients
+            it combines (torch's ``ddp``: 2 by default); the bound charges that combination
+            (:func:`~backprop_conformance.reference.error_bound.cross_rank_reduction_bound`). A path not
+            named runs in one piece.
     """
 
     name: str
@@ -137,6 +141,7 @@ class Capabilities:
     accumulation: Mapping[str, str | Mapping[str, str]] = field(default_factory=dict)
     shape_compiled_paths: tuple[str, ...] = ()
     environment: tuple[str, ...] = ()
+    ranks: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -171,6 +176,7 @@ class Capabilities:
         if not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in environment):
             raise CapabilitiesError(f"adapter {name!r}: environment holds something that is not a variable name: {list(environment)}")
         accumulation = _check_accumulation(name, dtypes, self.accumulation)
+        ranks = _check_ranks(name, paths, self.ranks)
         for attribute, value in (
             ("dtypes", dtypes),
             ("paths", paths),
@@ -179,6 +185,7 @@ class Capabilities:
             ("devices", devices),
             ("environment", tuple(environment)),
             ("accumulation", accumulation),
+            ("ranks", ranks),
         ):
             object.__setattr__(self, attribute, value)
 
@@ -187,9 +194,17 @@ class Capabilities:
         declared = self.accumulation.get(dtype, dtype)
         return declared if isinstance(declared, str) else declared.get(operation, dtype)
 
-    def precision(self, dtype: str) -> Precision:
-        """The rounding constants the error bound charges this adapter for ``dtype`` (storage and accumulation)."""
-        return Precision.of(dtype, {op: self.accumulation_of(dtype, op) for op in OPERATIONS})
+    def ranks_of(self, path: str) -> int:
+        """R, the number of data-parallel ranks ``path`` combines (1 unless declared in :attr:`ranks`)."""
+        return self.ranks.get(path, 1)
+
+    def precision(self, dtype: str, path: str | None = None) -> Precision:
+        """The rounding constants the error bound charges this adapter for ``dtype`` on ``path`` (storage, accumulation, ranks).
+
+        ``path`` matters only for a data-parallel path; None is a computation in one piece.
+        """
+        accumulation = {op: self.accumulation_of(dtype, op) for op in OPERATIONS}
+        return Precision.of(dtype, accumulation, ranks=1 if path is None else self.ranks_of(path))
 
     def describe_accumulation(self) -> str:
         """The declared accumulation in one phrase for the run's header and report, e.g. ``float16→float32``."""
@@ -244,6 +259,38 @@ def _check_accumulation(name: str, dtypes: tuple[str, ...], accumulation: object
                     "a declaration may not loosen the bound (accumulation must be at least as precise as storage)"
                 )
     return frozen
+
+
+MAX_RANKS = 1024
+"""The most data-parallel ranks a path may declare; more is a typo, and would mean as many processes."""
+
+
+def _check_ranks(name: str, paths: tuple[str, ...], ranks: object) -> Mapping[str, int]:
+    """Validate :attr:`Capabilities.ranks` and return a frozen copy: known paths, whole numbers 1..MAX_RANKS."""
+    if not isinstance(ranks, Mapping):
+        raise CapabilitiesError(f"adapter {name!r}: ranks must be a mapping from path to a number of ranks, got {type(ranks).__name__}")
+    frozen: dict[str, int] = {}
+    for path, count in ranks.items():
+        if path not in paths:
+            raise CapabilitiesError(f"adapter {name!r}: ranks names path {path!r}, which is not among its paths {list(paths)}")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_RANKS:
+            raise CapabilitiesError(f"adapter {name!r}: ranks of path {path!r} is {count!r}; give a whole number from 1 to {MAX_RANKS}")
+        frozen[path] = count
+    return frozen
+
+
+def shards(batch_size: int, ranks: int) -> tuple[slice, ...]:
+    """How a data-parallel path splits a batch of B examples over R ranks: contiguous slices of ⌈B/R⌉, the last ones shorter or empty.
+
+    One rule for every data-parallel path, so that the suite can tell which rank's share is missing
+    from a wrong gradient (:mod:`backprop_conformance.conformance.data_parallel`). ⌈B/R⌉ because that
+    is what a framework that pads the batch to a multiple of R (JAX's sharding) computes; a rank whose
+    slice is empty still takes part in every all-reduce, with zero gradients (B = 1 on 2 ranks).
+    """
+    if ranks < 1 or batch_size < 0:
+        raise ValueError(f"need ranks ≥ 1 and batch_size ≥ 0, got {ranks} and {batch_size}")
+    size = -(-batch_size // ranks)
+    return tuple(slice(min(r * size, batch_size), min((r + 1) * size, batch_size)) for r in range(ranks))
 
 
 @dataclass(frozen=True)

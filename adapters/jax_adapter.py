@@ -15,6 +15,9 @@ Execution paths, each one of JAX's own ways to get a gradient:
 * ``"vjp"``: ``jax.vjp`` with the cotangent 1 applied by hand, the primitive under ``jax.grad``. It also returns
   δ^l = ∂C/∂z^l, by differentiating with respect to a zero perturbation added to every z^l: the cotangent of
   that perturbation is δ^l itself, so the page's error terms come out of the same backward pass for free.
+* ``"sharded"``: ``jax.jit(jax.value_and_grad(...))`` with the batch sharded over a mesh of N CPU devices, so that
+  XLA's partitioner inserts the cross-device sum; it runs in a worker process that has N host devices
+  (:mod:`backprop_conformance.adapters.jax_sharded`). Opt-in, like every data-parallel path.
 
 Why the details below matter for a verdict:
 
@@ -44,12 +47,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.adapters import jax_sharded
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities, RequestError
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
-PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp")
+PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp", "sharded")
 DEFAULT_PATHS: tuple[str, ...] = ("jit",)
 """The paths a plain ``pytest conformance`` runs: ``jit``, the canonical ``jax.jit(jax.grad(loss))`` training
 step.
@@ -169,6 +173,8 @@ class JaxAdapter(Adapter):
             devices=_devices(),
             accumulation=dict(ACCUMULATION),
             shape_compiled_paths=PATHS,
+            environment=(jax_sharded.DEVICES_VARIABLE,),
+            ranks={"sharded": jax_sharded.device_count()},
         )
 
     def use_cache(self, directory: Path) -> str | None:
@@ -196,6 +202,9 @@ class JaxAdapter(Adapter):
         Each compilation takes 0.15-1 s on 2 CPU cores (``python -m benchmarks.bench_suite``: a cold default run
         compiles 64 programs) and releases the GIL, so it runs on the core the rest of the run leaves idle.
         """
+        if path == "sharded":
+            jax_sharded.shared_worker(jax_sharded.device_count()).start(wait=False)
+            return
         for widths, batch_size in shapes:
             _PRECOMPILER.submit((path, dtype, device, tuple(widths), batch_size))
 
@@ -217,8 +226,18 @@ class JaxAdapter(Adapter):
         (l = 1..L) and z^l (l = 2..L) on every path, and δ^l = ∂C/∂z^l on the ``"vjp"`` path. The request has
         been checked by :meth:`~backprop_conformance.adapters.base.Adapter.compute`.
         """
+        if path == "sharded":
+            return _run_sharded(network, batch, dtype=dtype, device=device)
         with _precision_scope(dtype):
             return _run(network, batch, dtype=dtype, path=path, device=device)
+
+
+def _run_sharded(network: Network, batch: Batch, *, dtype: str, device: str) -> AdapterOutput:
+    """The ``sharded`` path, computed in its worker process; the gradient is already the summed cost's (nothing averages)."""
+    if device != "cpu":
+        raise RequestError(f"jax: the sharded path shards over host (CPU) devices only, not {device!r}")
+    result = jax_sharded.shared_worker(jax_sharded.device_count()).call("run", network, batch, dtype)
+    return AdapterOutput(gradients=Gradients(result["w"], result["b"]), cost=result["cost"], a=result["a"], z=result["z"])
 
 
 @functools.cache

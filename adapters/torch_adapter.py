@@ -17,6 +17,9 @@ Execution paths, each putting a different piece of torch's machinery on trial:
   compiles the backward graph), then ``C.backward()``. Supported but not a default path: on 2 CPU
   cores the first compilation in a process took ~20 s and each new architecture, batch size or dtype
   ~1–15 s more.
+* ``ddp``: ``DistributedDataParallel`` over gloo in R rank processes, each with a slice of the batch; DDP
+  returns the mean over ranks of their gradients and the adapter returns R times it, the gradient of the
+  summed cost (:mod:`backprop_conformance.adapters.torch_ddp`). Opt-in: it starts R processes.
 
 Why the care about global state: a conformance suite must measure the framework as configured for
 exact float32 arithmetic, and must not change how the rest of the user's process computes. Each call
@@ -33,18 +36,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from backprop_conformance.adapters import torch_ddp
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
-from backprop_conformance.reference.dtypes import FORMATS
+from backprop_conformance.reference.dtypes import FORMATS, round_to
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
-PATHS = ("eager", "func", "mse", "compile")
+PATHS = ("eager", "func", "mse", "compile", "ddp")
 DEFAULT_PATHS = ("eager", "func", "mse")
 ACCUMULATION = {"float16": "float32", "bfloat16": "float32"}
 """float16 and bfloat16 dot products and sums accumulate in float32 in torch on CPU. Measured (torch
@@ -77,9 +81,12 @@ class TorchAdapter(Adapter):
     """Puts PyTorch on trial: ``nn.Linear`` + ``nn.Sigmoid`` network, quadratic cost summed over the batch."""
 
     requires: ClassVar[tuple[str, ...]] = ("torch",)
+    ddp_comm_hook: ClassVar[str | None] = None
+    """A DDP communication hook (``package.module:function``) registered on the ``ddp`` path's models, else the one
+    named by ``$BACKPROP_CONFORMANCE_DDP_COMM_HOOK``, else none (DDP's own all-reduce)."""
 
     def capabilities(self) -> Capabilities:
-        """Declare dtypes, paths and accumulation; "cuda" is listed only where torch can use a GPU."""
+        """Declare dtypes, paths, accumulation and the ``ddp`` path's ranks; "cuda" is listed only where torch can use a GPU."""
         torch = _torch()
         devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
         return Capabilities(
@@ -92,7 +99,18 @@ class TorchAdapter(Adapter):
             devices=devices,
             accumulation=dict(ACCUMULATION),
             shape_compiled_paths=("compile",),
+            environment=(torch_ddp.RANKS_VARIABLE, torch_ddp.HOOK_VARIABLE),
+            ranks={"ddp": torch_ddp.world_size()},
         )
+
+    def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
+        """Start the ``ddp`` path's rank processes ahead of its first example, so that their torch import overlaps other cells."""
+        if path == "ddp":
+            self._ddp_group(device).start()
+
+    def finish(self) -> None:
+        """Close the ``ddp`` path's rank processes."""
+        torch_ddp.close_groups()
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """Build the ``nn.Sequential`` from ``network`` and read each ``nn.Linear``'s weight and bias back out.
@@ -118,6 +136,8 @@ class TorchAdapter(Adapter):
         ``.grad`` of the retained Linear outputs. The request has been checked by
         :meth:`~backprop_conformance.adapters.base.Adapter.compute`.
         """
+        if path == "ddp":
+            return self._run_ddp(network, batch, dtype, device)
         torch = _torch()
         tdtype = getattr(torch, dtype)
         with _ieee_arithmetic(device), torch.inference_mode(False), torch.enable_grad():
@@ -127,6 +147,34 @@ class TorchAdapter(Adapter):
             recorder = _Recorder(model)
             result = _PATHS[path](model, recorder, x, y)
         return _to_output(result, x, dtype)
+
+    def _ddp_group(self, device: str) -> torch_ddp.DdpGroup:
+        return torch_ddp.group(torch_ddp.world_size(), self.ddp_comm_hook or torch_ddp.comm_hook(), device)
+
+    def _run_ddp(self, network: Network, batch: Batch, dtype: str, device: str) -> AdapterOutput:
+        """The ``ddp`` path: every rank's slice under DDP; rank 0's gradients (DDP's mean) made the summed cost's."""
+        group = self._ddp_group(device)
+        parts = group.run(network, batch, dtype)
+        mean = Gradients(parts[0]["w"], parts[0]["b"])
+        return AdapterOutput(
+            gradients=self.gradient_of_sum(mean, group.ranks, dtype),
+            cost=float(sum(part["cost"] for part in parts)),
+            a=torch_ddp.gather(parts, "a"),
+            z=torch_ddp.gather(parts, "z"),
+            delta=torch_ddp.gather(parts, "delta"),
+        )
+
+    def gradient_of_sum(self, mean: Gradients, ranks: int, dtype: str) -> Gradients:
+        """R times DDP's mean over ranks, rounded once to ``dtype``: the gradient of the page's cost, which sums over the batch.
+
+        DDP divides each rank's gradient by R before it all-reduces (it assumes a loss averaged over the global
+        batch); the page's C is a sum, whose gradient is Σ_r ∂C_r = R · mean. Exact when R is a power of 2.
+        """
+
+        def scaled(g: np.ndarray) -> np.ndarray:
+            return round_to(dtype, np.asarray(g, dtype=np.float64) * ranks)
+
+        return Gradients({l: scaled(g) for l, g in mean.w.items()}, {l: scaled(g) for l, g in mean.b.items()})
 
 
 @contextlib.contextmanager

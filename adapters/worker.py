@@ -198,6 +198,16 @@ class Worker:
                     pass
             self._kill()
 
+    def abort(self) -> None:
+        """Kill the child now, from any thread, without waiting for a call in progress (that call then raises :class:`WorkerError`).
+
+        For processes that wait on one another: when one rank of a data-parallel group fails, the others are
+        blocked in a collective operation, inside :meth:`call`, holding the lock that :meth:`close` needs.
+        """
+        process = self._process
+        if process is not None and os.getpid() == self._owner and process.poll() is None:
+            process.kill()
+
     # The parent's side of the protocol.
 
     def _check_owner(self) -> None:

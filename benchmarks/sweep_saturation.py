@@ -233,7 +233,7 @@ def judge_all(problem: Problem, runners: list[tuple[str, Adapter, str]], tallies
     """Run ``problem`` through every framework path and record its ratio under both bounds (each bound once per precision)."""
     bounds: dict[Precision, tuple[tuple[Gradients, float], tuple[Gradients, float]] | None] = {}
     for label, adapter, path in runners:
-        precision = adapter.caps.precision(problem.dtype)
+        precision = adapter.caps.precision(problem.dtype, path)
         if precision not in bounds:
             try:
                 tol = tolerance(problem.network, problem.batch, problem.trace, precision)

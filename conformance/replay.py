@@ -91,7 +91,7 @@ def replay(
                 status = max(status, FAILED)
                 continue
             try:
-                verdict = judge(cell.id, problem, output, caps.precision(want_dtype))
+                verdict = judge(cell.id, problem, output, caps.precision(want_dtype, path))
             except VacuousBound as exc:
                 print(f"error: {cell.id}: this case cannot be judged in {want_dtype}: {exc}", file=err)
                 status = max(status, USAGE)

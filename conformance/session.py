@@ -234,6 +234,7 @@ class ConformanceSession:
                 f"  {caps.name}: {caps.framework} {caps.version}; devices {', '.join(caps.devices)}; paths {', '.join(caps.default_paths)}"
                 + (f" (opt-in: {', '.join(opt_in)})" if opt_in else "")
                 + f"; dtypes {', '.join(caps.dtypes)}; accumulation {caps.describe_accumulation()}"
+                + "".join(f"; {path} {count} ranks" for path, count in caps.ranks.items())
             )
         lines += [f"  note: {note}" for note in self.notes]
         return lines
@@ -337,7 +338,7 @@ class ConformanceSession:
             if test == "test_sigmoid_prime_fidelity":
                 bound = fidelity.unit_tolerance(cell.dtype, exact)
             else:
-                bound = fidelity.network_tolerance(problem, backend.capabilities.precision(cell.dtype))
+                bound = fidelity.network_tolerance(problem, backend.capabilities.precision(cell.dtype, cell.path))
         with timing.timed("framework"):
             output = backend.adapter.compute(problem.network, problem.batch, dtype=cell.dtype, path=cell.path, device=cell.device)
         verdict = judge_exactness(cell.id, problem, output, exact, bound)

@@ -51,7 +51,7 @@ class CellTrial:
         self.backend = backend
         self.adapter = backend.adapter
         self.cell = cell
-        self.precision = backend.capabilities.precision(cell.dtype)
+        self.precision = backend.capabilities.precision(cell.dtype, cell.path)
         self.result = CellResult(cell.id, cell.backend, cell.path, cell.dtype, cell.device)
         self.shrunk: FailingExample | None = None
         self.worst: FailingExample | None = None

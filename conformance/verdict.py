@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters.base import AdapterOutput
+from backprop_conformance.conformance.data_parallel import diagnose
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, tolerance
 from backprop_conformance.reference.model import Gradients, parameter_name
@@ -177,6 +178,7 @@ class Verdict:
     cost: Mismatch | None = None
     divergence: str = ""
     standard: str = CONFORMANCE
+    data_parallel: str = ""
 
     @property
     def cost_failed(self) -> bool:
@@ -214,6 +216,8 @@ class Verdict:
             lines.append(f"  cost:  {self.cost.line()}")
         if self.divergence:
             lines.append(f"  first divergence: {self.divergence}")
+        if self.data_parallel:
+            lines.append(f"  data-parallel: {self.data_parallel}")
         lines.append(f"  case: {self.problem.describe()}")
         return "\n".join(lines)
 
@@ -263,7 +267,8 @@ def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precisi
     verdict = Verdict(cell, problem, gradients, cost)
     if verdict.passed:
         return verdict
-    return Verdict(cell, problem, gradients, verdict.cost, first_divergence(output, problem, tol))
+    data_parallel = "" if gradients.passed else diagnose(problem, output.gradients, tol.gradients, framework, problem.dtype)
+    return Verdict(cell, problem, gradients, verdict.cost, first_divergence(output, problem, tol), data_parallel=data_parallel)
 
 
 def judge_exactness(cell: str, problem: Problem, output: AdapterOutput, exact: Gradients, bound: Gradients) -> Verdict:

@@ -62,6 +62,13 @@ class Precision:
     c_sigma: float = C_SIGMA
     u_batch: float | None = None
     u_cost: float | None = None
+    ranks: int = 1
+    """R, the number of data-parallel ranks whose partial sums over the batch are combined
+    (:func:`cross_rank_reduction_bound`); 1 for a computation in one process on one device."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ranks, int) or isinstance(self.ranks, bool) or self.ranks < 1:
+            raise ValueError(f"ranks must be a whole number ≥ 1, got {self.ranks!r}")
 
     @property
     def u_bias_sum(self) -> float:
@@ -74,23 +81,23 @@ class Precision:
         return self.u_a if self.u_cost is None else self.u_cost
 
     @classmethod
-    def of(cls, storage: str, accumulation: str | Mapping[str, str] | None = None) -> Precision:
+    def of(cls, storage: str, accumulation: str | Mapping[str, str] | None = None, *, ranks: int = 1) -> Precision:
         """Constants for a format named as in :mod:`backprop_conformance.reference.dtypes`, optionally accumulated in another.
 
         ``Precision.of("float16", accumulation="float32")`` describes float16 storage with every sum
         accumulated in float32, which is what torch does on CPU; ``accumulation`` may instead map the
         operations ``"dot"``, ``"batch_sum"`` and ``"cost_sum"`` to formats (an operation not named
-        accumulates in ``storage``).
+        accumulates in ``storage``). ``ranks`` is R for a data-parallel computation.
         """
         fmt = float_format(storage)
         if accumulation is None or isinstance(accumulation, str):
             acc = float_format(accumulation) if accumulation is not None else fmt
-            return cls(u=fmt.u, u_a=acc.u, eta=fmt.tiny)
+            return cls(u=fmt.u, u_a=acc.u, eta=fmt.tiny, ranks=ranks)
         unknown = sorted(set(accumulation) - {"dot", "batch_sum", "cost_sum"})
         if unknown:
             raise ValueError(f"unknown operation(s) {', '.join(unknown)} in the accumulation; the operations are dot, batch_sum, cost_sum")
         per_op = {op: float_format(accumulation.get(op, storage)).u for op in ("dot", "batch_sum", "cost_sum")}
-        return cls(u=fmt.u, u_a=per_op["dot"], eta=fmt.tiny, u_batch=per_op["batch_sum"], u_cost=per_op["cost_sum"])
+        return cls(u=fmt.u, u_a=per_op["dot"], eta=fmt.tiny, u_batch=per_op["batch_sum"], u_cost=per_op["cost_sum"], ranks=ranks)
 
 
 FLOAT64 = Precision.of("float64")
@@ -280,6 +287,31 @@ def hidden_error_bound(
     return product_error(h, E_h, sigma_prime, E_s) + 2 * precision.u * np.abs(delta) + precision.eta
 
 
+def cross_rank_reduction_bound(magnitude: np.ndarray | float, local_error: np.ndarray | float, precision: Precision) -> np.ndarray | float:
+    """E_R = (γ_{R−1}(u) + ρ_R) (S + E_local) + R η, ρ_R = 0 when R is a power of 2, else 2u; 0 when R = 1.
+
+    The extra error of a sum over the batch computed data-parallel: each of R ranks sums its own slice
+    of the batch (a partial sum p̂_r, whose error the single-process bound E_local already covers,
+    since a slice's γ_{B_r} ≤ γ_B), and the R partial sums are then combined by an all-reduce, in an
+    order the suite does not control (a ring, a tree, recursive halving). Whatever the order, a sum of
+    R terms is a binary tree of R − 1 additions, each rounding once, and Higham's bound for any such
+    tree is |fl(Σ_r p̂_r) − Σ_r p̂_r| ≤ γ_{R−1} Σ_r |p̂_r| ≤ γ_{R−1} (S + E_local), with S the sum of the
+    magnitudes of the terms (Σ_x |δ^l_j||a^{l−1}_k| for ∂C/∂w^l_jk). The all-reduce adds in the
+    gradients' storage format, so u, not the accumulation's u_a, is charged: DDP buckets float16 and
+    bfloat16 gradients and reduces them in float16 and bfloat16.
+
+    ρ_R is the mean: DistributedDataParallel divides each rank's gradient by R before it reduces, and
+    the adapter multiplies the mean by R to return the gradient of the page's summed cost; each is
+    exact for R a power of 2 (barring underflow, η per rank), else one rounding each. ``magnitude`` is
+    S, ``local_error`` the bound of the same sum computed in one process.
+    """
+    R = precision.ranks
+    if R == 1:
+        return np.zeros_like(magnitude) if isinstance(magnitude, np.ndarray) else 0.0
+    rho = 0.0 if R & (R - 1) == 0 else 2 * precision.u
+    return (gamma(R - 1, precision.u) + rho) * (magnitude + local_error) + R * precision.eta
+
+
 def weight_gradient_bound(
     E_delta: np.ndarray, delta: np.ndarray, a_prev: np.ndarray, E_a_prev: np.ndarray, precision: Precision
 ) -> np.ndarray:
@@ -288,22 +320,28 @@ def weight_gradient_bound(
     The error of ∂C/∂w^l_jk = Σ_x δ^l_j a^{l−1}_k, a matrix product over the batch: :func:`product_error`
     for each example's term (E_δ E_a where both δ and a^{l−1} are below their errors: a unit of layer
     l − 1 saturated low, feeding a δ that is noise), the sum's γ_B at the matrix products' accumulation,
-    the final rounding to storage (u), and η per product and partial sum.
+    the final rounding to storage (u), and η per product and partial sum; computed on R data-parallel
+    ranks, plus the combination of their partial sums (:func:`cross_rank_reduction_bound`).
     """
     B = delta.shape[0]
     abs_delta, abs_a = np.abs(delta), np.abs(a_prev)
     errors = E_delta.T @ (abs_a + E_a_prev) + abs_delta.T @ E_a_prev  # E_δ|a| + E_δ E_a in one product
-    return errors + (precision.u + gamma(B, precision.u_a)) * (abs_delta.T @ abs_a) + 2 * B * precision.eta
+    magnitude = abs_delta.T @ abs_a
+    local = errors + (precision.u + gamma(B, precision.u_a)) * magnitude + 2 * B * precision.eta
+    return local + cross_rank_reduction_bound(magnitude, local, precision)
 
 
 def bias_gradient_bound(E_delta: np.ndarray, delta: np.ndarray, precision: Precision) -> np.ndarray:
     """E[∂C/∂b^l_j] = Σ_x E_δ^l_j + (u + γ_B) Σ_x |δ^l_j| + Bη, γ_B at the bias sum's own accumulation (``u_batch``).
 
     The error of ∂C/∂b^l_j = Σ_x δ^l_j. The final rounding to storage (u) is charged as it is for the
-    weight gradient: a sum accumulated in float32 is still returned in float16 or bfloat16.
+    weight gradient: a sum accumulated in float32 is still returned in float16 or bfloat16. Computed on
+    R data-parallel ranks, plus the combination of their partial sums (:func:`cross_rank_reduction_bound`).
     """
     B = delta.shape[0]
-    return E_delta.sum(axis=0) + (precision.u + gamma(B, precision.u_bias_sum)) * np.abs(delta).sum(axis=0) + B * precision.eta
+    magnitude = np.abs(delta).sum(axis=0)
+    local = E_delta.sum(axis=0) + (precision.u + gamma(B, precision.u_bias_sum)) * magnitude + B * precision.eta
+    return local + cross_rank_reduction_bound(magnitude, local, precision)
 
 
 def cost_bound(r: np.ndarray, E_h_L: np.ndarray, precision: Precision) -> float:
@@ -312,12 +350,14 @@ def cost_bound(r: np.ndarray, E_h_L: np.ndarray, precision: Precision) -> float:
     The error of C = Σ_x 1/2 Σ_j r_j², r_j = a^L_j − y_j: 1/2 (r + e)² − 1/2 r² = r·e + 1/2 e² exactly (the
     second-order term matters when the targets equal the outputs: r = 0, and a framework's cost of
     1/2 e² ≈ 1e-33 would otherwise be judged wrong), the rounding of each square (u), the sum's γ_N and
-    its final rounding to storage (u), and η per square and partial sum.
+    its final rounding to storage (u), and η per square and partial sum. Computed on R data-parallel
+    ranks, each its slice's cost, plus the sum of their R costs (:func:`cross_rank_reduction_bound`).
     """
     N = r.size
     half_squares = float(np.sum(0.5 * r * r))
     propagated = float(np.sum(np.abs(r) * E_h_L + 0.5 * E_h_L * E_h_L))
-    return propagated + (2 * precision.u + gamma(N, precision.u_cost_sum)) * half_squares + 2 * N * precision.eta
+    local = propagated + (2 * precision.u + gamma(N, precision.u_cost_sum)) * half_squares + 2 * N * precision.eta
+    return local + float(cross_rank_reduction_bound(half_squares, local, precision))
 
 
 def error_bounds(

@@ -246,7 +246,8 @@ def test_capabilities(adapter: JaxAdapter) -> None:
     caps = adapter.capabilities()
     assert (caps.name, caps.framework, caps.version) == ("jax", "JAX", jax.__version__)
     assert caps.dtypes == ("float64", "float32", "float16", "bfloat16")
-    assert caps.paths == ("grad", "jit", "jacfwd", "vjp")
+    assert caps.paths == ("grad", "jit", "jacfwd", "vjp", "sharded")
+    assert caps.ranks == {"sharded": 2}, "the data-parallel path declares its devices, so that the bound charges the all-reduce"
     assert caps.default_paths == DEFAULT_PATHS == ("jit",), "eager paths compile per primitive and shape; jacfwd grows with (parameters)²"
     assert "cpu" in caps.devices
     assert caps.accumulation_of("float16") == caps.accumulation_of("bfloat16") == "float32"
@@ -323,7 +324,7 @@ def compilations() -> Iterator[list[str]]:
         unregister(listener)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "sharded"])  # sharded compiles in its worker (tests/test_data_parallel.py)
 def test_a_repeated_architecture_does_not_recompile(adapter: JaxAdapter, path: str, compilations: list[str]) -> None:
     """A first call of a new shape compiles (so the counter works); a second one, with other values, compiles nothing."""
     index = PATHS.index(path)

@@ -229,8 +229,9 @@ def test_capabilities() -> None:
     assert caps.name == "torch"
     assert caps.version == torch.__version__
     assert caps.dtypes == ("float64", "float32", "float16", "bfloat16")
-    assert set(caps.paths) == {"eager", "func", "mse", "compile"}
-    assert "compile" not in caps.default_paths and set(caps.default_paths) <= set(caps.paths)
+    assert set(caps.paths) == {"eager", "func", "mse", "compile", "ddp"}
+    assert "compile" not in caps.default_paths and "ddp" not in caps.default_paths and set(caps.default_paths) <= set(caps.paths)
+    assert caps.ranks == {"ddp": 2}, "the data-parallel path declares its ranks, so that the bound charges the all-reduce"
     assert caps.accumulation_of("float16") == caps.accumulation_of("bfloat16") == "float32"
     assert caps.accumulation_of("float32") == "float32" and caps.accumulation_of("float64") == "float64"
     assert caps.devices == (("cpu", "cuda") if torch.cuda.is_available() else ("cpu",))
@@ -253,7 +254,7 @@ def test_importing_the_module_does_not_import_torch() -> None:
             {"dtype": "float8", "path": "eager"},
             "adapter 'torch': unsupported dtype 'float8'; valid dtypes are float64, float32, float16, bfloat16",
         ),
-        ({"dtype": "float32", "path": "jit"}, "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, compile"),
+        ({"dtype": "float32", "path": "jit"}, "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, compile, ddp"),
         ({"dtype": "float32", "path": "eager", "device": "tpu"}, "adapter 'torch': unsupported device 'tpu'; valid devices are cpu"),
     ],
 )

@@ -70,3 +70,12 @@ class SlowConstructor:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def failing_ddp_hook(state, bucket):
+    """A DDP communication hook that raises on the last rank only: the others are then left waiting in the all-reduce."""
+    import torch.distributed as dist
+
+    if dist.get_rank() == dist.get_world_size() - 1:
+        raise RuntimeError("planted hook failure")
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda future: future.value()[0])
