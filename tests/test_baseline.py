@@ -299,3 +299,18 @@ def test_update_without_a_baseline_path_is_a_usage_error(tmp_path: Path) -> None
     assert (
         "--conformance-update-baseline writes the file named by --conformance-baseline PATH; give --conformance-baseline too" in done.output
     )
+
+
+def test_committed_baselines_are_reports_this_version_reads() -> None:
+    """Every baseline the repository ships (the example workflow compares with one) is a passing report of the current schema.
+
+    A schema change leaves an old baseline behind that the reader refuses; nothing else would notice until the
+    workflow's comparison step ran.
+    """
+    found = sorted((Path(__file__).resolve().parents[1] / "baselines").glob("*.json"))
+    assert found, "the example workflow compares with baselines/all-cpu.json"
+    for path in found:
+        stored = report.read(path)
+        assert stored.exitstatus == 0, f"{path.name} records a failing run"
+        unpassed = [(c.id, c.status) for c in stored.cells if c.status not in ("passed", "known defect")]
+        assert stored.cells and not unpassed, f"{path.name} holds cells that did not pass: {unpassed}"
