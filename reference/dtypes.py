@@ -21,7 +21,7 @@ class FloatFormat:
         name: the suite's name for it ("float64", "float32", "float16", "bfloat16").
         u: unit roundoff of storage, 2^-p for a p-bit significand (round to nearest).
         tiny: smallest positive normal number; the error bound's underflow allowance eta, because
-            XLA on CPU flushes subnormals to zero and so may any framework.
+            XLA on CPU and TensorFlow (every path) flush subnormals to zero, and so may any framework.
         carrier: the numpy dtype that holds values of this format.
         largest: the largest finite value; beyond it a result overflows to infinity.
     """

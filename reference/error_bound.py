@@ -20,8 +20,9 @@ error of σ′ as frameworks compute it, a(1 − a).
 
 Symbols (all elementwise, all |·| taken in float64): u is the unit roundoff of storage; u_a, u_batch and
 u_cost those of the three kinds of sum (:class:`Precision`); η the underflow allowance (``finfo.tiny``:
-XLA on CPU flushes subnormals to zero); c_σ ≈ 4 the error of one sigmoid evaluation in ulps;
-σ′ = σ(z)σ(−z) evaluated stably; Δσ the range of σ over z's error interval (:func:`sigma_deviation`).
+XLA on CPU and TensorFlow flush subnormal results to zero, and TensorFlow reads subnormal inputs as zero);
+c_σ ≈ 4 the error of one sigmoid evaluation in ulps; σ′ = σ(z)σ(−z) evaluated stably; Δσ the range of σ over
+z's error interval (:func:`sigma_deviation`).
 """
 
 from __future__ import annotations
@@ -179,6 +180,17 @@ def sigma_deviation(z: np.ndarray, E_z: np.ndarray) -> np.ndarray:
     """
     magnitude = np.abs(z)
     return -np.expm1(-E_z) * sigmoid(magnitude) * sigmoid(E_z - magnitude)
+
+
+def input_bound(x: np.ndarray, precision: Precision) -> np.ndarray:
+    """E_a^1_k = u|x_k| + η: the error of the input as the framework reads it.
+
+    x is exactly representable in the format (the suite rounds it first), so u|x| is a margin, not a rounding.
+    η is not: a framework that treats subnormal inputs as zero (denormals-are-zero; TensorFlow on CPU does, in
+    every path, measured) reads an x below ``finfo.tiny`` as 0, an error of up to η, which the weights then
+    carry into z^2 (x = 2^-130 times w = 2^20 is a normal z^2 = 2^-110, computed as 0).
+    """
+    return precision.u * np.abs(x) + precision.eta
 
 
 def weighted_input_bound(
@@ -367,7 +379,7 @@ def error_bounds(
 
     ``trace`` must be the float64 reference's trace at exactly ``network`` and ``batch``. The
     equations, in the page's indices, are those of the functions called below, in this order (the
-    derivation: docs/error-bound.md). Forward, l = 2..L, E_a^1 = u|x|: :func:`weighted_input_bound`,
+    derivation: docs/error-bound.md). Forward: :func:`input_bound`, then for l = 2..L :func:`weighted_input_bound`,
     :func:`activation_bound`, :func:`sigma_prime_bound` (or :func:`stable_sigma_prime_bound`). Backward:
     :func:`output_activation_gradient_bound`, :func:`output_error_bound`, then for l = L − 1..2
     :func:`hidden_activation_gradient_bound` and :func:`hidden_error_bound`. Gradients, summed over the
@@ -384,7 +396,7 @@ def error_bounds(
     z = {l: np.asarray(v, dtype=np.float64) for l, v in trace.z.items()}
     sp = {l: sigmoid_prime(z[l]) for l in network.layers}
 
-    E_a: dict[int, np.ndarray] = {1: precision.u * np.abs(a[1])}
+    E_a: dict[int, np.ndarray] = {1: input_bound(a[1], precision)}
     E_z: dict[int, np.ndarray] = {}
     E_s: dict[int, np.ndarray] = {}
     for l in network.layers:

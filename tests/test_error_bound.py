@@ -207,8 +207,9 @@ def test_bounds_have_the_trace_shapes_and_are_positive_and_finite(name: str, cas
     arrays += [*(bounds.a[l] for l in network.layers), *bounds.gradients.w.values(), *bounds.gradients.b.values()]
     for arr in arrays:
         assert np.all(np.isfinite(arr)) and np.all(arr > 0)
-    # a^1 = x is exact input data; its bound u|x| is 0 where x is 0, positive elsewhere.
-    np.testing.assert_array_equal(bounds.a[1], float_format(name).u * np.abs(batch.x.astype(np.float64)))
+    # a^1 = x is exact input data; its bound is the margin u|x| plus η, for an x read as zero when subnormal.
+    fmt = float_format(name)
+    np.testing.assert_array_equal(bounds.a[1], fmt.u * np.abs(batch.x.astype(np.float64)) + fmt.tiny)
     assert math.isfinite(bounds.cost) and bounds.cost > 0
 
 
@@ -310,10 +311,11 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
     """The equations of docs/error-bound.md, index by index, in plain Python floats (no numpy arithmetic, no module code).
 
     The refinements beyond the design note are included: underflow is charged η per term of each sum
-    (flush-to-zero can lose η on every product and partial sum), the cost bound keeps the second-order
-    term 1/2 (E_h^L)², σ's error is its range over [z − E_z, z + E_z], every product of two erroneous
-    factors keeps the product of their errors (σ′ = a(1 − a), δ = ∂C/∂a · σ′, δ a^{l−1}), and the bias
-    and cost sums are charged their final rounding to storage, and b^l_j, no product, one rounding in z^l_j.
+    (flush-to-zero can lose η on every product and partial sum) and per input (read as zero when subnormal),
+    the cost bound keeps the second-order term 1/2 (E_h^L)², σ's error is its range over [z − E_z, z + E_z],
+    every product of two erroneous factors keeps the product of their errors (σ′ = a(1 − a), δ = ∂C/∂a · σ′,
+    δ a^{l−1}), and the bias and cost sums are charged their final rounding to storage, and b^l_j, no product,
+    one rounding in z^l_j.
 
     ``stable_sigma_prime`` selects the E_s of a σ′ evaluated as σ(z)σ(−z) (relative error) instead of a(1 − a).
     Returns per-example lists keyed [e][l][j] and gradient bounds keyed [l][j][k] / [l][j].
@@ -332,7 +334,7 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
     per_example = []
     for x, y in zip(xs, ys, strict=True):
         a = {1: x}
-        E_a = {1: [u * abs(v) for v in x]}
+        E_a = {1: [u * abs(v) + eta for v in x]}  # the input: a margin u|x|, and η for a subnormal x read as zero
         z, sp, E_z, E_s = {}, {}, {}, {}
         for l in range(2, L + 1):
             z[l] = [math.fsum([w[l][j][k] * a[l - 1][k] for k in range(n[l - 1])] + [b[l][j]]) for j in range(n[l])]
@@ -373,17 +375,32 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
             ]
         per_example.append({"a": a, "delta": delta, "r": r, "E_a": E_a, "E_z": E_z, "E_s": E_s, "E_h": E_h, "E_d": E_d})
 
+    R = p.ranks
+
+    def across_ranks(magnitude: float, local: float) -> float:
+        """The all-reduce of R partial sums in storage format: γ_{R−1}(u), the mean's two roundings unless R is a power of 2, Rη."""
+        if R == 1:
+            return 0.0
+        rho = 0.0 if R in (2, 4, 8, 16) else 2 * u
+        return ((R - 1) * u / (1 - (R - 1) * u) + rho) * (magnitude + local) + R * eta
+
+    def with_ranks(magnitude: float, local: float) -> float:
+        return local + across_ranks(magnitude, local)
+
     E_w = {
         l: [
             [
-                sum(
-                    ex["E_d"][l][j] * abs(ex["a"][l - 1][k])
-                    + abs(ex["delta"][l][j]) * ex["E_a"][l - 1][k]
-                    + ex["E_d"][l][j] * ex["E_a"][l - 1][k]
-                    + (u + g(B)) * abs(ex["delta"][l][j]) * abs(ex["a"][l - 1][k])
-                    for ex in per_example
+                with_ranks(
+                    sum(abs(ex["delta"][l][j]) * abs(ex["a"][l - 1][k]) for ex in per_example),
+                    sum(
+                        ex["E_d"][l][j] * abs(ex["a"][l - 1][k])
+                        + abs(ex["delta"][l][j]) * ex["E_a"][l - 1][k]
+                        + ex["E_d"][l][j] * ex["E_a"][l - 1][k]
+                        + (u + g(B)) * abs(ex["delta"][l][j]) * abs(ex["a"][l - 1][k])
+                        for ex in per_example
+                    )
+                    + 2 * B * eta,
                 )
-                + 2 * B * eta
                 for k in range(n[l - 1])
             ]
             for j in range(n[l])
@@ -392,15 +409,20 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
     }
     E_b = {
         l: [
-            sum(ex["E_d"][l][j] for ex in per_example) + (u + g(B)) * sum(abs(ex["delta"][l][j]) for ex in per_example) + B * eta
+            with_ranks(
+                sum(abs(ex["delta"][l][j]) for ex in per_example),
+                sum(ex["E_d"][l][j] for ex in per_example) + (u + g(B)) * sum(abs(ex["delta"][l][j]) for ex in per_example) + B * eta,
+            )
             for j in range(n[l])
         ]
         for l in range(2, L + 1)
     }
-    E_C = (
+    half_squares = sum(0.5 * ex["r"][j] ** 2 for ex in per_example for j in range(n[L]))
+    E_C = with_ranks(
+        half_squares,
         sum(abs(ex["r"][j]) * ex["E_h"][L][j] + 0.5 * ex["E_h"][L][j] ** 2 for ex in per_example for j in range(n[L]))
-        + (2 * u + g(B * n[L])) * sum(0.5 * ex["r"][j] ** 2 for ex in per_example for j in range(n[L]))
-        + 2 * B * n[L] * eta
+        + (2 * u + g(B * n[L])) * half_squares
+        + 2 * B * n[L] * eta,
     )
     return {"examples": per_example, "w": E_w, "b": E_b, "cost": E_C}
 
@@ -409,12 +431,15 @@ def _bounds_by_hand(network: Network, batch: Batch, p: Precision, stable_sigma_p
     case=cases(max_depth=4, max_width=5, max_batch=4),
     name=st.sampled_from(["float64", "float32", "float16", "bfloat16"]),
     stable_sigma_prime=st.booleans(),
+    ranks=st.sampled_from([1, 1, 2, 3, 8]),
 )
 @settings(max_examples=30, deadline=None)
-def test_module_matches_the_notes_equations_index_by_index(case: tuple[Network, Batch], name: str, stable_sigma_prime: bool) -> None:
-    """Non-square layers, several examples and depth ≥ 3 exercise every transpose and the backward recursion."""
+def test_module_matches_the_notes_equations_index_by_index(
+    case: tuple[Network, Batch], name: str, stable_sigma_prime: bool, ranks: int
+) -> None:
+    """Non-square layers, several examples and depth ≥ 3 exercise every transpose and the backward recursion; R > 1 the all-reduce."""
     network, batch = _rounded(name, *case)
-    p = Precision.of(name)
+    p = Precision.of(name, ranks=ranks)
     bounds = error_bounds(network, batch, backprop(network, batch), p, stable_sigma_prime=stable_sigma_prime)
     hand = _bounds_by_hand(network, batch, p, stable_sigma_prime)
     rel = 1e-9

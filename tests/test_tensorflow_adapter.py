@@ -197,13 +197,8 @@ def test_float16_subnormals_are_kept() -> None:
     assert output.a is not None and output.a[2][0, 0] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bound's E_a^1 = u|x| has no underflow allowance for an input TensorFlow reads as zero (DAZ); "
-    "adding η to it (E_a^1 = u|x| + η) would cover z^2 too. Only the diagnosis is affected: the gradients pass.",
-)
 def test_a_subnormal_input_read_as_zero_stays_within_the_z_bound() -> None:
-    """x = 2^-130 (float32 subnormal), w = 2^20: z^2 is 2^-110 (normal) but TensorFlow computes 0."""
+    """x = 2^-130 (float32 subnormal), w = 2^20: z^2 is 2^-110 (normal) but TensorFlow computes 0; E_a^1 = u|x| + η covers it."""
     problem = Problem.rounded(
         Network({2: np.array([[2.0**20]])}, {2: np.array([0.0])}), Batch(np.array([[2.0**-130]]), np.array([[0.25]])), "float32"
     )
