@@ -366,7 +366,8 @@ class Adapter(abc.ABC):
         return None
 
     def finish(self) -> None:
-        """The run is over: drop whatever :meth:`prepare` queued and has not begun. The default does nothing."""
+        """The run is over: drop whatever :meth:`prepare` queued and has not begun, and close the processes the run
+        started (torch's ``ddp`` ranks). The default does nothing."""
         return None
 
     @cached_property

@@ -111,8 +111,6 @@ class DdpGroup:
         """Launch the rank processes without waiting: their torch import overlaps whatever runs next."""
         for each in self.workers:
             each.start(wait=False)
-        for each in self.workers:
-            worker._register(each)
 
     def run(self, network: Network, batch: Batch, dtype: str) -> list[dict[str, Any]]:
         """Every rank's result for its slice of ``batch``, in rank order (see :meth:`DdpRank.run`)."""

@@ -218,23 +218,30 @@ def test_ddp_is_right_on_batches_that_do_not_divide(torch_adapter: Any, batch_si
     assert output.delta is not None and output.delta[2].shape == (batch_size, 5), "each rank's δ, gathered in batch order"
 
 
-def test_ddp_rank_failure_kills_every_rank_and_the_next_call_starts_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ddp_rank_failure_kills_every_rank_and_the_next_call_starts_afresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from backprop_conformance.adapters import torch_ddp
     from backprop_conformance.adapters.torch_adapter import TorchAdapter
 
     class Failing(TorchAdapter):
         ddp_comm_hook = "worker_targets:failing_ddp_hook"
 
+    flag = tmp_path / "fail"
+    monkeypatch.setenv("DDP_HOOK_FAILS", str(flag))
     adapter = Failing()
     problem = _problem(4)
+    adapter.compute(problem.network, problem.batch, dtype="float32", path="ddp")  # the group is up and joined
+    group = torch_ddp.group(2, Failing.ddp_comm_hook, "cpu")
+    first = [w.pid for w in group.workers]
+    flag.touch()
     with pytest.raises(RuntimeError, match="planted hook failure"):
         adapter.compute(problem.network, problem.batch, dtype="float32", path="ddp")
-    group = torch_ddp.group(2, Failing.ddp_comm_hook, "cpu")
-    deadline = time.monotonic() + 10
-    while any(w.alive for w in group.workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(w.alive for w in group.workers), "a failed rank leaves no rank waiting in a collective"
+    assert _gone([pid for pid in first if pid is not None]), "a failed rank leaves no rank waiting in a collective"
+    flag.unlink()
+    output = adapter.compute(problem.network, problem.batch, dtype="float32", path="ddp")
+    assert judge("torch-ddp", problem, output, adapter.caps.precision("float32", "ddp")).passed
+    assert all(w.pid not in first for w in group.workers), "the next call ran on a fresh group"
     adapter.finish()
+    assert not any(w.alive for w in group.workers), "finish() closes the ranks"
 
 
 CHILD = textwrap.dedent(

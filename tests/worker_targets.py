@@ -73,9 +73,15 @@ class SlowConstructor:
 
 
 def failing_ddp_hook(state, bucket):
-    """A DDP communication hook that raises on the last rank only: the others are then left waiting in the all-reduce."""
+    """A DDP communication hook that raises on the last rank only, while the file named by $DDP_HOOK_FAILS exists.
+
+    The other ranks are then left waiting in the all-reduce; once the file is gone the hook is DDP's own all-reduce.
+    """
+    import os
+
     import torch.distributed as dist
 
-    if dist.get_rank() == dist.get_world_size() - 1:
+    if os.path.exists(os.environ["DDP_HOOK_FAILS"]) and dist.get_rank() == dist.get_world_size() - 1:
         raise RuntimeError("planted hook failure")
+    bucket.buffer().div_(dist.get_world_size())
     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda future: future.value()[0])
