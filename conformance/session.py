@@ -45,6 +45,7 @@ from backprop_conformance.adapters.selfcheck import check_contract
 from backprop_conformance.conformance import baseline as baselines
 from backprop_conformance.conformance import cases, fidelity, known_defects, options, outputs, provenance, report, timing
 from backprop_conformance.conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
+from backprop_conformance.conformance.github_annotations import on_github_actions, workflow_commands
 from backprop_conformance.conformance.markdown_summary import markdown
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import BackendEntry, CellResult, Report
@@ -601,6 +602,9 @@ class ConformanceSession:
             terminalreporter.section("conformance report and baseline")
             for line in self.finished:
                 terminalreporter.write_line(line)
+        if rep is not None and on_github_actions():
+            for command in workflow_commands(rep):
+                terminalreporter.write_line(command)
 
 
 def _outcome_of(report: pytest.TestReport, crashed: bool) -> str:
