@@ -200,7 +200,8 @@ class JaxAdapter(Adapter):
         """Compile ``path``'s program for each of ``shapes`` in ``dtype`` in a background thread (:class:`_Precompiler`).
 
         Each compilation takes 0.15-1 s on 2 CPU cores (``python -m benchmarks.bench_suite``: a cold default run
-        compiles 64 programs) and releases the GIL, so it runs on the core the rest of the run leaves idle.
+        compiles 64 programs) and releases the GIL, so it runs on the core the rest of the run leaves idle. For
+        the ``sharded`` path, which compiles in its own worker process, start that process instead.
         """
         if path == "sharded":
             jax_sharded.shared_worker(jax_sharded.device_count()).start(wait=False)

@@ -169,7 +169,8 @@ class Verdict:
 
     ``gradients`` compares every gradient element; ``cost`` is the cost against its own bound (None
     for the fidelity tier, which judges gradients only). ``worst_ratio`` is the largest error/bound
-    ratio over both, infinite when the framework returned a non-finite value.
+    ratio over both, infinite when the framework returned a non-finite value. ``data_parallel``, for a
+    failing gradient of a data-parallel path, names the bug it matches (:mod:`~backprop_conformance.conformance.data_parallel`).
     """
 
     cell: str
