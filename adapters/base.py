@@ -31,6 +31,7 @@ third-party adapter gets every check for free, and no adapter writes them again.
 from __future__ import annotations
 
 import abc
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -277,6 +278,25 @@ def _check_ranks(name: str, paths: tuple[str, ...], ranks: object) -> Mapping[st
             raise CapabilitiesError(f"adapter {name!r}: ranks of path {path!r} is {count!r}; give a whole number from 1 to {MAX_RANKS}")
         frozen[path] = count
     return frozen
+
+
+def count_from_environment(variable: str, default: int, maximum: int, what: str) -> int:
+    """A data-parallel path's number of ranks or devices from ``$variable``, else ``default``.
+
+    Anything but a whole number from 1 to ``maximum`` is an :class:`AdapterError` naming the variable and
+    ``what`` it counts, raised when the adapter declares its capabilities, so that a typo is a usage error at
+    start-up and never a run that silently tests another configuration.
+    """
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= maximum:
+        raise AdapterError(f"${variable} is {text!r}; give {what}, a whole number from 1 to {maximum}")
+    return count
 
 
 def shards(batch_size: int, ranks: int) -> tuple[slice, ...]:

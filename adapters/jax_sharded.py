@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters import worker
-from backprop_conformance.adapters.base import AdapterError
+from backprop_conformance.adapters.base import count_from_environment
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Network
 
@@ -44,18 +44,7 @@ FORCE_DEVICES = "--xla_force_host_platform_device_count"
 
 def device_count() -> int:
     """N from :data:`DEVICES_VARIABLE` (default 2); anything but a whole number 1..64 is an :class:`AdapterError` saying so."""
-    text = os.environ.get(DEVICES_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_DEVICES
-    try:
-        devices = int(text)
-    except ValueError:
-        devices = 0
-    if not 1 <= devices <= MAX_DEVICES:
-        raise AdapterError(
-            f"jax: ${DEVICES_VARIABLE} is {text!r}; give the number of devices to shard over, a whole number from 1 to {MAX_DEVICES}"
-        )
-    return devices
+    return count_from_environment(DEVICES_VARIABLE, DEFAULT_DEVICES, MAX_DEVICES, "the number of devices the jax sharded path shards over")
 
 
 def shared_worker(devices: int) -> worker.Worker:

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters import worker
-from backprop_conformance.adapters.base import AdapterError, shards
+from backprop_conformance.adapters.base import AdapterError, count_from_environment, shards
 from backprop_conformance.reference.dtypes import FORMATS
 from backprop_conformance.reference.model import Batch, Network
 
@@ -72,16 +72,7 @@ TARGET = "backprop_conformance.adapters.torch_ddp:DdpRank"
 
 def world_size() -> int:
     """R from :data:`RANKS_VARIABLE` (default 2); anything but a whole number 1..64 is an :class:`AdapterError` saying so."""
-    text = os.environ.get(RANKS_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_RANKS
-    try:
-        ranks = int(text)
-    except ValueError:
-        ranks = 0
-    if not 1 <= ranks <= MAX_RANKS:
-        raise AdapterError(f"torch: ${RANKS_VARIABLE} is {text!r}; give the number of DDP ranks, a whole number from 1 to {MAX_RANKS}")
-    return ranks
+    return count_from_environment(RANKS_VARIABLE, DEFAULT_RANKS, MAX_RANKS, "the number of torch DDP ranks")
 
 
 def comm_hook() -> str | None:

@@ -11,11 +11,10 @@ and ``%0A`` (a raw newline would end the command), and the title's ``,`` and ``:
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 
-from backprop_conformance.conformance.report import CellResult, Report
+from backprop_conformance.conformance.report import CellResult, Report, describe_element
 
 ANNOUNCED = ("failed", "incomplete")
 """Statuses that fail a run; a known upstream defect is a warning, not an error."""
@@ -34,18 +33,10 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _number(value: float) -> str:
-    return "∞" if value == math.inf else f"{value:.3g}"
-
-
 def _message(cell: CellResult) -> str:
     lines = [f"{cell.id}: {cell.status} ({cell.failures} failing of {cell.examples} examples; contract {cell.contract})"]
-    element = cell.worst_element
-    if element is not None:
-        lines.append(
-            f"worst: {element['name']}: framework {element['framework']:.17g}, reference {element['reference']:.17g}, "
-            f"bound {element['bound']:.3g}, ratio {_number(element['ratio'])}"
-        )
+    if cell.worst_element is not None:
+        lines.append(f"worst: {describe_element(cell.worst_element)}")
     lines += list(cell.problems)
     lines += [f"case file: {path}" for path in cell.case_files]
     if cell.replay:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from backprop_conformance.conformance.baseline import Comparison
-from backprop_conformance.conformance.report import CellResult, Report
+from backprop_conformance.conformance.report import CellResult, Report, describe_element
 
 STATUS_MARK = {"passed": "✅", "failed": "❌", "incomplete": "❌ incomplete", "known defect": "⚠️ known defect", "not run": "– not run"}
 
@@ -97,12 +97,8 @@ def markdown(report: Report, comparison: Comparison | None = None) -> str:
 
 def _evidence(cell: CellResult) -> list[str]:
     lines = [f"**`{cell.id}`**: {cell.status}"]
-    element = cell.worst_element
-    if element is not None:
-        lines.append(
-            f"- worst: {element['name']}: framework {element['framework']:.17g}, reference {element['reference']:.17g}, "
-            f"bound {element['bound']:.3g}, ratio {_ratio(element['ratio'])}"
-        )
+    if cell.worst_element is not None:
+        lines.append(f"- worst: {describe_element(cell.worst_element)}")
     lines += [f"- {problem}" for problem in cell.problems]
     lines += [f"- case file: `{path}`" for path in cell.case_files]
     if cell.replay:

@@ -250,6 +250,16 @@ class CellResult:
         )
 
 
+def describe_element(element: Mapping[str, Any]) -> str:
+    """A cell's worst element in one line, as the verdict prints it: ``w^2_13: framework …, reference …, bound …, ratio …``."""
+    ratio = float(element["ratio"])
+    shown = "∞" if ratio == math.inf else f"{ratio:.3g}"
+    return (
+        f"{element['name']}: framework {element['framework']:.17g}, reference {element['reference']:.17g}, "
+        f"bound {element['bound']:.3g}, ratio {shown}"
+    )
+
+
 def _element_ratio(element: Mapping[str, Any]) -> float:
     return float(element.get("ratio", 0.0))
 
