@@ -77,7 +77,7 @@ def test_the_cross_rank_term_is_gamma_r_minus_1_at_storage_plus_the_mean_when_r_
 
 
 def test_any_order_of_combining_the_partial_sums_stays_within_the_bound() -> None:
-    """Every summation tree over R float32 partial sums, here all orders of left-to-right sums and a pairwise tree."""
+    """Summation trees over R float32 partial sums: left to right in rank order, reversed and in a random order, and pairwise."""
     rng = np.random.default_rng(7)
     for ranks in (2, 3, 5, 8):
         precision = Precision.of("float32", ranks=ranks)
