@@ -20,21 +20,19 @@ import importlib.util
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from architectures import ARCHITECTURES, Architecture
 
 from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.base import RequestError
 from backprop_conformance.adapters.registry import resolve
 from backprop_conformance.adapters.selfcheck import check_contract
 from backprop_conformance.conformance import known_defects
-from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.verdict import judge, worst_ratio
 from backprop_conformance.reference.error_bound import tolerance
-from backprop_conformance.reference.model import Batch, Network
 
 if importlib.util.find_spec("keras") is None:
     pytest.skip("the Keras adapter needs keras (pip install backprop-conformance[keras])", allow_module_level=True)
@@ -47,31 +45,8 @@ ADAPTER = KerasAdapter()
 INSTALLED = [path for path, module in keras_adapter.BACKENDS.items() if importlib.util.find_spec(module) is not None]
 KERAS_VERSION = importlib.metadata.version("keras")
 
-
-@dataclass(frozen=True)
-class Architecture:
-    """A fixed test network: widths (n(1), ..., n(L)), batch size, and the scale of its normal(0, scale²) parameters."""
-
-    name: str
-    widths: tuple[int, ...]
-    batch_size: int
-    scale: float = 1.0
-
-    def problem(self, dtype: str) -> Problem:
-        rng = np.random.default_rng([20260922, len(self.widths), self.batch_size])
-        n = self.widths
-        weights = [self.scale * rng.standard_normal((n[i + 1], n[i])) for i in range(len(n) - 1)]
-        biases = [self.scale * rng.standard_normal(n[i + 1]) for i in range(len(n) - 1)]
-        batch = Batch(rng.standard_normal((self.batch_size, n[0])), rng.uniform(size=(self.batch_size, n[-1])))
-        return Problem.rounded(Network.from_lists(weights, biases), batch, dtype)
-
-
-ARCHITECTURES = (
-    Architecture("L2", (3, 2), 1),
-    Architecture("width1", (1, 1, 1, 1), 7),
-    Architecture("deep-square", (4, 4, 4, 4, 4, 4, 4), 7),
-    Architecture("saturated", (4, 5, 3), 7, scale=30.0),
-)
+SEED = 20260922
+"""The seed of this module's fixed networks (:mod:`architectures`)."""
 JAX_ARCHITECTURES = ("L2", "deep-square")
 """Keras' JAX step compiles per shape (about 1 s each here), so that path is checked on two of the four."""
 KNOWN_DEFECT = ("torch", "float64")
@@ -94,7 +69,7 @@ def cases() -> list[object]:
 
 @pytest.mark.parametrize(("arch", "path", "dtype"), cases())
 def test_agrees_with_reference_within_bound(arch: Architecture, path: str, dtype: str) -> None:
-    problem = arch.problem(dtype)
+    problem = arch.problem(dtype, SEED)
     output = ADAPTER.compute(problem.network, problem.batch, dtype=dtype, path=path)
     precision = ADAPTER.caps.precision(dtype)
     verdict = judge(f"{arch.name}-{path}-{dtype}", problem, output, precision)
@@ -108,7 +83,7 @@ def test_agrees_with_reference_within_bound(arch: Architecture, path: str, dtype
 @pytest.mark.skipif("torch" not in INSTALLED, reason="torch is not installed")
 def test_float64_on_torch_fails_and_is_the_known_defect() -> None:
     """keras-team/keras#23704: Keras' result_type makes the float64 product float32; the verdict must catch it."""
-    problem = ARCHITECTURES[2].problem("float64")
+    problem = ARCHITECTURES[2].problem("float64", SEED)
     output = ADAPTER.compute(problem.network, problem.batch, dtype="float64", path="torch")
     verdict = judge("keras-torch-float64", problem, output, ADAPTER.caps.precision("float64"))
     assert not verdict.passed and verdict.worst_ratio > 1e5, verdict.message()
@@ -125,13 +100,13 @@ def test_float64_on_torch_fails_and_is_the_known_defect() -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_contract(path: str, dtype: str) -> None:
     """Layout round trip, output shapes and carrier dtypes, repeatability (float64 on torch too: its defect is numeric)."""
-    problem = ARCHITECTURES[2].problem(dtype)
+    problem = ARCHITECTURES[2].problem(dtype, SEED)
     check_contract(ADAPTER, path, dtype, "cpu", problem.network, problem.batch)
 
 
 @pytest.mark.parametrize("path", [backend(p) for p in keras_adapter.BACKENDS])
 def test_each_backend_runs_in_a_worker_of_its_own(path: str) -> None:
-    problem = ARCHITECTURES[0].problem("float32")
+    problem = ARCHITECTURES[0].problem("float32", SEED)
     ADAPTER.compute(problem.network, problem.batch, dtype="float32", path=path)
     worker = workers.shared(f"{keras_adapter.__name__}:KerasInProcess", keras_adapter.WORKER_ENVIRONMENT[path])
     assert worker.pid is not None and worker.pid != os.getpid()
@@ -142,7 +117,7 @@ def test_each_backend_runs_in_a_worker_of_its_own(path: str) -> None:
 
 def test_the_round_trip_agrees_across_every_backend_used() -> None:
     """load_parameters has no path: it goes through every backend already used, which must all read back the page's values."""
-    problem = Architecture("rectangular", (3, 5, 2), 1).problem("float32")
+    problem = Architecture("rectangular", (3, 5, 2), 1).problem("float32", SEED)
     for path in INSTALLED:
         ADAPTER.compute(problem.network, problem.batch, dtype="float32", path=path)
     back = ADAPTER.round_trip(problem.network, dtype="float32")
@@ -167,7 +142,7 @@ def test_a_backend_that_is_not_installed_is_refused_with_the_reason(monkeypatch:
     monkeypatch.setattr(keras_adapter, "_installed", lambda module: module != "jax")
     adapter = KerasAdapter()
     assert "jax" in adapter.caps.paths and "jax" not in adapter.caps.default_paths
-    problem = ARCHITECTURES[0].problem("float32")
+    problem = ARCHITECTURES[0].problem("float32", SEED)
     with pytest.raises(RequestError, match="path 'jax' needs Keras' jax backend, and jax is not installed"):
         adapter.compute(problem.network, problem.batch, dtype="float32", path="jax")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +160,27 @@ def test_installed_plugin_joins_a_plain_run(installed_plugin: Path, tmp_path_fac
     assert done.returncode == 0, done.explain()
     assert "test_gradients[fakeplug-manual-float64]" in done.output, done.explain()
     assert "torch" in done.output.split("collected", 1)[0] or "test_gradients[torch-" in done.output, "the built-ins still run"
+
+
+@pytest.mark.parametrize(
+    ("module", "frameworks"),
+    [
+        ("torch_adapter", ("torch",)),
+        ("jax_adapter", ("jax", "jaxlib")),
+        ("tensorflow_adapter", ("tensorflow",)),
+        ("keras_adapter", ("keras", "tensorflow", "torch", "jax")),
+    ],
+)
+def test_importing_a_built_in_adapter_and_listing_adapters_imports_no_framework(module: str, frameworks: tuple[str, ...]) -> None:
+    """Adapter contract: importing an adapter's module, or listing every adapter, never pays for (or fails on) a framework.
+
+    In a fresh interpreter, and whether or not the framework is installed (the data-parallel helpers the torch and
+    jax adapters import must be as lazy as the adapters themselves).
+    """
+    code = (
+        f"import sys, backprop_conformance.adapters.{module}, backprop_conformance.adapters.registry as r; r.known_specs(); "
+        f"print([m for m in {frameworks!r} if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"importing backprop_conformance.adapters.{module} imported {done.stdout.strip()}"
