@@ -204,7 +204,7 @@ class JaxAdapter(Adapter):
         the ``sharded`` path, which compiles in its own worker process, start that process instead.
         """
         if path == "sharded":
-            jax_sharded.shared_worker(jax_sharded.device_count()).start(wait=False)
+            jax_sharded.shared_worker(self.caps.ranks_of("sharded")).start(wait=False)
             return
         for widths, batch_size in shapes:
             _PRECOMPILER.submit((path, dtype, device, tuple(widths), batch_size))
@@ -228,16 +228,17 @@ class JaxAdapter(Adapter):
         been checked by :meth:`~backprop_conformance.adapters.base.Adapter.compute`.
         """
         if path == "sharded":
-            return _run_sharded(network, batch, dtype=dtype, device=device)
+            return _run_sharded(network, batch, dtype=dtype, device=device, devices=self.caps.ranks_of("sharded"))
         with _precision_scope(dtype):
             return _run(network, batch, dtype=dtype, path=path, device=device)
 
 
-def _run_sharded(network: Network, batch: Batch, *, dtype: str, device: str) -> AdapterOutput:
-    """The ``sharded`` path, computed in its worker process; the gradient is already the summed cost's (nothing averages)."""
+def _run_sharded(network: Network, batch: Batch, *, dtype: str, device: str, devices: int) -> AdapterOutput:
+    """The ``sharded`` path on ``devices`` host devices (the number the bound charges), computed in its worker process;
+    the gradient is already the summed cost's (nothing averages)."""
     if device != "cpu":
         raise RequestError(f"jax: the sharded path shards over host (CPU) devices only, not {device!r}")
-    result = jax_sharded.shared_worker(jax_sharded.device_count()).call("run", network, batch, dtype)
+    result = jax_sharded.shared_worker(devices).call("run", network, batch, dtype)
     return AdapterOutput(gradients=Gradients(result["w"], result["b"]), cost=result["cost"], a=result["a"], z=result["z"])
 
 

@@ -89,6 +89,7 @@ class TorchAdapter(Adapter):
         """Declare dtypes, paths, accumulation and the ``ddp`` path's ranks; "cuda" is listed only where torch can use a GPU."""
         torch = _torch()
         devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+        torch_ddp.comm_hook()  # read here too, so that a malformed $BACKPROP_CONFORMANCE_DDP_COMM_HOOK is a usage error at load
         return Capabilities(
             name="torch",
             framework="PyTorch",
@@ -149,7 +150,7 @@ class TorchAdapter(Adapter):
         return _to_output(result, x, dtype)
 
     def _ddp_group(self, device: str) -> torch_ddp.DdpGroup:
-        return torch_ddp.group(torch_ddp.world_size(), self.ddp_comm_hook or torch_ddp.comm_hook(), device)
+        return torch_ddp.group(self.caps.ranks_of("ddp"), self.ddp_comm_hook or torch_ddp.comm_hook(), device)
 
     def _run_ddp(self, network: Network, batch: Batch, dtype: str, device: str) -> AdapterOutput:
         """The ``ddp`` path: every rank's slice under DDP; rank 0's gradients (DDP's mean) made the summed cost's."""

@@ -384,3 +384,22 @@ def test_mutant_capabilities_replace_keeps_the_ranks() -> None:
     caps = ddp_mutants.MeanAsSum().caps
     assert caps.paths == ("ddp",) and caps.ranks_of("ddp") == 2
     assert dataclasses.replace(caps, name="y").ranks == caps.ranks
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BACKPROP_CONFORMANCE_DDP_RANKS", "two"),
+        ("BACKPROP_CONFORMANCE_DDP_COMM_HOOK", "no_colon_here"),
+        ("BACKPROP_CONFORMANCE_SHARDED_DEVICES", "0"),
+    ],
+)
+def test_a_malformed_data_parallel_variable_stops_the_run_at_start_up(tmp_path: Path, variable: str, value: str) -> None:
+    """A usage error (exit 4) naming the variable, before any test: never a run that tests another configuration, or fails every example."""
+    run = run_suite(
+        ["--conformance-backend", "torch", "--conformance-backend", "jax", "--conformance-max-examples", "2"],
+        tmp_path,
+        env=clean_environment(tmp_path / "hypothesis", **{variable: value}),
+    )
+    assert run.returncode == 4, run.explain()
+    assert variable in run.output, run.output[-2000:]
