@@ -30,15 +30,19 @@ Why the details below matter for a verdict:
   per function object, and rebuilding ``jax.jit(jax.grad(f))`` on every call would recompile every time. The
   cache then keys on shapes, dtypes, device and the x64 context, so a repeated architecture never recompiles.
 * Importing this module does not import JAX (adapter contract): JAX is imported inside functions.
-* Compilation overlaps the run (:meth:`JaxAdapter.prepare`): a background thread calls the same jitted
-  functions on zeros of every pooled shape, which fills ``jax.jit``'s own cache with the very programs the
-  examples then run; a shape the examples reach first is compiled by them instead (:class:`_Precompiler`).
+* Compilation overlaps the run (:meth:`JaxAdapter.prepare`). With the persistent compilation cache in force (the
+  suite's default), a worker process compiles the pooled shapes into it while this process runs other tests, and
+  each example's first call of a shape then loads the program from the cache; without one, a background thread
+  calls the same jitted functions on zeros, which fills ``jax.jit``'s own in-memory cache. Either way the examples
+  run the very programs they would have compiled themselves, and a shape they reach first is compiled by them
+  instead (:class:`_Precompiler`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -48,6 +52,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backprop_conformance.adapters import jax_sharded
+from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities, RequestError
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
@@ -197,11 +202,11 @@ class JaxAdapter(Adapter):
         return f"jax: persistent compilation cache in {directory} (process-wide; clear it by deleting the directory)"
 
     def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
-        """Compile ``path``'s program for each of ``shapes`` in ``dtype`` in a background thread (:class:`_Precompiler`).
+        """Compile ``path``'s program for each of ``shapes`` in ``dtype`` ahead of the examples (:class:`_Precompiler`).
 
         Each compilation takes 0.15-1 s on 2 CPU cores (``python -m benchmarks.bench_suite``: a cold default run
-        compiles 64 programs) and releases the GIL, so it runs on the core the rest of the run leaves idle. For
-        the ``sharded`` path, which compiles in its own worker process, start that process instead.
+        compiles 64 programs), which then runs on the core the rest of the run leaves idle. For the ``sharded``
+        path, which compiles in its own worker process, start that process instead.
         """
         if path == "sharded":
             jax_sharded.shared_worker(self.caps.ranks_of("sharded")).start(wait=False)
@@ -210,8 +215,10 @@ class JaxAdapter(Adapter):
             _PRECOMPILER.submit((path, dtype, device, tuple(widths), batch_size))
 
     def finish(self) -> None:
-        """Drop the compilations not yet begun: a run that ends early must not wait for programs it will never run."""
+        """Drop the compilations not yet begun (a run that ends early must not wait for programs it will never run)
+        and close the process that compiled ahead."""
         _PRECOMPILER.cancel()
+        _cache_filler().close()
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """Put w^l and b^l on ``device`` as the (W, b) pairs ``run`` differentiates, and read them back in page layout."""
@@ -310,11 +317,23 @@ class _Job:
 
 
 class _Precompiler:
-    """One background thread that runs the differentiated functions on zeros, shape after shape, to compile them.
+    """One background thread that has programs compiled, shape after shape, before the examples need them.
+
+    Where the compilation runs. With JAX's persistent compilation cache in force on this process (the suite's
+    default, :meth:`JaxAdapter.use_cache`) and a CPU program, in a worker process (:class:`_CacheFiller`) that
+    writes it into the cache; the example's own first call of the shape then traces it, finds it in the cache
+    and loads it. The thread only waits on the worker's pipe meanwhile. Compiling in this process instead would
+    hold the GIL through JAX's tracing and lowering, and every test running beside it would wait for the GIL at
+    each release: torch's cells ran 3-4× slower beside a compiling thread. Without a persistent cache (or for a
+    GPU program, which a second process would need GPU memory for), the thread compiles in this process, into
+    ``jax.jit``'s own in-memory cache.
 
     Why it cannot change a result: it calls the same jitted function objects (:func:`_differentiated`) with
-    arrays of the same shapes, formats, device and x64 context as an example's, so ``jax.jit`` caches exactly
-    the program the example would have compiled for itself; the zeros are computed on and thrown away.
+    arrays of the same shapes, formats, device and x64 context as an example's, so the program compiled is the
+    one the example would have compiled for itself; the zeros are computed on and thrown away. In the worker,
+    JAX keys each cache entry by the program, the compile options, the XLA flags and the jaxlib version, so a
+    program lowered differently there (a JAX setting changed in this process and not copied, see
+    :data:`CACHE_OPTIONS`) is a cache miss that the example compiles for itself, never a different program.
 
     An example that needs a shape (:meth:`claim`) waits for it only while it is being compiled: a shape still in
     the queue is taken out and the example compiles it itself, as it would have without the hint, instead of
@@ -329,6 +348,8 @@ class _Precompiler:
         self._jobs: dict[_Key, _Job] = {}
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._filler_options: dict[str, Any] | None = None
+        self._filler_failed = False
 
     def submit(self, key: _Key) -> None:
         with self._lock:
@@ -381,12 +402,28 @@ class _Precompiler:
                     continue
                 job.state = "running"
             try:
-                _compile(*job.key)
+                self._compile(job.key)
             except Exception:  # a hint only: the example that meets this program raises the error itself
                 pass
             finally:
                 job.state = "done"
                 job.done.set()
+
+    def _compile(self, key: _Key) -> None:
+        """Compile ``key``'s program into the persistent cache in the worker process, or else here (see the class)."""
+        options = _persistent_cache_options() if key[2] == "cpu" and not self._filler_failed else None
+        if options is None:
+            _compile(*key)
+            return
+        filler = _cache_filler()
+        try:
+            if options != self._filler_options or not filler.alive:
+                filler.call("configure", options)
+                self._filler_options = options
+            filler.call("compile", *key)
+        except workers.WorkerError:  # the process cannot start or died: compile here from now on
+            self._filler_failed = True
+            _compile(*key)
 
 
 def _compile(path: str, dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> None:
@@ -399,6 +436,51 @@ def _compile(path: str, dtype: str, device: str, widths: tuple[int, ...], batch_
         ]
         x, y = _put(np.zeros((batch_size, widths[0])), dtype, device), _put(np.zeros((batch_size, widths[-1])), dtype, device)
         jax.block_until_ready(_differentiated(path)(params, x, y))
+
+
+CACHE_OPTIONS: tuple[str, ...] = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+    "jax_compilation_cache_max_size",
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+)
+"""The JAX settings the compiling worker copies from this process: where the cache is and what it keeps, and the
+two global settings that change how the suite's functions lower (64-bit types, default matmul precision). The
+worker inherits this process's environment (``XLA_FLAGS``, ``JAX_*`` variables) when it starts."""
+
+
+def _persistent_cache_options() -> dict[str, Any] | None:
+    """This process's :data:`CACHE_OPTIONS` when a persistent compilation cache is in force here, else None."""
+    jax = _jax()
+    if not jax.config.jax_enable_compilation_cache or jax.config.jax_compilation_cache_dir is None:
+        return None
+    return {name: getattr(jax.config, name) for name in CACHE_OPTIONS}
+
+
+def _cache_filler() -> workers.Worker:
+    """The process's worker that compiles ahead into the persistent cache (created, not started, on first use)."""
+    return workers.shared(f"{__name__}:_CacheFiller", name="jax-compile-ahead")
+
+
+class _CacheFiller:
+    """Hosted in a worker process: compiles the suite's programs into JAX's persistent compilation cache.
+
+    :class:`_Precompiler` configures it with the parent's :data:`CACHE_OPTIONS`, then sends it one program at a
+    time, each compiled exactly as :func:`_compile` compiles it in the parent.
+    """
+
+    def __init__(self) -> None:
+        os.nice(19)  # before JAX starts its threads, which inherit it
+
+    def configure(self, options: dict[str, Any]) -> None:
+        jax = _jax()
+        for name, value in options.items():
+            jax.config.update(name, value)
+
+    def compile(self, path: str, dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> None:
+        _compile(path, dtype, device, widths, batch_size)
 
 
 _PRECOMPILER = _Precompiler()

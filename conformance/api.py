@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, target
+from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
@@ -31,13 +31,10 @@ from backprop_conformance.conformance.cells import Backend, Cell, select_cells
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import CellResult
 from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, problems
-from backprop_conformance.conformance.trial import AdapterRaised, CellTrial
+from backprop_conformance.conformance.trial import AdapterRaised, CellTrial, steer
 from backprop_conformance.conformance.verdict import Verdict, judge
 from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to
 from backprop_conformance.reference.model import Batch, Gradients, Network
-
-RATIO_CAP = 1e6
-"""hypothesis.target needs a finite score; ratios beyond this are failures anyway."""
 
 
 class ConformanceFailure(AssertionError):
@@ -145,7 +142,7 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
         return trial.result, f"{cell.id}: the adapter contract failed: {kind}{exc}"
     pooled = cell.path in backend.capabilities.shape_compiled_paths
 
-    @settings(
+    running = settings(
         max_examples=max_examples,
         deadline=None,
         database=None,
@@ -153,10 +150,12 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
         report_multiple_bugs=False,
         suppress_health_check=[HealthCheck.too_slow],
     )
+
+    @running
     @given(data=st.data())
     def property_(data: st.DataObject) -> None:
         verdict = trial.run(data.draw(problems(cell.dtype, DEFAULT_LIMITS, pooled=pooled), label="problem"))
-        target(min(verdict.worst_ratio, RATIO_CAP), label="error/bound")
+        steer(verdict.worst_ratio, running)
         if not verdict.passed:
             raise ConformanceFailure(verdict.message())
 

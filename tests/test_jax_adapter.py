@@ -374,6 +374,75 @@ def test_a_prepared_shape_runs_the_program_the_example_would_have_compiled(
         np.testing.assert_array_equal(prepared.gradients.b[l], fresh.gradients.b[l])
 
 
+_CACHE_FILL_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from backprop_conformance.adapters import jax_adapter
+from backprop_conformance.adapters.jax_adapter import JaxAdapter
+from backprop_conformance.reference.dtypes import round_to
+from backprop_conformance.reference.model import Batch, Network
+
+cache, dtype = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(7)
+widths, batch_size = (3, 11, 2), 9
+net = Network.from_lists(
+    [round_to(dtype, rng.standard_normal((widths[i + 1], widths[i]))).astype(np.float64) for i in range(2)],
+    [round_to(dtype, rng.standard_normal(widths[i + 1])).astype(np.float64) for i in range(2)],
+)
+x = round_to(dtype, rng.standard_normal((batch_size, 3))).astype(np.float64)
+batch = Batch(x, round_to(dtype, rng.uniform(size=(batch_size, 2))).astype(np.float64))
+adapter = JaxAdapter()
+adapter.use_cache(cache)
+adapter.prepare("jit", dtype, "cpu", [(widths, batch_size)])
+jax_adapter._PRECOMPILER._thread.join(120)
+filled = sorted(p.name for p in __import__("pathlib").Path(cache).iterdir())
+events = []
+jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
+jax.monitoring.register_event_duration_secs_listener(lambda event, duration, **kw: events.append(event))
+prepared = adapter.run(net, batch, dtype=dtype, path="jit")
+after = sorted(p.name for p in __import__("pathlib").Path(cache).iterdir())
+seen = list(events)
+jax.clear_caches()
+jax.config.update("jax_enable_compilation_cache", False)
+fresh = adapter.run(net, batch, dtype=dtype, path="jit")
+same = all(
+    np.array_equal(prepared.gradients.w[l], fresh.gradients.w[l]) and np.array_equal(prepared.gradients.b[l], fresh.gradients.b[l])
+    for l in net.layers
+)
+print(json.dumps({
+    "worker_starts": jax_adapter._cache_filler().starts,
+    "filled": filled, "after": after,
+    "hits": seen.count("/jax/compilation_cache/cache_hits"),
+    "requests": seen.count("/jax/compilation_cache/compile_requests_use_cache"),
+    "same_bits": same,
+}))
+adapter.finish()
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_with_a_persistent_cache_a_worker_process_compiles_ahead_and_the_example_loads_its_program(tmp_path: Path, dtype: str) -> None:
+    """With the persistent cache in force, prepare() compiles in a worker process, which writes the program into the
+    cache; the example then compiles nothing (every compilation it asks the cache for is a hit, and it writes no new
+    entry), and its bits equal a fresh compilation's.
+
+    In a subprocess: the persistent cache is a process-wide JAX setting, which the test process must not keep.
+    """
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-c", _CACHE_FILL_SCRIPT, str(tmp_path / "cache"), dtype], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["worker_starts"] == 1, f"no worker process compiled ahead: {found}"
+    assert found["filled"], f"the worker wrote nothing into the cache: {found}"
+    loaded = found["hits"] >= 1 and found["requests"] == found["hits"]
+    assert loaded, f"the example compiled instead of loading the worker's program: {found}"
+    assert found["after"] == found["filled"], f"the example wrote a new cache entry: its program differed from the worker's: {found}"
+    assert found["same_bits"], "the program compiled ahead gave different bits from a fresh compilation"
+
+
 def test_an_example_does_not_wait_behind_shapes_still_queued() -> None:
     """claim() of a shape not yet begun takes it off the queue at once; cancel() empties the queue and the thread leaves."""
     from backprop_conformance.adapters.jax_adapter import _Precompiler

@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -103,7 +104,7 @@ class ImpostorOfReference(ReferenceAdapter):
 
 
 class PreparationRecorder(ReferenceAdapter):
-    """Correct, with a path that compiles per shape declared *after* an eager one; logs every hint and request.
+    """Correct, with a path that compiles per shape declared *before* an eager one; logs every hint and request.
 
     The log (``$BACKPROP_CONFORMANCE_TEST_LOG``) shows what the suite told the adapter before its tests
     (:meth:`Adapter.prepare`) and after them (:meth:`Adapter.finish`), and the order in which its cells ran.
@@ -117,8 +118,8 @@ class PreparationRecorder(ReferenceAdapter):
             framework="the suite's own float64 reference",
             version=f"numpy {np.__version__}",
             dtypes=("float64",),
-            paths=("eager", "compiled"),
-            default_paths=("eager", "compiled"),
+            paths=("compiled", "eager"),
+            default_paths=("compiled", "eager"),
             shape_compiled_paths=("compiled",),
         )
 
@@ -133,8 +134,17 @@ class PreparationRecorder(ReferenceAdapter):
         self._log("finish")
 
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
-        self._log(f"run {path}")
+        self._log(f"run {self.name}-{path}")
         return super().run(network, batch, dtype=dtype, path=path, device=device)
+
+
+class EagerRecorder(PreparationRecorder):
+    """A second backend, eager only, named after the first: its cells must run between the first's eager and compiled ones."""
+
+    name = "prep2"
+
+    def capabilities(self) -> Capabilities:
+        return replace(super().capabilities(), name=self.name, paths=("eager",), default_paths=("eager",), shape_compiled_paths=())
 
 
 def conformance(tmp: Path, *args: str, env: dict[str, str] | None = None) -> SuiteRun:
@@ -182,13 +192,14 @@ def failing_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     )
 
 
-# Hints to adapters: prepare() before the tests, finish() after them, compiled cells first.
+# Hints to adapters: prepare() before the tests, finish() after them; tests grouped by backend, compiled cells last.
 
 
-def prepared_run(tmp: Path, *args: str) -> list[str]:
+def prepared_run(tmp: Path, *args: str, backends: Sequence[str] = ("PreparationRecorder",)) -> list[str]:
     log = tmp / "log"
     env = clean_environment(tmp / "hypothesis", BACKPROP_CONFORMANCE_TEST_LOG=str(log))
-    run = conformance(tmp, "--conformance-backend", f"{HERE}:PreparationRecorder", f"--conformance-max-examples={EXAMPLES}", *args, env=env)
+    selected = [option for name in backends for option in ("--conformance-backend", f"{HERE}:{name}")]
+    run = conformance(tmp, *selected, f"--conformance-max-examples={EXAMPLES}", *args, env=env)
     assert run.returncode == pytest.ExitCode.OK, run.explain()
     return log.read_text().splitlines()
 
@@ -202,7 +213,19 @@ def test_each_selected_cell_is_prepared_before_the_tests_and_the_adapter_finishe
     assert sorted(prepared) == sorted([f"prepare compiled float64 cpu {len(DEFAULT_LIMITS.pool)}", "prepare eager float64 cpu 0"]), log
     assert log[-1] == "finish" and log.count("finish") == 1, log
     runs = [line.split()[1] for line in log if line.startswith("run ")]
-    assert runs == ["compiled"] * EXAMPLES + ["eager"] * EXAMPLES, f"the compiled path's cell must run first: {runs}"
+    assert runs == ["prep-eager"] * EXAMPLES + ["prep-compiled"] * EXAMPLES, f"the compiled path's cell must run last: {runs}"
+
+
+def test_tests_run_grouped_by_backend_with_the_compiled_cells_last(tmp_path: Path) -> None:
+    """Every test of a cell (contract, fidelity, property): the first backend's eager cell, then the second backend's,
+    then the first's compiled cell, so that the compilation started ahead has the other backends' time to finish."""
+    log = prepared_run(tmp_path, backends=("PreparationRecorder", "EagerRecorder"))
+    cells = [line.split()[1] for line in log if line.startswith("run ")]
+    order = list(dict.fromkeys(cells))
+    assert order == ["prep-eager", "prep2-eager", "prep-compiled"], f"tests ran in this order of cells: {order}"
+    for cell in order:
+        first, last = cells.index(cell), len(cells) - 1 - cells[::-1].index(cell)
+        assert set(cells[first : last + 1]) == {cell}, f"{cell}'s tests are interleaved with another cell's: {cells}"
 
 
 def test_a_deselected_cell_is_not_prepared(tmp_path: Path) -> None:
@@ -214,7 +237,7 @@ def test_xdist_workers_are_not_given_hints(tmp_path: Path) -> None:
     """Each xdist worker runs only some cells: preparing every cell in each would double the work the hint hides."""
     log = prepared_run(tmp_path, "-k", "test_gradients", "-n", "2")
     assert not [line for line in log if line.startswith("prepare")], log
-    assert sorted(line.split()[1] for line in log if line.startswith("run ")) == sorted(["compiled", "eager"] * EXAMPLES), log
+    assert sorted(line.split()[1] for line in log if line.startswith("run ")) == sorted(["prep-compiled", "prep-eager"] * EXAMPLES), log
 
 
 # Usage errors: exit status 4 (pytest's usage error), a message that lists what is valid.
@@ -578,3 +601,17 @@ def test_console_script_replays_without_the_working_directory_on_the_path(tmp_pa
     )
     assert not (tmp_path / "imported").exists(), "the console script imported numpy.py from the working directory"
     assert done.returncode == 0 and "PASS torch-eager-float64" in done.stdout, done.stdout + done.stderr
+
+
+# Steering with hypothesis.target: only where hypothesis says it pays (conformance.trial.STEER_FROM).
+
+
+def test_the_property_steers_with_target_from_a_thousand_examples_unless_the_target_phase_is_off() -> None:
+    from hypothesis import Phase, settings
+
+    from backprop_conformance.conformance.trial import steers
+
+    assert not steers(settings(max_examples=100)), "the default profile (100 examples) must not pay for steering"
+    assert not steers(settings(max_examples=999))
+    assert steers(settings(max_examples=1000)) and steers(settings(max_examples=2000)), "the thorough profile must steer"
+    assert not steers(settings(max_examples=2000, phases=[Phase.generate, Phase.shrink])), "Phase.target left out turns steering off"

@@ -362,6 +362,34 @@ def test_ieee_arithmetic_is_pinned_for_the_call_and_restored(device: str) -> Non
     assert before == after
 
 
+@pytest.mark.parametrize(("widths", "batch_size", "inside"), [((5, 8, 3), 4, 1), ((2, 200, 200), 3, 3)], ids=["small", "200x200"])
+@pytest.mark.parametrize("path", DEFAULT_PATHS)
+def test_small_calls_run_on_one_intra_op_thread_and_the_users_count_is_restored(
+    widths: tuple[int, ...], batch_size: int, inside: int, path: str
+) -> None:
+    """Under torch's grain size (32,768 elements) a call runs on one intra-op thread; a 200×200 weight (40,000
+    elements) keeps the user's count (3 here); after either call the user's count is back."""
+    rng = np.random.default_rng(5)
+    network = Network.from_lists(
+        [rng.standard_normal((widths[i + 1], widths[i])) / 8 for i in range(len(widths) - 1)],
+        [rng.standard_normal(widths[i + 1]) for i in range(len(widths) - 1)],
+    )
+    batch = Batch(rng.standard_normal((batch_size, widths[0])), rng.uniform(size=(batch_size, widths[-1])))
+    problem = rounded(network, batch, "float64")
+    seen: list[int] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda module, args, output: seen.append(torch.get_num_threads()))
+    users = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        ADAPTER.run(problem.network, problem.batch, dtype="float64", path=path)
+        after = torch.get_num_threads()
+    finally:
+        hook.remove()
+        torch.set_num_threads(users)
+    assert seen and set(seen) == {inside}, f"intra-op threads during the call: {sorted(set(seen))}, expected {inside}"
+    assert after == 3, f"the call left torch with {after} intra-op threads instead of the user's 3"
+
+
 @settings(max_examples=40, deadline=None)
 @given(case=cases(depths=(2, 5), widths=(1, 6), batch_sizes=(1, 4)), dtype=st.sampled_from(DTYPES), path=st.sampled_from(DEFAULT_PATHS))
 def test_random_networks_agree_within_bound(case: tuple[Network, Batch], dtype: str, path: str) -> None:
