@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -461,7 +460,7 @@ def _persistent_cache_options() -> dict[str, Any] | None:
 
 def _cache_filler() -> workers.Worker:
     """The process's worker that compiles ahead into the persistent cache (created, not started, on first use)."""
-    return workers.shared(f"{__name__}:_CacheFiller", name="jax-compile-ahead")
+    return workers.shared(f"{__name__}:_CacheFiller", name="jax-compile-ahead", nice=workers.AHEAD_OF_NEED)
 
 
 class _CacheFiller:
@@ -470,9 +469,6 @@ class _CacheFiller:
     :class:`_Precompiler` configures it with the parent's :data:`CACHE_OPTIONS`, then sends it one program at a
     time, each compiled exactly as :func:`_compile` compiles it in the parent.
     """
-
-    def __init__(self) -> None:
-        os.nice(19)  # before JAX starts its threads, which inherit it
 
     def configure(self, options: dict[str, Any]) -> None:
         jax = _jax()

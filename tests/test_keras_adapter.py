@@ -115,6 +115,49 @@ def test_each_backend_runs_in_a_worker_of_its_own(path: str) -> None:
     assert "float64" in hosted.dtypes, "float64 must be available on every backend's worker (JAX needs JAX_ENABLE_X64)"
 
 
+_WARM_UP_SCRIPT = """
+import json, sys, time
+import numpy as np
+from backprop_conformance.adapters import keras_adapter
+from backprop_conformance.adapters.keras_adapter import KerasAdapter
+from backprop_conformance.reference.model import Batch, Network
+
+path = sys.argv[1]
+adapter = KerasAdapter()
+adapter.prepare(path, "float32", "cpu", [((3, 4, 2), 5), ((2, 2), 3)])
+warming = keras_adapter._warming(path)
+deadline = time.monotonic() + 240
+while warming._thread is not None and time.monotonic() < deadline:
+    time.sleep(0.1)
+warmed = keras_adapter._shared_worker(path).call("cached_models")
+adapter.prepare(path, "float64", "cpu", [((5, n, 2), 4) for n in range(3, 40)])
+net = Network.from_lists([np.array([[0.5, -1.0], [2.0, 0.25]])], [np.array([0.125, -0.5])])
+adapter.run(net, Batch(np.array([[1.0, -2.0]]), np.array([[0.25, 0.75]])), dtype="float32", path=path)
+thread = warming._thread
+if thread is not None:
+    thread.join(30)
+after = keras_adapter._shared_worker(path).call("cached_models")
+print(json.dumps({"warmed": warmed, "left": len(warming._jobs), "alive": thread is not None and thread.is_alive(),
+                  "float64_warmed": sum(1 for _, dtype in after if dtype == "float64")}))
+adapter.finish()
+"""
+
+
+@pytest.mark.parametrize("path", [backend("tensorflow")])
+def test_prepare_warms_the_worker_up_until_the_first_request(path: str) -> None:
+    """prepare() builds, in the worker, the model and step of each hinted shape (so the examples find them built);
+    the first request stops the warm-up: the queue is dropped and the thread leaves after one step at most."""
+    import json
+
+    result = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT, path], cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    warmed = {(tuple(widths), dtype) for widths, dtype in found["warmed"]}
+    assert {((3, 4, 2), "float32"), ((2, 2), "float32")} <= warmed, f"the hinted shapes were not built ahead: {found}"
+    assert found["left"] == 0 and not found["alive"], f"the warm-up went on after the first request: {found}"
+    assert found["float64_warmed"] <= 1, f"the warm-up built {found['float64_warmed']} models after the first request (one at most)"
+
+
 def test_the_round_trip_agrees_across_every_backend_used() -> None:
     """load_parameters has no path: it goes through every backend already used, which must all read back the page's values."""
     problem = Architecture("rectangular", (3, 5, 2), 1).problem("float32", SEED)

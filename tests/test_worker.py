@@ -13,6 +13,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,30 @@ def test_start_without_waiting_returns_at_once_and_the_first_call_uses_that_proc
         worker.start(wait=False)  # already starting: no second process
         assert worker.call("pid") == pid and worker.starts == 1
         assert time.monotonic() - began >= 1.5, "the first call returned before the target was built"
+    finally:
+        worker.close()
+
+
+def test_starting_without_waiting_does_not_wait_for_a_call_in_progress_on_another_thread(probe: Worker) -> None:
+    """A warm-up thread's call holds the worker; a second ``start(wait=False)`` (the next cell's hint) must not block on it."""
+    probe.call("pid")
+    sleeper = threading.Thread(target=probe.call, args=("sleep", 1.5))
+    sleeper.start()
+    time.sleep(0.3)
+    began = time.monotonic()
+    probe.start(wait=False)
+    waited = time.monotonic() - began
+    sleeper.join()
+    assert waited < 0.5, f"start(wait=False) waited {waited:.2f} s for another thread's call to finish"
+    assert probe.starts == 1
+
+
+def test_a_niced_worker_runs_at_the_niceness_it_was_given() -> None:
+    """``nice`` is applied in the child before its target is imported, so every thread it starts inherits it."""
+    worker = Worker("worker_targets:Probe", name="niced", nice=5)
+    try:
+        pid = worker.call("pid")
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + 5, 19)
     finally:
         worker.close()
 
