@@ -32,16 +32,17 @@ from backprop_conformance.reference.error_bound import VacuousBound
 RATIO_CAP = 1e6
 """hypothesis.target needs a finite score; ratios beyond this are failures anyway."""
 
-STEER_FROM = 1000
+STEER_FROM = 10_000
 """The examples per cell from which the property steers toward the largest error/bound ratio with ``hypothesis.target``.
 
-Hypothesis' own documentation puts the point where targeting becomes noticeable at about 1,000 examples
-("immediately obvious by around ten thousand test cases per label"). Below it, steering buys nothing a run
-can see and costs much: with an example database, hypothesis keeps a Pareto front of every targeted example
-and compares each new one against it, and it spends an extra optimisation pass after generation. Measured
-on a 100-example torch cell (``--durations``, 2 cores): 2.6 s with ``target``, 1.45 s without; at 300
-examples 6.5 s against 4.5 s. So the default profile (100 examples) does not steer, and ``thorough`` (2,000)
-does. Hypothesis' ``Phase.target`` left out of a profile's ``phases`` turns steering off at any size."""
+Hypothesis' own documentation says targeting becomes noticeable from about 1,000 examples and "immediately obvious
+by around ten thousand test cases per label". Steering is not free: with an example database, hypothesis keeps a
+Pareto front of every targeted example and compares each new one against it, and it spends an optimisation pass
+after generation. Measured on one torch cell (``--durations``, 2 cores): 100 examples, 2.6 s with ``target`` and
+1.45 s without; 2,000 examples (the ``thorough`` profile), 38.6 s against 25.1 s. At 2,000 examples the same time
+buys 3,000 unsteered ones, so the suite's profiles do not steer, and a run of 10,000 examples per cell or more
+(``--conformance-max-examples``) does. Hypothesis' ``Phase.target`` left out of a profile's ``phases`` turns
+steering off at any size."""
 
 
 def steer(ratio: float, running: settings) -> None:

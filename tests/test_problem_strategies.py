@@ -64,3 +64,27 @@ def test_free_problems_respect_the_default_limits(data: st.DataObject) -> None:
     assert 2 <= len(widths) <= DEFAULT_LIMITS.max_depth
     assert all(1 <= n <= DEFAULT_LIMITS.max_width for n in widths)
     assert 1 <= problem.batch.x.shape[0] <= DEFAULT_LIMITS.max_batch
+
+
+@pytest.mark.parametrize(("odds", "free_at_least", "free_at_most"), [(None, 0, 0), (4, 1, 399), (512, 0, 60)])
+def test_compiling_paths_draw_from_the_pool_but_now_and_then_freely(odds: int | None, free_at_least: int, free_at_most: int) -> None:
+    """With ``free_odds`` None every pooled draw is a pool shape; with odds, some draws are free, and at the thorough
+    profile's odds few enough for a compiling path to afford (each free shape is a compilation)."""
+    from dataclasses import replace
+
+    from backprop_conformance.conformance.strategies import THOROUGH_LIMITS
+
+    limits = replace(THOROUGH_LIMITS, free_odds=odds)
+    pool = set(limits.pool)
+    free: list[tuple[tuple[int, ...], int]] = []
+
+    @settings(max_examples=400, database=None, deadline=None)
+    @given(data=st.data())
+    def draw(data: st.DataObject) -> None:
+        problem = data.draw(problems("float32", limits, pooled=True))
+        shape = (problem.network.widths, problem.batch.size)
+        if shape not in pool:
+            free.append(shape)
+
+    draw()
+    assert free_at_least <= len(set(free)) <= free_at_most, f"{len(set(free))} distinct free shapes in 400 draws at odds {odds}"
