@@ -321,11 +321,11 @@ class _Precompiler:
     Where the compilation runs. With JAX's persistent compilation cache in force on this process (the suite's
     default, :meth:`JaxAdapter.use_cache`) and a CPU program, in a worker process (:class:`_CacheFiller`) that
     writes it into the cache; the example's own first call of the shape then traces it, finds it in the cache
-    and loads it. The thread only waits on the worker's pipe meanwhile. Compiling in this process instead would
-    hold the GIL through JAX's tracing and lowering, and every test running beside it would wait for the GIL at
-    each release: torch's cells ran 3-4× slower beside a compiling thread. Without a persistent cache (or for a
-    GPU program, which a second process would need GPU memory for), the thread compiles in this process, into
-    ``jax.jit``'s own in-memory cache.
+    and loads it. The thread only waits on the worker's pipe meanwhile. Compiling in this process instead competes
+    with the tests running beside it for the GIL (JAX traces and lowers in Python) and, at the run's priority, for
+    the CPU: torch's framework time in a default run went from 6.5 s to 27 s beside a compiling thread. Without a
+    persistent cache (or for a GPU program, which a second process would need GPU memory for), the thread
+    compiles in this process, into ``jax.jit``'s own in-memory cache.
 
     Why it cannot change a result: it calls the same jitted function objects (:func:`_differentiated`) with
     arrays of the same shapes, formats, device and x64 context as an example's, so the program compiled is the
@@ -447,7 +447,9 @@ CACHE_OPTIONS: tuple[str, ...] = (
 )
 """The JAX settings the compiling worker copies from this process: where the cache is and what it keeps, and the
 two global settings that change how the suite's functions lower (64-bit types, default matmul precision). The
-worker inherits this process's environment (``XLA_FLAGS``, ``JAX_*`` variables) when it starts."""
+worker inherits this process's environment (``XLA_FLAGS``, ``JAX_*`` variables) when it starts. A cache the user
+configured keeps its own thresholds: with JAX's default ``min_compile_time_secs`` of 1 s most of these programs
+are not written, and the examples compile them again (slower, never different)."""
 
 
 def _persistent_cache_options() -> dict[str, Any] | None:
