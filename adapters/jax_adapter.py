@@ -420,9 +420,15 @@ class _Precompiler:
                 filler.call("configure", options)
                 self._filler_options = options
             filler.call("compile", *key)
-        except workers.WorkerError:  # the process cannot start or died: compile here from now on
+        except workers.WorkerError:  # the process died: compile here from now on
             self._filler_failed = True
             _compile(*key)
+        except Exception:
+            if self._filler_options != options:  # it could not be started or configured: compile here from now on
+                self._filler_failed = True
+                _compile(*key)
+                return
+            raise  # the program's own compilation error: the example that meets it raises it
 
 
 def _compile(path: str, dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> None:

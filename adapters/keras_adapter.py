@@ -245,6 +245,8 @@ class _Warming:
                 widths, batch_size, dtype, device = self._jobs.pop(0)
             try:
                 worker.call("warm", widths, batch_size, dtype=dtype, device=device)
+            except workers.WorkerError:  # the worker died: the next call would start another; leave that to the run
+                self.stop()
             except Exception:  # a hint only: the request that meets the same step raises the error itself
                 pass
 

@@ -443,6 +443,34 @@ def test_with_a_persistent_cache_a_worker_process_compiles_ahead_and_the_example
     assert found["same_bits"], "the program compiled ahead gave different bits from a fresh compilation"
 
 
+_BROKEN_FILLER_SCRIPT = """
+import json, sys
+import numpy as np
+from backprop_conformance.adapters import jax_adapter, worker
+from backprop_conformance.adapters.jax_adapter import JaxAdapter
+
+jax_adapter._cache_filler = lambda: worker.shared("no_such_module:Filler", name="broken")
+adapter = JaxAdapter()
+adapter.use_cache(sys.argv[1])
+adapter.prepare("jit", "float32", "cpu", [((3, 4, 2), 5)])
+jax_adapter._PRECOMPILER._thread.join(120)
+entries = len(list(__import__("pathlib").Path(sys.argv[1]).iterdir()))
+print(json.dumps({"failed": jax_adapter._PRECOMPILER._filler_failed, "entries": entries}))
+"""
+
+
+def test_a_compile_worker_that_cannot_start_leaves_the_compilation_to_this_process(tmp_path: Path) -> None:
+    """The worker's target cannot be imported: compiling ahead falls back to the thread, which still fills the cache."""
+    import json
+
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-c", _BROKEN_FILLER_SCRIPT, str(cache)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {"failed": True, "entries": 1}, found
+
+
 def test_an_example_does_not_wait_behind_shapes_still_queued() -> None:
     """claim() of a shape not yet begun takes it off the queue at once; cancel() empties the queue and the thread leaves."""
     from backprop_conformance.adapters.jax_adapter import _Precompiler
