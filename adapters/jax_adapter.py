@@ -419,16 +419,15 @@ class _Precompiler:
             if options != self._filler_options or not filler.alive:
                 filler.call("configure", options)
                 self._filler_options = options
-            filler.call("compile", *key)
-        except workers.WorkerError:  # the process died: compile here from now on
+        except Exception:  # the process cannot be started or configured: compile here from now on
             self._filler_failed = True
-            _compile(*key)
-        except Exception:
-            if self._filler_options != options:  # it could not be started or configured: compile here from now on
-                self._filler_failed = True
-                _compile(*key)
+        else:
+            try:
+                filler.call("compile", *key)  # the program's own compilation error propagates: a hint only
                 return
-            raise  # the program's own compilation error: the example that meets it raises it
+            except workers.WorkerError:  # the process died: compile here from now on
+                self._filler_failed = True
+        _compile(*key)
 
 
 def _compile(path: str, dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> None:

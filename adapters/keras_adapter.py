@@ -187,7 +187,7 @@ class KerasAdapter(Adapter):
         """
         if path in BACKENDS and _installed(BACKENDS[path]):
             _shared_worker(path).start(wait=False)
-            _warming(path).add([(widths, batch_size, dtype, device) for widths, batch_size in shapes or [((2, 3, 2), 2)]])
+            _warming(path).add([(widths, batch_size, dtype, device) for widths, batch_size in shapes or [FIRST_STEP_SHAPE]])
 
     def finish(self) -> None:
         """Stop the warm-ups still queued (a run that ends early must not wait for them)."""
@@ -200,6 +200,11 @@ class KerasAdapter(Adapter):
             self._used.append(path)
         _warming(path).stop()
         return _shared_worker(path)
+
+
+FIRST_STEP_SHAPE: tuple[tuple[int, ...], int] = ((2, 3, 2), 2)
+"""The (widths, batch size) of the one warm-up step a backend that draws its shapes freely gets: any small network
+makes the worker import and initialise what every step needs."""
 
 
 class _Warming:

@@ -274,10 +274,10 @@ class ConformanceSession:
         return [pytest.mark.xfail(strict=True, reason=defect.reason)] if defect else []
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        self._compiled_cells_last(items)
+        self._by_backend_compiled_last(items)
         self._add_timeouts(config, items)
 
-    def _compiled_cells_last(self, items: list[pytest.Item]) -> None:
+    def _by_backend_compiled_last(self, items: list[pytest.Item]) -> None:
         """The tests grouped by backend, and the tests of cells whose path compiles per shape after all others.
 
         Both orders give the work adapters start ahead of need (:meth:`pytest_collection_finish`,
