@@ -457,8 +457,12 @@ def test_module_matches_the_notes_equations_index_by_index(
     assert bounds.cost == pytest.approx(hand["cost"], rel=rel)
 
 
-@given(case=cases(max_depth=4, max_width=6), k=st.sampled_from([K, 1.0, 3.5]), name=st.sampled_from(["float32", "float16", "bfloat16"]))
-@settings(max_examples=15, deadline=None)
+@given(
+    case=cases(max_depth=4, max_width=6),
+    k=st.sampled_from([K, 1.0, 3.5]),
+    name=st.sampled_from(["float32", "float16", "bfloat16", "float64"]),
+)
+@settings(max_examples=20, deadline=None)
 def test_tolerance_is_k_times_the_sum_of_both_bounds(case: tuple[Network, Batch], k: float, name: str) -> None:
     network, batch = _rounded(name, *case)
     trace = backprop(network, batch)
@@ -479,6 +483,40 @@ def test_tolerance_is_k_times_the_sum_of_both_bounds(case: tuple[Network, Batch]
     other_reference = tolerance(network, batch, trace, framework, reference=Precision.of("float32"))
     e32 = error_bounds(network, batch, trace, Precision.of("float32"))
     np.testing.assert_allclose(other_reference.gradients.w[2], K * (e_fw.gradients.w[2] + e32.gradients.w[2]), rtol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "framework",
+    [
+        Precision.of("float64", ranks=2),
+        Precision.of("float64", accumulation={"batch_sum": "float32"}),
+        Precision.of("float64", accumulation={"cost_sum": "float32"}),
+        Precision.of("float64", accumulation={"dot": "float32"}),
+        Precision(u=FLOAT64.u, u_a=FLOAT64.u_a, eta=FLOAT64.eta, c_sigma=2 * FLOAT64.c_sigma),
+    ],
+    ids=["ranks", "batch_sum", "cost_sum", "dot", "c_sigma"],
+)
+def test_tolerance_computes_one_bound_only_for_a_framework_at_the_references_precision(framework: Precision) -> None:
+    """2K·E(reference) stands in for K·(E(framework) + E(reference)) only when every constant agrees.
+
+    Each framework here stores float64 as the reference does but differs in one constant the equations read, so
+    that a shortcut taken on the storage format alone (or on any constant but that one) gives a wrong tolerance.
+    """
+    network, batch = _random_case(7, (5, 6, 6, 3), 9, 1.5)
+    trace = backprop(network, batch)
+    assert framework.constants() != FLOAT64.constants()
+    tol = tolerance(network, batch, trace, framework)
+    e_fw, e_ref = error_bounds(network, batch, trace, framework), error_bounds(network, batch, trace, FLOAT64)
+    differs = [not np.array_equal(getattr(e_fw.gradients, k)[l], getattr(e_ref.gradients, k)[l]) for k in "wb" for l in network.layers]
+    assert any(differs) or e_fw.cost != e_ref.cost, "the case must tell the two precisions apart"
+    for l in network.layers:
+        np.testing.assert_array_equal(tol.gradients.w[l], K * (e_fw.gradients.w[l] + e_ref.gradients.w[l]))
+        np.testing.assert_array_equal(tol.gradients.b[l], K * (e_fw.gradients.b[l] + e_ref.gradients.b[l]))
+    assert tol.cost == K * (e_fw.cost + e_ref.cost)
+    same = tolerance(network, batch, trace, Precision.of("float64", accumulation="float64"))
+    assert Precision.of("float64", accumulation="float64").constants() == FLOAT64.constants()
+    for l in network.layers:
+        np.testing.assert_array_equal(same.gradients.w[l], K * (e_ref.gradients.w[l] + e_ref.gradients.w[l]))
 
 
 # --- beyond first order: each term, in exact arithmetic -----------------------------------------------
