@@ -4,7 +4,7 @@ Why each strategy below is built once per set of arguments (``functools.cache`` 
 every strategy they draw from (the module's ``_``-prefixed constants and caches): hypothesis validates every
 strategy object the first time it is drawn from, and a strategy made afresh for each example is a new object
 each time. Reusing the composites halved the generation time (300 examples: 2.5 s → 1.2 s); reusing the
-strategies inside them took another fifth (600 free-shape float32 examples: 2.95 → 2.3 ms each, reference
+strategies inside them took another quarter (600 free-shape float32 examples: 2.95 → 2.2 ms each, reference
 included). Neither changes a draw: the same networks come out either way (checked on derandomized draws).
 
 Why the values come from a seeded numpy generator and not from hypothesis' own float strategies:

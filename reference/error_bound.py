@@ -438,7 +438,7 @@ def tolerance(
 
     A framework computing at the reference's own precision (the built-in adapters' float64 cells, all but the
     data-parallel ones, whose R differs) has E(framework) = E(reference), and the tolerance is then 2K·E(reference),
-    computed once: the bound is a tenth of a torch cell's time, and 2K·E equals K·(E + E) bit for bit (doubling is
+    computed once: the bound is about a fifth of a torch cell's time, and 2K·E equals K·(E + E) bit for bit (doubling is
     exact).
     """
     if framework.constants() == reference.constants():
