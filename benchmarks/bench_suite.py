@@ -5,9 +5,11 @@
     python -m benchmarks.bench_suite --xdist                          # also time `-n 0` against `-n 2` on the thorough profile
 
 How to read it. One line per cell of the property test (``test_gradients``): examples run, examples
-per second, and the cell's wall time split into the framework's own gradient calls, the float64
+per second, and the cell's wall time split into the framework's own gradient calls (``Adapter.compute``: the
+adapter's call with the request and output checks every adapter gets), the float64
 reference, the error bound and comparison, hypothesis' generation of networks, and "other" (the
-hypothesis engine between examples, pytest). Then one line per backend (its cells' totals), and the
+hypothesis engine between examples, pytest). Then one line per backend (its cells' totals, and the harness's
+milliseconds per example), and the
 whole run: its wall time, the same split over every test (contract and fidelity included), and the
 harness overhead: everything that is neither the framework nor the reference, as a fraction of the
 wall time. The targets are in the README ("Speed").
@@ -50,15 +52,20 @@ def cell_table(report: Report) -> list[str]:
 
 
 def backend_table(report: Report) -> list[str]:
-    """Per backend, the totals of its cells' property tests: examples, wall time and framework time."""
+    """Per backend, the totals of its cells' property tests: examples, wall time, framework time, and the harness's
+    time per example (the property tests' wall time less framework and reference, over their examples): the
+    harness's own cost, which unlike its share of the wall time does not grow when a framework gets faster."""
     by_backend: dict[str, list[CellResult]] = {}
     for cell in report.cells:
         by_backend.setdefault(cell.backend, []).append(cell)
-    lines = [f"{'backend':<16} {'cells':>5} {'examples':>8} {'wall s':>8} {'framework s':>12}"]
+    lines = [f"{'backend':<16} {'cells':>5} {'examples':>8} {'wall s':>8} {'framework s':>12} {'harness ms/example':>19}"]
     for name, cells in sorted(by_backend.items()):
         wall = sum(c.timing.get("wall", 0.0) for c in cells)
         framework = sum(c.timing.get("framework", 0.0) for c in cells)
-        lines.append(f"{name:<16} {len(cells):>5} {sum(c.examples for c in cells):>8} {wall:>8.1f} {framework:>12.1f}")
+        reference = sum(c.timing.get("reference", 0.0) for c in cells)
+        examples = sum(c.examples for c in cells)
+        per_example = f"{1000 * (wall - framework - reference) / examples:>19.2f}" if examples else f"{'-':>19}"
+        lines.append(f"{name:<16} {len(cells):>5} {examples:>8} {wall:>8.1f} {framework:>12.1f} {per_example}")
     return lines
 
 
