@@ -27,8 +27,10 @@ z's error interval (:func:`sigma_deviation`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -43,6 +45,35 @@ K = 2.0
 
 C_SIGMA = 4.0
 """Error of one sigmoid evaluation, in ulps; torch and jax measured ≤ 1.76 ulp in float32."""
+
+
+EVALUATION_MARGIN = 2.0**-30
+"""The relative margin every equation's value is raised by, so that it stays an upper bound after its own rounding.
+
+Each equation below is a sum of non-negative products, evaluated in float64 by numpy in whatever order and with
+whatever fused multiply-adds its kernels pick on this CPU (OpenBLAS chooses them per core type). Its computed value
+can therefore come out a few ulps *below* the exact real value of the bound: one ulp was enough for an exactly
+attained error to exceed its bound on an AVX-512 machine (``tests/test_error_bound.py``). The rounding error of
+such a sum of m terms of at most four factors is below γ_{m+4}(2^−53) relative, and no evaluation here exceeds
+m = 2^22 terms (the largest sum is the cost's B·n(L) ≤ 2^19 in the ``large`` profile): 2^−30 covers it with a
+factor of 2 to spare, and moves no verdict (it is 2^−6 of float32's own unit roundoff, applied to the bound).
+Larger inputs than the profiles draw would need a larger margin."""
+
+_Bound = TypeVar("_Bound", np.ndarray, float)
+
+
+def _rounded_up(equation: Callable[..., _Bound]) -> Callable[..., _Bound]:
+    """``equation``'s value raised by :data:`EVALUATION_MARGIN`: an upper bound however numpy's kernels round it.
+
+    Raising every equation keeps the chain an upper bound too: each equation is non-decreasing in the bounds it
+    takes, so bounds raised at their source can only raise the ones computed from them.
+    """
+
+    @functools.wraps(equation)
+    def raised(*args: object, **kwargs: object) -> _Bound:
+        return equation(*args, **kwargs) * (1 + EVALUATION_MARGIN)
+
+    return raised
 
 
 @dataclass(frozen=True)
@@ -186,6 +217,7 @@ def sigma_deviation(z: np.ndarray, E_z: np.ndarray) -> np.ndarray:
     return -np.expm1(-E_z) * sigmoid(magnitude) * sigmoid(E_z - magnitude)
 
 
+@_rounded_up
 def input_bound(x: np.ndarray, precision: Precision) -> np.ndarray:
     """E_a^1_k = u|x_k| + η: the error of the input as the framework reads it.
 
@@ -197,6 +229,7 @@ def input_bound(x: np.ndarray, precision: Precision) -> np.ndarray:
     return precision.u * np.abs(x) + precision.eta
 
 
+@_rounded_up
 def weighted_input_bound(
     abs_w: np.ndarray, abs_b: np.ndarray, a_prev: np.ndarray, E_a_prev: np.ndarray, precision: Precision
 ) -> np.ndarray:
@@ -216,6 +249,7 @@ def weighted_input_bound(
     return E_a_prev @ abs_w.T + (g + 2 * u) * (np.abs(a_prev) @ abs_w.T) + (g + u) * abs_b + (2 * n + 1) * precision.eta
 
 
+@_rounded_up
 def activation_bound(z: np.ndarray, a: np.ndarray, E_z: np.ndarray, precision: Precision) -> np.ndarray:
     """E_a^l_j = Δσ(z^l_j, E_z^l_j) + c_σ u a^l_j + η.
 
@@ -226,6 +260,7 @@ def activation_bound(z: np.ndarray, a: np.ndarray, E_z: np.ndarray, precision: P
     return sigma_deviation(z, E_z) + precision.c_sigma * precision.u * a + precision.eta
 
 
+@_rounded_up
 def sigma_prime_bound(a: np.ndarray, E_a: np.ndarray, sigma_prime: np.ndarray, precision: Precision) -> np.ndarray:
     """E_s^l_j = |1 − 2a^l_j| E_a^l_j + (E_a^l_j)² + 2u σ′(z^l_j) + η: the error of σ′ computed as a(1 − a).
 
@@ -239,6 +274,7 @@ def sigma_prime_bound(a: np.ndarray, E_a: np.ndarray, sigma_prime: np.ndarray, p
     return np.abs(1 - 2 * a) * E_a + E_a * E_a + 2 * precision.u * sigma_prime + precision.eta
 
 
+@_rounded_up
 def stable_sigma_prime_bound(z: np.ndarray, a: np.ndarray, E_z: np.ndarray, sigma_prime: np.ndarray, precision: Precision) -> np.ndarray:
     """E_s^l_j = |1 − 2a^l_j| Δσ^l_j + (Δσ^l_j)² + 2c_σ u σ′(z^l_j) + η: σ′ as accurate as σ(z)σ(−z) in the format.
 
@@ -250,6 +286,7 @@ def stable_sigma_prime_bound(z: np.ndarray, a: np.ndarray, E_z: np.ndarray, sigm
     return np.abs(1 - 2 * a) * deviation + deviation * deviation + 2 * precision.c_sigma * precision.u * sigma_prime + precision.eta
 
 
+@_rounded_up
 def output_activation_gradient_bound(E_a_L: np.ndarray, r: np.ndarray, y: np.ndarray, precision: Precision) -> np.ndarray:
     """E_h^L_j = E_a^L_j + u(|a^L_j − y_j| + |y_j|): the error of ∂C/∂a^L_j = a^L_j − y_j (y is exact)."""
     return E_a_L + precision.u * (np.abs(r) + np.abs(y))
@@ -266,6 +303,7 @@ def product_error(x: np.ndarray, E_x: np.ndarray, y: np.ndarray, E_y: np.ndarray
     return E_x * np.abs(y) + np.abs(x) * E_y + E_x * E_y
 
 
+@_rounded_up
 def output_error_bound(
     E_h_L: np.ndarray, r: np.ndarray, sigma_prime: np.ndarray, E_s_L: np.ndarray, delta_L: np.ndarray, precision: Precision
 ) -> np.ndarray:
@@ -279,6 +317,7 @@ def output_error_bound(
     return product_error(r, E_h_L, sigma_prime, E_s_L) + 3 * precision.u * np.abs(delta_L) + precision.eta
 
 
+@_rounded_up
 def hidden_activation_gradient_bound(
     abs_w_next: np.ndarray, E_delta_next: np.ndarray, delta_next: np.ndarray, precision: Precision
 ) -> np.ndarray:
@@ -291,6 +330,7 @@ def hidden_activation_gradient_bound(
     return E_delta_next @ abs_w_next + gamma(n, precision.u_a) * (np.abs(delta_next) @ abs_w_next) + 2 * n * precision.eta
 
 
+@_rounded_up
 def hidden_error_bound(
     E_h: np.ndarray, h: np.ndarray, sigma_prime: np.ndarray, E_s: np.ndarray, delta: np.ndarray, precision: Precision
 ) -> np.ndarray:
@@ -303,6 +343,7 @@ def hidden_error_bound(
     return product_error(h, E_h, sigma_prime, E_s) + 2 * precision.u * np.abs(delta) + precision.eta
 
 
+@_rounded_up
 def cross_rank_reduction_bound(magnitude: np.ndarray | float, local_error: np.ndarray | float, precision: Precision) -> np.ndarray | float:
     """E_R = (γ_{R−1}(u) + ρ_R) (S + E_local) + R η, ρ_R = 0 when R is a power of 2, else 2u; 0 when R = 1.
 
@@ -328,6 +369,7 @@ def cross_rank_reduction_bound(magnitude: np.ndarray | float, local_error: np.nd
     return (gamma(R - 1, precision.u) + rho) * (magnitude + local_error) + R * precision.eta
 
 
+@_rounded_up
 def weight_gradient_bound(
     E_delta: np.ndarray, delta: np.ndarray, a_prev: np.ndarray, E_a_prev: np.ndarray, precision: Precision
 ) -> np.ndarray:
@@ -347,6 +389,7 @@ def weight_gradient_bound(
     return local + cross_rank_reduction_bound(magnitude, local, precision)
 
 
+@_rounded_up
 def bias_gradient_bound(E_delta: np.ndarray, delta: np.ndarray, precision: Precision) -> np.ndarray:
     """E[∂C/∂b^l_j] = Σ_x E_δ^l_j + (u + γ_B) Σ_x |δ^l_j| + Bη, γ_B at the bias sum's own accumulation (``u_batch``).
 
@@ -360,6 +403,7 @@ def bias_gradient_bound(E_delta: np.ndarray, delta: np.ndarray, precision: Preci
     return local + cross_rank_reduction_bound(magnitude, local, precision)
 
 
+@_rounded_up
 def cost_bound(r: np.ndarray, E_h_L: np.ndarray, precision: Precision) -> float:
     """E_C = Σ_x Σ_j (|r_j| E_h^L_j + 1/2 (E_h^L_j)²) + (2u + γ_N) Σ_x Σ_j 1/2 r_j², N = B·n(L) terms, γ_N at ``u_cost``.
 
