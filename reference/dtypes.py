@@ -68,7 +68,7 @@ def _round_to_bfloat16(values: np.ndarray) -> np.ndarray:
 def round_to(name: str, values: np.ndarray) -> np.ndarray:
     """Round float64 values to the named format, returned in that format's carrier dtype.
 
-    float64 -> bfloat16 goes through float32 first, as torch and ml_dtypes also do; the double
+    float64 -> bfloat16 goes through float32 first, as torch does (ml_dtypes 0.7 rounds directly); the double
     rounding this implies can differ from a direct rounding in the last bfloat16 bit for values within
     2^-24 relative (half a float32 ulp) of a tie. The suite only needs *some* representable value (the
     reference is then evaluated at exactly that value), so this does not affect any verdict. Values
