@@ -41,6 +41,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from backprop_conformance.adapters.dispatch import Level
 from backprop_conformance.reference.dtypes import FORMATS, float_format, is_representable, round_to
 from backprop_conformance.reference.error_bound import Precision
 from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible, parameter_name
@@ -130,6 +131,10 @@ class Capabilities:
             it combines (torch's ``ddp``: 2 by default); the bound charges that combination
             (:func:`~backprop_conformance.reference.error_bound.cross_rank_reduction_bound`). A path not
             named runs in one piece.
+        levels: for a path, the dispatch levels this CPU can force its framework into
+            (:class:`~backprop_conformance.adapters.dispatch.Level`: ATen's CPU capabilities, TensorFlow's oneDNN
+            on and off, XLA's ISA caps), which ``--conformance-dispatch`` tests in worker processes. A path not
+            named runs only at the level of the process that tests it.
     """
 
     name: str
@@ -143,6 +148,7 @@ class Capabilities:
     shape_compiled_paths: tuple[str, ...] = ()
     environment: tuple[str, ...] = ()
     ranks: Mapping[str, int] = field(default_factory=dict)
+    levels: Mapping[str, tuple[Level, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -178,6 +184,7 @@ class Capabilities:
             raise CapabilitiesError(f"adapter {name!r}: environment holds something that is not a variable name: {list(environment)}")
         accumulation = _check_accumulation(name, dtypes, self.accumulation)
         ranks = _check_ranks(name, paths, self.ranks)
+        levels = _check_levels(name, paths, self.levels)
         for attribute, value in (
             ("dtypes", dtypes),
             ("paths", paths),
@@ -187,6 +194,7 @@ class Capabilities:
             ("environment", tuple(environment)),
             ("accumulation", accumulation),
             ("ranks", ranks),
+            ("levels", levels),
         ):
             object.__setattr__(self, attribute, value)
 
@@ -198,6 +206,10 @@ class Capabilities:
     def ranks_of(self, path: str) -> int:
         """R, the number of data-parallel ranks ``path`` combines (1 unless declared in :attr:`ranks`)."""
         return self.ranks.get(path, 1)
+
+    def levels_of(self, path: str) -> tuple[Level, ...]:
+        """The dispatch levels declared for ``path`` (none: it runs only at the level of the process testing it)."""
+        return self.levels.get(path, ())
 
     def precision(self, dtype: str, path: str | None = None) -> Precision:
         """The rounding constants the error bound charges this adapter for ``dtype`` on ``path`` (storage, accumulation, ranks).
@@ -262,6 +274,9 @@ def _check_accumulation(name: str, dtypes: tuple[str, ...], accumulation: object
     return frozen
 
 
+RESERVED_LEVELS = ("native", "all")
+"""What ``--conformance-dispatch`` means by itself: the process's own level, and every declared level."""
+
 MAX_RANKS = 1024
 """The most data-parallel ranks a path may declare; more is a typo, and would mean as many processes."""
 
@@ -277,6 +292,39 @@ def _check_ranks(name: str, paths: tuple[str, ...], ranks: object) -> Mapping[st
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_RANKS:
             raise CapabilitiesError(f"adapter {name!r}: ranks of path {path!r} is {count!r}; give a whole number from 1 to {MAX_RANKS}")
         frozen[path] = count
+    return frozen
+
+
+def _check_levels(name: str, paths: tuple[str, ...], levels: object) -> Mapping[str, tuple[Level, ...]]:
+    """Validate ``levels`` (see :class:`Capabilities`): known paths, :class:`Level` values, safe and distinct names."""
+    if not isinstance(levels, Mapping):
+        raise CapabilitiesError(f"adapter {name!r}: levels must be a mapping from path to a tuple of Level, got {type(levels).__name__}")
+    frozen: dict[str, tuple[Level, ...]] = {}
+    for path, declared in levels.items():
+        if path not in paths:
+            raise CapabilitiesError(f"adapter {name!r}: levels names path {path!r}, which is not among its paths {list(paths)}")
+        if isinstance(declared, Level) or not isinstance(declared, (tuple, list)) or not all(isinstance(v, Level) for v in declared):
+            raise CapabilitiesError(
+                f"adapter {name!r}: levels of path {path!r} must be a tuple of "
+                f"backprop_conformance.adapters.dispatch.Level, got {declared!r}"
+            )
+        _check_names(name, f"the level names of path {path!r}", [level.name for level in declared], allow_empty=True)
+        reserved = [level.name for level in declared if level.name in RESERVED_LEVELS]
+        if reserved:
+            raise CapabilitiesError(
+                f"adapter {name!r}: level name {reserved[0]!r} of path {path!r} is reserved ({', '.join(RESERVED_LEVELS)} "
+                "select levels on the command line); choose another"
+            )
+        for level in declared:
+            bad = [k for k in (*level.environment, *level.setting) if not isinstance(k, str) or not k]
+            values = [*level.environment.values(), *level.setting.values()]
+            if bad or not all(isinstance(v, str) for v in values) or not level.setting:
+                raise CapabilitiesError(
+                    f"adapter {name!r}: level {level.name!r} of path {path!r} needs string environment variables and a non-empty "
+                    "setting of string keys and values (the configuration it forces)"
+                )
+        if declared:
+            frozen[path] = tuple(declared)
     return frozen
 
 
@@ -361,6 +409,17 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
         """Compute the gradients of C = Σ_x 1/2 Σ_j (y_j − a^L_j)² with the framework."""
+
+    def dispatch(self, path: str) -> Mapping[str, str]:
+        """The configuration that picks ``path``'s kernels in this process, as the framework itself reports it.
+
+        Keys are dotted names (:data:`~backprop_conformance.adapters.dispatch.FRAMEWORK_KEYS` for the built-ins:
+        ``{"torch.cpu_capability": "avx512"}``), values strings. The suite asks once per cell and level, records the
+        answer in the report and case files, and matches known-defect entries limited to a configuration against it.
+        Ask the framework, not the environment: a variable says what was requested, the framework what it did. The
+        default reports nothing beyond the machine's own record (CPU and numpy), which the suite adds itself.
+        """
+        return {}
 
     def use_cache(self, directory: Path) -> str | None:
         """Offered by a suite run: a directory that persists between runs, for this adapter's own caches.

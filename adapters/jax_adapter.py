@@ -44,7 +44,7 @@ import contextlib
 import functools
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +53,7 @@ import numpy as np
 from backprop_conformance.adapters import jax_sharded
 from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities, RequestError
+from backprop_conformance.adapters.dispatch import xla_configuration, xla_levels
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
@@ -179,7 +180,12 @@ class JaxAdapter(Adapter):
             shape_compiled_paths=PATHS,
             environment=(jax_sharded.DEVICES_VARIABLE,),
             ranks={"sharded": jax_sharded.device_count()},
+            levels=dict.fromkeys(PATHS, xla_levels()),
         )
+
+    def dispatch(self, path: str) -> Mapping[str, str]:
+        """The ISA XLA:CPU compiles every path for in this process (:func:`~backprop_conformance.adapters.dispatch.xla_configuration`)."""
+        return xla_configuration()
 
     def use_cache(self, directory: Path) -> str | None:
         """JAX's persistent compilation cache in ``directory``, unless the user configured one (``JAX_COMPILATION_CACHE_DIR``).

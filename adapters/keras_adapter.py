@@ -40,13 +40,22 @@ import importlib.util
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.base import Adapter, AdapterContractError, AdapterOutput, Capabilities, CapabilitiesError, RequestError
+from backprop_conformance.adapters.dispatch import (
+    Level,
+    aten_levels,
+    onednn_levels,
+    tensorflow_configuration,
+    torch_configuration,
+    xla_configuration,
+    xla_levels,
+)
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
@@ -74,11 +83,23 @@ WORKER_ENVIRONMENT: dict[str, dict[str, str]] = {
 }
 """What each backend's worker process is started with, on top of the run's own environment."""
 
-ENVIRONMENT: tuple[str, ...] = ("KERAS_HOME", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS")
+LEVELS: dict[str, Callable[[], tuple[Level, ...]]] = {"torch": aten_levels, "tensorflow": onednn_levels, "jax": xla_levels}
+"""Each backend's dispatch levels are its framework's: ATen's CPU capabilities, TensorFlow's oneDNN on and off, XLA's ISA
+caps. A level's environment reaches the backend's worker, which inherits the environment of the process hosting the
+adapter (:mod:`~backprop_conformance.adapters.at_level`)."""
+
+CONFIGURATIONS: dict[str, Callable[[], dict[str, str]]] = {
+    "torch": torch_configuration,
+    "tensorflow": tensorflow_configuration,
+    "jax": xla_configuration,
+}
+"""How each backend's framework reports the configuration that picks its kernels, asked in the backend's worker."""
+
+ENVIRONMENT: tuple[str, ...] = ("KERAS_HOME", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "ATEN_CPU_CAPABILITY")
 """Variables the workers inherit from the run that change what Keras computes: ``KERAS_HOME`` holds ``keras.json``
 (its ``floatx`` types Python numbers in ``keras.ops``), ``TF_ENABLE_ONEDNN_OPTS`` chooses TensorFlow's CPU kernels,
-``XLA_FLAGS`` the JAX (and TensorFlow) compiler's options. ``KERAS_BACKEND`` is not among them: each worker's is
-set from its path, whatever the run's is."""
+``XLA_FLAGS`` the JAX (and TensorFlow) compiler's options, ``ATEN_CPU_CAPABILITY`` torch's CPU kernels.
+``KERAS_BACKEND`` is not among them: each worker's is set from its path, whatever the run's is."""
 
 ACCUMULATION: dict[str, str | dict[str, str]] = {
     "float16": {"dot": "float32", "batch_sum": "float16", "cost_sum": "float16"},
@@ -151,7 +172,14 @@ class KerasAdapter(Adapter):
             accumulation=dict(ACCUMULATION),
             shape_compiled_paths=SHAPE_COMPILED_PATHS,
             environment=ENVIRONMENT,
+            levels={path: levels() for path, levels in LEVELS.items()},
         )
+
+    def dispatch(self, path: str) -> Mapping[str, str]:
+        """The configuration of ``path``'s backend, as its framework reports it in the backend's worker."""
+        if not _installed(BACKENDS[path]):
+            return {}
+        return self._worker(path).call("dispatch", path)
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """The layout round trip through every backend whose worker is running, which must all agree.
@@ -317,7 +345,12 @@ class KerasInProcess(Adapter):
             accumulation={d: ACCUMULATION[d] for d in ACCUMULATION if d in dtypes},
             shape_compiled_paths=(backend,) if backend in SHAPE_COMPILED_PATHS else (),
             environment=("KERAS_BACKEND", "JAX_ENABLE_X64", *ENVIRONMENT),
+            levels={backend: LEVELS[backend]()},
         )
+
+    def dispatch(self, path: str) -> Mapping[str, str]:
+        """The configuration that picks this process's backend's kernels (:data:`CONFIGURATIONS`)."""
+        return CONFIGURATIONS[_keras().backend.backend()]()
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """Build the Sequential, set every kernel (w^l transposed) and bias, and read them back in page layout."""

@@ -31,10 +31,11 @@ What TensorFlow does that the verdicts depend on:
   (computed in float32, where float16's subnormals are normal). The error bound's underflow allowance η =
   ``finfo.tiny``, charged per term of every sum, is what covers this (``docs/backends.md``). TensorFlow sets
   the flush mode on its own threads and restores it, so the caller's thread keeps IEEE subnormals.
-* bfloat16 matrix products (MatMul, in ``eager`` and ``function``) accumulate in float32 and then *truncate*
-  the result to bfloat16 instead of rounding it to nearest (measured: 300 of 300 length-1/7/33 dot products
-  equal the truncated float32 sum, 150 of 300 the rounded one); XLA rounds to nearest. See
-  :data:`ACCUMULATION`.
+* bfloat16 matrix products (MatMul, in ``eager`` and ``function``) accumulate in float32, and how the sum
+  becomes bfloat16 depends on the CPU: Eigen's kernel (oneDNN off) *truncates* it, oneDNN's (on, TensorFlow's
+  default on x86 CPUs with AVX-512 VNNI or BF16) rounds it to nearest (measured: 300 of 300 length-1/7/33 dot
+  products equal the truncated float32 sum with oneDNN off, the rounded one with oneDNN on, and about half the
+  other); XLA rounds to nearest. See :data:`ACCUMULATION`.
 * σ′ is computed as y(1 − y) from the forward output (SigmoidGrad), so it is 0 once σ(z) rounds to 1
   (z ≳ 36.7 in float64), a known upstream defect listed for the fidelity tier.
 
@@ -49,13 +50,14 @@ import contextlib
 import functools
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.adapters.dispatch import onednn_levels, tensorflow_configuration
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
@@ -78,8 +80,8 @@ ACCUMULATION: dict[str, str | dict[str, str]] = {
     "float16": {"dot": "float32", "batch_sum": "float16", "cost_sum": "float16"},
     "bfloat16": "float32",
 }
-"""The formats TensorFlow's sums accumulate in on CPU, measured (TensorFlow 2.21, oneDNN on, 300 random dot
-products and sums per row, lengths 7 and 33, eager, ``tf.function`` and XLA):
+"""The formats TensorFlow's sums accumulate in on CPU, measured (TensorFlow 2.21, 300 random dot products and sums
+per row, lengths 7 and 33, eager, ``tf.function`` and XLA; oneDNN on and off give the same formats):
 
 * float16 MatMul (z^l, and the transposed products of the backward pass) equals the float32-accumulated sum
   rounded once to float16 in every trial, in every path. ``tf.reduce_sum`` in float16 -- the bias gradient's
@@ -87,9 +89,9 @@ products and sums per row, lengths 7 and 33, eager, ``tf.function`` and XLA):
   equals the *sequential float16* sum in 300 of 300 trials in ``eager`` and ``function`` (XLA accumulates it in
   float32), with errors up to 1.17 u·Σ|x|, beyond what a correctly rounded float32 sum can make. Declared per
   operation, and at the least precise path, since a declaration holds for every path of a dtype.
-* bfloat16 MatMul and ``tf.reduce_sum`` accumulate in float32. MatMul then truncates the result to bfloat16
-  in ``eager`` and ``function`` (see the module docstring): an error of up to 2u of the result where rounding
-  makes u. The bound has no rounding mode to declare; its z^l term allows 2u for the product's rounding and the
+* bfloat16 MatMul and ``tf.reduce_sum`` accumulate in float32. With oneDNN off, MatMul then truncates the
+  result to bfloat16 in ``eager`` and ``function`` (see the module docstring): an error of up to 2u of the
+  result where rounding makes u. The bound has no rounding mode to declare; its z^l term allows 2u for the product's rounding and the
   result's, which truncation alone can use up, and the factor K = 2 is what absorbs the rest in practice
   (worst error/bound ratio of the bfloat16 cells: ``docs/backends.md``).
 """
@@ -133,7 +135,13 @@ class TensorFlowAdapter(Adapter):
             accumulation=dict(ACCUMULATION),
             shape_compiled_paths=SHAPE_COMPILED_PATHS,
             environment=ENVIRONMENT,
+            levels=dict.fromkeys(PATHS, onednn_levels()),
         )
+
+    def dispatch(self, path: str) -> Mapping[str, str]:
+        """Whether TensorFlow's oneDNN operations are on in this process
+        (:func:`~backprop_conformance.adapters.dispatch.tensorflow_configuration`)."""
+        return tensorflow_configuration()
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """Build the ``tf.Module`` from ``network`` and read every layer's ``w`` (transposed back) and ``b`` out of it.

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,6 +45,7 @@ import numpy as np
 
 from backprop_conformance.adapters import torch_ddp
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.adapters.dispatch import aten_levels, torch_configuration
 from backprop_conformance.reference.dtypes import FORMATS, round_to
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
@@ -103,7 +104,13 @@ class TorchAdapter(Adapter):
             shape_compiled_paths=("compile",),
             environment=(torch_ddp.RANKS_VARIABLE, torch_ddp.HOOK_VARIABLE),
             ranks={"ddp": torch_ddp.world_size()},
+            levels=dict.fromkeys(PATHS, aten_levels()),
         )
+
+    def dispatch(self, path: str) -> Mapping[str, str]:
+        """ATen's CPU capability in this process: it picks the vectorised kernels of every path (sigmoid, its backward,
+        the elementwise cost), and is forced per level by ``ATEN_CPU_CAPABILITY``."""
+        return torch_configuration()
 
     def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
         """Start the ``ddp`` path's rank processes ahead of its first example, so that their torch import overlaps other cells."""

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from backprop_conformance.adapters import dispatch
 from backprop_conformance.adapters.base import Adapter, AdapterContractError, AdapterOutput, Capabilities, RequestError
 from backprop_conformance.adapters.registry import AdapterSpec, AdapterUnavailable, resolve
 from backprop_conformance.adapters.selfcheck import check_contract
@@ -130,6 +131,7 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
     """The contract, then the property, of one cell; the cell's result and its failure text ("" when it passed)."""
     assert backend.adapter is not None and backend.capabilities is not None
     trial = CellTrial(backend, cell)
+    trial.result.dispatch = dispatch.configuration(backend.adapter, cell.path)
     fixed = contract_problem(cell.dtype)
     try:
         check_contract(backend.adapter, cell.path, cell.dtype, cell.device, fixed.network, fixed.batch)
@@ -168,7 +170,7 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
         failure = str(exc).split("\nFalsifying example", 1)[0]
     trial.result.status = "failed" if failure or trial.result.failures or trial.result.exceptions else "passed"
     if trial.failed:
-        written = trial.write_cases(case_dir, {})
+        written = trial.write_cases(case_dir, {}, trial.result.dispatch)
         requested = backend.spec.requested_as
         trial.result.replay = f"python -m backprop_conformance replay {written[0]} --backend {requested}"
         failure += "\n" + "\n".join(f"case file: {p}" for p in written) + f"\nreplay it: {trial.result.replay}"

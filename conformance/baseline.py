@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from backprop_conformance.adapters import dispatch
 from backprop_conformance.conformance.report import CellResult, Report, encode_float
 
 FACTOR = 2.0
@@ -237,4 +238,31 @@ def _notes(old: Report, new: Report) -> list[str]:
     for key in ("version", "commit"):
         if old.suite.get(key) != new.suite.get(key):
             notes.append(f"suite {key}: {old.suite.get(key)} in the baseline, {new.suite.get(key)} now")
+    return notes + _dispatch_notes(old, new)
+
+
+def _dispatch_notes(old: Report, new: Report) -> list[str]:
+    """Where the baseline ran other kernels: another CPU, numpy BLAS core, or framework configuration.
+
+    A worst ratio measured with other kernels is a different experiment; the comparison still runs (a CPU change is
+    exactly what a regression check should survive), and these notes say what changed. A baseline written before the
+    configuration was recorded has none to compare, and says so.
+    """
+    if not old.dispatch:
+        return ["the baseline records no dispatch configuration (written before it was recorded): its CPU and kernels are unknown"]
+    notes = []
+    machine = dispatch.differences(old.dispatch, new.dispatch)
+    if machine:
+        notes.append("dispatch configuration differs from the baseline's (other kernels ran): " + "; ".join(machine))
+    old_cells = {c.id: c for c in old.cells}
+    per_cell: dict[str, list[str]] = {}
+    for c in new.cells:
+        before = old_cells.get(c.id)
+        if before is None or not before.dispatch or not c.dispatch:
+            continue
+        own = {k: v for k, v in before.dispatch.items() if k not in old.dispatch}
+        changed = dispatch.differences(own, c.dispatch)
+        if changed:
+            per_cell.setdefault("; ".join(changed), []).append(c.id)
+    notes += [f"{', '.join(ids)}: dispatch differs from the baseline's: {what}" for what, ids in per_cell.items()]
     return notes

@@ -34,10 +34,11 @@ from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.reference.dtypes import FORMATS, is_representable
 from backprop_conformance.reference.model import Batch, ModelError, Network, check_compatible
 
-SCHEMA = "backprop-conformance/case/2"
-"""Version 2 added ``environment`` and ``kind``; version 1 files (which lack them) are still read."""
+SCHEMA = "backprop-conformance/case/3"
+"""Version 3 added ``dispatch`` (the configuration that picked the kernels) and the cell's ``level``; version 2 added
+``environment`` and ``kind``. Files of versions 1 and 2 (which lack them) are still read."""
 
-READABLE = (SCHEMA, "backprop-conformance/case/1")
+READABLE = (SCHEMA, "backprop-conformance/case/2", "backprop-conformance/case/1")
 
 KINDS = ("shrunk", "worst")
 """A failing cell writes the example hypothesis shrank to (the smallest that fails) and the one that
@@ -58,7 +59,9 @@ class Case:
 
     ``adapter`` is what ``--conformance-backend`` takes to load the same adapter again: a built-in's or
     plug-in's name, or the ``module:Attribute`` it was given as. ``environment`` holds the variables
-    the adapter declared as deciding what its framework computes (``KERAS_BACKEND``), as they were.
+    the adapter declared as deciding what its framework computes (``KERAS_BACKEND``), as they were, and those its
+    dispatch level forced. ``dispatch`` is the configuration that picked the kernels
+    (:mod:`~backprop_conformance.adapters.dispatch`): the same input can fail on one CPU and pass on another.
     """
 
     problem: Problem
@@ -68,6 +71,7 @@ class Case:
     failure: str
     environment: Mapping[str, str | None] = field(default_factory=dict)
     kind: str = "shrunk"
+    dispatch: Mapping[str, str] = field(default_factory=dict)
 
 
 def to_json(case: Case) -> dict[str, Any]:
@@ -75,10 +79,17 @@ def to_json(case: Case) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "kind": case.kind,
-        "cell": {"backend": case.cell.backend, "path": case.cell.path, "dtype": case.cell.dtype, "device": case.cell.device},
+        "cell": {
+            "backend": case.cell.backend,
+            "path": case.cell.path,
+            "dtype": case.cell.dtype,
+            "device": case.cell.device,
+            "level": case.cell.level,
+        },
         "adapter": case.adapter,
         "versions": dict(case.versions),
         "environment": dict(case.environment),
+        "dispatch": dict(case.dispatch),
         "widths": list(net.widths),
         "parameters": {
             "w": {str(l): net.w[l].tolist() for l in net.layers},
@@ -170,7 +181,7 @@ def from_json(data: object, source: str) -> Case:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise CaseError(f"{source}: not a backprop-conformance case file (schema {found!r}, expected {SCHEMA!r})")
     r = _Reader(source)
-    version_2 = data["schema"] == SCHEMA
+    version = int(str(data["schema"]).rsplit("/", 1)[1])
     top = r.object(
         data,
         "",
@@ -183,10 +194,11 @@ def from_json(data: object, source: str) -> Case:
             "parameters",
             "batch",
             "failure",
-            *(("kind", "environment") if version_2 else ()),
+            *(("kind", "environment") if version >= 2 else ()),
+            *(("dispatch",) if version >= 3 else ()),
         ),
     )
-    cell_data = r.object(top["cell"], "cell", ("backend", "path", "dtype", "device"))
+    cell_data = r.object(top["cell"], "cell", ("backend", "path", "dtype", "device", *(("level",) if version >= 3 else ())))
     dtype = r.text(cell_data["dtype"], "cell.dtype")
     if dtype not in FORMATS:
         raise r.fail("cell.dtype", f"unknown format {dtype!r}; the suite knows {', '.join(FORMATS)}")
@@ -195,10 +207,12 @@ def from_json(data: object, source: str) -> Case:
         r.name(cell_data["path"], "cell.path"),
         dtype,
         r.name(cell_data["device"], "cell.device"),
+        None if cell_data.get("level") is None else r.name(cell_data["level"], "cell.level"),
     )
     adapter = r.text(top["adapter"], "adapter")
     versions = r.strings(top["versions"], "versions")
     environment = r.strings(top.get("environment", {}), "environment", nullable=True)
+    configuration = r.strings(top.get("dispatch", {}), "dispatch")
     for name in environment:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise r.fail("environment", f"{name!r} is not an environment variable name")
@@ -236,7 +250,7 @@ def from_json(data: object, source: str) -> Case:
             raise r.fail(
                 where, f"holds values that are not {dtype} values; a case holds the exact point the framework was given, in its format"
             )
-    return Case(Problem(network, batch, dtype), cell, adapter, versions, failure, environment, kind)
+    return Case(Problem(network, batch, dtype), cell, adapter, versions, failure, environment, kind, configuration)
 
 
 def write(case: Case, directory: Path) -> Path:

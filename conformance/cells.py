@@ -1,7 +1,7 @@
-"""The declarative table of what is tested: one cell per (backend, path, dtype, device).
+"""The declarative table of what is tested: one cell per (backend, path, dtype, device, dispatch level).
 
 Each adapter declares its capabilities (:class:`~backprop_conformance.adapters.base.Capabilities`); the
-table is their product, filtered by the user's backend, path, dtype and device options. Tests are
+table is their product, filtered by the user's backend, path, dtype, device and dispatch options. Tests are
 generated from it, so a new adapter, path or dtype needs no new test code, and a backend that cannot
 run here still appears in the run, as a skip with its reason.
 """
@@ -20,19 +20,34 @@ class SelectionError(ValueError):
     """An option names something no selected backend offers; the message lists what is valid."""
 
 
+NATIVE = "native"
+"""``--conformance-dispatch native``: each framework as this process finds it (its own choice for this CPU, or what the
+run's environment forces). The default."""
+
+EVERY_LEVEL = "all"
+"""``--conformance-dispatch all``: every dispatch level each selected path declares for this CPU, each forced in a worker
+process; a path that declares none runs at the native level."""
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One combination the suite tests; its :attr:`id` is the pytest parameter id and the case-file prefix."""
+    """One combination the suite tests; its :attr:`id` is the pytest parameter id and the case-file prefix.
+
+    ``level`` is None for the native level (the framework as this process runs it), else the name of a dispatch level
+    the adapter declared for the path (:class:`~backprop_conformance.adapters.dispatch.Level`), which the cell runs at
+    in a worker process and which ends its id: ``tensorflow-eager-float32-onednn-off``.
+    """
 
     backend: str
     path: str
     dtype: str
     device: str = "cpu"
+    level: str | None = None
 
     @property
     def id(self) -> str:
         parts = [self.backend, self.path, self.dtype] + ([self.device] if self.device != "cpu" else [])
-        return "-".join(parts)
+        return "-".join(parts + ([self.level] if self.level else []))
 
 
 @dataclass(frozen=True)
@@ -91,11 +106,14 @@ def select_cells(
     dtypes: Sequence[str] = (),
     devices: Sequence[str] = ("cpu",),
     all_paths: bool = False,
+    levels: Sequence[str] = (NATIVE,),
 ) -> tuple[list[Cell], dict[str, str]]:
-    """The table: every loaded backend's (path, dtype, device) that the filters allow, and the backends left with none.
+    """The table: every loaded backend's (path, dtype, device, level) that the filters allow, and the backends left with none.
 
     Without ``paths``, each backend's default paths run (opt-in ones, such as ``torch.compile``, only
-    when named, or with ``all_paths``). A name that no loaded backend offers is an error listing the
+    when named, or with ``all_paths``). ``levels`` holds :data:`NATIVE`, :data:`EVERY_LEVEL` and names of
+    dispatch levels; a named level applies to each selected path that declares it, on the CPU (levels choose
+    CPU kernels). A name that no loaded backend offers is an error listing the
     valid names, so that a typo cannot silently select nothing. A loaded backend that the filters
     leave without a cell (``--conformance-path jit`` beside torch, which has no jit) is returned with
     the reason, for the run to report: a requested backend must never vanish from a run unnoticed.
@@ -105,6 +123,8 @@ def select_cells(
         _check_names("path", paths, sorted({p for c in loaded for p in c.paths}))
         _check_names("dtype", dtypes, sorted({d for c in loaded for d in c.dtypes}))
         _check_names("device", devices, sorted({d for c in loaded for d in c.devices}))
+        declared = sorted({level.name for c in loaded for path_levels in c.levels.values() for level in path_levels})
+        _check_names("dispatch", levels, [NATIVE, EVERY_LEVEL, *declared])
     else:
         _check_names("dtype", dtypes, list(FORMATS))
     cells = []
@@ -112,18 +132,31 @@ def select_cells(
     for caps in loaded:
         chosen = caps.paths if all_paths else [p for p in caps.paths if p in paths] if paths else caps.default_paths
         mine = [
-            Cell(caps.name, path, dtype, device)
+            Cell(caps.name, path, dtype, device, level)
             for path in chosen
             for dtype in ([d for d in caps.dtypes if d in dtypes] if dtypes else caps.dtypes)
             for device in [d for d in caps.devices if d in devices]
+            for level in _levels(caps, path, device, levels)
         ]
         if not mine:
             empty[caps.name] = (
                 f"no cell selected: it offers paths {', '.join(caps.paths)} (default {', '.join(caps.default_paths) or 'none'}), "
-                f"dtypes {', '.join(caps.dtypes)} and devices {', '.join(caps.devices)}, and the options selected none of them"
+                f"dtypes {', '.join(caps.dtypes)}, devices {', '.join(caps.devices)} and dispatch levels "
+                f"{', '.join(sorted({lv.name for lvs in caps.levels.values() for lv in lvs})) or 'native only'}, "
+                "and the options selected none of them"
             )
         cells += mine
     return cells, empty
+
+
+def _levels(caps: Capabilities, path: str, device: str, requested: Sequence[str]) -> list[str | None]:
+    """The levels of (path, device) that ``requested`` selects, in the order declared; None is the native level."""
+    declared = [level.name for level in caps.levels_of(path)] if device == "cpu" else []
+    chosen: list[str | None] = []
+    if NATIVE in requested or (EVERY_LEVEL in requested and not declared):
+        chosen.append(None)
+    chosen += [name for name in declared if EVERY_LEVEL in requested or name in requested]
+    return chosen
 
 
 def _check_names(what: str, requested: Sequence[str], valid: list[str]) -> None:

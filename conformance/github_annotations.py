@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from backprop_conformance.adapters.dispatch import describe
 from backprop_conformance.conformance.report import CellResult, Report, describe_element
 
 ANNOUNCED = ("failed", "incomplete")
@@ -41,6 +42,8 @@ def _message(cell: CellResult) -> str:
     lines += [f"case file: {path}" for path in cell.case_files]
     if cell.replay:
         lines.append(f"replay: {cell.replay}")
+    if cell.dispatch:
+        lines.append(f"dispatch: {describe(cell.dispatch)}")
     return "\n".join(lines)
 
 

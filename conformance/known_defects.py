@@ -11,6 +11,11 @@ for a defect that breaks conformance itself, the property test ``test_gradients`
 its verdict -- in the failure text of the xfail, in the matrix (status ``known defect``) and in the
 report -- so that nobody mistakes it for a pass.
 
+An entry may be limited to dispatch configurations (``dispatch = { "tensorflow.onednn" = "on" }``): a defect that
+exists only where a framework picks certain kernels -- oneDNN's, or AVX-512 ones -- is then expected, strictly,
+exactly where the cell's recorded configuration (:mod:`~backprop_conformance.adapters.dispatch`) says those kernels
+ran, and nowhere else. Such an entry is applied when the cell's configuration is known, as its test starts.
+
 The suite's own file is always loaded; every ``--conformance-known-defects FILE`` adds to it, so that
 a third party can list its framework's defects without losing the built-in ones. An entry for a
 backend that this run has not loaded is ignored with a note, so that one file can cover several
@@ -23,12 +28,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from backprop_conformance.adapters.base import Capabilities
+from backprop_conformance.adapters.dispatch import FRAMEWORK_KEYS, MACHINE_KEYS, Level
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +57,8 @@ class Defect:
     (a PEP 440 specifier: defects come and go with releases), and where upstream tracks it.
 
     ``cases`` applies to the fidelity tests only; it is empty for an entry that names only
-    conformance tests. ``source`` names the file and entry number in messages.
+    conformance tests. ``dispatch`` limits the entry to configurations (:func:`configuration_matches`); empty, it
+    holds on every CPU. ``source`` names the file and entry number in messages.
     """
 
     backend: str
@@ -64,8 +71,20 @@ class Defect:
     summary: str
     source: str = ""
     file: str = ""
+    dispatch: Mapping[str, str] = field(default_factory=dict)
 
-    def matches(self, test: str, backend: str, version: str, path: str, dtype: str, case: str | None = None) -> bool:
+    def matches(
+        self,
+        test: str,
+        backend: str,
+        version: str,
+        path: str,
+        dtype: str,
+        case: str | None = None,
+        configuration: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Whether the entry covers this test; an entry limited to configurations never covers one whose
+        ``configuration`` is not known yet (None)."""
         return (
             backend == self.backend
             and self.versions.contains(version, prereleases=True)
@@ -73,11 +92,28 @@ class Defect:
             and (self.paths == ("*",) or path in self.paths)
             and (self.dtypes == ("*",) or dtype in self.dtypes)
             and (case is None or self.cases == ("*",) or case in self.cases)
+            and (not self.dispatch or (configuration is not None and configuration_matches(self.dispatch, configuration)))
         )
 
     @property
     def reason(self) -> str:
-        return f"known upstream defect: {self.summary} ({self.issue})"
+        where = f" (where {', '.join(f'{k} is {v}' for k, v in self.dispatch.items())})" if self.dispatch else ""
+        return f"known upstream defect{where}: {self.summary} ({self.issue})"
+
+
+FEATURES_KEY = "cpu.features"
+
+
+def configuration_matches(conditions: Mapping[str, str], configuration: Mapping[str, str]) -> bool:
+    """Every condition holds in ``configuration``: ``cpu.features`` lists features that must all be present, any
+    other key must have exactly the value given."""
+    for key, wanted in conditions.items():
+        if key == FEATURES_KEY:
+            if not set(wanted.split()) <= set(configuration.get(key, "").split()):
+                return False
+        elif configuration.get(key) != wanted:
+            return False
+    return True
 
 
 REQUIRED_LISTS = ("tests", "paths", "dtypes")
@@ -111,9 +147,10 @@ def load(path: Path = DEFAULT_FILE) -> list[Defect]:
                     f"{where} lacks the field 'cases' (required for the fidelity tests {', '.join(map(str, fidelity))})"
                 )
             lists["cases"] = entry["cases"]
-        extra = sorted(set(entry) - set(lists) - set(texts))
+        extra = sorted(set(entry) - set(lists) - set(texts) - {"dispatch"})
         if extra:
             raise KnownDefectsError(f"{where} has unknown field(s) {', '.join(extra)}")
+        conditions = _conditions(entry["dispatch"], where) if "dispatch" in entry else {}
         for key, value in lists.items():
             if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
                 raise KnownDefectsError(f"{where}: {key} must be a non-empty list of strings, got {value!r}")
@@ -138,9 +175,25 @@ def load(path: Path = DEFAULT_FILE) -> list[Defect]:
                 texts["summary"],
                 f"known defect #{number} of {path} ({texts['backend']}, {texts['issue']})",
                 str(path),
+                conditions,
             )
         )
     return defects
+
+
+def _conditions(value: object, where: str) -> dict[str, str]:
+    """An entry's ``dispatch`` table: non-empty, string keys and non-empty string values (checked against the loaded
+    backends' vocabulary by :func:`validate`)."""
+    if not isinstance(value, dict):
+        raise KnownDefectsError(
+            f'{where}: dispatch must be a table of configuration keys, e.g. dispatch = {{ "tensorflow.onednn" = "on" }}'
+        )
+    if not value:
+        raise KnownDefectsError(f"{where}: dispatch is an empty table; leave it out for an entry that holds on every configuration")
+    for key, wanted in value.items():
+        if not isinstance(wanted, str) or not wanted.strip():
+            raise KnownDefectsError(f"{where}: dispatch {key!r} must be a non-empty string, got {wanted!r}")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def load_all(extra: Sequence[Path] = ()) -> list[Defect]:
@@ -162,6 +215,7 @@ def validate(defects: Sequence[Defect], tests: Mapping[str, Sequence[str]], load
     backend, and a run of one of them needs no note about the others).
     """
     ignored: dict[tuple[str, str], int] = {}
+    levels = {name: caps.levels for name, caps in loaded.items()}
     for d in defects:
         for test in d.tests:
             if test not in tests:
@@ -181,6 +235,7 @@ def validate(defects: Sequence[Defect], tests: Mapping[str, Sequence[str]], load
             stray = [n for n in named if n != "*" and n not in valid]
             if stray:
                 raise KnownDefectsError(f"{d.source}: {d.backend} has no {kind} {', '.join(stray)}; it offers {', '.join(valid)}")
+        _check_conditions(d, levels[d.backend])
     return [
         f"{file}: {count} known-defect entr{'y' if count == 1 else 'ies'} for backend {backend!r}, not loaded in this run, ignored"
         for (file, backend), count in ignored.items()
@@ -188,6 +243,40 @@ def validate(defects: Sequence[Defect], tests: Mapping[str, Sequence[str]], load
     ]
 
 
-def find(defects: Sequence[Defect], test: str, backend: str, version: str, path: str, dtype: str, case: str | None = None) -> Defect | None:
-    """The first entry covering this combination at this framework version, if any."""
-    return next((d for d in defects if d.matches(test, backend, version, path, dtype, case)), None)
+def _check_conditions(defect: Defect, levels: Mapping[str, tuple[Level, ...]]) -> None:
+    """An entry's ``dispatch`` keys must be ones a run records, and a value its backend's levels can set must be one of them.
+
+    The keys are the machine's (:data:`~backprop_conformance.adapters.dispatch.MACHINE_KEYS`), the built-in
+    frameworks' (:data:`~backprop_conformance.adapters.dispatch.FRAMEWORK_KEYS`) and those the backend's declared
+    levels set. A misspelt key or value would make the entry match nothing while claiming a defect, so it is an error.
+    """
+    settable: dict[str, set[str]] = {}
+    for path_levels in levels.values():
+        for level in path_levels:
+            for key, value in level.setting.items():
+                settable.setdefault(key, set()).add(value)
+    known = [*MACHINE_KEYS, *FRAMEWORK_KEYS, *settable]
+    for key, wanted in defect.dispatch.items():
+        if key not in known:
+            raise KnownDefectsError(
+                f"{defect.source}: dispatch key {key!r} is not recorded by a run; the keys are {', '.join(dict.fromkeys(known))}"
+            )
+        if key in settable and wanted not in settable[key]:
+            raise KnownDefectsError(
+                f"{defect.source}: dispatch {key} = {wanted!r} is not a value {defect.backend}'s levels set; "
+                f"they set {', '.join(sorted(settable[key]))}"
+            )
+
+
+def find(
+    defects: Sequence[Defect],
+    test: str,
+    backend: str,
+    version: str,
+    path: str,
+    dtype: str,
+    case: str | None = None,
+    configuration: Mapping[str, str] | None = None,
+) -> Defect | None:
+    """The first entry covering this combination at this framework version (and ``configuration``, once known), if any."""
+    return next((d for d in defects if d.matches(test, backend, version, path, dtype, case, configuration)), None)

@@ -9,7 +9,9 @@ the ratio, the case files and the replay command -- what a bug report needs.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
+from backprop_conformance.adapters.dispatch import describe
 from backprop_conformance.conformance.baseline import Comparison
 from backprop_conformance.conformance.report import CellResult, Report, describe_element
 
@@ -56,6 +58,8 @@ def markdown(report: Report, comparison: Comparison | None = None) -> str:
         lines.append(
             "Backends: " + "; ".join(f"{b.name}: {b.framework} {b.version} (accumulation {b.accumulation})" for b in report.backends) + "."
         )
+    if report.dispatch:
+        lines.append("Dispatch: " + describe(report.dispatch) + ".")
     lines.append("")
     header = ["cell", "examples", "failures", "contract", "exceptions", "worst ratio", "median ratio", "status"]
     if comparison is not None:
@@ -84,7 +88,7 @@ def markdown(report: Report, comparison: Comparison | None = None) -> str:
     if failing:
         lines += ["", "### Failing cells", ""]
         for cell in failing:
-            lines += _evidence(cell)
+            lines += _evidence(cell, report.dispatch)
     if report.skipped_backends:
         lines += ["", "Skipped backends:", *(f"- {b.name}: {b.reason}" for b in report.skipped_backends)]
     if report.notes:
@@ -95,10 +99,13 @@ def markdown(report: Report, comparison: Comparison | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _evidence(cell: CellResult) -> list[str]:
+def _evidence(cell: CellResult, machine: Mapping[str, str]) -> list[str]:
     lines = [f"**`{cell.id}`**: {cell.status}"]
     if cell.worst_element is not None:
         lines.append(f"- worst: {describe_element(cell.worst_element)}")
+    own = {k: v for k, v in cell.dispatch.items() if k not in machine}
+    if own:
+        lines.append(f"- dispatch: {describe(own)}")
     lines += [f"- {problem}" for problem in cell.problems]
     lines += [f"- case file: `{path}`" for path in cell.case_files]
     if cell.replay:

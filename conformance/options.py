@@ -55,6 +55,7 @@ class RunOptions:
     dtypes: tuple[str, ...] = ()
     devices: tuple[str, ...] = ("cpu",)
     all_paths: bool = False
+    dispatch: tuple[str, ...] = ("native",)
     require: bool = False
     max_examples: int | None = None
     case_dir: Path = Path("conformance-cases")
@@ -116,6 +117,15 @@ def add_options(parser: Any) -> None:
         default=[],
         metavar="DEVICE",
         help="device to test on (cpu, cuda, gpu); repeatable; default: cpu",
+    )
+    add(
+        f"{PREFIX}dispatch",
+        action="append",
+        default=[],
+        metavar="LEVEL",
+        help="CPU dispatch level to test each framework at: native (as this process runs it; the default), all (every level "
+        "this CPU supports: torch's ATen capabilities aten-*, TensorFlow's onednn-on/onednn-off, XLA's ISA caps xla-*), "
+        "or a level's name; repeatable; each forced level runs in a worker process (docs/backends.md)",
     )
     add(
         f"{PREFIX}require",
@@ -197,6 +207,7 @@ def from_config(config: Any) -> RunOptions:
         dtypes=_names(get("dtype")),
         devices=_names(get("device")) or ("cpu",),
         all_paths=bool(get("all_paths")),
+        dispatch=_names(get("dispatch")) or ("native",),
         require=bool(get("require")),
         max_examples=get("max_examples"),
         case_dir=start / get("case_dir"),

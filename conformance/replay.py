@@ -4,8 +4,11 @@ This is the command a framework maintainer runs from a bug report, on a file a s
 file is data and nothing else: it is validated field by field (:mod:`~backprop_conformance.conformance.cases`),
 and the adapter it names is used only when that name is a built-in adapter or an installed plug-in's.
 Anything else -- a ``module:Attribute``, which importing would execute -- must be passed by the user,
-knowingly, with ``--backend``. Exit status: 0 when every replay passes, 1 when one fails (the
-framework's verdict), 2 for anything wrong with the request or the file.
+knowingly, with ``--backend``. A case found at a forced dispatch level is replayed at that level when the
+adapter offers it on this CPU, and every difference between the recorded dispatch configuration and the
+one the replay runs with is printed: the same numbers can fail on one CPU and pass on another. Exit
+status: 0 when every replay passes, 1 when one fails (the framework's verdict), 2 for anything wrong
+with the request or the file.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import shlex
 from collections.abc import Sequence
 from typing import TextIO
 
-from backprop_conformance.adapters.base import AdapterError
+from backprop_conformance.adapters import dispatch
+from backprop_conformance.adapters.at_level import AtLevel
+from backprop_conformance.adapters.base import Adapter, AdapterError
 from backprop_conformance.adapters.registry import known_specs
 from backprop_conformance.conformance import cases
 from backprop_conformance.conformance.cells import Cell, SelectionError, load_backends
@@ -83,9 +88,20 @@ def replay(
                 return USAGE
         problem = case.problem if want_dtype == case.cell.dtype else Problem.rounded(case.problem.network, case.problem.batch, want_dtype)
         for path in chosen:
-            cell = Cell(caps.name, path, want_dtype, want_device)
+            adapter: Adapter = backend.adapter
+            level = next((lv for lv in caps.levels_of(path) if lv.name == case.cell.level and want_device == "cpu"), None)
+            if level is not None:
+                adapter = AtLevel(backend.adapter, backend.spec.target, level)
+            elif case.cell.level is not None:
+                print(
+                    f"note: recorded at dispatch level {case.cell.level}, which {caps.name} does not offer "
+                    f"for {path} on this CPU: replayed at the native level",
+                    file=out,
+                )
+            cell = Cell(caps.name, path, want_dtype, want_device, None if level is None else level.name)
+            _compare_dispatch(case, adapter, path, out)
             try:
-                output = backend.adapter.compute(problem.network, problem.batch, dtype=want_dtype, path=path, device=want_device)
+                output = adapter.compute(problem.network, problem.batch, dtype=want_dtype, path=path, device=want_device)
             except Exception as exc:  # the adapter is the code on trial: what it raises is its verdict
                 print(f"FAIL {cell.id}: the adapter raised {type(exc).__name__}: {exc}", file=out)
                 status = max(status, FAILED)
@@ -99,3 +115,21 @@ def replay(
             print(("PASS " if verdict.passed else "FAIL ") + verdict.message(), file=out)
             status = max(status, PASSED if verdict.passed else FAILED)
     return status
+
+
+def _compare_dispatch(case: cases.Case, adapter: Adapter, path: str, out: TextIO) -> None:
+    """Print what differs between the case's recorded dispatch configuration and the one this replay runs with."""
+    if not case.dispatch:
+        return
+    try:
+        current = {**dispatch.machine(), **adapter.dispatch(path)}
+    except Exception as exc:  # the replay itself meets the same error and reports it as the verdict
+        print(f"note: the current dispatch configuration is unknown ({type(exc).__name__}: {exc})", file=out)
+        return
+    differences = dispatch.differences(case.dispatch, current)
+    if differences:
+        print("note: the dispatch configuration differs from the recorded one (other kernels may run): " + "; ".join(differences), file=out)
+    else:
+        print(
+            "dispatch configuration as recorded: " + dispatch.describe({k: v for k, v in current.items() if k in case.dispatch}), file=out
+        )

@@ -31,7 +31,9 @@ from backprop_conformance.conformance.outputs import write_atomically
 SCHEMA = "backprop-conformance/report/2"
 """The report format's name and version; bumped on any change a reader of the previous version would
 misread. Version 2 added each cell's status, contract outcome and exception count, so that a cell whose
-contract failed can no longer look like a passing one."""
+contract failed can no longer look like a passing one. The dispatch configuration (the report's
+``dispatch`` and each cell's ``level`` and ``dispatch``) was added later without a bump: a reader that
+ignores it misreads nothing, and a report written before it is read with none recorded."""
 
 NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 """How JSON carries the floats it has no literal for (JSON's grammar has no Infinity or NaN)."""
@@ -111,6 +113,8 @@ class CellResult:
     replay: str | None = None
     problems: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    level: str | None = None
+    dispatch: dict[str, str] = field(default_factory=dict)
 
     def add_example(self, ratio: float, depth: int, max_abs_z: float, failed: bool) -> None:
         """Count one example tried (not a shrinking replay) with its worst ratio and features."""
@@ -141,6 +145,7 @@ class CellResult:
         self.replay = self.replay or other.replay
         self.problems += [p for p in other.problems if p not in self.problems]
         self.add_time(other.timing)
+        self.dispatch = self.dispatch or dict(other.dispatch)
 
     @property
     def worst(self) -> float | None:
@@ -169,6 +174,8 @@ class CellResult:
             "path": self.path,
             "dtype": self.dtype,
             "device": self.device,
+            "level": self.level,
+            "dispatch": dict(self.dispatch),
             "status": self.status,
             "contract": self.contract,
             "examples": self.examples,
@@ -227,6 +234,7 @@ class CellResult:
         for key, value in timing.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ReportError(f"{where}.timing.{key}: expected a number of seconds, got {value!r}")
+        level = fields.optional("level", (str, type(None)), None)
         return cls(
             id=fields.text("id"),
             backend=fields.text("backend"),
@@ -247,6 +255,8 @@ class CellResult:
             replay=fields.get("replay", (str, type(None))),
             problems=fields.texts("problems"),
             timing={str(k): float(v) for k, v in timing.items()},
+            level=level,
+            dispatch=fields.configuration("dispatch"),
         )
 
 
@@ -308,6 +318,17 @@ class _Fields:
         if value not in valid:
             raise ReportError(f"{self.where}: field {name!r} is {value!r}; expected one of {', '.join(map(repr, valid))}")
         return value
+
+    def optional(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        """A field added after its schema version was first written: ``default`` when absent, else checked as :meth:`get`."""
+        return self.get(name, kind) if name in self.entry else default
+
+    def configuration(self, name: str) -> dict[str, str]:
+        """A dispatch configuration (an object of strings), optional: reports written before it was recorded lack it."""
+        value = self.optional(name, dict, {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ReportError(f"{self.where}: field {name!r} must be an object of strings (a dispatch configuration)")
+        return dict(value)
 
     def texts(self, name: str) -> list[str]:
         values = self.get(name, list)
@@ -387,6 +408,9 @@ class Report:
     timing: Mapping[str, float] = field(default_factory=dict)
     baseline: Mapping[str, Any] | None = None
     source: str = "this run"
+    dispatch: Mapping[str, str] = field(default_factory=dict)
+    """The machine's part of the dispatch configuration (:func:`~backprop_conformance.adapters.dispatch.machine`);
+    each cell's ``dispatch`` adds its framework's."""
 
     def cell(self, cell_id: str) -> CellResult | None:
         return next((c for c in self.cells if c.id == cell_id), None)
@@ -404,6 +428,7 @@ class Report:
             "command": dict(self.command),
             "suite": dict(self.suite),
             "environment": dict(self.environment),
+            "dispatch": dict(self.dispatch),
             "hypothesis": dict(self.hypothesis),
             "backends": [b.to_json() for b in self.backends],
             "skipped_backends": [b.to_json() for b in self.skipped_backends],
@@ -446,6 +471,7 @@ class Report:
             timing={str(k): float(v) for k, v in timing.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
             baseline=baseline,
             source=source,
+            dispatch=fields.configuration("dispatch"),
         )
 
 

@@ -40,11 +40,13 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from backprop_conformance.adapters.base import AdapterError
+from backprop_conformance.adapters import dispatch
+from backprop_conformance.adapters.at_level import AtLevel
+from backprop_conformance.adapters.base import AdapterError, Capabilities
 from backprop_conformance.adapters.selfcheck import check_contract
 from backprop_conformance.conformance import baseline as baselines
 from backprop_conformance.conformance import cases, fidelity, known_defects, options, outputs, provenance, report, timing
-from backprop_conformance.conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
+from backprop_conformance.conformance.cells import EVERY_LEVEL, NATIVE, Backend, Cell, SelectionError, load_backends, select_cells
 from backprop_conformance.conformance.github_annotations import on_github_actions, workflow_commands
 from backprop_conformance.conformance.markdown_summary import markdown
 from backprop_conformance.conformance.problems import Problem, contract_problem
@@ -114,6 +116,8 @@ class ConformanceSession:
         self.baseline: Report | None = None
         self.report: Report | None = None
         self.finished: list[str] = []
+        self.at_level: dict[tuple[str, str], Backend] = {}
+        self.configurations: dict[tuple[str, str, str | None], dict[str, str]] = {}
 
     # Start-up: everything that can be wrong with the options is found here, before the first test.
 
@@ -127,7 +131,7 @@ class ConformanceSession:
             with timing.timed("framework"):  # importing the frameworks is the frameworks' time, not the harness's
                 self.backends = load_backends(self.options.backends)
             opts = self.options
-            self.cells, self.empty = select_cells(self.backends, opts.paths, opts.dtypes, opts.devices, opts.all_paths)
+            self.cells, self.empty = select_cells(self.backends, opts.paths, opts.dtypes, opts.devices, opts.all_paths, opts.dispatch)
             self.defects = known_defects.load_all(opts.known_defects)
             loaded = {b.name: b.capabilities for b in self.backends if b.capabilities is not None}
             tests = {**dict.fromkeys(CONFORMANCE_TESTS, ()), **fidelity.FIDELITY_TESTS}
@@ -150,7 +154,7 @@ class ConformanceSession:
         self.profile = settings.get_current_profile_name()
         self._load_profile()
         self.limits = LIMITS_BY_PROFILE.get(self.profile, DEFAULT_LIMITS)
-        self.results = {c.id: CellResult(c.id, c.backend, c.path, c.dtype, c.device) for c in self.cells}
+        self.results = {c.id: CellResult(c.id, c.backend, c.path, c.dtype, c.device, level=c.level) for c in self.cells}
         self.outcomes = {c.id: _Outcome() for c in self.cells}
         # Every test item the table makes, by name: known here, not at collection, because under xdist the
         # controller, which merges the results, never collects.
@@ -214,7 +218,32 @@ class ConformanceSession:
             )
 
     def backend(self, cell: Cell) -> Backend:
-        return next(b for b in self.backends if b.capabilities is not None and b.name == cell.backend)
+        """The loaded backend that tests ``cell``: the adapter itself, or, for a cell at a forced dispatch level, the
+        adapter hosted in that level's worker process (:class:`~backprop_conformance.adapters.at_level.AtLevel`), one per
+        (backend, level), created on first use without starting anything."""
+        native = next(b for b in self.backends if b.capabilities is not None and b.name == cell.backend)
+        if cell.level is None:
+            return native
+        key = (cell.backend, cell.level)
+        if key not in self.at_level:
+            assert native.adapter is not None and native.capabilities is not None
+            level = next(lv for lv in native.capabilities.levels_of(cell.path) if lv.name == cell.level)
+            cache = None if self.options.cache_dir is None else self.options.cache_dir / native.name
+            self.at_level[key] = Backend(native.spec, AtLevel(native.adapter, native.spec.target, level, cache))
+        return self.at_level[key]
+
+    def configuration(self, cell: Cell) -> dict[str, str]:
+        """The dispatch configuration ``cell`` runs with: the machine's, and what its framework reports for its path and
+        level (:meth:`~backprop_conformance.adapters.base.Adapter.dispatch`), asked once per (backend, path, level).
+
+        Asked of the framework as the cell's first test starts, in the process (or level worker) that computes it: a
+        framework decides its kernels when it starts, and only it can say what it decided.
+        """
+        key = (cell.backend, cell.path, cell.level)
+        if key not in self.configurations:
+            with timing.timed("framework"):
+                self.configurations[key] = dispatch.configuration(self.backend(cell).adapter, cell.path)
+        return self.configurations[key]
 
     # Collection: one test per cell (and per fidelity case), known defects as strict xfails.
 
@@ -224,7 +253,10 @@ class ConformanceSession:
         lines = [
             f"backprop-conformance {provenance.suite_version()}: hypothesis profile {self.profile}, "
             f"max_examples={current.max_examples}{overridden}, "
-            + ("steering toward the worst ratio with target()" if steers(current) else f"no target() steering (from {STEER_FROM} examples)")
+            + (
+                "steering toward the worst ratio with target()" if steers(current) else f"no target() steering (from {STEER_FROM} examples)"
+            ),
+            "  dispatch: " + dispatch.describe(dispatch.machine()),
         ]
         for backend in self.backends:
             caps = backend.capabilities
@@ -237,6 +269,7 @@ class ConformanceSession:
                 + (f" (opt-in: {', '.join(opt_in)})" if opt_in else "")
                 + f"; dtypes {', '.join(caps.dtypes)}; accumulation {caps.describe_accumulation()}"
                 + "".join(f"; {path} {count} ranks" for path, count in caps.ranks.items())
+                + _describe_levels(caps, self.options.dispatch)
             )
         lines += [f"  note: {note}" for note in self.notes]
         return lines
@@ -267,11 +300,31 @@ class ConformanceSession:
                 f"{name} takes a cell but is neither a conformance test nor listed in conformance.fidelity.FIDELITY_TESTS"
             )
 
-    def _known_defect(self, test: str, cell: Cell, case: str | None) -> list[pytest.MarkDecorator]:
+    def _known_defect(
+        self, test: str, cell: Cell, case: str | None, configuration: dict[str, str] | None = None
+    ) -> list[pytest.MarkDecorator]:
+        """The strict xfail of the first known-defect entry covering the test; entries limited to dispatch configurations
+        are considered once ``configuration`` is known (:meth:`pytest_runtest_setup`)."""
         caps = self.backend(cell).capabilities
         assert caps is not None
-        defect = known_defects.find(self.defects, test, cell.backend, caps.version, cell.path, cell.dtype, case)
+        defect = known_defects.find(self.defects, test, cell.backend, caps.version, cell.path, cell.dtype, case, configuration)
         return [pytest.mark.xfail(strict=True, reason=defect.reason)] if defect else []
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Before each test of the suite: its cell's dispatch configuration, and the known defects that depend on it.
+
+        First among the setup hooks, so that an xfail added here is the one pytest's own xfail handling evaluates.
+        """
+        known = self.items.get(item_key(item.nodeid))
+        callspec = getattr(item, "callspec", None)
+        if known is None or callspec is None or not isinstance(callspec.params.get("cell"), Cell):
+            return
+        cell: Cell = callspec.params["cell"]
+        configuration = self.configuration(cell)
+        if item.get_closest_marker("xfail") is None:
+            for mark in self._known_defect(known[1], cell, callspec.params.get("fidelity_case"), configuration):
+                item.add_marker(mark)
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         self._by_backend_compiled_last(items)
@@ -386,6 +439,10 @@ class ConformanceSession:
             return rep
         wall, seconds = item.stash.get(TIME_KEY, (0.0, {}))
         data: dict[str, Any] = {"wall": wall, "seconds": seconds}
+        callspec = getattr(item, "callspec", None)
+        cell = callspec.params.get("cell") if callspec is not None else None
+        if isinstance(cell, Cell) and (cell.backend, cell.path, cell.level) in self.configurations:
+            data["dispatch"] = self.configurations[(cell.backend, cell.path, cell.level)]
         trial = item.stash.get(TRIAL_KEY, None)
         if trial is not None:
             trial.result.add_time({"wall": wall, **seconds})
@@ -398,9 +455,11 @@ class ConformanceSession:
     def _write_reproducers(self, trial: CellTrial, rep: pytest.TestReport) -> None:
         caps = trial.backend.capabilities
         assert caps is not None
-        environment = {name: os.environ.get(name) for name in caps.environment}
+        forced = trial.backend.adapter.level.environment if isinstance(trial.backend.adapter, AtLevel) else {}
+        environment = {name: forced.get(name, os.environ.get(name)) for name in [*caps.environment, *forced]}
+        configuration = self.configurations.get((trial.cell.backend, trial.cell.path, trial.cell.level), dispatch.machine())
         try:
-            written = trial.write_cases(self.options.case_dir, environment)
+            written = trial.write_cases(self.options.case_dir, environment, configuration)
         except OSError as exc:
             trial.result.problems.append(f"could not write the case files to {self.options.case_dir}: {exc}")
             return
@@ -435,6 +494,8 @@ class ConformanceSession:
             self._add_time(data)
             if "result" in data:
                 self.results[cell_id].merge(CellResult.from_json({**data["result"]}, f"the report of {report.nodeid}"))
+            if data.get("dispatch") and not self.results[cell_id].dispatch:
+                self.results[cell_id].dispatch = dict(data["dispatch"])
         if report.when not in ("call", "???") and not report.failed:
             return
         result = _outcome_of(report, crashed=data is None)
@@ -483,7 +544,7 @@ class ConformanceSession:
                 self.notes.append(f"{cell.id}: the adapter's prepare() raised {type(exc).__name__}: {exc}")
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        for backend in self.backends:
+        for backend in [*self.backends, *self.at_level.values()]:
             if backend.adapter is not None:
                 try:
                     backend.adapter.finish()
@@ -578,6 +639,7 @@ class ConformanceSession:
             },
             suite=provenance.suite(),
             environment=provenance.environment(),
+            dispatch=dispatch.machine(),
             hypothesis=provenance.hypothesis_settings(self.profile, self.config.getoption("hypothesis_seed", None)),
             notes=list(self.notes),
             timing=run_timing,
@@ -630,8 +692,24 @@ def _relative(path: Path, start: Path) -> str:
         return str(path)
 
 
+def _describe_levels(caps: Capabilities, requested: Sequence[str]) -> str:
+    """The header's note of a backend's dispatch levels: which run in this session, or how to run them."""
+    names = list(dict.fromkeys(level.name for levels in caps.levels.values() for level in levels))
+    if not names:
+        return ""
+    chosen = [n for n in names if EVERY_LEVEL in requested or n in requested]
+    if chosen:
+        return f"; dispatch levels {', '.join(chosen)}" + (f" and {NATIVE}" if NATIVE in requested else "")
+    return f"; dispatch {NATIVE} (levels {', '.join(names)}: {options.PREFIX}dispatch)"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
+
+
+def _cells(ids: Sequence[str]) -> str:
+    """Cell ids in a line; beyond four, the first three and how many more."""
+    return ", ".join(ids) if len(ids) <= 4 else f"{', '.join(ids[:3])} and {len(ids) - 3} more"
 
 
 def _write_matrix(tr: pytest.TerminalReporter, rep: Report, case_dir: Path) -> None:
@@ -655,6 +733,14 @@ def _write_matrix(tr: pytest.TerminalReporter, rep: Report, case_dir: Path) -> N
             )
     for b in rep.skipped_backends:
         tr.write_line(f"{b.name:<{width}} {b.reason}")
+    machine = set(rep.dispatch)
+    groups: dict[str, list[str]] = {}
+    for c in rep.cells:
+        own = {k: v for k, v in c.dispatch.items() if k not in machine}
+        if own:
+            groups.setdefault(dispatch.describe(own), []).append(c.id)
+    for described, ids in groups.items():
+        tr.write_line(f"dispatch: {described}: {_cells(ids)}")
     for note in rep.notes:
         tr.write_line(f"note: {note}")
     counts = rep.counts

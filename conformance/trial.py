@@ -16,6 +16,7 @@ error/bound ratio), and both become case files.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class CellTrial:
         self.adapter = backend.adapter
         self.cell = cell
         self.precision = backend.capabilities.precision(cell.dtype, cell.path)
-        self.result = CellResult(cell.id, cell.backend, cell.path, cell.dtype, cell.device)
+        self.result = CellResult(cell.id, cell.backend, cell.path, cell.dtype, cell.device, level=cell.level)
         self.shrunk: FailingExample | None = None
         self.worst: FailingExample | None = None
 
@@ -142,8 +143,9 @@ class CellTrial:
         if self.worst is None or example.ratio > self.worst.ratio:
             self.worst = example
 
-    def write_cases(self, directory: Path, environment: dict[str, str | None]) -> list[Path]:
-        """Write the shrunk and the worst failing example as case files (one file when they are the same)."""
+    def write_cases(self, directory: Path, environment: dict[str, str | None], configuration: Mapping[str, str]) -> list[Path]:
+        """Write the shrunk and the worst failing example as case files (one file when they are the same), with the
+        environment and dispatch configuration they failed in."""
         caps = self.backend.capabilities
         assert caps is not None
         versions = provenance.versions(caps.framework, caps.version)
@@ -151,7 +153,9 @@ class CellTrial:
         for kind, example in (("shrunk", self.shrunk), ("worst", self.worst)):
             if example is None or (kind == "worst" and example is self.shrunk):
                 continue
-            case = cases.Case(example.problem, self.cell, self.backend.spec.requested_as, versions, example.message, environment, kind)
+            case = cases.Case(
+                example.problem, self.cell, self.backend.spec.requested_as, versions, example.message, environment, kind, configuration
+            )
             written.append(cases.write(case, directory))
         self.result.case_files += [str(p) for p in written if str(p) not in self.result.case_files]
         return written

@@ -65,6 +65,7 @@ class _DdpMutant(TorchAdapter):
             shape_compiled_paths=(),
             accumulation={},
             ranks={"ddp": caps.ranks_of("ddp")},
+            levels={"ddp": caps.levels_of("ddp")},
         )
 
 

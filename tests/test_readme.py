@@ -30,6 +30,17 @@ def test_ci_runs_the_readme_commands_verbatim() -> None:
         assert command in ci, f"{command!r} is in README.md but not in .ci/run"
 
 
+def test_ci_runs_the_dispatch_level_command_the_readme_shows() -> None:
+    """README shows, after the quick start, the run across every dispatch level that CI adds; CI must run exactly it."""
+    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [
+        c for block in re.findall(r"```sh\n(.*?)```", section, re.S)[1:] for c in block.splitlines() if "--conformance-dispatch" in c
+    ]
+    assert commands == ["python -m pytest conformance --conformance-require --conformance-dispatch all"]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[0] in ci
+
+
 def test_constraints_pin_the_frameworks() -> None:
     pins = (ROOT / "constraints" / "ci.txt").read_text()
     assert re.search(r"^torch==2\.13\.0$", pins, re.M), "torch must be pinned to the CPU build on this machine's disk"

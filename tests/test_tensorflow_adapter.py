@@ -221,19 +221,47 @@ def test_float16_products_accumulate_in_float32_and_sums_in_float16() -> None:
     assert sums_differ > 0
 
 
-def test_bfloat16_products_are_truncated() -> None:
-    """bfloat16 MatMul (eager) returns the float32-accumulated sum truncated, not rounded, to bfloat16 (see ACCUMULATION)."""
-    rng = np.random.default_rng(8)
-    rounded_differently = 0
-    for _ in range(50):
-        x = np.asarray(_back(_tensor(rng.standard_normal(7).astype(np.float32), "bfloat16")))
-        y = np.asarray(_back(_tensor(rng.standard_normal(7).astype(np.float32), "bfloat16")))
-        got = _back(tf.matmul(_tensor(x[None, :], "bfloat16"), _tensor(y[:, None], "bfloat16")))[0, 0]
-        exact32 = np.array([math.fsum(x * y)], dtype=np.float32)
-        truncated = float((exact32.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)[0])
-        assert got == truncated
-        rounded_differently += got != _round("bfloat16", float(exact32[0]))
-    assert rounded_differently > 0
+BFLOAT16_PRODUCTS = """
+import math, sys
+import numpy as np
+import tensorflow as tf
+from backprop_conformance.adapters.dispatch import tensorflow_configuration
+
+rng = np.random.default_rng(8)
+truncated = rounded = 0
+trials = 60
+for _ in range(trials):
+    k = int(rng.choice([1, 7, 33]))
+    x, y = (tf.cast(tf.constant(rng.standard_normal(k), tf.float32), tf.bfloat16) for _ in range(2))
+    got = float(tf.cast(tf.matmul(x[None, :], y[:, None]), tf.float32)[0, 0])
+    exact32 = np.array([math.fsum(np.asarray(tf.cast(x, tf.float64)) * np.asarray(tf.cast(y, tf.float64)))], dtype=np.float32)
+    truncated += got == float((exact32.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)[0])
+    rounded += got == float(tf.cast(tf.cast(tf.constant(exact32), tf.bfloat16), tf.float32)[0])
+print(tensorflow_configuration()["tensorflow.onednn"], truncated, rounded, trials)
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_bfloat16_products_are_truncated_by_eigen_and_rounded_by_onednn(onednn: str) -> None:
+    """bfloat16 MatMul (eager) accumulates in float32, then Eigen's kernel (oneDNN off) *truncates* the sum to bfloat16
+    and oneDNN's (on) rounds it to nearest: both are within the 2u the bound allows a product's result (ACCUMULATION).
+
+    Which one a user gets depends on the CPU (TensorFlow turns oneDNN on by itself on AVX-512 VNNI or BF16 CPUs), so both
+    are checked, each in a process of its own (TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, at start-up).
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", BFLOAT16_PRODUCTS], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state, truncated, rounded, trials = done.stdout.split()[-4:]
+    assert state == {"0": "off", "1": "on"}[onednn]
+    if state == "off":
+        assert int(truncated) == int(trials) and int(rounded) < int(trials), done.stdout
+    else:
+        assert int(rounded) == int(trials) and int(truncated) < int(trials), done.stdout
 
 
 # --- process-wide settings -------------------------------------------------------------------------------------
