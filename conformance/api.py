@@ -1,7 +1,7 @@
 """The suite as two functions, for people who call it from their own tests instead of running it.
 
 * :func:`check_adapter` puts an adapter through the same property check as ``pytest conformance`` --
-  the contract, then hypothesis-generated networks judged against the reference within the error bound
+  the contract, then generated and covering networks judged against the reference within the error bound
   -- outside pytest, in any test runner, and returns the same per-cell results and case files.
 * :func:`check_gradients` judges one computation given as a plain function, like
   ``torch.autograd.gradcheck``, against the analytic reference instead of finite differences, and
@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
-from hypothesis import seed as hypothesis_seed
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from backprop_conformance.adapters import dispatch
@@ -31,8 +30,8 @@ from backprop_conformance.adapters.selfcheck import check_contract
 from backprop_conformance.conformance.cells import Backend, Cell, select_cells
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import CellResult
-from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, problems
-from backprop_conformance.conformance.trial import AdapterRaised, CellTrial, steer
+from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, covering, problems
+from backprop_conformance.conformance.trial import AdapterRaised, CellTrial, check_cell
 from backprop_conformance.conformance.verdict import Verdict, judge
 from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to
 from backprop_conformance.reference.model import Batch, Gradients, Network
@@ -101,8 +100,9 @@ def check_adapter(
     """Check ``adapter`` (an instance, a class, or a name as ``--conformance-backend`` takes it) cell by cell.
 
     ``paths`` defaults to the adapter's default paths and ``dtypes`` to all it declares. Each cell gets
-    the contract check, then ``max_examples`` hypothesis-generated networks (derandomized, so a rerun
-    draws the same ones, unless ``seed`` picks another sequence). A failing cell's shrunk and worst
+    the contract check, then ``max_examples`` networks: hypothesis-generated ones (derandomized, so a rerun
+    draws the same ones, unless ``seed`` picks another sequence), then the covering design's, as in the
+    suite (:func:`~backprop_conformance.conformance.trial.check_cell`). A failing cell's shrunk and worst
     examples are written as case files under ``case_dir``. With ``raise_on_failure``,
     :class:`ConformanceFailure` is raised with every failure's text, which makes this one call usable
     as a test in any runner.
@@ -153,19 +153,16 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
         suppress_health_check=[HealthCheck.too_slow],
     )
 
-    @running
-    @given(data=st.data())
-    def property_(data: st.DataObject) -> None:
-        verdict = trial.run(data.draw(problems(cell.dtype, DEFAULT_LIMITS, pooled=pooled), label="problem"))
-        steer(verdict.worst_ratio, running)
-        if not verdict.passed:
-            raise ConformanceFailure(verdict.message())
+    def fail(message: str) -> None:
+        raise ConformanceFailure(message)
 
-    if seed is not None:
-        property_ = hypothesis_seed(seed)(property_)
+    def draw(data: st.DataObject) -> Problem:
+        return data.draw(problems(cell.dtype, DEFAULT_LIMITS, pooled=pooled), label="problem")
+
+    designed = covering(cell.dtype, DEFAULT_LIMITS.pool if pooled else DEFAULT_LIMITS.covering)
     failure = ""
     try:
-        property_()
+        check_cell(cell.id, trial.run, draw, running, designed, fail, seed=seed)
     except (ConformanceFailure, AdapterRaised) as exc:
         failure = str(exc).split("\nFalsifying example", 1)[0]
     trial.result.status = "failed" if failure or trial.result.failures or trial.result.exceptions else "passed"

@@ -9,12 +9,13 @@ or a bug.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from backprop_conformance.reference.dtypes import float_format, round_to
+from backprop_conformance.reference.error_bound import ErrorBounds, Precision, tolerance
 from backprop_conformance.reference.model import Batch, Network
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
@@ -26,6 +27,8 @@ class Problem:
     network: Network
     batch: Batch
     dtype: str
+    shared: bool = field(default=False, compare=False)
+    """Whether this problem is judged in many cells (a covering design's): its tolerances are then kept per precision."""
 
     @classmethod
     def rounded(cls, network: Network, batch: Batch, dtype: str) -> Problem:
@@ -41,6 +44,26 @@ class Problem:
     def trace(self) -> BackpropTrace:
         """The float64 reference at this exact point (computed once, shared by verdict and diagnosis)."""
         return backprop(self.network, self.batch)
+
+    @cached_property
+    def _tolerances(self) -> dict[tuple[float | int, ...], ErrorBounds]:
+        return {}
+
+    def tolerance(self, framework: Precision) -> ErrorBounds:
+        """The verdict's tolerance at this point for a framework of precision ``framework``.
+
+        A :attr:`shared` problem -- a covering design's, the same object in every cell of a format
+        (:func:`~backprop_conformance.conformance.strategies.covering`) -- computes it once per precision, so that cells
+        whose frameworks round alike (torch's three paths, JAX) share the bound instead of computing it again: two
+        precisions with equal constants give equal bounds (:meth:`~backprop_conformance.reference.error_bound.Precision.constants`).
+        Any other problem is judged once, and computes it afresh.
+        """
+        if not self.shared:
+            return tolerance(self.network, self.batch, self.trace, framework)
+        key = framework.constants()
+        if key not in self._tolerances:
+            self._tolerances[key] = tolerance(self.network, self.batch, self.trace, framework)
+        return self._tolerances[key]
 
     @property
     def max_abs_z(self) -> float:

@@ -51,8 +51,8 @@ from backprop_conformance.conformance.github_annotations import on_github_action
 from backprop_conformance.conformance.markdown_summary import markdown
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import BackendEntry, CellResult, Report
-from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, LARGE_LIMITS, THOROUGH_LIMITS, Limits, problems
-from backprop_conformance.conformance.trial import STEER_FROM, CellTrial, steers
+from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, LARGE_LIMITS, THOROUGH_LIMITS, Limits, covering, problems
+from backprop_conformance.conformance.trial import STEER_FROM, CellTrial, check_cell, steers
 from backprop_conformance.conformance.verdict import Verdict, judge_exactness
 
 LIMITS_BY_PROFILE = {"large": LARGE_LIMITS, "thorough": THOROUGH_LIMITS}
@@ -402,7 +402,35 @@ class ConformanceSession:
         if not verdict.passed:
             raise AssertionError(verdict.message())
 
-    def run_example(self, item: pytest.Item, cell: Cell, problem: Problem) -> Verdict:
+    def check_gradients(self, item: pytest.Item, cell: Cell) -> None:
+        """The conformance property of ``cell`` (``test_gradients``): hypothesis' generated examples, then the covering design.
+
+        A path that draws its shapes freely runs the design of :attr:`Limits.covering`, one that compiles per shape its
+        pool, each shape once (:func:`~backprop_conformance.conformance.trial.check_cell`); together with the generated
+        ones, the run's profile's number of examples. Limits without a design (the ``large`` profile, whose point is
+        size) run generated examples only.
+        """
+        __tracebackhide__ = True
+        caps = self.backend(cell).capabilities
+        assert caps is not None
+        pooled = cell.path in caps.shape_compiled_paths
+        with timing.timed("generation"):
+            shapes = self.limits.pool if pooled and self.limits.covering else self.limits.covering
+            designed = covering(cell.dtype, shapes)
+
+        def fail(message: str) -> None:
+            raise AssertionError(message)  # the message alone: no introspection of the Verdict object
+
+        check_cell(
+            cell.id,
+            lambda problem: self.run_example(item, cell, problem),
+            lambda data: self.draw(data, cell),
+            settings.default,
+            designed,
+            fail,
+        )
+
+    def run_example(self, item: pytest.Item, cell: Cell, problem: Problem) -> Verdict | None:
         """Run, judge and record one example of ``cell`` in ``item``'s trial; a timeout ends the test at once."""
         trial = item.stash.get(TRIAL_KEY, None)
         if trial is None:

@@ -19,7 +19,9 @@ The corners the strategies reach, and why each matters:
 * widths from 1 to 96 and batches from 1 to 24, steered to the sizes where kernels change code paths
   (:data:`BLOCKS`: both sides of multiples of 4, 8, 16 and 64, every remainder, more than one 32- or
   64-wide block), with width-1 layers and equal adjacent widths (a transposed square weight gradient has
-  the right shape and is only caught when the layer is square);
+  the right shape and is only caught when the layer is square). Drawn shapes reach a kernel's classes by
+  chance; every cell also runs a covering design (:func:`covering`, :mod:`~backprop_conformance.conformance.coverage`)
+  that reaches every class of every role by construction, batches and widths up to 192 included;
 * batch 1, and odd and even batches above 12 (a gradient taken from one example only, a mean instead of
   a sum, an odd tail dropped);
 * weight and bias scales up to saturation: |z| beyond 40 in float32 and beyond 800 in float64, where
@@ -37,6 +39,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from backprop_conformance.conformance import coverage
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.timing import timed
 from backprop_conformance.reference.dtypes import float_format, round_to
@@ -46,7 +49,8 @@ from backprop_conformance.reference.vectorized import activation, weighted_input
 
 @dataclass(frozen=True)
 class Limits:
-    """The largest network the strategies generate, and the pool of shapes most examples take.
+    """The largest network the strategies generate, the pool of shapes most examples of a compiling path take, and the
+    covering design every path runs first.
 
     The default limits are the design card's corners; the ``large`` hypothesis profile selects
     :data:`LARGE_LIMITS`, which stress memory and time rather than numerics.
@@ -57,6 +61,10 @@ class Limits:
     max_batch: int
     pool: tuple[tuple[tuple[int, ...], int], ...]
     free_odds: int | None = None
+    covering: tuple[tuple[tuple[int, ...], int], ...] = ()
+    """The shapes a path that draws its shapes freely runs first, each once (:data:`~backprop_conformance.conformance.coverage.COVERING`):
+    every class of every role a kernel gives a dimension, reached in the first examples of every cell. A path that
+    compiles per shape runs its :attr:`pool` that way instead. Empty: no covering phase (the ``large`` profile)."""
     """On a path that compiles per shape, about one example in this many draws its shape freely from the full
     limits instead of from the pool (:func:`_coin`); None keeps those paths on the pool, which covers every
     shape class, so that a run pays a bounded number of compilations. Each free shape on a compiling path costs
@@ -82,36 +90,25 @@ tiles of 32 and 64. A dimension that is not a multiple of its kernel's block run
 that exceeds a block runs a second one. Bugs live there: a remainder loop that drops its last lane, a
 second tile that is never visited, a batch whose odd tail is lost."""
 
-SHAPE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
-    ((1, 1), 1),
-    ((2, 2), 3),
-    ((3, 5, 4), 5),
-    ((3, 3, 3, 3, 3, 3, 3), 4),
-    ((2, 5, 1, 5, 2, 5, 1, 3), 6),
-    ((5, 5, 5, 5, 5), 9),
-    ((7, 9, 8, 2), 8),
-    ((4, 4, 4, 4, 4, 4, 4, 4), 24),
-    ((1, 64, 64), 2),
-    ((15, 17, 16), 17),
-    ((23, 31, 5), 13),
-    ((55, 20, 71, 7, 7), 7),
-    ((33, 40, 6), 14),
-    ((47, 12, 39, 1), 21),
-    ((63, 65, 3), 15),
-    ((96, 72, 96), 16),
+POOL_SIZE = 48
+"""How many shapes a path that compiles per shape draws from: a run pays one compilation per shape and dtype."""
+
+SHAPE_POOL: tuple[tuple[tuple[int, ...], int], ...] = coverage.pool_design(
+    POOL_SIZE, coverage.dense_design() + coverage.COVERING, coverage.reachable(8, coverage.LARGEST, coverage.LARGEST)
 )
-"""Architectures (widths, batch size) for the paths that compile per shape, covering the shape classes
-of :data:`BLOCKS` and every corner of the default limits: widths and batch sizes on both sides of 4, 8,
-16 and 64 (3 5 4, 7 9 8, 15 17 16, 63 65), every remainder of 8 that a fan-in ≥ 15 can have among the
-fan-ins (15 23 31 39 47 55 63 ≡ 7 mod 8; 9 17 33 65 ≡ 1), more than one 32-wide block (33, 40) and
-more than one 64-wide block (65, 71, 72, 96); batches 1, odd and even above 12 (13 14 15 16 17 21 24);
-width-1 layers; square layers (2, 5, 4, 3, 64, 96, 7, as a transposed square weight gradient keeps its
-shape); depth 2 and depth 5 to 8.
+"""The shapes of the paths that compile per shape: the classic corners (one neuron, two units, a deep square network),
+then the networks of the covering design and of :func:`~backprop_conformance.conformance.coverage.dense_design` that
+add the most classes of the roles a dimension plays in the kernels per second they cost
+(:func:`~backprop_conformance.conformance.coverage.pool_design`), cheapest first, so that a failure shrinks toward the
+smallest pooled network. They reach batches and widths in their third 64-wide block, every class modulo 4, 8 and 16
+of every role, and most of the larger moduli's; the batch, one per network, least (``python -m
+benchmarks.shape_coverage --classes`` prints how many of each role's classes).
 
 Why a pool: compiling frameworks pay per *shape*. ``jax.jit`` compiles each new (widths, batch) once,
 while a repeated shape runs in about a millisecond. Values, scales and targets are drawn fresh for every
 example either way; only the shape is reused, so the cost of a run is bounded by the pool instead of
-growing with the number of examples. Paths that do not compile per shape draw their shapes freely.
+growing with the number of examples. Paths that do not compile per shape draw their shapes freely, after the
+covering design.
 """
 
 LARGE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
@@ -124,8 +121,8 @@ LARGE_POOL: tuple[tuple[tuple[int, ...], int], ...] = (
 """The ``large`` profile's pool: each limit reached alone, and all of them at once (width 1024, depth 16,
 batch 512: 16.8 million parameters)."""
 
-DEFAULT_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POOL)
-THOROUGH_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POOL, free_odds=512)
+DEFAULT_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POOL, covering=coverage.COVERING)
+THOROUGH_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POOL, free_odds=512, covering=coverage.COVERING)
 """The ``thorough`` profile's: 2,000 examples per cell can afford compiling some shapes outside the pool too.
 
 How many: once hypothesis has drawn a free shape it mutates that example into others, so the free shapes of a
@@ -242,13 +239,64 @@ def _coin(draw: st.DrawFn, odds: int) -> bool:
 def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, pooled: bool = True) -> Problem:
     """A network and batch in ``dtype`` (held in float64, see :class:`Problem`); ``pooled`` for a path that compiles per shape."""
     float_format(dtype)
-    widths, batch_size = draw(shapes(limits, pooled))
+    shape = draw(shapes(limits, pooled))
     weight_scale = draw(_WEIGHT_SCALES, label="weight scale")
     bias_scale = draw(_BIAS_SCALES[dtype], label="bias scale")
     input_scale = draw(_INPUT_SCALES, label="input scale")
     targets = draw(_TARGET_KINDS, label="targets")
     seed = draw(_SEEDS, label="seed")
+    problem = build(dtype, shape, weight_scale, bias_scale, input_scale, targets, seed)
+    assume(_fits(problem))
+    return problem
 
+
+COVERING_RETRIES = 8
+"""Draws at unit scales a covering shape gets when its cycled scales overflow the format, before it is a design error."""
+
+
+@functools.cache
+def covering(dtype: str, shapes: tuple[tuple[tuple[int, ...], int], ...]) -> tuple[Problem, ...]:
+    """One problem per shape of a covering design, in ``dtype``: the examples a cell runs first (:attr:`Limits.covering`).
+
+    The shapes are the design's. The values are drawn as a generated example's are, from a generator seeded by the
+    example's position, at the scales and targets where a wrong kernel shows most: weights of scale 1 or 4/√n,
+    biases of 1 or 0.1, unit inputs, and uniform or binary targets, alternating. Not the saturating scales, nor
+    targets equal to (or within rounding of) the outputs, which hypothesis' draws reach: a covering example is
+    there to find a kernel that mishandles a size, and a saturated network or a zero residual makes every gradient
+    (nearly) zero, which a dropped lane or a skipped block leaves unchanged. Fixed seeds make the design the same
+    in every run (a failure of it is replayed from its case files, like any other). A draw that would overflow the
+    format is drawn again at unit scales (:data:`COVERING_RETRIES` times; a design whose shape cannot hold the
+    format's values at all is an error, which the project's tests check for every format). Cached per dtype and
+    design: every cell of a dtype runs the same problems, and the reference's trace of each is computed once.
+    """
+    made = []
+    for i, shape in enumerate(shapes):
+        problem = build(dtype, shape, (1.0, 4.0)[i % 2], (1.0, 0.1)[(i // 2) % 2], 1.0, ("uniform", "binary")[(i // 4) % 2], i, shared=True)
+        for retry in range(1, COVERING_RETRIES + 1):
+            if _fits(problem):
+                break
+            problem = build(dtype, shape, 1.0, 1.0, 1.0, "uniform", i + 1_000_000 * retry, shared=True)
+        else:
+            if not _fits(problem):
+                raise ValueError(f"the covering shape {shape} cannot hold a {dtype} problem within the format's range")
+        made.append(problem)
+    return tuple(made)
+
+
+def build(
+    dtype: str,
+    shape: tuple[tuple[int, ...], int],
+    weight_scale: float,
+    bias_scale: float,
+    input_scale: float,
+    targets: str,
+    seed: int,
+    *,
+    shared: bool = False,
+) -> Problem:
+    """The network and batch of one example, from its shape, scales, kind of targets and seed (see the module docstring);
+    ``shared`` for a problem judged in many cells (:attr:`Problem.shared`)."""
+    widths, batch_size = shape
     rng = np.random.default_rng(seed)
     weights = [
         _in_format(dtype, rng.standard_normal((widths[i + 1], widths[i])) * weight_scale / np.sqrt(widths[i]))
@@ -266,9 +314,7 @@ def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, poole
         y = outputs
     else:
         y = outputs * (1 + rng.standard_normal(outputs.shape) * 4 * float_format(dtype).u)
-    problem = Problem(Network.from_lists(weights, biases), Batch(x, _in_format(dtype, y)), dtype)
-    assume(_fits(problem))
-    return problem
+    return Problem(Network.from_lists(weights, biases), Batch(x, _in_format(dtype, y)), dtype, shared)
 
 
 def _in_format(dtype: str, values: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 from backprop_conformance.adapters.base import AdapterOutput
 from backprop_conformance.conformance.data_parallel import diagnose
 from backprop_conformance.conformance.problems import Problem
-from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, tolerance
+from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision
 from backprop_conformance.reference.model import Gradients, parameter_name
 
 MAX_LISTED = 5
@@ -262,7 +262,7 @@ def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precisi
     judges the gradients alone, for a computation that returns no cost (the Python API's ``check_gradients``).
     """
     trace = problem.trace
-    tol = tolerance(problem.network, problem.batch, trace, framework)
+    tol = problem.tolerance(framework)
     gradients = compare_gradients(output.gradients, trace.gradients, tol.gradients)
     cost = Mismatch("C (the cost)", float(output.cost), trace.cost, tol.cost) if with_cost else None
     verdict = Verdict(cell, problem, gradients, cost)
