@@ -6,9 +6,9 @@ equations and the error bound), ``backprop_conformance.adapters`` (the framework
 any other package called ``reference``, ``adapters`` or ``conformance``.
 
 The public API, for calling the suite from your own tests (``docs/api.md``): :func:`check_adapter`,
-:func:`check_gradients`, :func:`rounded`, :class:`ConformanceFailure`, and the types an adapter is
-written with: :class:`Adapter`, :class:`Capabilities`, :class:`AdapterOutput`, :class:`Network`,
-:class:`Batch`, :class:`Gradients`. They are imported on first use, so that importing the package (or
+:func:`check_gradients`, :func:`check_function`, :func:`load_case`, :func:`rounded`, :class:`ConformanceFailure`,
+and the types an adapter is written with: :class:`Adapter`, :class:`Capabilities`, :class:`AdapterOutput`,
+:class:`Network`, :class:`Batch`, :class:`Gradients`. They are imported on first use, so that importing the package (or
 ``backprop_conformance.conformance.report`` to read a report) loads nothing it does not need.
 
 In a source checkout the three folders sit beside this one, at the top of the repository (the design
@@ -30,6 +30,8 @@ if (_checkout / "pyproject.toml").is_file() and (_checkout / "conformance" / "pl
 _API = {
     "check_adapter": "backprop_conformance.conformance.api",
     "check_gradients": "backprop_conformance.conformance.api",
+    "check_function": "backprop_conformance.conformance.api",
+    "load_case": "backprop_conformance.conformance.api",
     "rounded": "backprop_conformance.conformance.api",
     "ConformanceFailure": "backprop_conformance.conformance.api",
     "AdapterCheck": "backprop_conformance.conformance.api",

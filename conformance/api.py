@@ -27,6 +27,7 @@ from backprop_conformance.adapters import dispatch
 from backprop_conformance.adapters.base import Adapter, AdapterContractError, AdapterOutput, Capabilities, RequestError
 from backprop_conformance.adapters.registry import AdapterSpec, AdapterUnavailable, resolve
 from backprop_conformance.adapters.selfcheck import check_contract
+from backprop_conformance.conformance import cases
 from backprop_conformance.conformance.cells import Backend, Cell, select_cells
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import CellResult
@@ -168,10 +169,24 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
     trial.result.status = "failed" if failure or trial.result.failures or trial.result.exceptions else "passed"
     if trial.failed:
         written = trial.write_cases(case_dir, {}, trial.result.dispatch)
-        requested = backend.spec.requested_as
-        trial.result.replay = f"python -m backprop_conformance replay {written[0]} --backend {requested}"
+        if isinstance(backend.adapter, _FunctionAdapter):
+            function = getattr(backend.adapter.grad_fn, "__name__", "grad_fn")
+            trial.result.replay = f"backprop_conformance.check_gradients({function}, *backprop_conformance.load_case({str(written[0])!r}))"
+        else:
+            trial.result.replay = f"backprop-conformance replay {written[0]} --backend {backend.spec.requested_as}"
         failure += "\n" + "\n".join(f"case file: {p}" for p in written) + f"\nreplay it: {trial.result.replay}"
     return trial.result, failure
+
+
+def load_case(path: Path | str) -> tuple[Network, Batch, str]:
+    """The network, batch and format of a case file, as :func:`check_gradients` takes them.
+
+    A case file written by :func:`check_function` (or by the suite) is replayed on a plain function with
+    ``check_gradients(grad_fn, *load_case(path))``. The file is validated field by field
+    (:class:`~backprop_conformance.conformance.cases.CaseError` names what is wrong); it never runs code.
+    """
+    case = cases.read(Path(path))
+    return case.problem.network, case.problem.batch, case.cell.dtype
 
 
 def rounded(network: Network, batch: Batch, dtype: str) -> tuple[Network, Batch]:
@@ -188,25 +203,27 @@ GradFn = Callable[[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray], 
 
 
 class _FunctionAdapter(Adapter):
-    """A plain ``grad_fn(w, b, x, y) -> (dw, db[, cost])`` as an adapter, so that it gets the suite's contract and verdict."""
+    """A plain ``grad_fn(w, b, x, y) -> (dw, db[, cost[, intermediates]])`` as an adapter, so that it gets the suite's
+    contract and verdict."""
 
-    def __init__(self, grad_fn: GradFn, dtype: str, accumulation: str | Mapping[str, str] | None) -> None:
+    def __init__(self, grad_fn: GradFn, dtypes: Sequence[str], accumulation: str | Mapping[str, str] | None) -> None:
         self.grad_fn = grad_fn
-        self.dtype = dtype
+        self.dtypes = tuple(dtypes)
         self.accumulation = accumulation
         self.returned_cost = False
 
     def capabilities(self) -> Capabilities:
         name = getattr(self.grad_fn, "__name__", "grad_fn").strip("<>") or "grad_fn"
         safe = "".join(ch if ch.isalnum() or ch in "_.+-" else "_" for ch in name)[:64]
+        narrower = [d for d in self.dtypes if d != "float64"] if self.accumulation else []
         return Capabilities(
             name=safe,
             framework=f"the function {getattr(self.grad_fn, '__qualname__', name)}",
             version="n/a",
-            dtypes=(self.dtype,),
+            dtypes=self.dtypes,
             paths=("call",),
             default_paths=("call",),
-            accumulation={self.dtype: self.accumulation} if self.accumulation else {},
+            accumulation={d: self.accumulation for d in narrower},
         )
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
@@ -217,31 +234,51 @@ class _FunctionAdapter(Adapter):
         w = [network.w[l].astype(carrier) for l in network.layers]
         b = [network.b[l].astype(carrier) for l in network.layers]
         returned = self.grad_fn(w, b, batch.x.astype(carrier), batch.y.astype(carrier))
-        if not isinstance(returned, (tuple, list)) or len(returned) not in (2, 3):
-            raise AdapterContractError(f"grad_fn returned {type(returned).__name__}; expected (dw, db) or (dw, db, cost)")
-        dw, db = (_by_layer(part, network, dtype, kind) for part, kind in zip(returned[:2], "wb", strict=True))
-        self.returned_cost = len(returned) == 3
-        return AdapterOutput(Gradients(dw, db), float(returned[2]) if self.returned_cost else 0.0)
+        if not isinstance(returned, (tuple, list)) or len(returned) not in (2, 3, 4):
+            raise AdapterContractError(
+                f"grad_fn returned {type(returned).__name__}; expected (dw, db), (dw, db, cost) or (dw, db, cost, intermediates)"
+            )
+        dw, db = (_by_layer(part, list(network.layers), dtype, f"d{kind}") for part, kind in zip(returned[:2], "wb", strict=True))
+        self.returned_cost = len(returned) >= 3
+        a, z, delta = _intermediates(returned[3], network, dtype) if len(returned) == 4 else (None, None, None)
+        return AdapterOutput(Gradients(dw, db), float(returned[2]) if self.returned_cost else 0.0, a=a, z=z, delta=delta)
 
 
-def _by_layer(part: object, network: Network, dtype: str, kind: str) -> dict[int, np.ndarray]:
-    """``dw`` or ``db`` as returned (a list from w^2 on, or a mapping keyed by the page's l), in the format's carrier.
+INTERMEDIATES = ("a", "z", "delta")
+"""The keys of ``grad_fn``'s optional fourth result: a^l from l = 1, z^l and δ^l from l = 2, each (B, n(l))."""
+
+
+def _intermediates(part: object, network: Network, dtype: str) -> tuple[dict[int, np.ndarray] | None, ...]:
+    """The per-example a^l, z^l and δ^l a function returned, keyed by the page's l, for the first-divergence diagnosis."""
+    if not isinstance(part, Mapping) or not set(part) <= set(INTERMEDIATES):
+        keys = sorted(map(str, part)) if isinstance(part, Mapping) else type(part).__name__
+        raise AdapterContractError(
+            f"grad_fn's fourth result must be a mapping with some of the keys {', '.join(INTERMEDIATES)} "
+            f"(a^l from l = 1, z^l and δ^l from l = 2, each of shape (B, n(l))); got {keys}"
+        )
+    depth = network.depth
+    layers = {"a": list(range(1, depth + 1)), "z": list(network.layers), "delta": list(network.layers)}
+    return tuple(_by_layer(part[key], layers[key], dtype, key) if key in part else None for key in INTERMEDIATES)
+
+
+def _by_layer(part: object, layers: list[int], dtype: str, name: str) -> dict[int, np.ndarray]:
+    """``dw``, ``db`` or an intermediate as returned (a list from the first of ``layers`` on, or a mapping keyed by the
+    page's l), in the format's carrier.
 
     Arrays in a wider dtype are accepted when converting them loses nothing (a framework computing in
     float32 and handing back float64 copies); otherwise the contract check names the element.
     """
-    layers = list(network.layers)
     if isinstance(part, Mapping):
         items = dict(part)
     elif isinstance(part, (list, tuple)):
         if len(part) != len(layers):
             raise AdapterContractError(
-                f"grad_fn returned {len(part)} arrays for d{kind}, expected {len(layers)} (layers 2..{network.depth})"
+                f"grad_fn returned {len(part)} arrays for {name}, expected {len(layers)} (layers {layers[0]}..{layers[-1]})"
             )
         items = dict(zip(layers, part, strict=True))
     else:
         raise AdapterContractError(
-            f"grad_fn returned d{kind} as {type(part).__name__}; expected a list (w^2 first) or a mapping keyed by l"
+            f"grad_fn returned {name} as {type(part).__name__}; expected a list (layer {layers[0]} first) or a mapping keyed by l"
         )
     out = {}
     for l, value in items.items():
@@ -261,7 +298,8 @@ def check_gradients(
     accumulation: str | Mapping[str, str] | None = None,
     raise_on_failure: bool = True,
 ) -> Verdict:
-    """Judge one computation of the page's gradients, given as ``grad_fn(w, b, x, y) -> (dw, db)`` or ``(dw, db, cost)``.
+    """Judge one computation of the page's gradients, given as ``grad_fn(w, b, x, y) -> (dw, db)``, ``(dw, db, cost)``
+    or ``(dw, db, cost, intermediates)``.
 
     ``w`` and ``b`` are lists of numpy arrays in page layout, ``w[0]`` being w^2 of shape (n(2), n(1))
     (``w[i][j-1, k-1]`` is w^{i+2}_jk), ``x`` is (B, n(1)) and ``y`` is (B, n(L)), all in ``dtype``'s
@@ -273,10 +311,12 @@ def check_gradients(
     Returns the :class:`~backprop_conformance.conformance.verdict.Verdict`; when it fails and
     ``raise_on_failure`` is true (the default, as ``gradcheck`` does), raises :class:`ConformanceFailure`
     with the message a suite failure prints. The cost is judged only when ``grad_fn`` returns one.
+    ``intermediates``, a mapping with the keys ``"a"`` (a^l from l = 1), ``"z"`` and ``"delta"`` (from l = 2),
+    each per example (B, n(l)), adds the first layer where the computation left its bound to a failure's message.
     """
     if dtype not in FORMATS:
         raise ValueError(f"unknown dtype {dtype!r}; the suite knows {', '.join(FORMATS)}")
-    adapter = _FunctionAdapter(grad_fn, dtype, accumulation)
+    adapter = _FunctionAdapter(grad_fn, (dtype,), accumulation)
     try:
         output = adapter.compute(network, batch, dtype=dtype, path="call")
     except RequestError as exc:
@@ -286,3 +326,35 @@ def check_gradients(
     if raise_on_failure and not verdict.passed:
         raise ConformanceFailure(verdict.message())
     return verdict
+
+
+def check_function(
+    grad_fn: GradFn,
+    *,
+    dtypes: Sequence[str] = ("float64",),
+    accumulation: str | Mapping[str, str] | None = None,
+    max_examples: int = 100,
+    seed: int | None = None,
+    case_dir: Path | str = "conformance-cases",
+    raise_on_failure: bool = True,
+) -> AdapterCheck:
+    """Check a plain ``grad_fn`` over many generated networks, as the suite checks a framework: the property check
+    of :func:`check_adapter` for a function that :func:`check_gradients` judges once.
+
+    ``grad_fn`` is called as in :func:`check_gradients`, once per network, on networks and batches hypothesis draws
+    (then the covering design's, which reach the shapes where kernels go wrong), in each of ``dtypes`` (float64 by
+    default: hand-written backprop is usually checked there first). ``accumulation`` is declared for every dtype
+    narrower than float64. A failure is shrunk to the smallest failing network, written as case files under
+    ``case_dir`` and, with ``raise_on_failure`` (the default), raised as :class:`ConformanceFailure`. No framework
+    is needed.
+    """
+    unknown = [d for d in dtypes if d not in FORMATS]
+    if unknown or not dtypes:
+        raise ValueError(f"dtypes must name some of {', '.join(FORMATS)}; got {list(dtypes)!r}")
+    return check_adapter(
+        _FunctionAdapter(grad_fn, dtypes, accumulation),
+        max_examples=max_examples,
+        seed=seed,
+        case_dir=case_dir,
+        raise_on_failure=raise_on_failure,
+    )
