@@ -129,7 +129,7 @@ How many: once hypothesis has drawn a free shape it mutates that example into ot
 cell far outnumber 2,000/``free_odds`` (2,000 examples, two runs each: odds 32 gave 191 and 280 distinct free
 shapes, 128 gave 81 and 70, 512 gave 23 and 7). A JAX cell of the thorough profile took 177 s with the former
 odds of 16 (``--durations``, 2 cores), nearly all of it compiling free shapes; at 512 the profile's run of
-torch and JAX with ``-n 2`` fits its time budget (README, "Speed")."""
+torch and JAX with ``-n 2`` fits its time budget (docs/speed.md)."""
 LARGE_LIMITS = Limits(max_depth=16, max_width=1024, max_batch=512, pool=LARGE_POOL)
 
 
