@@ -76,13 +76,15 @@ class AdapterRaised(Exception):
 class CellTrial:
     """The property test of one cell in progress: its examples, their verdicts, and the failing examples to keep."""
 
-    def __init__(self, backend: Backend, cell: Cell) -> None:
+    def __init__(self, backend: Backend, cell: Cell, result: CellResult) -> None:
+        """``result`` is the record the trial adds its examples to: the cell's own, or, in an xdist worker, one that
+        the worker sends to the controller on the test's report."""
         assert backend.adapter is not None and backend.capabilities is not None
         self.backend = backend
         self.adapter = backend.adapter
         self.cell = cell
         self.precision = backend.capabilities.precision(cell.dtype, cell.path)
-        self.result = CellResult(cell.id, cell.backend, cell.path, cell.dtype, cell.device, level=cell.level)
+        self.result = result
         self.shrunk: FailingExample | None = None
         self.worst: FailingExample | None = None
 
