@@ -33,6 +33,7 @@ from backprop_conformance.conformance.ledger import CONTRACT_TEST, PROPERTY_TEST
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.ratios import format_ratio
 from backprop_conformance.conformance.report import CellResult
+from backprop_conformance.conformance.reproducers import replay_command
 from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, covering, problems
 from backprop_conformance.conformance.trial import AdapterRaised, CellTrial, check_cell
 from backprop_conformance.conformance.verdict import Verdict, judge
@@ -172,7 +173,7 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
             function = getattr(backend.adapter.grad_fn, "__name__", "grad_fn")
             trial.result.replay = f"backprop_conformance.check_gradients({function}, *backprop_conformance.load_case({str(written[0])!r}))"
         else:
-            trial.result.replay = f"backprop-conformance replay {written[0]} --backend {backend.spec.requested_as}"
+            trial.result.replay = replay_command(str(written[0]), backend.spec.requested_as, backend.spec.name)
         failure += "\n" + "\n".join(f"case file: {p}" for p in written) + f"\nreplay it: {trial.result.replay}"
     return trial.result, failure
 

@@ -67,10 +67,11 @@ def known_defect_marks(
     case: str | None,
     configuration: Mapping[str, str] | None = None,
 ) -> list[pytest.MarkDecorator]:
-    """The strict xfail of the first known-defect entry covering the test; entries limited to dispatch configurations
-    are considered once ``configuration`` is known (as each test starts)."""
+    """The xfail of the first known-defect entry covering the test, strict unless ``--conformance-builtin-defects`` made
+    the entry non-strict; entries limited to dispatch configurations are considered once ``configuration`` is known (as
+    each test starts)."""
     defect = known_defects.find(defects, test, cell.backend, version, cell.path, cell.dtype, case, configuration)
-    return [pytest.mark.xfail(strict=True, reason=defect.reason)] if defect else []
+    return [pytest.mark.xfail(strict=defect.strict, reason=defect.reason)] if defect else []
 
 
 def by_backend_compiled_last(

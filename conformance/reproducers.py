@@ -32,6 +32,12 @@ def relative(path: Path, start: Path) -> str:
         return str(path)
 
 
+def replay_command(case: str, requested: str, name: str) -> str:
+    """The command that replays ``case`` on the adapter requested as ``requested`` (whose own name is ``name``)."""
+    replay = REPLAY if requested == name else REPLAY_FROM_HERE
+    return f"{replay} {shlex.quote(case)} --backend {shlex.quote(requested)}"
+
+
 def write_reproducers(trial: CellTrial, case_dir: Path, here: Path, configuration: Mapping[str, str]) -> str | None:
     """Write ``trial``'s failing examples under ``case_dir`` and set the cell's replay command; the text to show.
 
@@ -49,9 +55,7 @@ def write_reproducers(trial: CellTrial, case_dir: Path, here: Path, configuratio
         trial.result.problems.append(f"could not write the case files to {case_dir}: {exc}")
         return None
     shown = [relative(p, here) for p in written]
-    requested = trial.backend.spec.requested_as
-    replay = REPLAY if requested == trial.backend.spec.name else REPLAY_FROM_HERE
-    command = f"{replay} {shlex.quote(shown[0])} --backend {shlex.quote(requested)}"
+    command = replay_command(shown[0], trial.backend.spec.requested_as, trial.backend.spec.name)
     trial.result.replay = command
     labels = ["shrunk (smallest failing)", "worst (largest error/bound ratio)"] if len(shown) == 2 else ["shrunk and worst"]
     text = "".join(f"case file, {label}: {path}\n" for label, path in zip(labels, shown, strict=True))

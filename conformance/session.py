@@ -84,10 +84,11 @@ class ConformanceSession:
                 self.backends = load_backends(self.options.backends)
             opts = self.options
             self.cells, self.empty = select_cells(self.backends, opts.paths, opts.dtypes, opts.devices, opts.all_paths, opts.dispatch)
-            self.defects = known_defects.load_all(opts.known_defects)
+            self.defects = known_defects.load_all(opts.known_defects, opts.builtin_defects)
             loaded = {b.name: b.capabilities for b in self.backends if b.capabilities is not None}
             tests = {**dict.fromkeys(CONFORMANCE_TESTS, ()), **fidelity.FIDELITY_TESTS}
             self.notes += known_defects.validate(self.defects, tests, loaded)
+            self.notes += filter(None, [known_defects.describe_modes(opts.builtin_defects)])
         except (AdapterError, SelectionError, options.OptionError, known_defects.KnownDefectsError) as exc:
             raise pytest.UsageError(str(exc)) from None
         missing = [b for b in self.backends if b.unavailable]
