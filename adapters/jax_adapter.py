@@ -103,13 +103,16 @@ class JaxAdapter(Adapter):
         version and the device, so a cached program is the very program a fresh compilation would give
         and cannot change a verdict. ``min_compile_time_secs`` is lowered to 0 because most of these
         compilations take less than JAX's default threshold. Both settings are process-wide and stay
-        for the rest of the process, which the returned line tells the run's header.
+        for the rest of the process, which the returned line tells the run's header. Beside it, ``DIR-programs``
+        keeps the jitted programs the compiling worker hands over (:mod:`~backprop_conformance.adapters.jax_cache_filler`);
+        a cache the user configured gets no such directory, and its programs are not handed over.
         """
         jax = import_jax()
         if jax.config.jax_compilation_cache_dir is not None:
             return f"jax: compilation cache as configured ({jax.config.jax_compilation_cache_dir})"
         jax.config.update("jax_compilation_cache_dir", str(directory))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        PRECOMPILER.store = str(Path(directory).parent / f"{Path(directory).name}-programs")
         return f"jax: persistent compilation cache in {directory} (process-wide; clear it by deleting the directory)"
 
     def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
@@ -130,6 +133,7 @@ class JaxAdapter(Adapter):
         """Drop the compilations not yet begun (a run that ends early must not wait for programs it will never run)
         and close the process that compiled ahead."""
         PRECOMPILER.cancel()
+        PRECOMPILER.forget()
         cache_filler().close()
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
@@ -174,10 +178,16 @@ def _devices() -> tuple[str, ...]:
 
 def _run(network: Network, batch: Batch, *, dtype: str, path: str, device: str) -> AdapterOutput:
     """Put the inputs on ``device`` in ``dtype``, differentiate along ``path``, and bring the results back."""
-    PRECOMPILER.claim((path, dtype, device, network.widths, batch.size))
+    key = (path, dtype, device, network.widths, batch.size)
+    PRECOMPILER.claim(key)
+    program = PRECOMPILER.program(key)
     params = parameters(network, dtype, device)
     x, y = put(batch.x, dtype, device), put(batch.y, dtype, device)
-    gradients, deltas, (cost, zs, activations) = differentiated(path)(params, x, y)
+    if program is not None:  # the worker's compilation of jitted(path), checked to be the one made here
+        gradients, (cost, zs, activations) = program(params, x, y)
+        deltas = None
+    else:
+        gradients, deltas, (cost, zs, activations) = differentiated(path)(params, x, y)
     carrier = float_format(dtype).carrier
     return AdapterOutput(
         gradients=Gradients(by_layer([w for w, _ in gradients], carrier), by_layer([b for _, b in gradients], carrier)),

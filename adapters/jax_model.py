@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,19 @@ def forward(
     return cost, (cost, zs, activations)
 
 
+JITTED_PATHS = ("jit", "jacfwd")
+"""The paths whose whole backward pass is one ``jax.jit`` program: the ones a worker can compile and hand over whole
+(:mod:`~backprop_conformance.adapters.jax_precompile`)."""
+
+
+@functools.cache
+def jitted(path: str) -> Any:
+    """The ``jax.jit`` object of a path of :data:`JITTED_PATHS`: (params, x, y) → (gradients, (C, [z^l], [a^l]))."""
+    jax = import_jax()
+    transform = jax.jacfwd(forward, has_aux=True) if path == "jacfwd" else jax.grad(forward, has_aux=True)
+    return jax.jit(transform)
+
+
 @functools.cache
 def differentiated(path: str) -> Callable[[Any, Any, Any], tuple[Any, Any, Any]]:
     """The transformed function for ``path``, built once per process so that ``jax.jit``'s cache is reused.
@@ -94,10 +108,8 @@ def differentiated(path: str) -> Callable[[Any, Any, Any], tuple[Any, Any, Any]]
     Each takes (params, x, y) and returns ([(∂C/∂w^l, ∂C/∂b^l)], [δ^l] or None, (C, [z^l], [a^l])).
     """
     jax = import_jax()
-    if path in ("grad", "jit", "jacfwd"):
-        transform = jax.jacfwd(forward, has_aux=True) if path == "jacfwd" else jax.grad(forward, has_aux=True)
-        if path != "grad":
-            transform = jax.jit(transform)
+    if path in ("grad", *JITTED_PATHS):
+        transform = jitted(path) if path in JITTED_PATHS else jax.grad(forward, has_aux=True)
 
         def gradients_and_trace(params: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
             gradients, trace = transform(params, x, y)
@@ -145,13 +157,40 @@ def by_layer(arrays: list[Any], carrier: np.dtype, first: int = 2) -> dict[int, 
     return {l: to_numpy(array, carrier) for l, array in enumerate(arrays, start=first)}
 
 
+def zeros(dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> tuple[Any, Any, Any]:
+    """(params, x, y) of zeros in this shape and format, as an example passes them: what a program is compiled for.
+
+    Must run inside :func:`precision_scope` for float64.
+    """
+    params = [
+        (put(np.zeros((widths[i + 1], widths[i])), dtype, device), put(np.zeros(widths[i + 1]), dtype, device))
+        for i in range(len(widths) - 1)
+    ]
+    return params, put(np.zeros((batch_size, widths[0])), dtype, device), put(np.zeros((batch_size, widths[-1])), dtype, device)
+
+
 def run_on_zeros(path: str, dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> None:
     """Run ``path``'s differentiated function once on zeros of this shape, as an example calls it: the call that compiles its program."""
     jax = import_jax()
     with precision_scope(dtype):
-        params = [
-            (put(np.zeros((widths[i + 1], widths[i])), dtype, device), put(np.zeros(widths[i + 1]), dtype, device))
-            for i in range(len(widths) - 1)
-        ]
-        x, y = put(np.zeros((batch_size, widths[0])), dtype, device), put(np.zeros((batch_size, widths[-1])), dtype, device)
-        jax.block_until_ready(differentiated(path)(params, x, y))
+        jax.block_until_ready(differentiated(path)(*zeros(dtype, device, widths, batch_size)))
+
+
+def lowered_text(path: str, dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> str:
+    """The StableHLO of a :data:`JITTED_PATHS` program for this shape, lowered with this process's JAX settings.
+
+    Two processes whose texts are equal lower the suite's function to the same program; this is how a program
+    compiled in another process is checked before this one runs it.
+    """
+    with precision_scope(dtype):
+        return jitted(path).lower(*zeros(dtype, device, widths, batch_size)).as_text()
+
+
+def settings_fingerprint() -> str:
+    """A digest of every global JAX setting of this process (``jax.config.values``).
+
+    Equal in two processes, their global settings are equal, compile options included; with equal lowered programs
+    (:func:`lowered_text`) a program compiled in one is the program the other would compile.
+    """
+    jax = import_jax()
+    return hashlib.sha256(repr(sorted(jax.config.values.items())).encode()).hexdigest()

@@ -21,15 +21,26 @@ zeros are computed on and thrown away. In the worker, JAX keys each cache entry 
 options, the XLA flags and the jaxlib version, so a program lowered differently there (a JAX setting changed in
 this process and not copied, see :data:`CACHE_OPTIONS`) is a cache miss that the example compiles for itself,
 never a different program. The thread is not a daemon, so it is never stopped inside XLA at exit.
+
+Handing the program over. Found in the cache, a program still costs the example its tracing and lowering, which
+for the small networks of a pool is most of what the first call of a shape costs. So for a jitted path the worker
+also returns the compiled program serialized, and the example runs it as it is (:meth:`Precompiler.program`), but
+only where this process would have compiled the same program: the worker's global JAX settings must equal this
+process's (:func:`~backprop_conformance.adapters.jax_model.settings_fingerprint`, compared at every call, so a
+setting changed mid-run is noticed), and the first program of each (path, dtype, device) is lowered here too and its
+text compared with the worker's, which covers what settings alone cannot (a JAX function patched in this process).
+Anything else, and the example traces and compiles as it would have without the worker, from the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from typing import Any
 
 from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.ahead import Ahead
-from backprop_conformance.adapters.jax_model import import_jax, run_on_zeros
+from backprop_conformance.adapters.jax_model import import_jax, lowered_text, run_on_zeros, settings_fingerprint
 
 Key = tuple[str, str, str, tuple[int, ...], int]
 """(path, dtype, device, widths, batch size): what one compiled program is specialised to."""
@@ -57,7 +68,15 @@ class Precompiler(Ahead[Key]):
     def __init__(self) -> None:
         super().__init__("backprop-conformance-jax-precompile", daemon=False)
         self._filler_options: dict[str, Any] | None = None
+        self._filler_settings = ""
         self._filler_failed = False
+        self.store: str | None = None
+        """Where the worker keeps the programs it hands over (:mod:`~backprop_conformance.adapters.jax_cache_filler`);
+        None, as when the user configured JAX's cache, hands none over."""
+        self._handed: dict[Key, tuple[Any, ...]] = {}
+        self._loaded: dict[Key, Any] = {}
+        self._checked: dict[tuple[str, str, str], bool] = {}
+        self._programs_lock = threading.Lock()
 
     def work(self, key: Key) -> None:
         """Compile ``key``'s program into the persistent cache in the worker process, or else here."""
@@ -68,17 +87,50 @@ class Precompiler(Ahead[Key]):
         filler = cache_filler()
         try:
             if options != self._filler_options or not filler.alive:
-                filler.call("configure", options)
+                self._filler_settings = filler.call("configure", options, self.store)
                 self._filler_options = options
         except Exception:  # the process cannot be started or configured: compile here from now on
             self._filler_failed = True
         else:
             try:
-                filler.call("compile", *key)  # the program's own compilation error propagates: a hint only
-                return
+                handed = filler.call("compile", *key)  # the program's own compilation error propagates: a hint only
             except workers.WorkerError:  # the process died: compile here from now on
                 self._filler_failed = True
+            else:
+                if handed is not None:
+                    with self._programs_lock:
+                        self._handed[key] = (*handed, self._filler_settings)
+                return
         run_on_zeros(*key)
+
+    def program(self, key: Key) -> Any | None:
+        """The worker's compiled program for ``key``, loaded, when this process would have compiled the same one
+        (see the module); None when the example must trace and compile it itself. Call it after :meth:`claim`."""
+        with self._programs_lock:
+            handed = self._handed.get(key)
+        if handed is None:
+            return None
+        payload, in_tree, out_tree, digest, settings = handed
+        if settings != settings_fingerprint():
+            return None
+        family = key[:3]
+        if family not in self._checked:
+            text = lowered_text(*key)
+            self._checked[family] = hashlib.sha256(text.encode()).hexdigest() == digest
+        if not self._checked[family]:
+            return None
+        if key not in self._loaded:
+            from jax.experimental import serialize_executable
+
+            self._loaded[key] = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        return self._loaded[key]
+
+    def forget(self) -> None:
+        """Drop the programs handed over and loaded (they hold compiled code): at the end of a run."""
+        with self._programs_lock:
+            self._handed.clear()
+        self._loaded.clear()
+        self._checked.clear()
 
 
 def persistent_cache_options() -> dict[str, Any] | None:

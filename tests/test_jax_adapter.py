@@ -382,7 +382,7 @@ from backprop_conformance.adapters.jax_adapter import JaxAdapter
 from backprop_conformance.reference.dtypes import round_to
 from backprop_conformance.reference.model import Batch, Network
 
-cache, dtype = sys.argv[1], sys.argv[2]
+cache, dtype, change = sys.argv[1], sys.argv[2], sys.argv[3]
 rng = np.random.default_rng(7)
 widths, batch_size = (3, 11, 2), 9
 net = Network.from_lists(
@@ -395,13 +395,23 @@ adapter = JaxAdapter()
 adapter.use_cache(cache)
 adapter.prepare("jit", dtype, "cpu", [(widths, batch_size)])
 jax_precompile.PRECOMPILER._thread.join(120)
-filled = sorted(p.name for p in __import__("pathlib").Path(cache).iterdir())
+filled = sorted(p.name for p in __import__("pathlib").Path(cache).iterdir()) if __import__("pathlib").Path(cache).exists() else []
+store = __import__("pathlib").Path(cache + "-programs")
+handed = sorted((p.name, p.stat().st_mtime_ns) for p in store.iterdir()) if store.exists() else []
+if change == "setting":  # a global JAX setting the worker was not given
+    jax.config.update("jax_numpy_rank_promotion", "warn")
+elif change == "function":  # a JAX function patched in this process only: the same settings, another program
+    sigmoid = jax.nn.sigmoid
+    jax.nn.sigmoid = lambda z: 1 / (1 + jax.numpy.exp(-z))
 events = []
 jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
 jax.monitoring.register_event_duration_secs_listener(lambda event, duration, **kw: events.append(event))
 prepared = adapter.run(net, batch, dtype=dtype, path="jit")
-after = sorted(p.name for p in __import__("pathlib").Path(cache).iterdir())
+after = sorted(p.name for p in __import__("pathlib").Path(cache).iterdir()) if __import__("pathlib").Path(cache).exists() else []
 seen = list(events)
+loaded = len(jax_precompile.PRECOMPILER._loaded)
+if change == "function":
+    jax.nn.sigmoid = sigmoid
 jax.clear_caches()
 jax.config.update("jax_enable_compilation_cache", False)
 fresh = adapter.run(net, batch, dtype=dtype, path="jit")
@@ -415,32 +425,50 @@ print(json.dumps({
     "hits": seen.count("/jax/compilation_cache/cache_hits"),
     "requests": seen.count("/jax/compilation_cache/compile_requests_use_cache"),
     "same_bits": same,
+    "loaded": loaded,
+    "handed": handed,
 }))
 adapter.finish()
 """
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_with_a_persistent_cache_a_worker_process_compiles_ahead_and_the_example_loads_its_program(tmp_path: Path, dtype: str) -> None:
-    """With the persistent cache in force, prepare() compiles in a worker process, which writes the program into the
-    cache; the example then compiles nothing (every compilation it asks the cache for is a hit, and it writes no new
-    entry), and its bits equal a fresh compilation's.
-
-    In a subprocess: the persistent cache is a process-wide JAX setting, which the test process must not keep.
-    """
+def _fill_and_run(tmp_path: Path, dtype: str, change: str) -> dict:
+    """Run :data:`_CACHE_FILL_SCRIPT` in a subprocess: the persistent cache is a process-wide JAX setting, which the
+    test process must not keep."""
     import json
 
-    result = subprocess.run(
-        [sys.executable, "-c", _CACHE_FILL_SCRIPT, str(tmp_path / "cache"), dtype], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    command = [sys.executable, "-c", _CACHE_FILL_SCRIPT, str(tmp_path / "cache"), dtype, change]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["worker_starts"] == 1, f"no worker process compiled ahead: {found}"
-    assert found["filled"], f"the worker wrote nothing into the cache: {found}"
-    loaded = found["hits"] >= 1 and found["requests"] == found["hits"]
-    assert loaded, f"the example compiled instead of loading the worker's program: {found}"
-    assert found["after"] == found["filled"], f"the example wrote a new cache entry: its program differed from the worker's: {found}"
+    assert len(found["handed"]) == 1, f"the worker kept no program to hand over: {found}"
+    return found
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_with_a_persistent_cache_a_worker_process_compiles_ahead_and_the_example_runs_its_program(tmp_path: Path, dtype: str) -> None:
+    """With the suite's cache in force, prepare() compiles in a worker process, which keeps the program and hands it
+    back; the example runs it as it is (no compilation request at all), its bits equal a fresh compilation's, and a
+    second run gets the same program from the store without the worker compiling it again."""
+    found = _fill_and_run(tmp_path, dtype, "none")
+    assert found["loaded"] == 1, f"the example did not run the worker's program: {found}"
+    assert found["requests"] == 0, f"the example compiled, or looked its program up, instead of running the worker's: {found}"
     assert found["same_bits"], "the program compiled ahead gave different bits from a fresh compilation"
+    again = _fill_and_run(tmp_path, dtype, "none")
+    assert again["handed"] == found["handed"], f"the second run's worker compiled and wrote the program again: {again}"
+    assert again["loaded"] == 1 and again["requests"] == 0 and again["same_bits"], again
+
+
+@pytest.mark.parametrize("change", ["setting", "function"])
+def test_a_worker_program_this_process_would_not_have_compiled_is_not_run(tmp_path: Path, change: str) -> None:
+    """A global JAX setting the worker lacks (its settings' digest differs), or a JAX function patched in this
+    process only (the lowered programs differ): the example traces and compiles its program itself."""
+    found = _fill_and_run(tmp_path, "float32", change)
+    assert found["loaded"] == 0, f"the worker's program ran although this process would have compiled another: {found}"
+    assert found["requests"] >= 1 and len(found["after"]) > len(found["filled"]), f"the example did not compile its own program: {found}"
+    if change == "setting":  # rank promotion does not change this program
+        assert found["same_bits"], found
 
 
 _BROKEN_FILLER_SCRIPT = """
