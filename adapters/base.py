@@ -189,6 +189,9 @@ class Capabilities:
             (:class:`~backprop_conformance.adapters.dispatch.Level`: ATen's CPU capabilities, TensorFlow's oneDNN
             on and off, XLA's ISA caps), which ``--conformance-dispatch`` tests in worker processes. A path not
             named runs only at the level of the process that tests it.
+        device_dtypes: for a device whose formats differ from :attr:`dtypes`, the ones it supports there (a subset
+            of :attr:`dtypes`): ``{"cuda": ("float32", "float16", "bfloat16")}`` for a framework whose float64 runs on
+            the CPU only. A device not named supports every one of :attr:`dtypes`.
     """
 
     name: str
@@ -203,6 +206,7 @@ class Capabilities:
     environment: tuple[str, ...] = ()
     ranks: Mapping[str, int] = field(default_factory=dict)
     levels: Mapping[str, tuple[Level, ...]] = field(default_factory=dict)
+    device_dtypes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -239,6 +243,7 @@ class Capabilities:
         accumulation = _check_accumulation(name, dtypes, self.accumulation)
         ranks = _check_ranks(name, paths, self.ranks)
         levels = _check_levels(name, paths, self.levels)
+        device_dtypes = _check_device_dtypes(name, devices, dtypes, self.device_dtypes)
         for attribute, value in (
             ("dtypes", dtypes),
             ("paths", paths),
@@ -249,6 +254,7 @@ class Capabilities:
             ("accumulation", accumulation),
             ("ranks", ranks),
             ("levels", levels),
+            ("device_dtypes", device_dtypes),
         ):
             object.__setattr__(self, attribute, value)
 
@@ -256,6 +262,10 @@ class Capabilities:
         """The format ``operation``'s sums of ``dtype`` values accumulate in: as declared, else the dtype itself."""
         declared = self.accumulation.get(dtype, dtype)
         return declared if isinstance(declared, str) else declared.get(operation, dtype)
+
+    def dtypes_on(self, device: str) -> tuple[str, ...]:
+        """The formats the adapter supports on ``device``: :attr:`device_dtypes`' entry for it, else every one."""
+        return self.device_dtypes.get(device, self.dtypes)
 
     def ranks_of(self, path: str) -> int:
         """R, the number of data-parallel ranks ``path`` combines (1 unless declared in :attr:`ranks`)."""
@@ -333,6 +343,27 @@ RESERVED_LEVELS = ("native", "all")
 
 MAX_RANKS = 1024
 """The most data-parallel ranks a path may declare; more is a typo, and would mean as many processes."""
+
+
+def _check_device_dtypes(name: str, devices: tuple[str, ...], dtypes: tuple[str, ...], declared: object) -> Mapping[str, tuple[str, ...]]:
+    """Validate ``device_dtypes`` (see :class:`Capabilities`): each key a declared device, each value a non-empty
+    subset of the declared dtypes; return a frozen copy."""
+    if not isinstance(declared, Mapping):
+        raise CapabilitiesError(f"adapter {name!r}: device_dtypes must be a mapping from device to dtypes, got {type(declared).__name__}")
+    frozen: dict[str, tuple[str, ...]] = {}
+    for device, formats in declared.items():
+        if device not in devices:
+            raise CapabilitiesError(
+                f"adapter {name!r}: device_dtypes names device {device!r}, which is not among its devices {list(devices)}"
+            )
+        chosen = _check_names(name, f"device_dtypes[{device!r}]", formats)
+        stray = [d for d in chosen if d not in dtypes]
+        if stray:
+            raise CapabilitiesError(
+                f"adapter {name!r}: device_dtypes[{device!r}] names {', '.join(map(repr, stray))}, not among its dtypes {list(dtypes)}"
+            )
+        frozen[device] = chosen
+    return frozen
 
 
 def _check_ranks(name: str, paths: tuple[str, ...], ranks: object) -> Mapping[str, int]:
@@ -508,6 +539,10 @@ class Adapter(abc.ABC):
                 continue
             if value not in valid:
                 raise RequestError(f"adapter {caps.name!r}: unsupported {what} {value!r}; valid {what}s are {', '.join(valid)}")
+        if dtype not in caps.dtypes_on(device):
+            raise RequestError(
+                f"adapter {caps.name!r}: dtype {dtype!r} is not supported on {device!r}; there: {', '.join(caps.dtypes_on(device))}"
+            )
         if not isinstance(network, Network):
             raise RequestError(
                 f"adapter {caps.name!r}: expected a backprop_conformance.reference.model.Network, got {type(network).__name__}"

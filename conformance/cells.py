@@ -135,7 +135,7 @@ def select_cells(
             Cell(caps.name, path, dtype, device, level)
             for path in chosen
             for dtype in ([d for d in caps.dtypes if d in dtypes] if dtypes else caps.dtypes)
-            for device in [d for d in caps.devices if d in devices]
+            for device in [d for d in caps.devices if d in devices and dtype in caps.dtypes_on(d)]
             for level in _levels(caps, path, device, levels)
         ]
         if not mine:

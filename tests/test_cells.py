@@ -8,8 +8,10 @@ that cannot load stays in the run as a skip instead of vanishing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,6 +109,74 @@ def test_filters_apply_to_each_backend_that_offers_the_name() -> None:
 def test_device_filter_and_suffix() -> None:
     cells = select([backend(TORCHLIKE), backend(JAXLIKE)], paths=["eager"], dtypes=["float32"], devices=["cpu", "cuda"])
     assert ids(cells) == ["torch-eager-float32", "torch-eager-float32-cuda", "jax-eager-float32"]
+
+
+def test_dtypes_declared_per_device_select_only_those_cells() -> None:
+    """float64 on the CPU only: the cuda cells of float64 are not in the table, every other combination is."""
+    caps = Capabilities(
+        name="torch",
+        framework="PyTorch",
+        version="0",
+        dtypes=("float64", "float32"),
+        paths=("eager",),
+        default_paths=("eager",),
+        devices=("cpu", "cuda"),
+        device_dtypes={"cuda": ("float32",)},
+    )
+    cells = select([backend(caps)], devices=["cpu", "cuda"])
+    assert ids(cells) == ["torch-eager-float64", "torch-eager-float32", "torch-eager-float32-cuda"]
+    assert caps.dtypes_on("cuda") == ("float32",) and caps.dtypes_on("cpu") == ("float64", "float32")
+
+
+@pytest.mark.parametrize(
+    ("declared", "wanted"),
+    [
+        ({"tpu": ("float32",)}, "device_dtypes names device 'tpu', which is not among its devices ['cpu', 'cuda']"),
+        ({"cuda": ("float16",)}, "device_dtypes['cuda'] names 'float16', not among its dtypes ['float64', 'float32']"),
+        ({"cuda": ()}, "device_dtypes['cuda']"),
+        (["cuda"], "device_dtypes must be a mapping from device to dtypes, got list"),
+    ],
+)
+def test_dtypes_per_device_are_checked_at_load(declared: object, wanted: str) -> None:
+    from backprop_conformance.adapters.base import CapabilitiesError
+
+    with pytest.raises(CapabilitiesError, match=re.escape(wanted)):
+        Capabilities(
+            name="x",
+            framework="X",
+            version="0",
+            dtypes=("float64", "float32"),
+            paths=("p",),
+            default_paths=("p",),
+            devices=("cpu", "cuda"),
+            device_dtypes=declared,  # type: ignore[arg-type]
+        )
+
+
+def test_a_request_for_a_dtype_its_device_lacks_is_refused() -> None:
+    from backprop_conformance.adapters.base import RequestError
+
+    class CpuFloat64(ManualBackprop):
+        def capabilities(self) -> Capabilities:
+            caps = super().capabilities()
+            return Capabilities(
+                name=caps.name,
+                framework=caps.framework,
+                version=caps.version,
+                dtypes=caps.dtypes,
+                paths=caps.paths,
+                default_paths=caps.default_paths,
+                devices=("cpu", "cuda"),
+                device_dtypes={"cuda": ("float32",)},
+            )
+
+    network = Network.from_lists([np.ones((1, 1))], [np.zeros(1)])
+    with pytest.raises(RequestError, match=r"dtype 'float64' is not supported on 'cuda'; there: float32"):
+        CpuFloat64().check_request(network, None, dtype="float64", path=caps_path(), device="cuda")
+
+
+def caps_path() -> str:
+    return ManualBackprop().caps.default_paths[0]
 
 
 @pytest.mark.parametrize(
