@@ -142,6 +142,8 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
         kind = "" if isinstance(exc, AdapterContractError) else f"{type(exc).__name__}: "
         ledger.contract_failed(f"the adapter contract failed: {kind}{exc}")
         return ledger.settle(), f"{cell.id}: the adapter contract failed: {kind}{exc}"
+    if isinstance(backend.adapter, _FunctionAdapter):  # the contract's calls showed whether the function returns a cost
+        trial.with_cost = backend.adapter.returned_cost
     pooled = cell.path in backend.capabilities.shape_compiled_paths
 
     running = settings(

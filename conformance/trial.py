@@ -86,6 +86,9 @@ class CellTrial:
         self.result = result
         self.shrunk: FailingExample | None = None
         self.worst: FailingExample | None = None
+        self.with_cost = True
+        """Whether the cost is judged beside the gradients: false only for a plain function that returns none
+        (the Python API's ``check_function``); every adapter returns one."""
 
     @property
     def failed(self) -> bool:
@@ -114,7 +117,7 @@ class CellTrial:
             problem.trace  # noqa: B018 (computed here so that its time is the reference's, not the bound's)
         with timed("bound"):
             try:
-                verdict = judge(self.cell.id, problem, output, self.precision)
+                verdict = judge(self.cell.id, problem, output, self.precision, with_cost=self.with_cost)
             except VacuousBound as exc:
                 self._unjudgeable(exc)
                 return None

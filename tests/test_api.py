@@ -61,6 +61,22 @@ def test_a_correct_backprop_passes_in_every_format(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir()), "a passing check writes no case file"
 
 
+def test_a_function_that_returns_no_cost_is_judged_on_its_gradients(tmp_path: Path) -> None:
+    """(dw, db) alone, as the README's student route writes it: the gradients are judged, the cost is not asked for."""
+
+    def gradients_only(w, b, x, y):
+        dw, db, _, _ = backprop(w, b, x, y)
+        return dw, db
+
+    def wrong_gradients_only(w, b, x, y):
+        dw, db = gradients_only(w, b, x, y)
+        return dw, [g * 1.001 for g in db]
+
+    assert bc.check_function(gradients_only, max_examples=30, case_dir=tmp_path).passed
+    with pytest.raises(bc.ConformanceFailure, match=r"worst: b\^"):
+        bc.check_function(wrong_gradients_only, max_examples=30, case_dir=tmp_path)
+
+
 def test_a_planted_bug_is_found_shrunk_and_replayable(tmp_path: Path) -> None:
     with pytest.raises(bc.ConformanceFailure) as caught:
         bc.check_function(first_layer_slightly_off, case_dir=tmp_path)
