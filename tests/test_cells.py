@@ -8,6 +8,7 @@ that cannot load stays in the run as a skip instead of vanishing.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 
@@ -158,17 +159,7 @@ def test_a_request_for_a_dtype_its_device_lacks_is_refused() -> None:
 
     class CpuFloat64(ManualBackprop):
         def capabilities(self) -> Capabilities:
-            caps = super().capabilities()
-            return Capabilities(
-                name=caps.name,
-                framework=caps.framework,
-                version=caps.version,
-                dtypes=caps.dtypes,
-                paths=caps.paths,
-                default_paths=caps.default_paths,
-                devices=("cpu", "cuda"),
-                device_dtypes={"cuda": ("float32",)},
-            )
+            return dataclasses.replace(super().capabilities(), devices=("cpu", "cuda"), device_dtypes={"cuda": ("float32",)})
 
     network = Network.from_lists([np.ones((1, 1))], [np.zeros(1)])
     with pytest.raises(RequestError, match=r"dtype 'float64' is not supported on 'cuda'; there: float32"):
