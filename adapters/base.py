@@ -77,6 +77,21 @@ class AdapterContractError(AssertionError):
     """An adapter broke the contract of this module; the message says where and how."""
 
 
+def _check_frameworks(adapter: str, frameworks: object) -> dict[str, str]:
+    """``frameworks`` as a dict of framework name → version, both non-empty strings, names safe as in ``name``."""
+    if not isinstance(frameworks, Mapping):
+        raise CapabilitiesError(
+            f"adapter {adapter!r}: frameworks must be a mapping of framework name to version, e.g. {{'jax': jax.__version__}}, "
+            f"got {type(frameworks).__name__}"
+        )
+    for key, version in frameworks.items():
+        if not isinstance(key, str) or not SAFE_NAME.fullmatch(key) or ".." in key:
+            raise CapabilitiesError(f"adapter {adapter!r}: frameworks has the name {key!r}; names are letters, digits and _ . + -")
+        if not isinstance(version, str) or not version:
+            raise CapabilitiesError(f"adapter {adapter!r}: frameworks[{key!r}] must be a non-empty version string, got {version!r}")
+    return dict(frameworks)
+
+
 def _check_names(adapter: str, what: str, value: object, *, allow_empty: bool = False) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (tuple, list)):
         raise CapabilitiesError(
@@ -135,6 +150,9 @@ class Capabilities:
             (:class:`~backprop_conformance.adapters.dispatch.Level`: ATen's CPU capabilities, TensorFlow's oneDNN
             on and off, XLA's ISA caps), which ``--conformance-dispatch`` tests in worker processes. A path not
             named runs only at the level of the process that tests it.
+        frameworks: for an adapter that wraps other frameworks (Flax runs on JAX), their names and the versions
+            in use (``{"jax": jax.__version__}``). A known-defect entry with ``framework = "jax"`` is matched
+            against this version instead of :attr:`version`: a wrapper's defect usually lives underneath.
     """
 
     name: str
@@ -149,6 +167,7 @@ class Capabilities:
     environment: tuple[str, ...] = ()
     ranks: Mapping[str, int] = field(default_factory=dict)
     levels: Mapping[str, tuple[Level, ...]] = field(default_factory=dict)
+    frameworks: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -185,6 +204,7 @@ class Capabilities:
         accumulation = _check_accumulation(name, dtypes, self.accumulation)
         ranks = _check_ranks(name, paths, self.ranks)
         levels = _check_levels(name, paths, self.levels)
+        frameworks = _check_frameworks(name, self.frameworks)
         for attribute, value in (
             ("dtypes", dtypes),
             ("paths", paths),
@@ -195,6 +215,7 @@ class Capabilities:
             ("accumulation", accumulation),
             ("ranks", ranks),
             ("levels", levels),
+            ("frameworks", frameworks),
         ):
             object.__setattr__(self, attribute, value)
 
