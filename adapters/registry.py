@@ -178,6 +178,8 @@ BUILTIN: dict[str, AdapterSpec] = {
         "tensorflow", "backprop_conformance.adapters.tensorflow_adapter:TensorFlowAdapter", "built-in", ("tensorflow",)
     ),
     "keras": AdapterSpec("keras", "backprop_conformance.adapters.keras_adapter:KerasAdapter", "built-in", ("keras",)),
+    "mlx": AdapterSpec("mlx", "backprop_conformance.adapters.mlx_adapter:MlxAdapter", "built-in", ("mlx.core",)),
+    "flax": AdapterSpec("flax", "backprop_conformance.adapters.flax_adapter:FlaxAdapter", "built-in", ("flax.nnx", "jax")),
 }
 
 
