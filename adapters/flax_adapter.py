@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from backprop_conformance.adapters import zero_probes
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
@@ -103,13 +104,8 @@ def _model_class() -> type:
             )
 
         def __call__(self, x: Any, perturbations: list[Any]) -> tuple[Any, list[Any], list[Any]]:
-            a, zs, activations = x, [], [x]
-            for layer, zero in zip(self.layers, perturbations, strict=True):
-                z = layer(a) + zero  # z^l = a^{l−1} (w^l)ᵀ + b^l, plus the zero whose cotangent is δ^l
-                a = nnx.sigmoid(z)  # a^l = σ(z^l)
-                zs.append(z)
-                activations.append(a)
-            return a, zs, activations
+            # z^l = a^{l−1} (w^l)ᵀ + b^l plus the zero whose cotangent is δ^l, a^l = σ(z^l)
+            return zero_probes.forward(self.layers, nnx.sigmoid, x, perturbations)
 
     return MLP
 

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from backprop_conformance.adapters import zero_probes
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
@@ -96,13 +97,8 @@ def _model(network: Network, dtype: str) -> Any:
             self.layers = [nn.Linear(n_in, n_out) for n_in, n_out in itertools.pairwise(widths)]
 
         def __call__(self, x: Any, perturbations: list[Any]) -> tuple[Any, list[Any], list[Any]]:
-            a, zs, activations = x, [], [x]
-            for layer, zero in zip(self.layers, perturbations, strict=True):
-                z = layer(a) + zero  # z^l = a^{l−1} (w^l)ᵀ + b^l, plus the zero whose cotangent is δ^l
-                a = nn.sigmoid(z)  # a^l = σ(z^l)
-                zs.append(z)
-                activations.append(a)
-            return a, zs, activations
+            # z^l = a^{l−1} (w^l)ᵀ + b^l plus the zero whose cotangent is δ^l, a^l = σ(z^l)
+            return zero_probes.forward(self.layers, nn.sigmoid, x, perturbations)
 
     model = MLP(network.widths)
     model.update({"layers": [{"weight": _put(network.w[l], dtype), "bias": _put(network.b[l], dtype)} for l in network.layers]})

@@ -32,9 +32,9 @@ def adapter() -> FlaxAdapter:
 
 
 def test_registered_as_a_built_in_that_declares_the_jax_underneath() -> None:
-    adapter = resolve("flax").load()
-    assert isinstance(adapter, FlaxAdapter)
-    caps = adapter.caps
+    loaded = resolve("flax").load()
+    caps = loaded.caps
+    assert type(loaded) is FlaxAdapter
     assert (caps.name, caps.dtypes, caps.paths, caps.default_paths) == ("flax", DTYPES, PATHS, DEFAULT_PATHS)
     assert caps.default_paths == ("jit",), "eager nnx.grad compiles every primitive per shape: opt-in"
     assert set(caps.shape_compiled_paths) == set(PATHS)
