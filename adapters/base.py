@@ -26,12 +26,17 @@ The shared work is the base class's, as in einops' ``AbstractBackend``: an adapt
 else calls :meth:`Adapter.compute` and :meth:`Adapter.round_trip`, which check the request against
 the declared capabilities before the adapter sees it and the output against the contract after. So a
 third-party adapter gets every check for free, and no adapter writes them again.
+
+The two sides share one class, so their names are kept apart: the methods an adapter writes are
+:data:`PLUGIN_METHODS`, the suite's are :data:`SUITE_METHODS`, and a subclass that defines one of the
+suite's (an adapter written against an earlier interface, whose own helper was called ``compute``) is
+refused when its class is created, with an error that names the method, rather than failing every
+example later with an argument error. The interface is versioned (:data:`PLUGIN_INTERFACE`).
 """
 
 from __future__ import annotations
 
 import abc
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +70,11 @@ class AdapterError(Exception):
     """
 
 
+class PluginInterfaceError(AdapterError, TypeError):
+    """An adapter class that does not fit the plug-in interface: it defines one of :data:`SUITE_METHODS`, or states an
+    interface version this suite does not offer. Raised when the class is created, so at load time."""
+
+
 class CapabilitiesError(AdapterError, ValueError):
     """:meth:`Adapter.capabilities` declared something the suite cannot test; the message says what and what is allowed."""
 
@@ -75,6 +85,50 @@ class RequestError(ValueError):
 
 class AdapterContractError(AssertionError):
     """An adapter broke the contract of this module; the message says where and how."""
+
+
+PLUGIN_INTERFACE = 2
+"""The version of the plug-in interface: what :class:`Adapter` asks of a subclass and offers it.
+
+It changes when a change would break an adapter written against the previous one: a method an adapter
+writes changes its signature or meaning, or a name becomes the suite's (version 2 added ``load_parameters``
+and gave the suite :data:`SUITE_METHODS`, ``compute`` among them).
+A plug-in may state the version it was written for in :attr:`Adapter.plugin_interface`; one that states
+another is refused at load with the reason (docs/adapters.md, "Interface versions")."""
+
+SUPPORTED_INTERFACES: tuple[int, ...] = (PLUGIN_INTERFACE,)
+"""The interface versions this suite can load adapters written for."""
+
+PLUGIN_METHODS: tuple[str, ...] = ("capabilities", "load_parameters", "run", "dispatch", "use_cache", "prepare", "finish")
+"""The methods a plug-in author writes: the first three always, the rest where the framework has something to say."""
+
+SUITE_METHODS: tuple[str, ...] = ("caps", "where", "check_request", "compute", "round_trip")
+"""The names the suite owns and calls itself, with its own arguments; an adapter class must not define any of them."""
+
+
+def check_plugin_class(cls: type) -> None:
+    """Raise :class:`PluginInterfaceError` unless ``cls`` leaves :data:`SUITE_METHODS` alone and states a supported interface.
+
+    Only names ``cls`` itself defines are checked (its bases were checked when they were created), so the message
+    names the class that wrote the name.
+    """
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    for name in SUITE_METHODS:
+        if name in vars(cls):
+            raise PluginInterfaceError(
+                f"{where} defines {name!r}, a name the suite owns: the suite calls Adapter.{name} itself, with its own "
+                f"arguments, so an adapter's own {name} would be called in its place. Rename the adapter's helper (for "
+                f"instance to _{name}). An adapter writes {', '.join(PLUGIN_METHODS)}; the suite owns "
+                f"{', '.join(SUITE_METHODS)} (docs/adapters.md, plug-in interface {PLUGIN_INTERFACE})"
+            )
+    if "plugin_interface" in vars(cls):
+        stated = vars(cls)["plugin_interface"]
+        if isinstance(stated, bool) or stated not in SUPPORTED_INTERFACES:
+            raise PluginInterfaceError(
+                f"{where} states plugin_interface = {stated!r}, but this suite offers plug-in interface "
+                f'{", ".join(map(str, SUPPORTED_INTERFACES))}; update the adapter to it (docs/adapters.md, "Interface '
+                'versions", says what changed) and state the version it now follows'
+            )
 
 
 def _check_frameworks(adapter: str, frameworks: object) -> dict[str, str]:
@@ -349,39 +403,6 @@ def _check_levels(name: str, paths: tuple[str, ...], levels: object) -> Mapping[
     return frozen
 
 
-def count_from_environment(variable: str, default: int, maximum: int, what: str) -> int:
-    """A data-parallel path's number of ranks or devices from ``$variable``, else ``default``.
-
-    Anything but a whole number from 1 to ``maximum`` is an :class:`AdapterError` naming the variable and
-    ``what`` it counts, raised when the adapter declares its capabilities, so that a typo is a usage error at
-    start-up and never a run that silently tests another configuration.
-    """
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return default
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= maximum:
-        raise AdapterError(f"${variable} is {text!r}; give {what}, a whole number from 1 to {maximum}")
-    return count
-
-
-def shards(batch_size: int, ranks: int) -> tuple[slice, ...]:
-    """How a data-parallel path splits a batch of B examples over R ranks: contiguous slices of ⌈B/R⌉, the last ones shorter or empty.
-
-    One rule for every data-parallel path, so that the suite can tell which rank's share is missing
-    from a wrong gradient (:mod:`backprop_conformance.conformance.data_parallel`). ⌈B/R⌉ because that
-    is what a framework that pads the batch to a multiple of R (JAX's sharding) computes; a rank whose
-    slice is empty still takes part in every all-reduce, with zero gradients (B = 1 on 2 ranks).
-    """
-    if ranks < 1 or batch_size < 0:
-        raise ValueError(f"need ranks ≥ 1 and batch_size ≥ 0, got {ranks} and {batch_size}")
-    size = -(-batch_size // ranks)
-    return tuple(slice(min(r * size, batch_size), min((r + 1) * size, batch_size)) for r in range(ranks))
-
-
 @dataclass(frozen=True)
 class AdapterOutput:
     """What one adapter call returns, keyed by the page's layer number l.
@@ -414,6 +435,13 @@ class Adapter(abc.ABC):
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
+    plugin_interface: ClassVar[int] = PLUGIN_INTERFACE
+    """The plug-in interface version the adapter was written for (:data:`PLUGIN_INTERFACE`); optional to state."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Check every subclass as it is created, so that a name clash is a load-time error naming the method."""
+        super().__init_subclass__(**kwargs)
+        check_plugin_class(cls)
 
     @abc.abstractmethod
     def capabilities(self) -> Capabilities:

@@ -11,7 +11,9 @@ Only a framework listed in ``requires`` being absent makes an adapter *unavailab
 reason). Everything else that goes wrong while loading one -- a module that does not exist, raises at
 import or has a syntax error, a constructor or ``capabilities()`` that raises, capabilities the suite
 cannot test -- is an :class:`~backprop_conformance.adapters.base.AdapterError` naming the adapter and
-the cause, which the suite turns into a usage error: a broken plug-in must never pass as "skipped".
+the cause, which the suite turns into a usage error: a broken plug-in must never pass as "skipped". That includes
+an adapter class that defines one of the suite's own methods
+(:class:`~backprop_conformance.adapters.base.PluginInterfaceError`, raised as its module is imported).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class AdapterSpec:
                 f"adapter {self.name!r}: importing {module_name!r} failed: {exc}. If {exc.name!r} is the framework the adapter "
                 "puts on trial, import it inside the adapter's methods and list it in `requires`, so that its absence is a skip"
             ) from None
+        except AdapterError as exc:  # the suite's own verdict on a class in the module (a suite method overridden, ...)
+            raise type(exc)(f"adapter {self.name!r} (from {self.source}: {self.target}): {exc}") from None
         except Exception as exc:  # a plug-in's module may raise anything at import; the user must see which and where
             raise AdapterError(f"adapter {self.name!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
         try:

@@ -39,7 +39,7 @@ What TensorFlow does that the verdicts depend on:
 * σ′ is computed as y(1 − y) from the forward output (SigmoidGrad), so it is 0 once σ(z) rounds to 1
   (z ≳ 36.7 in float64), a known upstream defect listed for the fidelity tier.
 
-Process-wide settings are pinned for each call and restored after it (:func:`_pinned_numerics`), and
+Process-wide settings are pinned for each call and restored after it (:func:`pinned_numerics`), and
 compiled steps are cached per process (:func:`_compiled_step`). Importing this module does not import
 TensorFlow (adapter contract): it is imported inside the functions.
 """
@@ -70,10 +70,10 @@ DEFAULT_PATHS: tuple[str, ...] = ("eager",)
 """The path a plain run takes: ``eager``, TensorFlow's default execution.
 
 ``function`` and ``xla`` are supported but opt-in (``--conformance-path function``, ``--conformance-all-paths``).
-``xla`` compiles a new program per network shape and dtype (0.7-2 s each): a run of the backend took 89 s with
-it against 34 s with ``eager`` (2 shared CPU cores, 100 examples per cell, TensorFlow 2.21). ``function`` cost a
-little more than ``eager`` (47 s, its tracing per shape included; with 1,000 examples per cell it is the cheaper
-of the two), but the default run already covers ``tf.function``: the ``keras`` adapter's ``tensorflow`` path runs
+``xla`` compiles a new program per network shape and dtype, which makes a run of the backend several times
+longer than with ``eager``. ``function`` costs a little more than ``eager`` at the default number of examples (its
+tracing per shape included; with many more examples per cell it is the cheaper of the two), but the default run
+already covers ``tf.function``: the ``keras`` adapter's ``tensorflow`` path runs
 its training step in one, as Keras' trainer does. Measurements and commands: ``docs/backends.md``."""
 
 ACCUMULATION: dict[str, str | dict[str, str]] = {
@@ -150,7 +150,7 @@ class TensorFlowAdapter(Adapter):
         transpose puts w^l_jk at ``w[k−1, j−1]``, which a square layer's shapes cannot show.
         """
         tf = _tf()
-        with _pinned_numerics(), tf.device(_device_name(device)):
+        with pinned_numerics(), tf.device(_device_name(device)):
             model = _model_class()(network.widths, getattr(tf, dtype))
             model.assign(network, dtype)
             carrier = float_format(dtype).carrier
@@ -168,7 +168,7 @@ class TensorFlowAdapter(Adapter):
         """
         tf = _tf()
         tdtype = getattr(tf, dtype)
-        with _pinned_numerics(), tf.device(_device_name(device)):
+        with pinned_numerics(), tf.device(_device_name(device)):
             if path == "eager":
                 model = _model_class()(network.widths, tdtype)
                 step: Callable[[Any, Any], tuple[Any, ...]] = functools.partial(_step, model)
@@ -181,7 +181,7 @@ class TensorFlowAdapter(Adapter):
 
 
 @contextlib.contextmanager
-def _pinned_numerics() -> Iterator[None]:
+def pinned_numerics() -> Iterator[None]:
     """Switch TensorFloat-32 off and op determinism on for one call, and restore both after it.
 
     TensorFlow enables TF32 by default: on an Ampere or later GPU float32 matrix products then round their

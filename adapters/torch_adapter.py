@@ -1,10 +1,7 @@
 """The built-in PyTorch adapter: the page's network built from ``torch.nn`` and differentiated by torch.
 
-The network is what a PyTorch user writes: an ``nn.Sequential`` of ``nn.Linear(n(l−1), n(l))`` and
-``nn.Sigmoid()`` for l = 2..L. ``nn.Linear.weight`` has shape (n(l), n(l−1)) and its element [j−1, k−1]
-is the page's w^l_jk, so the page-layout arrays of :class:`~backprop_conformance.reference.model.Network` load unchanged.
-Forward hooks on those modules record z^l (each Linear's output) and a^l (each Sigmoid's output) for
-diagnosis, so the model itself stays exactly the user's model.
+The network is what a PyTorch user writes, an ``nn.Sequential`` of ``nn.Linear`` and ``nn.Sigmoid``, with forward
+hooks that record z^l and a^l (:mod:`backprop_conformance.adapters.torch_model`, shared with the ``ddp`` ranks).
 
 Execution paths, each putting a different piece of torch's machinery on trial:
 
@@ -14,9 +11,9 @@ Execution paths, each putting a different piece of torch's machinery on trial:
 * ``mse``: C = ½ · ``mse_loss(a^L, y, reduction="sum")``, ``C.backward()``: the framework's own loss and
   its backward formula are on trial, not ours;
 * ``compile``: the forward pass and cost through ``torch.compile`` (TorchDynamo + Inductor, which also
-  compiles the backward graph), then ``C.backward()``. Supported but not a default path: on 2 CPU
-  cores the first compilation in a process took ~20 s and each new architecture, batch size or dtype
-  ~1–15 s more.
+  compiles the backward graph), then ``C.backward()``. Supported but not a default path: it compiles anew
+  for every architecture, batch size and dtype, and its first compilation in a process is the slowest of all
+  (``python -m benchmarks.bench_torch_adapter``).
 * ``ddp``: ``DistributedDataParallel`` over gloo in R rank processes, each with a slice of the batch; DDP
   returns the mean over ranks of their gradients and the adapter returns R times it, the gradient of the
   summed cost (:mod:`backprop_conformance.adapters.torch_ddp`). Opt-in: it starts R processes.
@@ -46,7 +43,18 @@ import numpy as np
 from backprop_conformance.adapters import torch_ddp
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
 from backprop_conformance.adapters.dispatch import aten_levels, torch_configuration
-from backprop_conformance.reference.dtypes import FORMATS, round_to
+from backprop_conformance.adapters.torch_model import (
+    Recorder,
+    build,
+    by_layer,
+    cost_value,
+    ieee_arithmetic,
+    import_torch,
+    mse_cost,
+    quadratic_cost,
+    to_numpy,
+)
+from backprop_conformance.reference.dtypes import round_to
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -58,25 +66,18 @@ ACCUMULATION = {"float16": "float32", "bfloat16": "float32"}
 ``torch.sum``, ``mse_loss(reduction="sum")`` -- returned the correctly rounded sum of 4096 terms in
 200 of 200 trials, where summing in the format itself (pairwise or sequentially) missed it in 22–100 %.
 On CUDA the same is expected of cuBLAS with its reduced-precision reductions switched off, which
-:func:`_ieee_arithmetic` does for the call (not measured here: no GPU was available)."""
+:func:`ieee_arithmetic` does for the call (not measured here: no GPU was available)."""
 
 
 RECOMPILE_LIMIT = 4096
 """Dynamo's limits on compiled variants of one function, lifted while the compile path runs.
 
-Each new architecture, batch size, dtype or device compiles anew (1–20 s each on CPU), and the default
+Each new architecture, batch size, dtype or device compiles anew, and the default
 limit (8) is reached by any suite that tries 4 dtypes on a few architectures. Past it Dynamo runs the
 function *eagerly*, with nothing but a logged warning (measured, torch 2.13), so the compile path
 would pass while testing nothing. The limits are lifted for the call, and the function is compiled
 with ``fullgraph=True``, which turns any fallback to eager (a graph break, or a limit reached after
 all) into an error."""
-
-
-def _torch() -> Any:
-    """Import torch on first use only, so that importing this module or listing adapters never imports it."""
-    import torch
-
-    return torch
 
 
 class TorchAdapter(Adapter):
@@ -89,7 +90,7 @@ class TorchAdapter(Adapter):
 
     def capabilities(self) -> Capabilities:
         """Declare dtypes, paths, accumulation and the ``ddp`` path's ranks; "cuda" is listed only where torch can use a GPU."""
-        torch = _torch()
+        torch = import_torch()
         devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
         torch_ddp.comm_hook()  # read here too, so that a malformed $BACKPROP_CONFORMANCE_DDP_COMM_HOOK is a usage error at load
         return Capabilities(
@@ -128,12 +129,12 @@ class TorchAdapter(Adapter):
         ``nn.Linear.weight[j−1, k−1]`` really is the page's w^l_jk, which a square layer's shapes
         cannot show. Returned in ``dtype``'s carrier dtype, like the gradients.
         """
-        torch = _torch()
-        model = _build(network, getattr(torch, dtype), device)
+        torch = import_torch()
+        model = build(network, getattr(torch, dtype), device)
         linears = [m for m in model if isinstance(m, torch.nn.Linear)]
         return Network(
-            {l: _to_numpy(m.weight, dtype) for l, m in enumerate(linears, start=2)},
-            {l: _to_numpy(m.bias, dtype) for l, m in enumerate(linears, start=2)},
+            {l: to_numpy(m.weight, dtype) for l, m in enumerate(linears, start=2)},
+            {l: to_numpy(m.bias, dtype) for l, m in enumerate(linears, start=2)},
         )
 
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
@@ -147,13 +148,13 @@ class TorchAdapter(Adapter):
         """
         if path == "ddp":
             return self._run_ddp(network, batch, dtype, device)
-        torch = _torch()
+        torch = import_torch()
         tdtype = getattr(torch, dtype)
-        with _ieee_arithmetic(device), _serial_when_small(network, batch), torch.inference_mode(False), torch.enable_grad():
-            model = _build(network, tdtype, device)
+        with ieee_arithmetic(device), _serial_when_small(network, batch), torch.inference_mode(False), torch.enable_grad():
+            model = build(network, tdtype, device)
             x = torch.tensor(batch.x, dtype=tdtype, device=device)
             y = torch.tensor(batch.y, dtype=tdtype, device=device)
-            recorder = _Recorder(model)
+            recorder = Recorder(model)
             result = _PATHS[path](model, recorder, x, y)
         return _to_output(result, x, dtype)
 
@@ -199,14 +200,14 @@ def _serial_when_small(network: Network, batch: Batch) -> Iterator[None]:
     """One intra-op thread for the call when every tensor of it is under :data:`SERIAL_BELOW` elements; restored after.
 
     Why: on the suite's networks (width ≤ 96, batch ≤ 24 by default) torch's second thread only waits, and it
-    waits by spinning on a core, so it slows the call and anything else the machine runs. Measured on 2 cores,
-    one torch cell of 100 examples: 1.54 s with torch's default 2 threads and 1.03 s with one; beside a process
-    that keeps one core busy (as the JAX compilation ahead of need does), 3.33 s with 2 threads and 1.03 s with
-    one. Larger problems (the ``large`` profile) keep the user's thread count, where threads pay and where
-    torch's parallel kernels are what the user runs. ``torch.set_num_threads`` is process-wide, so it is set for
+    waits by spinning on a core, so it slows the call and anything else the machine runs; beside a process that
+    keeps one core busy (as the JAX compilation ahead of need does) the spinning thread competes with it, and a
+    cell takes several times longer than with one thread. Larger problems (the ``large`` profile) keep the user's
+    thread count, where threads pay and where torch's parallel kernels are what the user runs.
+    ``torch.set_num_threads`` is process-wide, so it is set for
     the call only, as the arithmetic flags are.
     """
-    torch = _torch()
+    torch = import_torch()
     widest = max(network.widths)
     largest = max(batch.size * widest, *(w.size for w in network.w.values()))
     threads = torch.get_num_threads()
@@ -218,108 +219,6 @@ def _serial_when_small(network: Network, batch: Batch) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _ieee_arithmetic(device: str) -> Iterator[None]:
-    """Pin float32 matrix products to IEEE float32 and float16/bfloat16 reductions to float32 for one call.
-
-    TF32 on CUDA (10-bit significand) and TF32/bf16 through oneDNN on CPU are opt-in speed settings a
-    user may have switched on (``torch.set_float32_matmul_precision("high")`` or ``"medium"``); cuBLAS
-    reduced-precision float16/bfloat16 reductions are on by default. The error bound assumes IEEE
-    arithmetic in the requested format with the declared accumulation, so all of them are switched off
-    here and every flag is restored on exit. Recent torch (2.13 here) has per-backend
-    ``fp32_precision`` settings, and reading the legacy ``allow_tf32`` after setting those raises
-    (measured), so that API is used whenever it exists and the legacy flags only on torch versions
-    that predate it.
-    """
-    torch = _torch()
-    pinned: list[tuple[Callable[[Any], None], Any]] = []
-
-    def pin(getter: Callable[[], Any], setter: Callable[[Any], None], value: Any) -> None:
-        pinned.append((setter, getter()))
-        setter(value)
-
-    def attribute(obj: Any, name: str, value: Any) -> None:
-        pin(lambda: getattr(obj, name), lambda v: setattr(obj, name, v), value)
-
-    backends = torch.backends
-    try:
-        if hasattr(backends, "fp32_precision"):
-            if device == "cuda":
-                attribute(backends.cuda.matmul, "fp32_precision", "ieee")
-                attribute(backends.cudnn.conv, "fp32_precision", "ieee")
-                attribute(backends.cudnn.rnn, "fp32_precision", "ieee")
-            else:
-                attribute(backends.mkldnn.matmul, "fp32_precision", "ieee")
-        else:
-            pin(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, "highest")
-            if device == "cuda":
-                attribute(backends.cuda.matmul, "allow_tf32", False)
-                attribute(backends.cudnn, "allow_tf32", False)
-        if device == "cuda":
-            matmul = backends.cuda.matmul
-            for fmt in ("fp16", "bf16"):
-                flag = f"allow_{fmt}_reduced_precision_reduction"
-                split_k = f"{flag}_split_k"
-                if hasattr(matmul, split_k):
-                    # The setter takes (allow, allow_split_k); the getter returns only the first, so read both to restore both.
-                    pin(
-                        lambda flag=flag, split_k=split_k: (getattr(matmul, flag), getattr(matmul, split_k)),
-                        functools.partial(setattr, matmul, flag),
-                        False,
-                    )
-                else:
-                    attribute(matmul, flag, False)
-            if hasattr(matmul, "allow_fp16_accumulation"):
-                attribute(matmul, "allow_fp16_accumulation", False)
-        yield
-    finally:
-        for setter, value in reversed(pinned):
-            setter(value)
-
-
-def _build(network: Network, tdtype: Any, device: str) -> Any:
-    """The page's network as a PyTorch user builds it: Linear(n(l−1), n(l)) then Sigmoid, for l = 2..L.
-
-    The layers are constructed as usual, which draws their random initial values from torch's global
-    generator, and the generator's state is restored afterwards, so that building a model leaves the
-    caller's random stream where it was; the page's w^l and b^l are then copied in. (``nn.utils.skip_init``
-    does the same without drawing, but through the meta device, at five times the cost of a call's
-    backward pass.) Built on the CPU, whose generator this is, then moved to ``device``.
-    """
-    torch = _torch()
-    state = torch.random.get_rng_state()
-    try:
-        layers = []
-        for l in network.layers:
-            n_out, n_in = network.w[l].shape
-            linear = torch.nn.Linear(n_in, n_out, dtype=tdtype)
-            with torch.no_grad():
-                linear.weight.copy_(torch.tensor(network.w[l], dtype=tdtype))
-                linear.bias.copy_(torch.tensor(network.b[l], dtype=tdtype))
-            layers += [linear, torch.nn.Sigmoid()]
-    finally:
-        torch.random.set_rng_state(state)
-    model = torch.nn.Sequential(*layers)
-    return model if device == "cpu" else model.to(device)
-
-
-class _Recorder:
-    """Forward hooks that record z^l (each Linear's output) and a^l (each Sigmoid's output), l = 2..L.
-
-    Hooks rather than a hand-written loop, so that every path runs the user's ``model(x)`` unchanged.
-    Each call builds a new model and recorder, so the lists hold exactly one forward pass.
-    """
-
-    def __init__(self, model: Any) -> None:
-        torch = _torch()
-        self.z: list[Any] = []
-        self.a: list[Any] = []
-        self.linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-        for module in model:
-            record = self.z if isinstance(module, torch.nn.Linear) else self.a
-            module.register_forward_hook(lambda _module, _inputs, output, record=record: record.append(output))
 
 
 @dataclass
@@ -334,7 +233,7 @@ class _PathResult:
     delta: list[Any] | None
 
 
-def _tape_result(recorder: _Recorder, cost: Any, delta: list[Any] | None) -> _PathResult:
+def _tape_result(recorder: Recorder, cost: Any, delta: list[Any] | None) -> _PathResult:
     """The gradients autograd left in the Linear layers' ``.grad``, with the forward values the hooks recorded."""
     return _PathResult(
         grad_w=[m.weight.grad for m in recorder.linears],
@@ -346,19 +245,7 @@ def _tape_result(recorder: _Recorder, cost: Any, delta: list[Any] | None) -> _Pa
     )
 
 
-def _quadratic_cost(a_L: Any, y: Any) -> Any:
-    """C = Σ_x ½ Σ_j (y_j − a^L_j)², written out with torch ops (the page's cost, summed over the batch)."""
-    torch = _torch()
-    return 0.5 * torch.sum((y - a_L) ** 2)
-
-
-def _mse_cost(a_L: Any, y: Any) -> Any:
-    """The same C through torch's own loss: ``mse_loss(reduction="sum")`` is Σ (a − y)², so C is half of it."""
-    torch = _torch()
-    return 0.5 * torch.nn.functional.mse_loss(a_L, y, reduction="sum")
-
-
-def _tape(model: Any, recorder: _Recorder, x: Any, y: Any, cost_fn: Callable[[Any, Any], Any]) -> _PathResult:
+def _tape(model: Any, recorder: Recorder, x: Any, y: Any, cost_fn: Callable[[Any, Any], Any]) -> _PathResult:
     """Autograd's tape: forward, retain the Linear outputs z^l, ``backward()``; δ^l is then ``z^l.grad``."""
     a_L = model(x)
     for z in recorder.z:
@@ -368,26 +255,26 @@ def _tape(model: Any, recorder: _Recorder, x: Any, y: Any, cost_fn: Callable[[An
     return _tape_result(recorder, cost, delta=[z.grad for z in recorder.z])
 
 
-def _eager(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
-    return _tape(model, recorder, x, y, _quadratic_cost)
+def _eager(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
+    return _tape(model, recorder, x, y, quadratic_cost)
 
 
-def _mse(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
-    return _tape(model, recorder, x, y, _mse_cost)
+def _mse(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
+    return _tape(model, recorder, x, y, mse_cost)
 
 
-def _func(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+def _func(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
     """``torch.func.grad`` of the cost as a pure function of the parameters (``functional_call``).
 
     z^l and a^l are returned as auxiliary outputs; δ^l is not: the transform differentiates with
     respect to the parameters only.
     """
-    torch = _torch()
+    torch = import_torch()
     params = {name: p.detach() for name, p in model.named_parameters()}
 
     def cost_of(parameters: dict[str, Any]) -> tuple[Any, tuple[Any, list[Any], list[Any]]]:
         a_L = torch.func.functional_call(model, parameters, (x,))
-        cost = _quadratic_cost(a_L, y)
+        cost = quadratic_cost(a_L, y)
         return cost, (cost, list(recorder.z), list(recorder.a))
 
     grads, (cost, z, a) = torch.func.grad(cost_of, has_aux=True)(params)
@@ -413,12 +300,12 @@ def _compiled_forward_cost() -> Callable[[Any, Any, Any], Any]:
     import torch
 
     def forward_cost(model: Any, x: Any, y: Any) -> Any:
-        return _quadratic_cost(model(x), y)
+        return quadratic_cost(model(x), y)
 
     return torch.compile(forward_cost, fullgraph=True)
 
 
-def _compile(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
+def _compile(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
     """Forward and cost compiled by ``torch.compile``; ``backward()`` runs the backward graph compiled with it.
 
     δ^l is not available: the recorded z^l are outputs of the compiled graph beside the cost, not on
@@ -432,7 +319,7 @@ def _compile(model: Any, recorder: _Recorder, x: Any, y: Any) -> _PathResult:
     return _tape_result(recorder, cost, delta=None)
 
 
-_PATHS: dict[str, Callable[[Any, _Recorder, Any, Any], _PathResult]] = {
+_PATHS: dict[str, Callable[[Any, Recorder, Any, Any], _PathResult]] = {
     "eager": _eager,
     "func": _func,
     "mse": _mse,
@@ -440,26 +327,12 @@ _PATHS: dict[str, Callable[[Any, _Recorder, Any, Any], _PathResult]] = {
 }
 
 
-def _to_numpy(t: Any, dtype: str) -> np.ndarray:
-    """A tensor as a numpy array in ``dtype``'s carrier (bfloat16 goes through float32, which holds it exactly)."""
-    torch = _torch()
-    t = t.detach().to("cpu")
-    if t.dtype == torch.bfloat16:
-        t = t.to(torch.float32)
-    return np.array(t.numpy(), dtype=FORMATS[dtype].carrier)
-
-
 def _to_output(result: _PathResult, x: Any, dtype: str) -> AdapterOutput:
     """Convert to numpy in the format's carrier dtype, keyed by the page's layer l (a^1 is the input x)."""
-    torch = _torch()
-
-    def by_layer(tensors: list[Any], first: int = 2) -> dict[int, np.ndarray]:
-        return {l: _to_numpy(t, dtype) for l, t in enumerate(tensors, start=first)}
-
     return AdapterOutput(
-        gradients=Gradients(by_layer(result.grad_w), by_layer(result.grad_b)),
-        cost=float(result.cost.detach().to("cpu", torch.float64)),
-        a=by_layer([x, *result.a], first=1),
-        z=by_layer(result.z),
-        delta=by_layer(result.delta) if result.delta is not None else None,
+        gradients=Gradients(by_layer(result.grad_w, dtype), by_layer(result.grad_b, dtype)),
+        cost=cost_value(result.cost),
+        a=by_layer([x, *result.a], dtype, first=1),
+        z=by_layer(result.z, dtype),
+        delta=by_layer(result.delta, dtype) if result.delta is not None else None,
     )

@@ -2,7 +2,7 @@
 
 What is on trial: torch's own data-parallel machinery. R processes (:data:`RANKS_VARIABLE`, 2 by default)
 each hold the page's ``nn.Sequential`` wrapped in ``torch.nn.parallel.DistributedDataParallel`` and a
-contiguous slice of the batch (:func:`~backprop_conformance.adapters.base.shards`); each computes its
+contiguous slice of the batch (:func:`~backprop_conformance.adapters.ranks.shards`); each computes its
 slice's cost C_r = Σ_{x in slice r} ½ Σ_j (y_j − a^L_j)² and calls ``backward()``, and DDP's reducer
 all-reduces the bucketed gradients while the backward pass runs.
 
@@ -15,13 +15,14 @@ whole-batch reference, with the bound charging the cross-rank combination
 
 Life cycle, so that an example costs a computation and not a process start:
 
-* The group starts once per session: R :class:`~backprop_conformance.adapters.worker.Worker` processes (an
+* The group starts once per session: R :class:`~backprop_conformance.adapters.worker.Worker` processes, each
+  hosting a :class:`~backprop_conformance.adapters.torch_ddp_rank.DdpRank` (an
   adapter's ``prepare`` launches them while other cells run); rank 0 opens the rendezvous, a ``TCPStore``
   bound to 127.0.0.1 on a port the OS picks (never a fixed port, never another interface), and every
   rank joins the gloo process group, whose own sockets are on the loopback interface too
   (``GLOO_SOCKET_IFNAME=lo``).
 * Each rank keeps one DDP model per (layer widths, dtype): constructing DDP is itself a collective
-  (rank 0 broadcasts its parameters) and costs ~20 ms. Every call copies the page's parameters in and
+  (rank 0 broadcasts its parameters), which costs more than a call. Every call copies the page's parameters in and
   clears the gradients (set to None), so nothing accumulates from one call into the next.
 * A new model takes one step on an empty batch before its first call. DDP assigns gradients to buckets
   anew after its first step, and with 3 or more ranks the new buckets change the order in which an
@@ -43,8 +44,6 @@ Importing this module does not import torch; the rank processes do.
 
 from __future__ import annotations
 
-import datetime
-import importlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -53,8 +52,8 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters import worker
-from backprop_conformance.adapters.base import AdapterError, count_from_environment, shards
-from backprop_conformance.reference.dtypes import FORMATS
+from backprop_conformance.adapters.base import AdapterError
+from backprop_conformance.adapters.ranks import count_from_environment, shards
 from backprop_conformance.reference.model import Batch, Network
 
 RANKS_VARIABLE = "BACKPROP_CONFORMANCE_DDP_RANKS"
@@ -63,11 +62,8 @@ DEFAULT_RANKS = 2
 MAX_RANKS = 64
 """More processes than this on one machine is a typo, not a test."""
 
-COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
-"""How long a rank waits in a collective for the others: a rank that died is noticed by the parent first (its
-pipe closes), which then kills the rest, so this matters only for a rank that hangs."""
-
-TARGET = "backprop_conformance.adapters.torch_ddp:DdpRank"
+TARGET = "backprop_conformance.adapters.torch_ddp_rank:DdpRank"
+"""The class each rank process hosts (:class:`~backprop_conformance.adapters.torch_ddp_rank.DdpRank`)."""
 
 
 def world_size() -> int:
@@ -187,97 +183,3 @@ def gather(parts: Sequence[dict[str, Any]], key: str) -> dict[int, np.ndarray] |
     if any(part[key] is None for part in parts):
         return None
     return {l: np.concatenate([part[key][l] for part in parts], axis=0) for l in parts[0][key]}
-
-
-class DdpRank:
-    """One rank, hosted in a worker process: joins the process group, then computes its slice under DDP."""
-
-    def __init__(self) -> None:
-        import torch
-
-        torch.set_num_threads(1)  # R processes share the machine's cores; oversubscribed threads only slow them all
-        self._torch = torch
-        self._store: Any = None
-        self._models: dict[tuple[tuple[int, ...], str], tuple[Any, Any, Any]] = {}
-        self._hook: Callable[..., Any] | None = None
-        self._device = "cpu"
-
-    def host(self, ranks: int) -> int:
-        """Open the rendezvous on 127.0.0.1 at a port the OS chooses, and return the port (rank 0 only)."""
-        distributed = self._torch.distributed
-        self._store = distributed.TCPStore("127.0.0.1", 0, ranks, is_master=True, timeout=COLLECTIVE_TIMEOUT, wait_for_workers=False)
-        return int(self._store.port)
-
-    def join(self, rank: int, ranks: int, port: int, hook: str | None, device: str) -> None:
-        """Join the process group of ``ranks`` processes as ``rank``: gloo on the CPU, nccl on CUDA (one GPU per rank)."""
-        torch = self._torch
-        distributed = torch.distributed
-        if device == "cuda":
-            if torch.cuda.device_count() < ranks:
-                raise AdapterError(f"torch ddp on cuda needs one GPU per rank: {ranks} ranks, {torch.cuda.device_count()} GPUs")
-            torch.cuda.set_device(rank)
-            self._device = f"cuda:{rank}"
-        if self._store is None:
-            self._store = distributed.TCPStore("127.0.0.1", port, ranks, is_master=False, timeout=COLLECTIVE_TIMEOUT)
-        backend = "nccl" if device == "cuda" else "gloo"
-        distributed.init_process_group(backend, store=self._store, rank=rank, world_size=ranks, timeout=COLLECTIVE_TIMEOUT)
-        if hook is not None:
-            module, _, attribute = hook.partition(":")
-            self._hook = getattr(importlib.import_module(module), attribute)
-
-    def run(self, network: Network, x: np.ndarray, y: np.ndarray, dtype: str) -> dict[str, Any]:
-        """Forward and backward of this rank's slice (possibly empty) under DDP: its cost, DDP's (mean) gradients, z, a, δ.
-
-        Returned as numpy arrays in ``dtype``'s carrier; gradients, cost and δ in the same format as the torch
-        adapter's other paths, so that the parent only scales and concatenates.
-        """
-        from backprop_conformance.adapters.torch_adapter import _ieee_arithmetic, _quadratic_cost, _to_numpy
-
-        torch = self._torch
-        tdtype = getattr(torch, dtype)
-        model, ddp, recorder = self._model(network, dtype)
-        with _ieee_arithmetic(self._device), torch.enable_grad():
-            with torch.no_grad():
-                for l, linear in zip(network.layers, recorder.linears, strict=True):
-                    linear.weight.copy_(torch.tensor(network.w[l], dtype=tdtype))
-                    linear.bias.copy_(torch.tensor(network.b[l], dtype=tdtype))
-            for parameter in model.parameters():
-                parameter.grad = None
-            recorder.z.clear()
-            recorder.a.clear()
-            xt = torch.tensor(np.asarray(x, dtype=FORMATS[dtype].carrier), dtype=tdtype, device=self._device)
-            yt = torch.tensor(np.asarray(y, dtype=FORMATS[dtype].carrier), dtype=tdtype, device=self._device)
-            a_L = ddp(xt)
-            for z in recorder.z:
-                z.retain_grad()
-            cost = _quadratic_cost(a_L, yt)
-            cost.backward()
-
-        def by_layer(tensors: list[Any], first: int = 2) -> dict[int, np.ndarray]:
-            return {l: _to_numpy(t, dtype) for l, t in enumerate(tensors, start=first)}
-
-        return {
-            "w": by_layer([m.weight.grad for m in recorder.linears]),
-            "b": by_layer([m.bias.grad for m in recorder.linears]),
-            "cost": float(cost.detach().to("cpu", torch.float64)),
-            "a": by_layer([xt, *recorder.a], first=1),
-            "z": by_layer(recorder.z),
-            "delta": by_layer([z.grad for z in recorder.z]),
-        }
-
-    def _model(self, network: Network, dtype: str) -> tuple[Any, Any, Any]:
-        """The cached (model, DDP wrapper, recorder) for this architecture and dtype; built collectively on first use."""
-        from backprop_conformance.adapters.torch_adapter import _build, _Recorder
-
-        key = (network.widths, dtype)
-        if key not in self._models:
-            torch = self._torch
-            model = _build(network, getattr(torch, dtype), self._device)
-            recorder = _Recorder(model)
-            ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if self._device == "cpu" else [self._device])
-            if self._hook is not None:
-                ddp.register_comm_hook(None, self._hook)
-            # One step on an empty batch: DDP rebuilds its gradient buckets after its first step (see the module docstring).
-            ddp(torch.zeros((0, network.widths[0]), dtype=getattr(torch, dtype), device=self._device)).sum().backward()
-            self._models[key] = (model, ddp, recorder)
-        return self._models[key]

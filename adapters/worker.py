@@ -54,8 +54,8 @@ from typing import Any, BinaryIO
 
 AHEAD_OF_NEED = 19
 """The niceness of a worker started ahead of need (JAX's compilation ahead): the lowest priority, so
-that it runs on the CPU the run's own tests leave idle. Measured on 2 cores, torch's cells beside an un-niced
-compiling process took 1.4-2.3 s each against 1.0-1.5 s beside a niced one."""
+that it runs on the CPU the run's own tests leave idle: beside an un-niced compiling process the run's own tests
+slow down markedly, beside a niced one hardly at all."""
 
 PARENT_POLL = 0.5
 """Seconds between the child's checks that its parent is still alive."""

@@ -27,24 +27,24 @@ FORMATS = ("float64", "float32", "float16", "bfloat16")
 def main() -> None:
     import jax
 
-    from backprop_conformance.adapters import jax_adapter
+    from backprop_conformance.adapters import jax_model
 
     jax.config.update("jax_enable_compilation_cache", False)
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}; seconds per program, counts from the optimised HLO")
     print(f"{'widths':<22} {'B':>3} {'format':<9} {'lower s':>8} {'compile s':>10} {'converts':>9} {'fusions':>8} {'lines':>6}")
     for widths, batch_size in SHAPES:
         for dtype in FORMATS:
-            with jax_adapter._precision_scope(dtype):
+            with jax_model.precision_scope(dtype):
                 params = [
                     (
-                        jax_adapter._put(np.zeros((widths[i + 1], widths[i])), dtype, "cpu"),
-                        jax_adapter._put(np.zeros(widths[i + 1]), dtype, "cpu"),
+                        jax_model.put(np.zeros((widths[i + 1], widths[i])), dtype, "cpu"),
+                        jax_model.put(np.zeros(widths[i + 1]), dtype, "cpu"),
                     )
                     for i in range(len(widths) - 1)
                 ]
-                x = jax_adapter._put(np.zeros((batch_size, widths[0])), dtype, "cpu")
-                y = jax_adapter._put(np.zeros((batch_size, widths[-1])), dtype, "cpu")
-                program = jax.jit(jax.grad(jax_adapter._forward, has_aux=True))
+                x = jax_model.put(np.zeros((batch_size, widths[0])), dtype, "cpu")
+                y = jax_model.put(np.zeros((batch_size, widths[-1])), dtype, "cpu")
+                program = jax.jit(jax.grad(jax_model.forward, has_aux=True))
                 began = time.perf_counter()
                 lowered = program.lower(params, x, y)
                 lowered_at = time.perf_counter()

@@ -12,7 +12,7 @@ hypothesis engine between examples, pytest). Then one line per backend (its cell
 milliseconds per example), and the
 whole run: its wall time, the same split over every test (contract and fidelity included), and the
 harness overhead: everything that is neither the framework nor the reference, as a fraction of the
-wall time. The targets are in the README ("Speed").
+wall time. The figures are in docs/speed.md.
 
 Each run is a fresh ``python -m pytest conformance`` subprocess (:func:`backprop_conformance.conformance.runner.run_suite`,
 fresh hypothesis database), and every figure is read from its JSON report.

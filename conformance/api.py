@@ -29,8 +29,11 @@ from backprop_conformance.adapters.registry import AdapterSpec, AdapterUnavailab
 from backprop_conformance.adapters.selfcheck import check_contract
 from backprop_conformance.conformance import cases
 from backprop_conformance.conformance.cells import Backend, Cell, select_cells
+from backprop_conformance.conformance.ledger import CONTRACT_TEST, PROPERTY_TEST, CellLedger
 from backprop_conformance.conformance.problems import Problem, contract_problem
+from backprop_conformance.conformance.ratios import format_ratio
 from backprop_conformance.conformance.report import CellResult
+from backprop_conformance.conformance.reproducers import replay_command
 from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, covering, problems
 from backprop_conformance.conformance.trial import AdapterRaised, CellTrial, check_cell
 from backprop_conformance.conformance.verdict import Verdict, judge
@@ -56,10 +59,7 @@ class AdapterCheck:
 
     def message(self) -> str:
         """A line per cell, then every failure's full text (parameter, values, bound, ratio, case files)."""
-        lines = [
-            f"{c.id}: {c.status}, {c.examples} examples, {c.failures} failed, worst ratio " + ("-" if c.worst is None else f"{c.worst:.3g}")
-            for c in self.cells
-        ]
+        lines = [f"{c.id}: {c.status}, {c.examples} examples, {c.failures} failed, worst ratio {format_ratio(c.worst)}" for c in self.cells]
         for text in self.failures.values():
             lines += ["", text]
         return "\n".join(lines)
@@ -131,18 +131,17 @@ def check_adapter(
 def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | None, case_dir: Path) -> tuple[CellResult, str]:
     """The contract, then the property, of one cell; the cell's result and its failure text ("" when it passed)."""
     assert backend.adapter is not None and backend.capabilities is not None
-    trial = CellTrial(backend, cell)
+    ledger = CellLedger.for_cell(cell)
+    trial = CellTrial(backend, cell, ledger.result)
     trial.result.dispatch = dispatch.configuration(backend.adapter, cell.path)
     fixed = contract_problem(cell.dtype)
     try:
         check_contract(backend.adapter, cell.path, cell.dtype, cell.device, fixed.network, fixed.batch)
-        trial.result.contract = "passed"
+        ledger.record(CONTRACT_TEST, CONTRACT_TEST, "call", "passed")
     except Exception as exc:  # the adapter is on trial: a contract violation or any exception is its result
-        trial.result.contract = "failed"
-        trial.result.status = "failed"
         kind = "" if isinstance(exc, AdapterContractError) else f"{type(exc).__name__}: "
-        trial.result.problems.append(f"the adapter contract failed: {kind}{exc}")
-        return trial.result, f"{cell.id}: the adapter contract failed: {kind}{exc}"
+        ledger.contract_failed(f"the adapter contract failed: {kind}{exc}")
+        return ledger.settle(), f"{cell.id}: the adapter contract failed: {kind}{exc}"
     pooled = cell.path in backend.capabilities.shape_compiled_paths
 
     running = settings(
@@ -166,14 +165,15 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
         check_cell(cell.id, trial.run, draw, running, designed, fail, seed=seed)
     except (ConformanceFailure, AdapterRaised) as exc:
         failure = str(exc).split("\nFalsifying example", 1)[0]
-    trial.result.status = "failed" if failure or trial.result.failures or trial.result.exceptions else "passed"
+    ledger.record(PROPERTY_TEST, PROPERTY_TEST, "call", "failed" if failure else "passed")
+    ledger.settle()
     if trial.failed:
         written = trial.write_cases(case_dir, {}, trial.result.dispatch)
         if isinstance(backend.adapter, _FunctionAdapter):
             function = getattr(backend.adapter.grad_fn, "__name__", "grad_fn")
             trial.result.replay = f"backprop_conformance.check_gradients({function}, *backprop_conformance.load_case({str(written[0])!r}))"
         else:
-            trial.result.replay = f"backprop-conformance replay {written[0]} --backend {backend.spec.requested_as}"
+            trial.result.replay = replay_command(str(written[0]), backend.spec.requested_as, backend.spec.name)
         failure += "\n" + "\n".join(f"case file: {p}" for p in written) + f"\nreplay it: {trial.result.replay}"
     return trial.result, failure
 

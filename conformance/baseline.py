@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backprop_conformance.adapters import dispatch
+from backprop_conformance.conformance.ratios import format_ratio
 from backprop_conformance.conformance.report import CellResult, Report, encode_float
 
 FACTOR = 2.0
@@ -71,12 +72,6 @@ def floor_for(old: Report, new: Report) -> float:
     return FLOOR_SAME_EXAMPLES if same_settings and new_h.get("derandomize") and same_suite else FLOOR
 
 
-def _ratio(value: float | None) -> str:
-    if value is None:
-        return "none"
-    return "inf" if value == math.inf else f"{value:.3g}"
-
-
 @dataclass(frozen=True)
 class CellComparison:
     """One cell in the baseline and in this run (either side None when it ran on one side only)."""
@@ -101,7 +96,7 @@ class CellComparison:
             return "new cell"
         if self.new is None:
             return "not run"
-        text = f"{_ratio(self.old.worst)} → {_ratio(self.new.worst)}"
+        text = f"{format_ratio(self.old.worst)} → {format_ratio(self.new.worst)}"
         old, new = self.old.worst, self.new.worst
         if old and new is not None and math.isfinite(old) and math.isfinite(new):
             text += f" (×{new / old:.2g})"
@@ -189,14 +184,14 @@ def compare_cell(old: CellResult, new: CellResult, floor: float = FLOOR) -> Cell
     if old.worst is not None and new.worst is not None and new.worst > limit(old.worst, floor):
         growth = f" (×{new.worst / old.worst:.3g})" if old.worst > 0 and math.isfinite(new.worst) else ""
         problems.append(
-            f"{new.id}: worst error/bound ratio {_ratio(old.worst)} in the baseline, {_ratio(new.worst)} now{growth}, "
-            f"beyond {FACTOR:g} × max({_ratio(old.worst)}, {floor:g}) = {_ratio(limit(old.worst, floor))}"
+            f"{new.id}: worst error/bound ratio {format_ratio(old.worst)} in the baseline, {format_ratio(new.worst)} now{growth}, "
+            f"beyond {FACTOR:g} × max({format_ratio(old.worst)}, {floor:g}) = {format_ratio(limit(old.worst, floor))}"
         )
     if old.status == "passed" and new.status in NOT_PASSING:
         problems.append(
-            f"{new.id}: passed in the baseline (0 of {old.examples} examples failed, worst ratio {_ratio(old.worst)}), "
+            f"{new.id}: passed in the baseline (0 of {old.examples} examples failed, worst ratio {format_ratio(old.worst)}), "
             f"{new.status} now ({new.failures} of {new.examples} examples failed, contract {new.contract}, "
-            f"{new.exceptions} exception(s), worst ratio {_ratio(new.worst)})"
+            f"{new.exceptions} exception(s), worst ratio {format_ratio(new.worst)})"
         )
     return CellComparison(new.id, old, new, tuple(problems))
 

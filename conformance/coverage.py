@@ -221,11 +221,12 @@ def weights(space: set[tuple[str, int, int, int]]) -> dict[tuple[str, int, int, 
 
 COMPILE_SECONDS = 0.066
 """What one more pooled shape costs a run per cell, before any example: JAX's tracing, lowering and cache lookup of
-its program in a warm run (measured on 2 cores: 40 shapes × 4 formats took 10.5 s of a run's JAX time)."""
+its program in a warm run. Measured once, on the machine the pool was chosen on: scaling every cost alike changes
+no choice of :func:`pool_design`, so only the ratios of these costs matter."""
 
 EXAMPLE_SECONDS = (0.004, 0.033e-6)
 """What one example of a shape costs, fixed and per multiply–add of its forward pass: the framework's call, the
-reference and the bound (measured: about 4 ms for a small network, 37 ms for one of a million multiply–adds)."""
+reference and the bound, measured as :data:`COMPILE_SECONDS` was."""
 
 
 def pool_design(size: int, candidates: Sequence[Shape], space: set[tuple[str, int, int, int]], examples: int = 100) -> tuple[Shape, ...]:

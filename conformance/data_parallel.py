@@ -4,7 +4,7 @@ A data-parallel path (torch's ``ddp``, JAX's ``sharded``) computes ∂C/∂w = �
 R partial sums, one per rank, combined by an all-reduce. Its costliest bugs leave a signature in the gradient
 itself, which the reference can compute exactly, since the page's per-example δ^l and a^{l−1} do not depend on
 how the batch is split: rank r's partial gradient is the reference's sum over rank r's slice
-(:func:`~backprop_conformance.adapters.base.shards`). When a data-parallel gradient fails its bound, the verdict
+(:func:`~backprop_conformance.adapters.ranks.shards`). When a data-parallel gradient fails its bound, the verdict
 compares it, within the same tolerance, with each signature:
 
 * G/R: the mean over ranks returned as the sum's gradient (DistributedDataParallel averages; the page's cost is a sum);
@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from backprop_conformance.adapters.base import shards
+from backprop_conformance.adapters.ranks import shards
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.reference.dtypes import FORMATS, float_format
 from backprop_conformance.reference.error_bound import K, Precision, cross_rank_reduction_bound

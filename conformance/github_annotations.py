@@ -15,7 +15,8 @@ import os
 from collections.abc import Mapping
 
 from backprop_conformance.adapters.dispatch import describe
-from backprop_conformance.conformance.report import CellResult, Report, describe_element
+from backprop_conformance.conformance.ratios import describe_element
+from backprop_conformance.conformance.report import CellResult, Report
 
 ANNOUNCED = ("failed", "incomplete")
 """Statuses that fail a run; a known upstream defect is a warning, not an error."""

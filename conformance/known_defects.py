@@ -22,8 +22,11 @@ not the wrapper's. Its ``versions`` are then matched against the version the bac
 (:attr:`~backprop_conformance.adapters.base.Capabilities.frameworks`), which :func:`validate` looks up once the
 backends are loaded; an entry naming a framework its backend does not declare is an error.
 
-The suite's own file is always loaded; every ``--conformance-known-defects FILE`` adds to it, so that
-a third party can list its framework's defects without losing the built-in ones. An entry for a
+The suite's own file is loaded unless ``--conformance-builtin-defects BACKEND=off`` drops a backend's entries; every
+``--conformance-known-defects FILE`` adds to it, so that a third party can list its framework's defects without
+losing the built-in ones. A framework's own CI needs the other way round too: there the fix for a listed defect lands
+first, and a strict entry would fail that CI the day it is merged, so ``BACKEND=non-strict`` keeps a backend's
+built-in entries as expected failures whose unexpected pass is reported, not failed (:data:`BUILTIN_MODES`). An entry for a
 backend that this run has not loaded is ignored with a note, so that one file can cover several
 frameworks. Anything else that would make an entry hide the wrong thing, or nothing while claiming
 to, is an error naming the entry: a missing or unknown field, a test or case that does not exist, a
@@ -32,10 +35,9 @@ path or dtype its backend does not offer, or a list mixing ``"*"`` with names.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Mapping, MutableSequence, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -82,6 +84,7 @@ class Defect:
     source: str = ""
     file: str = ""
     dispatch: Mapping[str, str] = field(default_factory=dict)
+    strict: bool = True
     framework: str = ""
     framework_version: str | None = None
 
@@ -196,7 +199,7 @@ def load(path: Path = DEFAULT_FILE) -> list[Defect]:
                 f"known defect #{number} of {path} ({texts['backend']}, {texts['issue']})",
                 str(path),
                 conditions,
-                framework,
+                framework=framework,
             )
         )
     return defects
@@ -217,12 +220,49 @@ def _conditions(value: object, where: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
-def load_all(extra: Sequence[Path] = ()) -> list[Defect]:
-    """The suite's own entries followed by those of every extra file, in order."""
-    defects = load(DEFAULT_FILE)
+BUILTIN_MODES = ("strict", "non-strict", "off")
+"""What ``--conformance-builtin-defects BACKEND=MODE`` does with a backend's entries in the suite's own list."""
+
+ALL_BACKENDS = "all"
+"""The ``BACKEND`` of ``--conformance-builtin-defects`` that stands for every backend."""
+
+
+def builtin_mode(modes: Mapping[str, str], backend: str) -> str:
+    """The mode for ``backend``'s built-in entries: its own, else ``all``'s, else strict."""
+    return modes.get(backend, modes.get(ALL_BACKENDS, "strict"))
+
+
+def load_all(extra: Sequence[Path] = (), builtin: Mapping[str, str] | None = None) -> list[Defect]:
+    """The suite's own entries, as ``builtin`` (backend → mode) leaves them, followed by those of every extra file."""
+    modes = dict(builtin or {})
+    own = load(DEFAULT_FILE)
+    listed = sorted({d.backend for d in own})
+    unknown = sorted(set(modes) - {*listed, ALL_BACKENDS})
+    if unknown:
+        raise KnownDefectsError(
+            f"--conformance-builtin-defects names {', '.join(unknown)}, which the suite's own list has no entry for; "
+            f"it has entries for {', '.join(listed)} (or give {ALL_BACKENDS})"
+        )
+    defects = []
+    for defect in own:
+        mode = builtin_mode(modes, defect.backend)
+        if mode != "off":
+            defects.append(replace(defect, strict=mode == "strict"))
     for path in extra:
         defects += load(path)
     return defects
+
+
+def describe_modes(modes: Mapping[str, str]) -> str:
+    """The header's line for ``--conformance-builtin-defects``, empty when every built-in entry stays strict."""
+    changed = {backend: mode for backend, mode in sorted(modes.items()) if mode != "strict"}
+    if not changed:
+        return ""
+    parts = [
+        f"{'every backend' if backend == ALL_BACKENDS else backend}'s {'switched off' if mode == 'off' else 'non-strict'}"
+        for backend, mode in changed.items()
+    ]
+    return "built-in known defects: " + "; ".join(parts) + " (--conformance-builtin-defects)"
 
 
 def validate(defects: MutableSequence[Defect], tests: Mapping[str, Sequence[str]], loaded: Mapping[str, Capabilities]) -> list[str]:
@@ -267,7 +307,7 @@ def validate(defects: MutableSequence[Defect], tests: Mapping[str, Sequence[str]
                     f"{d.source}: framework {d.framework!r} is not one {d.backend} declares it runs on "
                     f"(Capabilities.frameworks: {declared})"
                 )
-            defects[index] = dataclasses.replace(d, framework_version=caps.frameworks[d.framework])
+            defects[index] = replace(d, framework_version=caps.frameworks[d.framework])
     return [
         f"{file}: {count} known-defect entr{'y' if count == 1 else 'ies'} for backend {backend!r}, not loaded in this run, ignored"
         for (file, backend), count in ignored.items()

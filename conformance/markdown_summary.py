@@ -8,20 +8,14 @@ the ratio, the case files and the replay command -- what a bug report needs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from backprop_conformance.adapters.dispatch import describe
 from backprop_conformance.conformance.baseline import Comparison
-from backprop_conformance.conformance.report import CellResult, Report, describe_element
+from backprop_conformance.conformance.ratios import describe_element, format_ratio
+from backprop_conformance.conformance.report import CellResult, Report
 
 STATUS_MARK = {"passed": "✅", "failed": "❌", "incomplete": "❌ incomplete", "known defect": "⚠️ known defect", "not run": "– not run"}
-
-
-def _ratio(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return "∞" if value == math.inf else f"{value:.3g}"
 
 
 def headline(report: Report, comparison: Comparison | None) -> str:
@@ -72,8 +66,8 @@ def markdown(report: Report, comparison: Comparison | None = None) -> str:
             str(cell.failures),
             cell.contract,
             str(cell.exceptions),
-            _ratio(cell.worst),
-            _ratio(cell.median),
+            format_ratio(cell.worst),
+            format_ratio(cell.median),
         ]
         status = STATUS_MARK[cell.status]
         if comparison is not None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from backprop_conformance.conformance.known_defects import ALL_BACKENDS, BUILTIN_MODES
 
 PREFIX = "--conformance-"
 
@@ -60,6 +62,7 @@ class RunOptions:
     max_examples: int | None = None
     case_dir: Path = Path("conformance-cases")
     known_defects: tuple[Path, ...] = ()
+    builtin_defects: Mapping[str, str] = field(default_factory=dict)
     report: Path | None = None
     baseline: Path | None = None
     update_baseline: bool = False
@@ -146,6 +149,15 @@ def add_options(parser: Any) -> None:
         metavar="FILE",
         help="TOML file of known upstream defects, added to the suite's own list (docs/adapters.md); repeatable",
     )
+    add(
+        f"{PREFIX}builtin-defects",
+        action="append",
+        default=[],
+        metavar="BACKEND=MODE",
+        help="what to do with a backend's entries in the suite's own known-defects list: strict (the default: a fixed defect "
+        "fails the run), non-strict (an unexpected pass is reported, not failed) or off (not applied); BACKEND may be all; "
+        "repeatable (docs/ci.md)",
+    )
     add(f"{PREFIX}report", metavar="PATH", default=None, help="write the run's results as JSON (docs/report-schema.md)")
     add(
         f"{PREFIX}baseline",
@@ -185,6 +197,23 @@ def _cache_dir(value: str | None, start: Path) -> Path | None:
     return start / chosen if chosen else None
 
 
+def _builtin_defects(values: Sequence[str]) -> dict[str, str]:
+    """``BACKEND=MODE`` pairs as a mapping; a malformed pair, an unknown mode or a backend given twice is refused."""
+    modes: dict[str, str] = {}
+    for value in values:
+        backend, sign, mode = value.partition("=")
+        backend, mode = backend.strip(), mode.strip()
+        if not sign or not backend or mode not in BUILTIN_MODES:
+            raise OptionError(
+                f"{PREFIX}builtin-defects takes BACKEND=MODE with MODE one of {', '.join(BUILTIN_MODES)} "
+                f"and BACKEND a backend's name or {ALL_BACKENDS}; got {value!r}"
+            )
+        if modes.get(backend, mode) != mode:
+            raise OptionError(f"{PREFIX}builtin-defects gives {backend} two modes, {modes[backend]} and {mode}; give one")
+        modes[backend] = mode
+    return modes
+
+
 def from_config(config: Any) -> RunOptions:
     """The options of a pytest run, validated; relative paths are taken from where pytest was started."""
 
@@ -212,6 +241,7 @@ def from_config(config: Any) -> RunOptions:
         max_examples=get("max_examples"),
         case_dir=start / get("case_dir"),
         known_defects=tuple(start / p for p in get("known_defects")),
+        builtin_defects=_builtin_defects(get("builtin_defects")),
         report=path(get("report")),
         baseline=path(get("baseline")),
         update_baseline=bool(get("update_baseline")),

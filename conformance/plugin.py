@@ -3,8 +3,8 @@
 Activated by ``conformance/conftest.py`` (``pytest_plugins``), so it is active exactly when the user runs
 ``pytest conformance`` (or the installed ``backprop-conformance``), never in other test runs. Everything
 a run holds lives in one :class:`~backprop_conformance.conformance.session.ConformanceSession`, created
-here at configure time and registered as a plug-in of its own; the tests reach it through the
-``conformance`` fixture.
+here at configure time and registered as a plug-in of its own; the tests reach its test-facing side
+(:class:`~backprop_conformance.conformance.checks.Checks`) through the ``conformance`` fixture.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from backprop_conformance.conformance import options
+from backprop_conformance.conformance.checks import Checks
 from backprop_conformance.conformance.session import ConformanceSession
 
 SESSION_PLUGIN = "backprop-conformance-session"
@@ -49,8 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def conformance(pytestconfig: pytest.Config) -> ConformanceSession:
-    """The run's :class:`~backprop_conformance.conformance.session.ConformanceSession`: backends, cells, trials, limits."""
+def conformance(pytestconfig: pytest.Config) -> Checks:
+    """What the suite's test functions call (:class:`~backprop_conformance.conformance.checks.Checks`), on the run's backends and limits."""
     session = pytestconfig.pluginmanager.get_plugin(SESSION_PLUGIN)
     assert isinstance(session, ConformanceSession)
-    return session
+    return session.checks

@@ -6,7 +6,7 @@ where a framework's error grows (:mod:`~backprop_conformance.conformance.plot`) 
 summary page (:mod:`~backprop_conformance.conformance.markdown_summary`). This module is the format
 alone: the typed :class:`Report` and :class:`CellResult`, the JSON encoding of non-finite numbers, and
 strict reading and atomic writing. It imports neither pytest nor the frameworks, so that a report can
-be read and plotted anywhere. The run builds the typed report once (:mod:`~backprop_conformance.conformance.session`),
+be read and plotted anywhere. The run builds the typed report once (:mod:`~backprop_conformance.conformance.end_of_run`),
 compares it, then writes it.
 
 The format is documented, field by field, in ``docs/report-schema.md``. JSON has no infinity, and an
@@ -258,16 +258,6 @@ class CellResult:
             level=level,
             dispatch=fields.configuration("dispatch"),
         )
-
-
-def describe_element(element: Mapping[str, Any]) -> str:
-    """A cell's worst element in one line, as the verdict prints it: ``w^2_13: framework …, reference …, bound …, ratio …``."""
-    ratio = float(element["ratio"])
-    shown = "∞" if ratio == math.inf else f"{ratio:.3g}"
-    return (
-        f"{element['name']}: framework {element['framework']:.17g}, reference {element['reference']:.17g}, "
-        f"bound {element['bound']:.3g}, ratio {shown}"
-    )
 
 
 def _element_ratio(element: Mapping[str, Any]) -> float:

@@ -3,9 +3,9 @@
 Why each strategy below is built once per set of arguments (``functools.cache`` over ``st.composite``), and so is
 every strategy they draw from (the module's ``_``-prefixed constants and caches): hypothesis validates every
 strategy object the first time it is drawn from, and a strategy made afresh for each example is a new object
-each time. Reusing the composites halved the generation time (300 examples: 2.5 s → 1.2 s); reusing the
-strategies inside them took another quarter (600 free-shape float32 examples: 2.95 → 2.2 ms each, reference
-included). Neither changes a draw: the same networks come out either way (checked on derandomized draws).
+each time. Reusing the composites, and the strategies inside them, pays that validation once instead of once per
+example, which was most of the generation time. Neither changes a draw: the same networks come out either way
+(checked on derandomized draws).
 
 Why the values come from a seeded numpy generator and not from hypothesis' own float strategies:
 a depth-8, width-64 network has ~30,000 parameters, and drawing each through hypothesis would
@@ -68,7 +68,7 @@ class Limits:
     """On a path that compiles per shape, about one example in this many draws its shape freely from the full
     limits instead of from the pool (:func:`_coin`); None keeps those paths on the pool, which covers every
     shape class, so that a run pays a bounded number of compilations. Each free shape on a compiling path costs
-    a compilation (0.3-1.5 s for JAX on 2 cores)."""
+    a compilation."""
 
 
 Z_REACH: dict[str, float] = {"float64": 1000.0, "float32": 100.0, "bfloat16": 100.0, "float16": 30.0}
@@ -127,9 +127,9 @@ THOROUGH_LIMITS = Limits(max_depth=8, max_width=96, max_batch=24, pool=SHAPE_POO
 
 How many: once hypothesis has drawn a free shape it mutates that example into others, so the free shapes of a
 cell far outnumber 2,000/``free_odds`` (2,000 examples, two runs each: odds 32 gave 191 and 280 distinct free
-shapes, 128 gave 81 and 70, 512 gave 23 and 7). A JAX cell of the thorough profile took 177 s with the former
-odds of 16 (``--durations``, 2 cores), nearly all of it compiling free shapes; at 512 the profile's run of
-torch and JAX with ``-n 2`` fits its time budget (README, "Speed")."""
+shapes, 128 gave 81 and 70, 512 gave 23 and 7). With the former odds of 16 a JAX cell of the thorough profile
+spent nearly all of its time compiling free shapes; at 512 the profile's run of torch and JAX with ``-n 2`` fits
+its time budget (docs/speed.md)."""
 LARGE_LIMITS = Limits(max_depth=16, max_width=1024, max_batch=512, pool=LARGE_POOL)
 
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the tests get everything they use from fixtures
     from backprop_conformance.conformance.cells import Cell
-    from backprop_conformance.conformance.session import ConformanceSession
+    from backprop_conformance.conformance.checks import Checks
 
 
-def test_contract(cell: Cell, conformance: ConformanceSession) -> None:
+def test_contract(cell: Cell, conformance: Checks) -> None:
     conformance.check_contract(cell)

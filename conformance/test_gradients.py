@@ -16,9 +16,9 @@ import pytest
 
 if TYPE_CHECKING:  # annotations only: the tests get everything they use from fixtures
     from backprop_conformance.conformance.cells import Cell
-    from backprop_conformance.conformance.session import ConformanceSession
+    from backprop_conformance.conformance.checks import Checks
 
 
-def test_gradients(cell: Cell, conformance: ConformanceSession, request: pytest.FixtureRequest) -> None:
+def test_gradients(cell: Cell, conformance: Checks, request: pytest.FixtureRequest) -> None:
     """Every ∂C/∂w^l_jk and ∂C/∂b^l_j, and the cost, agree with the reference within K·(E_framework + E_reference)."""
     conformance.check_gradients(request.node, cell)

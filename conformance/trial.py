@@ -42,10 +42,9 @@ STEER_FROM = 10_000
 Hypothesis' own documentation says targeting becomes noticeable from about 1,000 examples and "immediately obvious
 by around ten thousand test cases per label". Steering is not free: with an example database, hypothesis keeps a
 Pareto front of every targeted example and compares each new one against it, and it spends an optimisation pass
-after generation. Measured on one torch cell (``--durations``, 2 cores): 100 examples, 2.6 s with ``target`` and
-1.45 s without; 2,000 examples (the ``thorough`` profile), 38.6 s against 25.1 s. At 2,000 examples the same time
-buys 3,000 unsteered ones, so the suite's profiles do not steer, and a run of 10,000 examples per cell or more
-(``--conformance-max-examples``) does. Hypothesis' ``Phase.target`` left out of a profile's ``phases`` turns
+after generation. At the sizes of the suite's profiles (up to 2,000 examples, ``thorough``) the time steering
+costs buys more unsteered examples than steering is worth, so those profiles do not steer, and a run of 10,000
+examples per cell or more (``--conformance-max-examples``) does. Hypothesis' ``Phase.target`` left out of a profile's ``phases`` turns
 steering off at any size."""
 
 
@@ -76,13 +75,15 @@ class AdapterRaised(Exception):
 class CellTrial:
     """The property test of one cell in progress: its examples, their verdicts, and the failing examples to keep."""
 
-    def __init__(self, backend: Backend, cell: Cell) -> None:
+    def __init__(self, backend: Backend, cell: Cell, result: CellResult) -> None:
+        """``result`` is the record the trial adds its examples to: the cell's own, or, in an xdist worker, one that
+        the worker sends to the controller on the test's report."""
         assert backend.adapter is not None and backend.capabilities is not None
         self.backend = backend
         self.adapter = backend.adapter
         self.cell = cell
         self.precision = backend.capabilities.precision(cell.dtype, cell.path)
-        self.result = CellResult(cell.id, cell.backend, cell.path, cell.dtype, cell.device, level=cell.level)
+        self.result = result
         self.shrunk: FailingExample | None = None
         self.worst: FailingExample | None = None
 

@@ -32,6 +32,7 @@ import numpy as np
 from backprop_conformance.adapters.base import AdapterOutput
 from backprop_conformance.conformance.data_parallel import diagnose
 from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.ratios import format_mismatch, format_ratio
 from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision
 from backprop_conformance.reference.model import Gradients, parameter_name
 
@@ -58,10 +59,7 @@ class Mismatch:
 
     def line(self) -> str:
         note = "  (framework returned exactly 0)" if self.framework == 0 and self.reference != 0 else ""
-        return (
-            f"{self.name}: framework {self.framework:.17g}, reference {self.reference:.17g}, "
-            f"bound {self.bound:.3g}, ratio {self.ratio:.3g}{note}"
-        )
+        return format_mismatch(self.name, self.framework, self.reference, self.bound, self.ratio) + note
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "framework": self.framework, "reference": self.reference, "bound": self.bound, "ratio": self.ratio}
@@ -121,7 +119,7 @@ class GradientComparison:
     def describe(self, what: str, standard: str = "their bounds") -> str:
         """One paragraph: the outcome, then the worst failing elements in the page's indices."""
         if self.passed:
-            return f"{what}: all {self.elements} gradient elements within {standard} (worst ratio {self.worst_ratio:.3g})"
+            return f"{what}: all {self.elements} gradient elements within {standard} (worst ratio {format_ratio(self.worst_ratio)})"
         lines = [
             f"{what}: {len(self.mismatches)} of {self.elements} gradient elements exceed {standard}",
             f"  worst: {self.mismatches[0].line()}",
@@ -203,9 +201,8 @@ class Verdict:
         """The failure report, written to be pasted into a bug report as it is."""
         g = self.gradients
         if self.passed:
-            return (
-                f"{self.cell}: all {g.elements} gradient elements and the cost within {self.standard} (worst ratio {self.worst_ratio:.3g})"
-            )
+            worst = format_ratio(self.worst_ratio)
+            return f"{self.cell}: all {g.elements} gradient elements and the cost within {self.standard} (worst ratio {worst})"
         if g.passed:
             lines = [f"{self.cell}: the cost exceeds {self.standard}, while all {g.elements} gradient elements are within it"]
         else:

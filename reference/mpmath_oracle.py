@@ -20,8 +20,8 @@ a time:
 σ(z) = 1 − 1e-304 rounds to exactly 1 even at 50 digits, so 1 − σ(z) is 0 although σ′(700) ≈ 9.86e-305.
 mpmath's exponent range is unbounded, so e^(−z) needs no overflow guard here.
 
-Cost: pure-Python big-number arithmetic, about 8 ms for a 115-parameter net (widths 4-8-6-3) and a
-batch of 4 at 50 digits -- fine for tests, too slow to replace the float64 reference.
+Cost: pure-Python big-number arithmetic, per index: fine for the small networks of tests, far too slow to replace
+the float64 reference (``python -m benchmarks.bench_reference`` times it).
 
 Precision is set with :func:`mpmath.workdps`, which restores mpmath's global precision on exit (also on
 an exception), so calling the oracle never changes the precision seen by other code.

@@ -126,13 +126,12 @@ class _LayerBuffers(NamedTuple):
 def _layer_buffers(widths: tuple[int, ...], batch_size: int, dtype: np.dtype) -> dict[int, _LayerBuffers]:
     """Non-overlapping, aligned views of *one* new block, for everything :func:`backprop` returns.
 
-    Why one block. A backward pass returns 4·B·n(l) + n(l)·(n(l−1) + 1) numbers per layer, 18.9 MB at
-    width 512 and batch 256. Allocated array by array, that memory went back to the operating system
-    when the caller dropped the trace (glibc hands back free memory beyond twice the largest block freed
-    so far, 2 MB here) and every call page-faulted it in again: about 9 ms per call against 12.7 ms for
-    all the matrix products, on the 2-core VM the suite is developed on. One block raises glibc's threshold
-    to its own size (up to 32 MiB), so the next call reuses it: 0.4 ms. Larger blocks are mapped afresh
-    but in huge pages, which numpy requests from 4 MiB. Figures: ``python -m benchmarks.bench_reference``.
+    Why one block. A backward pass returns 4·B·n(l) + n(l)·(n(l−1) + 1) numbers per layer, megabytes at the large
+    profile's widths. Allocated array by array, that memory went back to the operating system when the caller dropped
+    the trace (glibc hands back free memory beyond twice the largest block freed so far) and every call page-faulted
+    it in again, which cost more than all the matrix products. One block raises glibc's threshold to its own size (up
+    to 32 MiB), so the next call reuses it. Larger blocks are mapped afresh but in huge pages, which numpy requests
+    from 4 MiB. The figures: ``python -m benchmarks.bench_reference``, table (iii).
     Writing into views instead of new arrays changes no bit of any result, since the same numpy calls
     run on the same operands (``tests/test_vectorized.py``); the price is that one array of a trace
     keeps the whole block alive.

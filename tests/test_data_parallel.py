@@ -23,7 +23,8 @@ import ddp_mutants
 import numpy as np
 import pytest
 
-from backprop_conformance.adapters.base import AdapterError, Capabilities, CapabilitiesError, shards
+from backprop_conformance.adapters.base import AdapterError, Capabilities, CapabilitiesError
+from backprop_conformance.adapters.ranks import shards
 from backprop_conformance.conformance.data_parallel import diagnose, rank_gradients
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.runner import clean_environment, run_suite

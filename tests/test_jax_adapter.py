@@ -358,9 +358,9 @@ def test_a_prepared_shape_runs_the_program_the_example_would_have_compiled(
     """After prepare(), the example compiles nothing, and its bits equal those of a fresh compilation (caches cleared)."""
     network, batch = rounded(dtype, *Case("prepared", (3, 11, 2), 9, seed=41).draw())
     adapter.prepare("jit", dtype, "cpu", [(network.widths, batch.size)])
-    from backprop_conformance.adapters.jax_adapter import _PRECOMPILER
+    from backprop_conformance.adapters.jax_precompile import PRECOMPILER
 
-    thread = _PRECOMPILER._thread
+    thread = PRECOMPILER._thread
     assert thread is not None
     thread.join(timeout=60)  # the background compilation done (a claim now could take the shape off the queue instead)
     compilations.clear()
@@ -377,7 +377,7 @@ def test_a_prepared_shape_runs_the_program_the_example_would_have_compiled(
 _CACHE_FILL_SCRIPT = """
 import json, sys
 import jax, numpy as np
-from backprop_conformance.adapters import jax_adapter
+from backprop_conformance.adapters import jax_precompile
 from backprop_conformance.adapters.jax_adapter import JaxAdapter
 from backprop_conformance.reference.dtypes import round_to
 from backprop_conformance.reference.model import Batch, Network
@@ -394,7 +394,7 @@ batch = Batch(x, round_to(dtype, rng.uniform(size=(batch_size, 2))).astype(np.fl
 adapter = JaxAdapter()
 adapter.use_cache(cache)
 adapter.prepare("jit", dtype, "cpu", [(widths, batch_size)])
-jax_adapter._PRECOMPILER._thread.join(120)
+jax_precompile.PRECOMPILER._thread.join(120)
 filled = sorted(p.name for p in __import__("pathlib").Path(cache).iterdir())
 events = []
 jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
@@ -410,7 +410,7 @@ same = all(
     for l in net.layers
 )
 print(json.dumps({
-    "worker_starts": jax_adapter._cache_filler().starts,
+    "worker_starts": jax_precompile.cache_filler().starts,
     "filled": filled, "after": after,
     "hits": seen.count("/jax/compilation_cache/cache_hits"),
     "requests": seen.count("/jax/compilation_cache/compile_requests_use_cache"),
@@ -446,16 +446,16 @@ def test_with_a_persistent_cache_a_worker_process_compiles_ahead_and_the_example
 _BROKEN_FILLER_SCRIPT = """
 import json, sys
 import numpy as np
-from backprop_conformance.adapters import jax_adapter, worker
+from backprop_conformance.adapters import jax_precompile, worker
 from backprop_conformance.adapters.jax_adapter import JaxAdapter
 
-jax_adapter._cache_filler = lambda: worker.shared("no_such_module:Filler", name="broken")
+jax_precompile.cache_filler = lambda: worker.shared("no_such_module:Filler", name="broken")
 adapter = JaxAdapter()
 adapter.use_cache(sys.argv[1])
 adapter.prepare("jit", "float32", "cpu", [((3, 4, 2), 5)])
-jax_adapter._PRECOMPILER._thread.join(120)
+jax_precompile.PRECOMPILER._thread.join(120)
 entries = len(list(__import__("pathlib").Path(sys.argv[1]).iterdir()))
-print(json.dumps({"failed": jax_adapter._PRECOMPILER._filler_failed, "entries": entries}))
+print(json.dumps({"failed": jax_precompile.PRECOMPILER._filler_failed, "entries": entries}))
 """
 
 
@@ -473,9 +473,9 @@ def test_a_compile_worker_that_cannot_start_leaves_the_compilation_to_this_proce
 
 def test_an_example_does_not_wait_behind_shapes_still_queued() -> None:
     """claim() of a shape not yet begun takes it off the queue at once; cancel() empties the queue and the thread leaves."""
-    from backprop_conformance.adapters.jax_adapter import _Precompiler
+    from backprop_conformance.adapters.jax_precompile import Precompiler
 
-    precompiler = _Precompiler()
+    precompiler = Precompiler()
     keys = [("jit", "float32", "cpu", (5, 40 + i, 40 + i, 40 + i, 3), 7) for i in range(12)]
     for key in keys:
         precompiler.submit(key)
@@ -491,9 +491,9 @@ def test_an_example_does_not_wait_behind_shapes_still_queued() -> None:
 
 def test_a_failing_background_compilation_is_left_to_the_example(adapter: JaxAdapter) -> None:
     """An error in the thread is dropped (the request that meets it raises it); claiming that shape returns."""
-    from backprop_conformance.adapters.jax_adapter import _Precompiler
+    from backprop_conformance.adapters.jax_precompile import Precompiler
 
-    precompiler = _Precompiler()
+    precompiler = Precompiler()
     key = ("no-such-path", "float32", "cpu", (2, 2), 1)
     precompiler.submit(key)
     thread = precompiler._thread

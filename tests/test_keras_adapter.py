@@ -108,7 +108,7 @@ def test_contract(path: str, dtype: str) -> None:
 def test_each_backend_runs_in_a_worker_of_its_own(path: str) -> None:
     problem = ARCHITECTURES[0].problem("float32", SEED)
     ADAPTER.compute(problem.network, problem.batch, dtype="float32", path=path)
-    worker = workers.shared(f"{keras_adapter.__name__}:KerasInProcess", keras_adapter.WORKER_ENVIRONMENT[path])
+    worker = workers.shared(keras_adapter.WORKER_TARGET, keras_adapter.WORKER_ENVIRONMENT[path])
     assert worker.pid is not None and worker.pid != os.getpid()
     hosted = worker.call("capabilities")
     assert hosted.paths == (path,), f"the {path} worker runs Keras on {hosted.paths}"
@@ -237,7 +237,7 @@ def test_in_process_keras_on_jax_offers_float64_only_in_64_bit_mode() -> None:
     """Without JAX_ENABLE_X64 Keras stores a float64 Dense in float32: the in-process adapter must not claim float64 then."""
     code = (
         "import jax\n"
-        "from backprop_conformance.adapters.keras_adapter import KerasInProcess\n"
+        "from backprop_conformance.adapters.keras_in_process import KerasInProcess\n"
         "print('float64' in KerasInProcess().caps.dtypes)\n"
         "jax.config.update('jax_enable_x64', True)\n"
         "print('float64' in KerasInProcess().caps.dtypes)\n"

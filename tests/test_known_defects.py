@@ -271,3 +271,85 @@ def test_versions_restrict_an_entry_to_the_framework_versions_it_was_seen_in(tmp
 def test_versions_must_be_a_specifier(tmp_path: Path) -> None:
     with pytest.raises(KnownDefectsError, match="not a PEP 440 specifier"):
         load(write(tmp_path, entry(versions='"newest"')))
+
+
+NUMPY_EXAMPLE = ["--conformance-backend", "backprop_conformance.adapters.example_numpy:NumpyAdapter", "--conformance-dtype", "float64"]
+
+
+def test_builtin_modes_make_a_backends_entries_non_strict_or_drop_them() -> None:
+    bundled = known_defects.load_all()
+    torch_entries = [d for d in bundled if d.backend == "torch"]
+    assert torch_entries and all(d.strict for d in bundled)
+    relaxed = known_defects.load_all((), {"torch": "non-strict"})
+    assert [d.strict for d in relaxed if d.backend == "torch"] == [False] * len(torch_entries)
+    assert all(d.strict for d in relaxed if d.backend != "torch")
+    assert not [d for d in known_defects.load_all((), {"torch": "off"}) if d.backend == "torch"]
+    assert len(known_defects.load_all((), {"torch": "off"})) == len(bundled) - len(torch_entries)
+    everything = known_defects.load_all((), {"all": "non-strict", "torch": "off"})
+    assert everything and not any(d.strict or d.backend == "torch" for d in everything), "a backend's own mode wins over all's"
+
+
+def test_builtin_modes_leave_the_users_own_entries_strict(tmp_path: Path) -> None:
+    extra = tmp_path / "mine.toml"
+    extra.write_text(FIDELITY_ENTRY, encoding="utf-8")
+    defects = known_defects.load_all((extra,), {"all": "off"})
+    assert defects and all(d.strict and d.backend == "ok-output-sigma-prime" for d in defects)
+
+
+def test_a_builtin_mode_for_a_backend_the_list_does_not_cover_is_refused() -> None:
+    with pytest.raises(KnownDefectsError, match=r"names troch, which the suite's own list has no entry for; it has entries for .*torch"):
+        known_defects.load_all((), {"troch": "off"})
+
+
+def test_builtin_modes_are_described_only_when_something_changed() -> None:
+    assert known_defects.describe_modes({}) == known_defects.describe_modes({"torch": "strict"}) == ""
+    assert known_defects.describe_modes({"torch": "non-strict", "jax": "off"}) == (
+        "built-in known defects: jax's switched off; torch's non-strict (--conformance-builtin-defects)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "wanted"),
+    [
+        ("torch", "takes BACKEND=MODE with MODE one of strict, non-strict, off"),
+        ("torch=loose", "got 'torch=loose'"),
+        ("=off", "got '=off'"),
+    ],
+)
+def test_a_malformed_builtin_mode_is_a_usage_error(tmp_path: Path, value: str, wanted: str) -> None:
+    done = run_suite([*NUMPY_EXAMPLE, "--conformance-builtin-defects", value], tmp_path)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR and wanted in done.output, done.explain()
+
+
+def test_non_strict_entries_become_non_strict_xfails() -> None:
+    """Through the marks collection puts on a test: the day the defect is fixed, pytest reports XPASS instead of failing."""
+    from backprop_conformance.conformance.cells import Cell
+    from backprop_conformance.conformance.collection import known_defect_marks
+
+    cell = Cell("torch", "eager", "float64")
+    test = "test_sigmoid_prime_fidelity"
+    (strict,) = known_defect_marks(known_defects.load_all(), test, cell, "2.13.0", "saturated")
+    (relaxed,) = known_defect_marks(known_defects.load_all((), {"torch": "non-strict"}), test, cell, "2.13.0", "saturated")
+    assert strict.kwargs["strict"] is True and relaxed.kwargs["strict"] is False
+    assert relaxed.kwargs["reason"] == strict.kwargs["reason"]
+    assert known_defect_marks(known_defects.load_all((), {"torch": "off"}), test, cell, "2.13.0", "saturated") == []
+
+
+@pytest.mark.skipif(find_spec("torch") is None, reason="torch not installed")
+def test_non_strict_torch_entries_still_mark_its_defects_and_the_run_says_so(tmp_path: Path) -> None:
+    torch_eager = ["--conformance-backend", "torch", "--conformance-dtype", "float64", "--conformance-path", "eager"]
+    done = run_suite([*torch_eager, "-m", "fidelity", "--conformance-builtin-defects", "torch=non-strict"], tmp_path)
+    assert done.returncode == pytest.ExitCode.OK, done.explain()
+    note = "built-in known defects: torch's non-strict (--conformance-builtin-defects)"
+    assert f"note: {note}" in done.output and done.report is not None and note in done.report.notes
+    xfailed = {o.test for o in done.outcomes if o.outcome == "skipped" and "known upstream defect" in o.message}
+    assert "test_sigmoid_prime_fidelity[torch-eager-float64-saturated]" in xfailed, sorted(xfailed)
+
+
+@pytest.mark.skipif(find_spec("torch") is None, reason="torch not installed")
+def test_switching_torchs_builtin_entries_off_shows_its_defect_as_a_failure(tmp_path: Path) -> None:
+    torch_eager = ["--conformance-backend", "torch", "--conformance-dtype", "float64", "--conformance-path", "eager"]
+    done = run_suite([*torch_eager, "-m", "fidelity", "--conformance-builtin-defects", "torch=off"], tmp_path)
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
+    failed = {o.test for o in done.outcomes if o.outcome == "failed"}
+    assert "test_sigmoid_prime_fidelity[torch-eager-float64-saturated]" in failed, sorted(failed)

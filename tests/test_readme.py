@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -102,3 +104,107 @@ def test_every_documented_or_configured_suite_option_exists() -> None:
             if option not in known:
                 unknown.append(f"{document.relative_to(ROOT)}: {option}")
     assert not unknown, "options pytest does not accept: " + ", ".join(unknown)
+
+
+README_WORDS = 1500
+"""README.md's length limit: what the suite is, the two commands, the three routes and the layout; reference
+material lives in docs/."""
+
+
+def test_readme_stays_short() -> None:
+    words = len((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert words <= README_WORDS, f"README.md has {words} words, more than {README_WORDS}: move reference material to docs/"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_in_the_docs_leads_somewhere() -> None:
+    """A link into docs/ (or to a heading of a page) that leads nowhere is the first thing a newcomer clicks."""
+    broken = []
+    for document in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", document.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            path = (document.parent / file).resolve() if file else document
+            if not path.exists():
+                broken.append(f"{document.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and path.suffix == ".md":
+                headings = re.findall(r"^#+ (.*)$", path.read_text(encoding="utf-8"), re.M)
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{document.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "broken links: " + "; ".join(broken)
+
+
+def _route(title: str) -> str:
+    """The text of one "Start here" route, up to the next heading."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Start here", 1)[1].split("\n## ", 1)[0]
+    return section.split(f"### {title}", 1)[1].split("\n### ", 1)[0]
+
+
+def _shell_lines(text: str) -> list[str]:
+    return [line for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.splitlines() if line.strip()]
+
+
+ROUTES = (
+    "I maintain a framework and want this in its CI",
+    "I wrote backprop myself and want to know if it is right",
+    "I am writing a new framework",
+)
+
+
+def test_every_route_starts_from_a_fresh_virtual_environment() -> None:
+    for title in ROUTES:
+        lines = _shell_lines(_route(title))
+        fresh = "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints/ci.txt -e "
+        assert lines and lines[0].startswith(fresh), title
+
+
+def test_the_student_route_needs_no_framework() -> None:
+    """It installs the project with no extra, and its snippet runs as written on a hand-written backprop."""
+    route = _route("I wrote backprop myself and want to know if it is right")
+    assert _shell_lines(route)[0].endswith("pip install -c constraints/ci.txt -e ."), "no framework extra"
+    (snippet,) = re.findall(r"```python\n(.*?)```", route, re.S)
+    from tests.test_api import backprop
+
+    namespace: dict[str, object] = {"backprop": backprop}
+    exec(compile(snippet, "README.md:student route", "exec"), namespace)
+
+
+def test_the_new_framework_route_runs_the_tested_example_command() -> None:
+    from tests.test_example_adapter import COMMAND
+
+    lines = _shell_lines(_route("I am writing a new framework"))
+    assert lines[1] == f'{COMMAND} -m "not fidelity"'
+
+
+def test_the_maintainers_route_runs_green_with_the_builtin_defects_non_strict(tmp_path: Path) -> None:
+    """The CI route's command, narrowed to float64 and a few examples, exits 0 and writes its report."""
+    import shlex
+
+    from backprop_conformance.conformance.runner import run_suite
+
+    pytest.importorskip("torch")
+    lines = _shell_lines(_route("I maintain a framework and want this in its CI"))
+    assert lines[0].endswith("-e '.[torch]'") and lines[1].startswith("backprop-conformance ")
+    args = [a for a in shlex.split(lines[1])[1:] if not a.startswith("--conformance-report") and a != "report.json"]
+    assert "--conformance-builtin-defects" in args and "torch=non-strict" in args
+    done = run_suite([*args, "--conformance-dtype", "float64", "--conformance-max-examples", "4"], tmp_path, installed=True)
+    assert done.returncode == 0 and done.report is not None, done.explain()
+    assert {c.id.split("-")[0] for c in done.report.cells} == {"torch"}
+
+
+def test_the_layout_names_every_module() -> None:
+    """README's layout says each module's job; a module added without a line there is a module nobody can find."""
+    layout = (ROOT / "README.md").read_text(encoding="utf-8").split("## Layout", 1)[1]
+    missing = [
+        f"{folder}/{module.name}"
+        for folder in ("reference", "adapters", "conformance")
+        for module in sorted((ROOT / folder).glob("*.py"))
+        if module.name != "__init__.py" and f"`{module.name}`" not in layout
+    ]
+    assert not missing, "README.md's layout does not name: " + ", ".join(missing)

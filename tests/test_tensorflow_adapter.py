@@ -28,7 +28,7 @@ from backprop_conformance.reference.model import Batch, Network
 tf = pytest.importorskip("tensorflow", reason="the TensorFlow adapter needs tensorflow (pip install backprop-conformance[tensorflow])")
 
 from backprop_conformance.adapters import tensorflow_adapter  # noqa: E402  (after the importorskip that guards this module)
-from backprop_conformance.adapters.tensorflow_adapter import DTYPES, PATHS, TensorFlowAdapter, _pinned_numerics  # noqa: E402
+from backprop_conformance.adapters.tensorflow_adapter import DTYPES, PATHS, TensorFlowAdapter, pinned_numerics  # noqa: E402
 
 ADAPTER = TensorFlowAdapter()
 
@@ -285,9 +285,9 @@ def test_a_call_pins_tf32_off_and_determinism_on_and_restores_both(tf32: bool, d
     original = _flags()
     _set_flags(tf32, deterministic)
     try:
-        with _pinned_numerics():
+        with pinned_numerics():
             assert _flags() == (False, True)
-        with pytest.raises(ZeroDivisionError), _pinned_numerics():
+        with pytest.raises(ZeroDivisionError), pinned_numerics():
             1 / 0  # noqa: B018 (an exception inside the call must restore the flags too)
         assert _flags() == (tf32, deterministic)
         problem = ARCHITECTURES[0].problem("float32", SEED)

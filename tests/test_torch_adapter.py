@@ -29,7 +29,8 @@ from strategies import cases, compare  # noqa: E402  (after the importorskip tha
 from backprop_conformance.adapters.base import AdapterOutput, RequestError  # noqa: E402
 from backprop_conformance.adapters.registry import resolve  # noqa: E402
 from backprop_conformance.adapters.selfcheck import check_contract  # noqa: E402
-from backprop_conformance.adapters.torch_adapter import DEFAULT_PATHS, DTYPES, TorchAdapter, _ieee_arithmetic  # noqa: E402
+from backprop_conformance.adapters.torch_adapter import DEFAULT_PATHS, DTYPES, TorchAdapter  # noqa: E402
+from backprop_conformance.adapters.torch_model import ieee_arithmetic  # noqa: E402
 from backprop_conformance.conformance.verdict import worst_ratio  # noqa: E402
 from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to  # noqa: E402
 from backprop_conformance.reference.error_bound import FLOAT64, ErrorBounds, Precision, tolerance  # noqa: E402
@@ -347,7 +348,7 @@ def test_ieee_arithmetic_is_pinned_for_the_call_and_restored(device: str) -> Non
     try:
         torch.set_float32_matmul_precision("medium")
         before = _torch_state()
-        with _ieee_arithmetic(device):
+        with ieee_arithmetic(device):
             if device == "cpu":
                 assert backends.mkldnn.matmul.fp32_precision == "ieee"
             else:

@@ -1,0 +1,295 @@
+"""Keras on the backend this process imported: the model a Keras user writes, its training step, and the adapter that runs them.
+
+Keras fixes its backend when it is imported, so :class:`~backprop_conformance.adapters.keras_adapter.KerasAdapter`
+runs each backend in a worker process of its own, and each worker hosts :class:`KerasInProcess` (see that module's
+docstring for the paths, the layout and what each backend's step is). The model, the steps and the conversions live
+here because only a process that has imported Keras on a backend can build them; the backends' declarations
+(dtypes, accumulation, dispatch levels) are the parent adapter's, so both sides declare the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities, CapabilitiesError
+from backprop_conformance.adapters.keras_adapter import (
+    ACCUMULATION,
+    BACKENDS,
+    CONFIGURATIONS,
+    DTYPES,
+    ENVIRONMENT,
+    LEVELS,
+    SHAPE_COMPILED_PATHS,
+)
+from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.model import Batch, Gradients, Network
+
+
+def _keras() -> Any:
+    """Import Keras on first use only (and with it the backend ``KERAS_BACKEND`` names)."""
+    import keras
+
+    return keras
+
+
+class KerasInProcess(Adapter):
+    """Keras on the backend this process imported: one path, the backend's name.
+
+    The worker processes of :class:`~backprop_conformance.adapters.keras_adapter.KerasAdapter` host it. It also runs
+    directly, one backend per process, as a plug-in: ``KERAS_BACKEND=torch python -m pytest conformance
+    --conformance-backend backprop_conformance.adapters.keras_in_process:KerasInProcess`` (its cells are then named ``keras-in-process-*``,
+    and the known defects listed for ``keras`` do not apply to them).
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("keras",)
+
+    def capabilities(self) -> Capabilities:
+        """The imported backend as the only path; float64 on JAX only when 64-bit mode is on (else Keras stores it in float32)."""
+        keras = _keras()
+        backend = keras.backend.backend()
+        if backend not in BACKENDS:
+            raise CapabilitiesError(f"adapter 'keras-in-process': Keras backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        dtypes = DTYPES
+        if backend == "jax":
+            import jax
+
+            if not jax.config.jax_enable_x64:
+                dtypes = tuple(d for d in DTYPES if d != "float64")
+        return Capabilities(
+            name="keras-in-process",
+            framework=f"Keras on {backend}",
+            version=keras.__version__,
+            dtypes=dtypes,
+            paths=(backend,),
+            default_paths=(backend,),
+            accumulation={d: ACCUMULATION[d] for d in ACCUMULATION if d in dtypes},
+            shape_compiled_paths=(backend,) if backend in SHAPE_COMPILED_PATHS else (),
+            environment=("KERAS_BACKEND", "JAX_ENABLE_X64", *ENVIRONMENT),
+            levels={backend: LEVELS[backend]()},
+        )
+
+    def dispatch(self, path: str) -> Mapping[str, str]:
+        """The configuration that picks this process's backend's kernels (:data:`CONFIGURATIONS`)."""
+        return CONFIGURATIONS[_keras().backend.backend()]()
+
+    def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
+        """Build the Sequential, set every kernel (w^l transposed) and bias, and read them back in page layout."""
+        keras = _keras()
+        with _pinned_numerics(keras.backend.backend(), device):
+            model = _Model(network.widths, dtype)
+            model.assign(network, dtype)
+            carrier = float_format(dtype).carrier
+            return Network(
+                {l: _to_numpy(layer.kernel, carrier).T for l, layer in enumerate(model.layers, start=2)},
+                {l: _to_numpy(layer.bias, carrier) for l, layer in enumerate(model.layers, start=2)},
+            )
+
+    def cached_models(self) -> list[tuple[tuple[int, ...], str]]:
+        """The (widths, dtype) of the models this process keeps (:func:`_model`), oldest first: what a warm-up left."""
+        return list(_MODELS)
+
+    def warm(self, widths: tuple[int, ...], batch_size: int, *, dtype: str, device: str = "cpu") -> None:
+        """One training step on zeros of this shape, its result thrown away: the warm-up
+        :class:`~backprop_conformance.adapters.keras_adapter.KerasAdapter` sends ahead of need."""
+        network = Network.from_lists(
+            [np.zeros((n_out, n_in)) for n_in, n_out in itertools.pairwise(widths)], [np.zeros(n_out) for n_out in widths[1:]]
+        )
+        batch = Batch(np.zeros((batch_size, widths[0])), np.zeros((batch_size, widths[-1])))
+        self.run(network, batch, dtype=dtype, path=_keras().backend.backend(), device=device)
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        """∂C/∂w^l and ∂C/∂b^l of C = Σ_x ½ Σ_j (y_j − a^L_j)² on this process's backend, with a^l from the same pass."""
+        keras = _keras()
+        backend = keras.backend.backend()
+        with _pinned_numerics(backend, device):
+            model = _model(network.widths, dtype)
+            model.assign(network, dtype)
+            x, y = _tensor(batch.x, dtype), _tensor(batch.y, dtype)
+            cost, activations, grad_w, grad_b = _STEPS[backend](model, x, y)
+        carrier = float_format(dtype).carrier
+
+        def by_layer(values: list[Any], first: int = 2, transpose: bool = False) -> dict[int, np.ndarray]:
+            return {l: (_to_numpy(v, carrier).T if transpose else _to_numpy(v, carrier)) for l, v in enumerate(values, start=first)}
+
+        return AdapterOutput(
+            gradients=Gradients(by_layer(grad_w, transpose=True), by_layer(grad_b)),
+            cost=float(_to_numpy(cost, np.dtype(np.float64))),
+            a=by_layer([x, *activations], first=1),
+        )
+
+
+@contextlib.contextmanager
+def _pinned_numerics(backend: str, device: str) -> Iterator[None]:
+    """The backend's own adapter's pins for the call: IEEE float32 products and TF op determinism, restored after.
+
+    torch: :func:`backprop_conformance.adapters.torch_model.ieee_arithmetic`; TensorFlow:
+    :func:`backprop_conformance.adapters.tensorflow_adapter.pinned_numerics`; JAX: ``jax.default_matmul_precision
+    ("highest")``, a scoped configuration (Keras' ``matmul`` passes no precision of its own).
+    """
+    if backend == "torch":
+        from backprop_conformance.adapters.torch_model import ieee_arithmetic
+
+        with ieee_arithmetic(device):
+            yield
+    elif backend == "tensorflow":
+        from backprop_conformance.adapters.tensorflow_adapter import pinned_numerics
+
+        with pinned_numerics():
+            yield
+    else:
+        import jax
+
+        with jax.default_matmul_precision("highest"):
+            yield
+
+
+def _tensor(values: np.ndarray, dtype: str) -> Any:
+    """``values`` (float64, exactly representable in ``dtype``) as a backend tensor of ``dtype``; exact, since representable."""
+    keras = _keras()
+    return keras.ops.cast(keras.ops.convert_to_tensor(np.asarray(values, dtype=float_format(dtype).carrier)), dtype)
+
+
+def _to_numpy(value: Any, carrier: np.dtype) -> np.ndarray:
+    """A backend tensor or Keras variable as numpy in the format's carrier, through float32 or float64 (both exact).
+
+    Widened first because numpy has no bfloat16, and not every backend's tensors convert from it.
+    """
+    keras = _keras()
+    if isinstance(value, keras.Variable):
+        value = value.value
+    wide = "float64" if keras.backend.standardize_dtype(value.dtype) == "float64" else "float32"
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(value, wide))).astype(carrier)
+
+
+class _Model:
+    """The user's ``keras.Sequential`` and a functional view of its layers that returns every a^l (l = 2..L).
+
+    ``kernel_initializer="zeros"`` (the bias's default already): every parameter is assigned before each use, and
+    the default random initializer only costs time -- on JAX it compiles its random ops for every new shape, most
+    of what building a model costs.
+    """
+
+    def __init__(self, widths: tuple[int, ...], dtype: str) -> None:
+        keras = _keras()
+        self.sequential = keras.Sequential(
+            [keras.Input((widths[0],), dtype=dtype)]
+            + [
+                keras.layers.Dense(n_out, activation="sigmoid", dtype=dtype, name=f"layer_{l}", kernel_initializer="zeros")
+                for l, n_out in enumerate(widths[1:], start=2)
+            ]
+        )
+        self.layers = list(self.sequential.layers)
+        self.view = keras.Model(self.sequential.inputs, [layer.output for layer in self.layers])
+        self.variables = [v for layer in self.layers for v in (layer.kernel, layer.bias)]
+        self.compiled: Callable[..., Any] | None = None
+
+    def assign(self, network: Network, dtype: str) -> None:
+        """Every kernel to w^l transposed (Keras' (in, out) layout), every bias to b^l."""
+        for l, layer in zip(network.layers, self.layers, strict=True):
+            layer.kernel.assign(_tensor(network.w[l].T, dtype))
+            layer.bias.assign(_tensor(network.b[l], dtype))
+
+
+CACHE_SIZE = 256
+"""Models kept per worker (least recently used first out): one per (widths, dtype), with its compiled step on a backend
+that compiles per shape, as in :data:`~backprop_conformance.adapters.tensorflow_adapter.CACHE_SIZE`. A training loop
+keeps its model and assigns it new values; so does the adapter, which assigns every parameter before each step. On
+torch it also saves building the model anew for every call, which would be about half of a small net's call."""
+
+_MODELS: OrderedDict[tuple[tuple[int, ...], str], _Model] = OrderedDict()
+
+
+def _model(widths: tuple[int, ...], dtype: str) -> _Model:
+    """The cached model of these widths and dtype (:data:`CACHE_SIZE`): on a backend that compiles its step per shape,
+    a new model would be a new compilation."""
+    key = (widths, dtype)
+    model = _MODELS.get(key)
+    if model is None:
+        model = _MODELS[key] = _Model(widths, dtype)
+        while len(_MODELS) > CACHE_SIZE:
+            _MODELS.popitem(last=False)
+    _MODELS.move_to_end(key)
+    return model
+
+
+def _as_list(outputs: Any) -> list[Any]:
+    """The view's outputs [a^2, ..., a^L] as a list: a functional model with one output (L = 2) returns the tensor itself."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _cost(a_L: Any, y: Any) -> Any:
+    """C = Σ_x ½ Σ_j (y_j − a^L_j)², in ``keras.ops``; ``y − a`` with the operator, as Keras' own ``mean_squared_error`` writes it."""
+    keras = _keras()
+    return 0.5 * keras.ops.sum(keras.ops.square(y - a_L))
+
+
+def _tensorflow_step(model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
+    """``tf.GradientTape`` in a ``tf.function`` per model, as Keras' TensorFlow trainer runs ``train_step``."""
+    import tensorflow as tf
+
+    if model.compiled is None:
+
+        def step(x: Any, y: Any) -> tuple[Any, list[Any], list[Any]]:
+            with tf.GradientTape() as tape:
+                activations = _as_list(model.view(x))
+                cost = _cost(activations[-1], y)
+            return cost, activations, tape.gradient(cost, model.variables)
+
+        model.compiled = tf.function(step, autograph=False)
+    cost, activations, gradients = model.compiled(x, y)
+    return cost, _as_list(activations), gradients[0::2], gradients[1::2]
+
+
+def _torch_step(model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
+    """Autograd, eagerly, as Keras' torch trainer runs ``train_step``: forward, ``backward()``, each variable's ``.grad``.
+
+    Every ``.grad`` is set to None first, as the trainer's ``zero_grad`` does each step: the model is reused from one
+    call to the next (:func:`_model`), and ``backward()`` adds to a gradient it finds.
+    """
+    import torch
+
+    for v in model.variables:
+        v.value.grad = None
+    with torch.enable_grad():
+        activations = _as_list(model.view(x))
+        cost = _cost(activations[-1], y)
+        cost.backward()
+    gradients = [v.value.grad for v in model.variables]
+    return cost.detach(), [a.detach() for a in activations], gradients[0::2], gradients[1::2]
+
+
+def _jax_step(model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
+    """``jax.jit(jax.value_and_grad(...))`` of ``stateless_call``, as Keras' JAX trainer computes gradients."""
+    import jax
+
+    if model.compiled is None:
+        non_trainable = [v.value for v in model.view.non_trainable_variables]
+
+        def cost_of(values: list[Any], x: Any, y: Any) -> tuple[Any, list[Any]]:
+            # stateless_call takes the view's trainable variables in its own order; map ours onto them.
+            outputs, _ = model.view.stateless_call(_ordered(model, values), non_trainable, x)
+            activations = _as_list(outputs)
+            return _cost(activations[-1], y), activations
+
+        model.compiled = jax.jit(jax.value_and_grad(cost_of, has_aux=True))
+    (cost, activations), gradients = model.compiled([v.value for v in model.variables], x, y)
+    return cost, activations, gradients[0::2], gradients[1::2]
+
+
+def _ordered(model: _Model, values: list[Any]) -> list[Any]:
+    """``values`` (in :attr:`_Model.variables` order) rearranged into ``model.view.trainable_variables`` order."""
+    position = {id(v): i for i, v in enumerate(model.variables)}
+    return [values[position[id(v)]] for v in model.view.trainable_variables]
+
+
+_STEPS: dict[str, Callable[[_Model, Any, Any], tuple[Any, list[Any], list[Any], list[Any]]]] = {
+    "tensorflow": _tensorflow_step,
+    "torch": _torch_step,
+    "jax": _jax_step,
+}
