@@ -131,6 +131,21 @@ def check_plugin_class(cls: type) -> None:
             )
 
 
+def _check_frameworks(adapter: str, frameworks: object) -> dict[str, str]:
+    """``frameworks`` as a dict of framework name → version, both non-empty strings, names safe as in ``name``."""
+    if not isinstance(frameworks, Mapping):
+        raise CapabilitiesError(
+            f"adapter {adapter!r}: frameworks must be a mapping of framework name to version, e.g. {{'jax': jax.__version__}}, "
+            f"got {type(frameworks).__name__}"
+        )
+    for key, version in frameworks.items():
+        if not isinstance(key, str) or not SAFE_NAME.fullmatch(key) or ".." in key:
+            raise CapabilitiesError(f"adapter {adapter!r}: frameworks has the name {key!r}; names are letters, digits and _ . + -")
+        if not isinstance(version, str) or not version:
+            raise CapabilitiesError(f"adapter {adapter!r}: frameworks[{key!r}] must be a non-empty version string, got {version!r}")
+    return dict(frameworks)
+
+
 def _check_names(adapter: str, what: str, value: object, *, allow_empty: bool = False) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (tuple, list)):
         raise CapabilitiesError(
@@ -192,6 +207,9 @@ class Capabilities:
         device_dtypes: for a device whose formats differ from :attr:`dtypes`, the ones it supports there (a subset
             of :attr:`dtypes`): ``{"cuda": ("float32", "float16", "bfloat16")}`` for a framework whose float64 runs on
             the CPU only. A device not named supports every one of :attr:`dtypes`.
+        frameworks: for an adapter that wraps other frameworks (Flax runs on JAX), their names and the versions
+            in use (``{"jax": jax.__version__}``). A known-defect entry with ``framework = "jax"`` is matched
+            against this version instead of :attr:`version`: a wrapper's defect usually lives underneath.
     """
 
     name: str
@@ -207,6 +225,7 @@ class Capabilities:
     ranks: Mapping[str, int] = field(default_factory=dict)
     levels: Mapping[str, tuple[Level, ...]] = field(default_factory=dict)
     device_dtypes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    frameworks: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -244,6 +263,7 @@ class Capabilities:
         ranks = _check_ranks(name, paths, self.ranks)
         levels = _check_levels(name, paths, self.levels)
         device_dtypes = _check_device_dtypes(name, devices, dtypes, self.device_dtypes)
+        frameworks = _check_frameworks(name, self.frameworks)
         for attribute, value in (
             ("dtypes", dtypes),
             ("paths", paths),
@@ -255,6 +275,7 @@ class Capabilities:
             ("ranks", ranks),
             ("levels", levels),
             ("device_dtypes", device_dtypes),
+            ("frameworks", frameworks),
         ):
             object.__setattr__(self, attribute, value)
 

@@ -19,10 +19,13 @@ an adapter class that defines one of the suite's own methods
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from backprop_conformance.adapters.base import Adapter, AdapterError, CapabilitiesError
 
@@ -118,6 +121,12 @@ class AdapterSpec:
     def _raise_if_missing(self, requires: tuple[str, ...]) -> None:
         if isinstance(requires, str) or not all(isinstance(r, str) for r in requires):
             raise AdapterError(f"adapter {self.name!r}: requires must be a tuple of import names, got {requires!r}")
+        for name in requires:
+            if not all(part.isidentifier() for part in name.split(".")):
+                raise AdapterError(
+                    f"adapter {self.name!r}: requires holds {name!r}, which is not an import name; give the name `import` takes "
+                    "(mlx.core), not the distribution's (mlx-cpu)"
+                )
         missing = [module for module in requires if not _installed(module)]
         if missing:
             raise AdapterUnavailable(f"skipped: {', '.join(missing)} not installed (needed by adapter {self.name!r})")
@@ -130,10 +139,40 @@ class AdapterSpec:
 
 
 def _installed(module: str) -> bool:
+    """Whether ``module`` (a top-level name or a dotted one, ``mlx.core``) is importable, found without importing anything.
+
+    A dotted name is looked up in its parents' directories rather than with :func:`importlib.util.find_spec`, which
+    would import the parents. A namespace package -- a folder with no ``__init__.py`` -- counts only when a folder
+    of it holds a module or a package: a wheel that installs a bare folder of libraries and headers (``mlx-cpu``
+    installs ``mlx/lib``, ``mlx/include``) makes the name findable without giving Python anything to import.
+    """
+    top, *rest = module.split(".")
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return False
+    for depth in range(1, len(rest) + 1):
+        if spec is None or spec.submodule_search_locations is None:
+            return False
+        spec = importlib.machinery.PathFinder.find_spec(".".join([top, *rest[:depth]]), list(spec.submodule_search_locations))
+    return spec is not None and (not _is_namespace(spec) or _holds_python(spec.submodule_search_locations))
+
+
+def _is_namespace(spec: importlib.machinery.ModuleSpec) -> bool:
+    return spec.submodule_search_locations is not None and spec.origin in (None, "namespace")
+
+
+def _holds_python(locations: Iterable[str]) -> bool:
+    """Whether one of a namespace package's folders holds a module (``.py``, an extension module) or a regular package."""
+    suffixes = tuple(importlib.machinery.all_suffixes())
+    for location in locations:
+        try:
+            entries = list(Path(location).iterdir())
+        except OSError:
+            continue
+        if any((e.name.endswith(suffixes) and e.is_file()) or (e / "__init__.py").is_file() for e in entries):
+            return True
+    return False
 
 
 BUILTIN: dict[str, AdapterSpec] = {
@@ -143,6 +182,8 @@ BUILTIN: dict[str, AdapterSpec] = {
         "tensorflow", "backprop_conformance.adapters.tensorflow_adapter:TensorFlowAdapter", "built-in", ("tensorflow",)
     ),
     "keras": AdapterSpec("keras", "backprop_conformance.adapters.keras_adapter:KerasAdapter", "built-in", ("keras",)),
+    "mlx": AdapterSpec("mlx", "backprop_conformance.adapters.mlx_adapter:MlxAdapter", "built-in", ("mlx.core",)),
+    "flax": AdapterSpec("flax", "backprop_conformance.adapters.flax_adapter:FlaxAdapter", "built-in", ("flax.nnx", "jax")),
 }
 
 

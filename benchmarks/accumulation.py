@@ -13,31 +13,29 @@ in few. Each operation is computed the way the adapters and the example plug-in 
 gradient through the framework's own autodiff (torch: Linear's bias gradient; JAX: the transpose of
 b's broadcast, under jit), the cost's sum with the framework's sum, the products with its matmul. It
 prints figures and asserts nothing.
+
+It calls each framework's operations directly, for the three frameworks whose declarations it documents; to
+measure any adapter (a plug-in included) through the adapter itself, run the public probe,
+``python -m backprop_conformance accumulation BACKEND`` (:mod:`backprop_conformance.conformance.accumulation_probe`),
+whose exact sums and rounding check this reuses.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
+from fractions import Fraction
 
 import numpy as np
 
+from backprop_conformance.conformance.accumulation_probe import correctly_rounded, exact_dot, exact_sum
 from backprop_conformance.reference.dtypes import round_to
 
 SIZES = (16, 1024)
 """Terms per sum: a batch of the default profile's largest size, and a large one."""
 
-Op = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+Op = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, list[Fraction]]]
 """(p, q) of shape (n, 2), values of the format in float64 -> (computed, exact) for 2 sums of n terms."""
-
-
-def exact_dot(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    return np.array([math.fsum(p[:, j] * q[:, j]) for j in range(p.shape[1])])
-
-
-def exact_sum(p: np.ndarray) -> np.ndarray:
-    return np.array([math.fsum(p[:, j]) for j in range(p.shape[1])])
 
 
 def torch_ops(dtype: str) -> dict[str, Op]:
@@ -137,7 +135,7 @@ def main() -> None:
                         p = round_to(dtype, rng.uniform(0.0, 1.0, (n, 2))).astype(np.float64)
                         q = round_to(dtype, rng.uniform(0.0, 1.0, (n, 2))).astype(np.float64)
                         got, exact = ops[op](p, q)
-                        hits += int(np.sum(got == round_to(dtype, exact).astype(np.float64)))
+                        hits += correctly_rounded(dtype, got, exact)
                     cells.append(f"{hits:>8}/{2 * args.trials:<8}")
             print(f"{name:<10} {dtype:<9} " + " ".join(cells))
 

@@ -9,7 +9,11 @@ names that is not built in or installed).
 and per cell (:mod:`~backprop_conformance.conformance.plot`; needs the ``plot`` extra). Exit status 0, or
 2 for an unreadable report or missing matplotlib.
 
-Ctrl-C ends either with exit status 130 and one line, not a traceback.
+``accumulation`` measures what an adapter's framework accumulates its sums in, the evidence for its declared
+accumulation (:mod:`~backprop_conformance.conformance.accumulation_probe`). Exit status 0, or 2 for a backend
+that cannot be loaded.
+
+Ctrl-C ends any of them with exit status 130 and one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -43,7 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     pp = sub.add_parser("plot", help="draw a run's JSON report (--conformance-report) as PNG plots")
     pp.add_argument("report", help="a report written by pytest conformance --conformance-report REPORT.json")
     pp.add_argument("--out", default="conformance-plots", help="directory for the PNG files (default: ./conformance-plots)")
-    args = parser.parse_args(argv)
+    sub.add_parser("accumulation", help="measure what an adapter's framework accumulates its sums in", add_help=False)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["accumulation"]:
+        from backprop_conformance.conformance.accumulation_probe import main as accumulation_main
+
+        try:
+            return accumulation_main(arguments[1:])
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return INTERRUPTED
+    args = parser.parse_args(arguments)
     try:
         if args.command == "plot":
             from backprop_conformance.conformance.plot import main as plot_main

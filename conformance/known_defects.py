@@ -16,6 +16,12 @@ exists only where a framework picks certain kernels -- oneDNN's, or AVX-512 ones
 exactly where the cell's recorded configuration (:mod:`~backprop_conformance.adapters.dispatch`) says those kernels
 ran, and nowhere else. Such an entry is applied when the cell's configuration is known, as its test starts.
 
+An entry may be keyed by the version of a framework underneath its backend (``framework = "jax"``): a wrapper's
+defect usually lives in what it wraps (Flax's σ′ is JAX's), and is fixed by the underlying framework's releases,
+not the wrapper's. Its ``versions`` are then matched against the version the backend declares for that framework
+(:attr:`~backprop_conformance.adapters.base.Capabilities.frameworks`), which :func:`validate` looks up once the
+backends are loaded; an entry naming a framework its backend does not declare is an error.
+
 The suite's own file is loaded unless ``--conformance-builtin-defects BACKEND=off`` drops a backend's entries; every
 ``--conformance-known-defects FILE`` adds to it, so that a third party can list its framework's defects without
 losing the built-in ones. A framework's own CI needs the other way round too: there the fix for a listed defect lands
@@ -30,7 +36,7 @@ path or dtype its backend does not offer, or a list mixing ``"*"`` with names.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -61,7 +67,10 @@ class Defect:
 
     ``cases`` applies to the fidelity tests only; it is empty for an entry that names only
     conformance tests. ``dispatch`` limits the entry to configurations (:func:`configuration_matches`); empty, it
-    holds on every CPU. ``source`` names the file and entry number in messages.
+    holds on every CPU. ``source`` names the file and entry number in messages. ``framework``, when not empty,
+    names the framework underneath the backend whose version ``versions`` is matched against; its version,
+    ``framework_version``, is filled in by :func:`validate` from the loaded backend's declaration, and until
+    then the entry matches nothing.
     """
 
     backend: str
@@ -76,6 +85,8 @@ class Defect:
     file: str = ""
     dispatch: Mapping[str, str] = field(default_factory=dict)
     strict: bool = True
+    framework: str = ""
+    framework_version: str | None = None
 
     def matches(
         self,
@@ -89,9 +100,11 @@ class Defect:
     ) -> bool:
         """Whether the entry covers this test; an entry limited to configurations never covers one whose
         ``configuration`` is not known yet (None)."""
+        matched_version = self.framework_version if self.framework else version
         return (
             backend == self.backend
-            and self.versions.contains(version, prereleases=True)
+            and matched_version is not None
+            and self.versions.contains(matched_version, prereleases=True)
             and test in self.tests
             and (self.paths == ("*",) or path in self.paths)
             and (self.dtypes == ("*",) or dtype in self.dtypes)
@@ -102,7 +115,8 @@ class Defect:
     @property
     def reason(self) -> str:
         where = f" (where {', '.join(f'{k} is {v}' for k, v in self.dispatch.items())})" if self.dispatch else ""
-        return f"known upstream defect{where}: {self.summary} ({self.issue})"
+        underneath = f" of {self.framework} {self.framework_version}" if self.framework else ""
+        return f"known upstream defect{underneath}{where}: {self.summary} ({self.issue})"
 
 
 FEATURES_KEY = "cpu.features"
@@ -151,9 +165,14 @@ def load(path: Path = DEFAULT_FILE) -> list[Defect]:
                     f"{where} lacks the field 'cases' (required for the fidelity tests {', '.join(map(str, fidelity))})"
                 )
             lists["cases"] = entry["cases"]
-        extra = sorted(set(entry) - set(lists) - set(texts) - {"dispatch"})
+        extra = sorted(set(entry) - set(lists) - set(texts) - {"dispatch", "framework"})
         if extra:
             raise KnownDefectsError(f"{where} has unknown field(s) {', '.join(extra)}")
+        framework = entry.get("framework", "")
+        if "framework" in entry and (not isinstance(framework, str) or not framework):
+            raise KnownDefectsError(
+                f'{where}: framework must be the non-empty name of a framework the backend runs on (framework = "jax"), got {framework!r}'
+            )
         conditions = _conditions(entry["dispatch"], where) if "dispatch" in entry else {}
         for key, value in lists.items():
             if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
@@ -180,6 +199,7 @@ def load(path: Path = DEFAULT_FILE) -> list[Defect]:
                 f"known defect #{number} of {path} ({texts['backend']}, {texts['issue']})",
                 str(path),
                 conditions,
+                framework=framework,
             )
         )
     return defects
@@ -245,8 +265,11 @@ def describe_modes(modes: Mapping[str, str]) -> str:
     return "built-in known defects: " + "; ".join(parts) + " (--conformance-builtin-defects)"
 
 
-def validate(defects: Sequence[Defect], tests: Mapping[str, Sequence[str]], loaded: Mapping[str, Capabilities]) -> list[str]:
+def validate(defects: MutableSequence[Defect], tests: Mapping[str, Sequence[str]], loaded: Mapping[str, Capabilities]) -> list[str]:
     """Raise :class:`KnownDefectsError` for any entry that cannot match a test of the full table; return notes.
+
+    An entry keyed by an underlying framework (``framework``) is replaced, in place, by one that holds the version
+    its loaded backend declares for that framework, which is what it is matched against from then on.
 
     ``tests`` maps every test that entries may name to its case names (empty for the conformance
     tests). Entries are checked against each backend's declared capabilities, not against the user's
@@ -257,7 +280,7 @@ def validate(defects: Sequence[Defect], tests: Mapping[str, Sequence[str]], load
     """
     ignored: dict[tuple[str, str], int] = {}
     levels = {name: caps.levels for name, caps in loaded.items()}
-    for d in defects:
+    for index, d in enumerate(defects):
         for test in d.tests:
             if test not in tests:
                 raise KnownDefectsError(f"{d.source}: no test named {test!r}; the tests are {', '.join(tests)}")
@@ -277,6 +300,14 @@ def validate(defects: Sequence[Defect], tests: Mapping[str, Sequence[str]], load
             if stray:
                 raise KnownDefectsError(f"{d.source}: {d.backend} has no {kind} {', '.join(stray)}; it offers {', '.join(valid)}")
         _check_conditions(d, levels[d.backend])
+        if d.framework:
+            if d.framework not in caps.frameworks:
+                declared = ", ".join(caps.frameworks) or "none"
+                raise KnownDefectsError(
+                    f"{d.source}: framework {d.framework!r} is not one {d.backend} declares it runs on "
+                    f"(Capabilities.frameworks: {declared})"
+                )
+            defects[index] = replace(d, framework_version=caps.frameworks[d.framework])
     return [
         f"{file}: {count} known-defect entr{'y' if count == 1 else 'ies'} for backend {backend!r}, not loaded in this run, ignored"
         for (file, backend), count in ignored.items()

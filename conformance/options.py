@@ -91,7 +91,7 @@ def add_options(parser: Any) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="adapter to test: a built-in name (torch, jax, tensorflow, keras), an installed plug-in's name, "
+        help="adapter to test: a built-in name (torch, jax, tensorflow, keras, mlx, flax), an installed plug-in's name, "
         "or package.module:Attribute; repeatable; "
         f"default: ${BACKENDS_VARIABLE} if set, else every built-in and installed plug-in",
     )

@@ -265,7 +265,7 @@ def test_load_backends_resolves_deduplicates_and_keeps_the_unavailable() -> None
 
 
 def test_load_backends_rejects_an_unknown_name() -> None:
-    with pytest.raises(UnknownAdapter, match=r"unknown adapter 'pytorch'; known adapters are .*jax, keras, tensorflow, torch"):
+    with pytest.raises(UnknownAdapter, match=r"unknown adapter 'pytorch'; known adapters are .*flax, jax, keras, mlx, tensorflow, torch"):
         load_backends(["pytorch"])
 
 

@@ -601,13 +601,13 @@ def test_declared_accumulation_is_shown_in_the_header_and_the_report(tiny_bug_ru
 
 HIDE_FRAMEWORKS = '''"""sitecustomize for the test: this interpreter behaves as one where no built-in framework was ever installed.
 
-Every finder on sys.meta_path is wrapped so that it finds nothing named torch, jax, jaxlib, tensorflow or keras: then
+Every finder on sys.meta_path is wrapped so that it finds nothing named torch, jax, jaxlib, tensorflow, keras, mlx or flax: then
 ``importlib.util.find_spec("torch")`` returns None and ``import torch`` raises ModuleNotFoundError,
 exactly as without the packages, while everything else installed beside them still imports.
 """
 import sys
 
-HIDDEN = ("torch", "jax", "jaxlib", "tensorflow", "keras")
+HIDDEN = ("torch", "jax", "jaxlib", "tensorflow", "keras", "mlx", "flax")
 
 
 class Hiding:
@@ -659,6 +659,8 @@ def test_installed_plugin_is_tested_by_a_plain_run_without_the_built_in_framewor
         "jax": "skipped: jax not installed (needed by adapter 'jax')",
         "tensorflow": "skipped: tensorflow not installed (needed by adapter 'tensorflow')",
         "keras": "skipped: keras not installed (needed by adapter 'keras')",
+        "mlx": "skipped: mlx.core not installed (needed by adapter 'mlx')",
+        "flax": "skipped: flax.nnx, jax not installed (needed by adapter 'flax')",
     }
     cells = {c.id: (c.status, c.examples) for c in run.report.cells}
     assert cells == {f"{GOOD_PLUGIN}-manual-float64": ("passed", 3), f"{GOOD_PLUGIN}-manual-float32": ("passed", 3)}, run.explain()

@@ -566,7 +566,7 @@ import backprop_conformance.conformance.plugin, backprop_conformance.reference.m
 import backprop_conformance.reference.error_bound, backprop_conformance.conformance.api
 from backprop_conformance.adapters.registry import known_specs
 print(sorted(known_specs()), {name: spec.missing() for name, spec in known_specs().items()})
-print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxlib", "tensorflow", "keras")))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxlib", "tensorflow", "keras", "mlx", "flax")))
 """
 
 
@@ -581,7 +581,7 @@ def test_importing_the_suite_imports_no_framework(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     listed, frameworks = done.stdout.strip().splitlines()
-    assert listed.startswith("['jax', ") and "'torch'" in listed, listed
+    assert listed.startswith("['flax', 'jax', 'keras', 'mlx', ") and "'torch'" in listed, listed
     assert frameworks == "[]", f"imported {frameworks}"
 
 

@@ -91,7 +91,7 @@ def test_unknown_names_list_the_known_adapters(name: str) -> None:
         resolve(name)
     message = str(raised.value)
     assert f"unknown adapter {name!r}" in message
-    assert "known adapters are jax, keras, tensorflow, torch" in message and "package.module:Attribute" in message
+    assert "known adapters are flax, jax, keras, mlx, tensorflow, torch" in message and "package.module:Attribute" in message
 
 
 def test_missing_attribute_and_non_adapter_are_unknown_adapters() -> None:
@@ -131,7 +131,7 @@ def test_entry_point_is_discovered_and_loads(installed_plugin: Path) -> None:
 
 
 def test_unknown_name_lists_installed_plugins(installed_plugin: Path) -> None:
-    with pytest.raises(UnknownAdapter, match="known adapters are fakeplug, jax, keras, tensorflow, torch"):
+    with pytest.raises(UnknownAdapter, match="known adapters are fakeplug, flax, jax, keras, mlx, tensorflow, torch"):
         resolve("fakeplugg")
 
 
