@@ -96,7 +96,12 @@ def _write_matrix(tr: pytest.TerminalReporter, rep: Report, case_dir: Path) -> N
             f"{format_ratio(c.worst):>10} {format_ratio(c.median):>10}"
         )
         if c.status in ("known defect", "failed", "incomplete") and c.worst_element is not None:
-            tr.write_line(f"{'':<{width}}   worst {describe_element(c.worst_element)}")
+            # The column is the worst of the examples counted; this element may come from a shrinking replay.
+            tr.write_line(f"{'':<{width}}   worst {describe_element(c.worst_element)} (shrinking replays included)")
+        if c.failures or c.exceptions:
+            tr.write_line(
+                f"{'':<{width}}   stopped at its first failing example: {c.examples} tried, then {c.shrink_calls} shrinking replays"
+            )
     for b in rep.skipped_backends:
         tr.write_line(f"{b.name:<{width}} {b.reason}")
     machine = set(rep.dispatch)
