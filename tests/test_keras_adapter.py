@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from architectures import ARCHITECTURES, Architecture
+from networks import ARCHITECTURES, Architecture
 
 from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.base import RequestError

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 import pytest
-from architectures import ARCHITECTURES, Architecture
+from networks import ARCHITECTURES, Architecture
 
 from backprop_conformance.adapters.base import RequestError
 from backprop_conformance.adapters.registry import resolve
