@@ -5,25 +5,29 @@ error/bound ratio exceeds 2 × max(baseline worst, floor) (floor 0.25, or 0.02 w
 same examples), or when it passed in the baseline and does not pass now; cells on one side only are
 listed, not failed, unless the two runs share no cell at all. The rule is tested on hand-made reports
 (:mod:`reports`); the options run the real suite in a subprocess against a fast numpy adapter, with
-baselines made from that run's own report and edited by hand.
+baselines made from that run's own report and edited by hand. A baseline that cannot be compared
+(malformed, NaN among its ratios, a number beyond float64) is refused at start-up, naming the file and
+the field, before any test runs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import CORRECT_ADAPTER, assert_usage_error, suite
 from hypothesis import given
 from hypothesis import strategies as st
 from reports import F32, F64, cell, run
 
 from backprop_conformance.conformance import baseline, report
 from backprop_conformance.conformance.baseline import FLOOR, FLOOR_SAME_EXAMPLES, floor_for
-from backprop_conformance.conformance.runner import SuiteRun, clean_environment, run_suite
+from backprop_conformance.conformance.runner import SuiteRun
 
-CORRECT = ("--conformance-backend", "tests.mutants:ManualBackprop", "-m", "not fidelity")
 C32, C64 = "ok-stable-manual-float32", "ok-stable-manual-float64"
 
 
@@ -164,18 +168,9 @@ def test_floor_narrows_only_when_both_runs_drew_the_same_examples() -> None:
 # The options, in real runs of the suite.
 
 
-def suite(tmp: Path, *args: str, ci: bool = False) -> SuiteRun:
-    env = clean_environment(tmp / "hypothesis", **({"CI": "true"} if ci else {}))
-    return run_suite([*CORRECT, "--conformance-max-examples", "5", *args], tmp, env=env)
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real report of the correct adapter under CI (derandomized), kept as the baselines below are made from it."""
-    tmp = tmp_path_factory.mktemp("recorded")
-    done = suite(tmp, ci=True)
-    assert done.returncode == 0 and done.report is not None, done.explain()
-    return tmp / "report.json"
+def correct_run(tmp: Path, *args: str, ci: bool = False) -> SuiteRun:
+    """A run of the correct numpy adapter, 5 examples a cell, under CI (derandomized) if ``ci``."""
+    return suite(tmp, *CORRECT_ADAPTER, "--conformance-max-examples", "5", *args, **({"CI": "true"} if ci else {}))
 
 
 def edited(recorded: Path, path: Path, edit: object) -> Path:
@@ -224,7 +219,7 @@ def test_unusable_baseline_is_a_usage_error_at_start_up(tmp_path: Path, recorded
         path.write_text(content, encoding="utf-8")
     elif content is not None:
         edited(recorded, path, content)
-    done = suite(tmp_path / "run", "--conformance-baseline", str(path))
+    done = correct_run(tmp_path / "run", "--conformance-baseline", str(path))
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.explain()
     assert message.format(path=path) in done.output, done.explain()
     assert done.report is None and "passed" not in done.output, "no test may run"
@@ -233,7 +228,9 @@ def test_unusable_baseline_is_a_usage_error_at_start_up(tmp_path: Path, recorded
 def test_regression_fails_a_passing_run(tmp_path: Path, recorded: Path) -> None:
     """The same derandomized examples (floor 0.02): a baseline claiming a worst ratio of 0.001 makes today's real ratio a regression."""
     base = edited(recorded, tmp_path / "base.json", lambda d: claim_worst(d, C32, 0.001))
-    done = suite(tmp_path / "run", "--conformance-baseline", str(base), "--conformance-markdown", str(tmp_path / "summary.md"), ci=True)
+    done = correct_run(
+        tmp_path / "run", "--conformance-baseline", str(base), "--conformance-markdown", str(tmp_path / "summary.md"), ci=True
+    )
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
     assert done.report is not None and done.report.cell(C32) is not None
     now = done.report.cell(C32).worst  # type: ignore[union-attr]
@@ -245,7 +242,7 @@ def test_regression_fails_a_passing_run(tmp_path: Path, recorded: Path) -> None:
 
 
 def test_no_regression_keeps_the_run_passing(tmp_path: Path, recorded: Path) -> None:
-    done = suite(tmp_path, "--conformance-baseline", str(recorded), ci=True)
+    done = correct_run(tmp_path, "--conformance-baseline", str(recorded), ci=True)
     assert done.returncode == pytest.ExitCode.OK, done.explain()
     assert "compared with baseline" in done.output and "  no regressions" in done.output
     assert done.report is not None and done.report.baseline is not None and done.report.baseline["compared"] == 2
@@ -253,7 +250,7 @@ def test_no_regression_keeps_the_run_passing(tmp_path: Path, recorded: Path) -> 
 
 def test_update_creates_a_missing_baseline(tmp_path: Path) -> None:
     path = tmp_path / "new" / "base.json"
-    done = suite(tmp_path / "run", "--conformance-baseline", str(path), "--conformance-update-baseline")
+    done = correct_run(tmp_path / "run", "--conformance-baseline", str(path), "--conformance-update-baseline")
     assert done.returncode == pytest.ExitCode.OK, done.explain()
     assert "baseline created: " in done.output
     written = report.read(path)
@@ -262,7 +259,7 @@ def test_update_creates_a_missing_baseline(tmp_path: Path) -> None:
 
 def test_update_replaces_the_baseline_and_does_not_fail_on_the_comparison(tmp_path: Path, recorded: Path) -> None:
     base = edited(recorded, tmp_path / "base.json", lambda d: claim_worst(d, C32, 0.001))
-    done = suite(tmp_path / "run", "--conformance-baseline", str(base), "--conformance-update-baseline", ci=True)
+    done = correct_run(tmp_path / "run", "--conformance-baseline", str(base), "--conformance-update-baseline", ci=True)
     assert done.returncode == pytest.ExitCode.OK, done.explain()
     assert f"REGRESSION {C32}: worst error/bound ratio 0.001 in the baseline" in done.output and "baseline updated: " in done.output
     assert report.read(base).cell(C32).worst != 0.001  # type: ignore[union-attr]
@@ -278,7 +275,7 @@ def test_update_after_a_failing_run_keeps_the_old_baseline(tmp_path: Path, recor
         str(base),
         "--conformance-update-baseline",
     ]
-    done = suite(tmp_path / "run", *args)
+    done = correct_run(tmp_path / "run", *args)
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
     assert f"baseline {base} NOT updated: the run did not pass (exit status 1)" in done.output, done.explain()
     assert base.read_bytes() == recorded.read_bytes()
@@ -287,14 +284,14 @@ def test_update_after_a_failing_run_keeps_the_old_baseline(tmp_path: Path, recor
 def test_update_never_overwrites_a_file_that_is_not_a_report(tmp_path: Path) -> None:
     path = tmp_path / "base.json"
     path.write_text("precious notes, not JSON\n", encoding="utf-8")
-    done = suite(tmp_path / "run", "--conformance-baseline", str(path), "--conformance-update-baseline")
+    done = correct_run(tmp_path / "run", "--conformance-baseline", str(path), "--conformance-update-baseline")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.explain()
     assert f"--conformance-update-baseline: refusing to overwrite {path}, which is not a usable report: " in done.output
     assert path.read_text(encoding="utf-8") == "precious notes, not JSON\n"
 
 
 def test_update_without_a_baseline_path_is_a_usage_error(tmp_path: Path) -> None:
-    done = suite(tmp_path, "--conformance-update-baseline")
+    done = correct_run(tmp_path, "--conformance-update-baseline")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.explain()
     assert (
         "--conformance-update-baseline writes the file named by --conformance-baseline PATH; give --conformance-baseline too" in done.output
@@ -314,3 +311,37 @@ def test_committed_baselines_are_reports_this_version_reads() -> None:
         assert stored.exitstatus == 0, f"{path.name} records a failing run"
         unpassed = [(c.id, c.status) for c in stored.cells if c.status not in ("passed", "known defect")]
         assert stored.cells and not unpassed, f"{path.name} holds cells that did not pass: {unpassed}"
+
+
+def first_cell(change: Callable[[dict], None]) -> Callable[[str], str]:
+    def apply(text: str) -> str:
+        data = json.loads(text)
+        change(data["cells"][0])
+        return json.dumps(data)
+
+    return apply
+
+
+UNCOMPARABLE_BASELINES: dict[str, tuple[Callable[[str], str], str]] = {
+    "nan-among-the-ratios": (first_cell(lambda c: c["ratios"].__setitem__(0, "nan")), "cells[0].ratios[0]: NaN"),
+    "worst-that-is-not-the-ratios-worst": (
+        first_cell(lambda c: c.update(worst=0.0001)),
+        "cells[0]: 'worst' is 0.0001, but the largest of its 'ratios' is",
+    ),
+    "number-beyond-float64": (lambda t: re.sub(r'"worst": [^,]+,', '"worst": 1' + "0" * 400 + ",", t, count=1), "cells[0].worst: "),
+    "integer-of-5000-digits": (lambda t: re.sub(r'"worst": [^,]+,', '"worst": 1' + "0" * 5000 + ",", t, count=1), "is not valid JSON"),
+    "cell-not-an-object": (
+        lambda t: json.dumps({**json.loads(t), "cells": ["ok-stable-manual-float64"]}),
+        "cells[0] must be an object, got str",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", UNCOMPARABLE_BASELINES.values(), ids=UNCOMPARABLE_BASELINES.keys())
+def test_uncomparable_baseline_is_refused_at_start_up(tmp_path: Path, recorded: Path, breakage: tuple[Callable[[str], str], str]) -> None:
+    """Refused before any test, naming the file and the field: a comparison that cannot be made must neither cost a run nor pass."""
+    make, wanted = breakage
+    base = tmp_path / "base.json"
+    base.write_text(make(recorded.read_text(encoding="utf-8")), encoding="utf-8")
+    run = suite(tmp_path / "run", *CORRECT_ADAPTER, "--conformance-max-examples=3", "--conformance-baseline", str(base))
+    assert_usage_error(run, f"--conformance-baseline: {base}", wanted)

@@ -1,4 +1,6 @@
-"""Reproducer case files (:mod:`backprop_conformance.conformance.cases`): exact round trips, and clear errors for files that are not cases.
+"""Reproducer case files (:mod:`backprop_conformance.conformance.cases`): exact round trips, and clear errors for what is not a case.
+
+A malformed file is refused naming the field, whether read directly or by the replay command (exit status 2, one line).
 
 A case file is only a reproducer if the network and batch read back are bit for bit the ones that
 failed: w^l_jk one ulp off can turn a failure into a pass. The round trip is therefore checked on
@@ -9,18 +11,22 @@ nicely, and by comparing bit patterns rather than values (−0.0 == 0.0 would hi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPLAY_USAGE, REPO_ROOT, assert_clean_failure, replay_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from networks import tiny_problem
 
 from backprop_conformance.conformance import cases, provenance
+from backprop_conformance.conformance.__main__ import main as replay_main
 from backprop_conformance.conformance.cells import Cell
 from backprop_conformance.conformance.problems import Problem
-from backprop_conformance.reference.dtypes import FORMATS, round_to
+from backprop_conformance.reference.dtypes import FORMATS
 from backprop_conformance.reference.model import Batch, Network
 
 FLOATS = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
@@ -42,11 +48,11 @@ def problems(draw: st.DrawFn) -> Problem:
     def values(shape: tuple[int, ...]) -> np.ndarray:
         drawn = draw(hnp.arrays(np.float64, shape, elements=FLOATS))
         largest = FORMATS[dtype].largest
-        return round_to(dtype, np.clip(drawn, -largest, largest)).astype(np.float64)
+        return np.clip(drawn, -largest, largest)
 
     w = {l: values((widths[l - 1], widths[l - 2])) for l in range(2, len(widths) + 1)}
     b = {l: values((widths[l - 1],)) for l in range(2, len(widths) + 1)}
-    return Problem(Network(w, b), Batch(values((B, widths[0])), values((B, widths[-1]))), dtype)
+    return Problem.rounded(Network(w, b), Batch(values((B, widths[0])), values((B, widths[-1]))), dtype)
 
 
 @st.composite
@@ -134,9 +140,8 @@ def test_file_records_the_page_layout_and_the_environment(tmp_path: Path) -> Non
 
 
 def valid_json() -> dict:
-    network = Network({2: np.array([[0.5, 0.25]])}, {2: np.array([0.0])})
-    batch = Batch(np.array([[1.0, 2.0]]), np.array([[0.5]]))
-    return cases.to_json(cases.Case(Problem(network, batch, "float64"), Cell("ok-stable", "manual", "float64"), "ok-stable", {}, ""))
+    """A valid case file's JSON (float64, widths (2, 1), one example), to be broken one field at a time."""
+    return cases.to_json(cases.Case(tiny_problem(), Cell("ok-stable", "manual", "float64"), "ok-stable", {"numpy": "2"}, ""))
 
 
 def without(data: dict, *keys: str) -> dict:
@@ -220,3 +225,102 @@ def test_a_repeated_key_is_refused_as_ambiguous(tmp_path: Path) -> None:
     path.write_text(text.replace('"batch": {"x": ', '"batch": {"x": [[9.0, 9.0]], "x": ', 1), encoding="utf-8")
     with pytest.raises(cases.CaseError, match="key 'x' appears twice in one object"):
         cases.read(path)
+
+
+# Replaying a malformed case file: exit status 2 naming the field, never a traceback, never the framework's failure status 1.
+
+
+def edit(*keys: str, value: object) -> Callable[[dict], str]:
+    """A breakage: the nested field ``keys`` set to ``value``."""
+    return lambda data: json.dumps(replaced(data, value, *keys))
+
+
+def raw(transform: Callable[[str], str]) -> Callable[[dict], str]:
+    """A breakage made on the JSON text itself (for what ``json.dumps`` cannot produce)."""
+    return lambda data: transform(json.dumps(data))
+
+
+def nested(depth: int, leaf: object = 1.0) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+MALFORMED_CASES: dict[str, tuple[Callable[[dict], str], str]] = {
+    "dtype-a-number": (edit("cell", "dtype", value=64), "field cell.dtype: expected a string, got int 64"),
+    "path-null": (edit("cell", "path", value=None), "field cell.path: expected a string, got null"),
+    "versions-a-string": (edit("versions", value="2.13.0"), "field versions: expected an object of strings, got str '2.13.0'"),
+    "number-a-string": (edit("batch", "x", value=[["1.0", 2.0]]), "field batch.x[0][0]: expected a number, got str '1.0'"),
+    "number-a-boolean": (
+        edit("parameters", "w", "2", value=[[True, 0.25]]),
+        "field parameters.w.2[0][0]: expected a number, got bool True",
+    ),
+    "widths-strings": (edit("widths", value=["2", "1"]), "field widths: ['2', '1'] does not match the parameters' widths [2, 1]"),
+    "widths-a-boolean": (edit("widths", value=[2, True]), "field widths: [2, True] does not match"),
+    "not-a-float32-value": (
+        lambda d: edit("batch", "x", value=[[0.1, 2.0]])(json.loads(edit("cell", "dtype", value="float32")(d))),
+        "field batch.x: holds values that are not float32 values",
+    ),
+    "deeply-nested-list": (edit("batch", "x", value=nested(60)), "field batch.x[0][0]: expected a number, got list"),
+    "nesting-bomb": (lambda d: "[" * 100_000 + "]" * 100_000, "is not valid JSON: nested too deeply"),
+    "nesting-bomb-in-a-field": (
+        raw(lambda t: t.replace('"failure": ""', '"failure": ' + "[" * 100_000 + "]" * 100_000)),
+        "nested too deeply",
+    ),
+    "integer-beyond-float64": (raw(lambda t: t.replace("[[1.0, 2.0]]", "[[1" + "0" * 400 + ", 2.0]]")), "field batch.x[0][0]: "),
+    "integer-of-5000-digits": (raw(lambda t: t.replace("[[1.0, 2.0]]", "[[1" + "0" * 5000 + ", 2.0]]")), "is not valid JSON"),
+    "nan-token": (raw(lambda t: t.replace("[[1.0, 2.0]]", "[[NaN, 2.0]]")), "NaN is not a JSON number"),
+    "unknown-key": (edit("colour", value="red"), "field (top level): unknown key(s) 'colour'"),
+    "unknown-nested-key": (edit("batch", "z", value=[[1.0]]), "field batch: unknown key(s) 'z'"),
+    "backend-climbs-out": (edit("cell", "backend", value="../x"), "field cell.backend: '../x' is not a valid name"),
+    "path-with-a-separator": (edit("cell", "path", value="a/b"), "field cell.path: 'a/b' is not a valid name"),
+    "device-not-declared": (edit("cell", "device", value="tpu"), "ok-stable has no device tpu; it offers cpu"),
+    "failure-a-list": (edit("failure", value=["x"]), "field failure: expected a string, got list"),
+}
+
+
+@pytest.mark.parametrize("breakage", MALFORMED_CASES.values(), ids=MALFORMED_CASES.keys())
+def test_malformed_case_is_a_usage_error_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], breakage: tuple[Callable[[dict], str], str]
+) -> None:
+    """Replayed in-process: any exception escaping the command would fail this test, as a traceback would confront the user."""
+    make, wanted = breakage
+    path = tmp_path / "case.json"
+    path.write_text(make(valid_json()), encoding="utf-8")
+    status = replay_main(["replay", str(path), "--backend", "mutants:ManualBackprop"])
+    err = capsys.readouterr().err
+    assert status == REPLAY_USAGE, f"exit {status}: {err}"
+    assert wanted in err and err.startswith("error: "), err
+    assert str(path) in err or "device" in err, err
+
+
+def test_malformed_case_on_the_command_line_prints_one_line(tmp_path: Path) -> None:
+    """The same through the real command: a number too large for a float is one error line, not a traceback."""
+    path = tmp_path / "case.json"
+    path.write_text(MALFORMED_CASES["integer-beyond-float64"][0](valid_json()), encoding="utf-8")
+    done = replay_command(str(path), "--backend", "tests.mutants:ManualBackprop", cwd=REPO_ROOT, tmp=tmp_path)
+    assert done.returncode == REPLAY_USAGE, f"exit {done.returncode}\n{done.stderr}"
+    assert_clean_failure(done.stderr)
+    assert done.stderr.startswith(f"error: {path}: field batch.x[0][0]: ") and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "wanted"),
+    [
+        (None, "cannot read case file"),
+        ("{not json", "is not valid JSON"),
+        ('{"schema": "something/else"}', "not a backprop-conformance case file (schema 'something/else'"),
+        ('{"schema": "backprop-conformance/case/2", "parameters": {}}', "missing or malformed field 'cell'"),
+    ],
+    ids=["unreadable", "not-json", "wrong-schema", "missing-field"],
+)
+def test_replay_of_a_bad_case_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, wanted: str
+) -> None:
+    path = tmp_path / "case.json"
+    if content is not None:
+        path.write_text(content)
+    assert replay_main(["replay", str(path), "--backend", "mutants:ManualBackprop"]) == REPLAY_USAGE
+    err = capsys.readouterr().err
+    assert wanted in err and str(path) in err, err

@@ -3,7 +3,9 @@
 Built from fake :class:`backprop_conformance.adapters.base.Capabilities`, so that the table's rules are checked apart from
 any framework: default paths run unless paths are named (opt-in ones only when named), filters keep
 only what a backend offers, a name nobody offers is an error listing the valid ones, and a backend
-that cannot load stays in the run as a skip instead of vanishing.
+that cannot load stays in the run as a skip instead of vanishing. A requested backend the options
+leave without a cell is reported by a real run too (header, matrix, report), and fails it under
+``--conformance-require``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_usage_error, suite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mutants import ManualBackprop
@@ -275,3 +279,34 @@ def test_a_backend_left_without_a_cell_is_named_with_the_reason() -> None:
     assert ids(cells) == ["jax-jit-float64", "jax-jit-float32"]
     assert list(empty) == ["torch"] and "offers paths eager, func, compile" in empty["torch"]
     assert select_cells([backend(JAXLIKE)], paths=["jit"])[1] == {}
+
+
+# In a real run.
+
+NO_CELL_ARGS = (
+    "--conformance-backend",
+    "tests.mutants:ManualBackprop",
+    "--conformance-backend",
+    "tests.reference_adapters:ReferenceAdapter",
+    "--conformance-path",
+    "manual",
+    "--conformance-max-examples=3",
+)
+NO_CELL_NOTE = "reference-as-adapter: no cell selected: it offers paths vectorized (default vectorized)"
+
+
+def test_a_backend_left_without_cells_is_reported(tmp_path: Path) -> None:
+    """A requested backend must never vanish from a run unnoticed: the header, the matrix and the report say why it has no cell."""
+    run = suite(tmp_path, *NO_CELL_ARGS)
+    assert run.returncode == 0 and run.report is not None, run.explain()
+    header, matrix = run.output.split("collected", 1)
+    assert f"  note: {NO_CELL_NOTE}" in header, header
+    assert f"note: {NO_CELL_NOTE}" in matrix.split("conformance matrix", 1)[1], run.explain()
+    assert any(note.startswith(NO_CELL_NOTE) for note in run.report.notes), run.report.notes
+    assert {b.name for b in run.report.backends} == {"ok-stable", "reference-as-adapter"}
+
+
+def test_a_backend_left_without_cells_fails_a_required_run(tmp_path: Path) -> None:
+    """Under --conformance-require, a backend that tests nothing is as much a failure as one that is not installed."""
+    run = suite(tmp_path, *NO_CELL_ARGS, "--conformance-require")
+    assert_usage_error(run, f"--conformance-require: {NO_CELL_NOTE}")

@@ -8,7 +8,6 @@ the mean is not exact; and the rank processes must never outlive a run, a failur
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import signal
 import subprocess
@@ -22,12 +21,13 @@ from typing import Any
 import ddp_mutants
 import numpy as np
 import pytest
+from conftest import suite
+from networks import Architecture
 
 from backprop_conformance.adapters.base import AdapterError, Capabilities, CapabilitiesError
 from backprop_conformance.adapters.ranks import shards
 from backprop_conformance.conformance.data_parallel import diagnose, rank_gradients
 from backprop_conformance.conformance.problems import Problem
-from backprop_conformance.conformance.runner import clean_environment, run_suite
 from backprop_conformance.conformance.verdict import judge
 from backprop_conformance.reference.dtypes import round_to
 from backprop_conformance.reference.error_bound import (
@@ -38,16 +38,14 @@ from backprop_conformance.reference.error_bound import (
     error_bounds,
     tolerance,
 )
-from backprop_conformance.reference.model import Batch, Gradients, Network
+from backprop_conformance.reference.model import Gradients
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _problem(batch_size: int, dtype: str = "float32", seed: int = 0, widths: tuple[int, ...] = (3, 5, 4, 2)) -> Problem:
-    rng = np.random.default_rng(seed)
-    network = Network.from_lists([rng.normal(size=(n, m)) for m, n in itertools.pairwise(widths)], [rng.normal(size=n) for n in widths[1:]])
-    batch = Batch(rng.uniform(-2, 2, size=(batch_size, widths[0])), rng.uniform(size=(batch_size, widths[-1])))
-    return Problem.rounded(network, batch, dtype)
+    """A fixed network of :mod:`networks` (three layers of unequal widths by default), B examples, rounded to ``dtype``."""
+    return Architecture("data-parallel", widths, batch_size).problem(dtype, seed)
 
 
 # The split and the bound.
@@ -319,7 +317,7 @@ def test_the_suite_names_each_planted_ddp_bug(tmp_path: Path) -> None:
     ]
     for mutant in ddp_mutants.MUTANTS:
         args += ["--conformance-backend", f"{ddp_mutants.MODULE}:{mutant.__name__}"]
-    run = run_suite([*args, "-m", "not fidelity", "--conformance-max-examples", "25"], tmp_path)
+    run = suite(tmp_path, *args, "--conformance-max-examples", "25")
     assert run.returncode == 1, run.explain()
     assert run.report is not None, run.explain()
     for dtype in ("float64", "float32"):
@@ -377,11 +375,7 @@ def test_three_ranks_and_three_devices(tmp_path: Path) -> None:
     """R = 3: the mean is not exact (ρ = 2u), slices are uneven; a short suite run on both paths passes."""
     env = {"BACKPROP_CONFORMANCE_DDP_RANKS": "3", "BACKPROP_CONFORMANCE_SHARDED_DEVICES": "3"}
     args = ["--conformance-backend", "torch", "--conformance-backend", "jax", "--conformance-path", "ddp", "--conformance-path", "sharded"]
-    run = run_suite(
-        [*args, "-m", "not fidelity", "--conformance-max-examples", "15", "--conformance-dtype", "float32"],
-        tmp_path,
-        env=clean_environment(tmp_path / "hypothesis", **env),
-    )
+    run = suite(tmp_path, *args, "--conformance-max-examples", "15", "--conformance-dtype", "float32", **env)
     assert run.returncode == 0, run.explain()
     assert run.report is not None
     assert {cell.id for cell in run.report.cells} >= {"torch-ddp-float32", "jax-sharded-float32"}
@@ -404,10 +398,7 @@ def test_mutant_capabilities_replace_keeps_the_ranks() -> None:
 )
 def test_a_malformed_data_parallel_variable_stops_the_run_at_start_up(tmp_path: Path, variable: str, value: str) -> None:
     """A usage error (exit 4) naming the variable, before any test: never a run that tests another configuration, or fails every example."""
-    run = run_suite(
-        ["--conformance-backend", "torch", "--conformance-backend", "jax", "--conformance-max-examples", "2"],
-        tmp_path,
-        env=clean_environment(tmp_path / "hypothesis", **{variable: value}),
-    )
+    backends = ("--conformance-backend", "torch", "--conformance-backend", "jax")
+    run = suite(tmp_path, *backends, "--conformance-max-examples", "2", marks=None, **{variable: value})
     assert run.returncode == 4, run.explain()
     assert variable in run.output, run.output[-2000:]

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, replay_command, suite
 from level_adapters import KEY, LEVELS, VARIABLE, Levelled
 
 from backprop_conformance.adapters.at_level import AtLevel
@@ -38,7 +37,6 @@ from backprop_conformance.conformance.baseline import compare
 from backprop_conformance.conformance.cells import Backend, Cell, SelectionError, select_cells
 from backprop_conformance.conformance.fidelity import FIDELITY_TESTS
 from backprop_conformance.conformance.problems import contract_problem
-from backprop_conformance.conformance.runner import run_suite
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -285,8 +283,8 @@ def test_a_level_runs_the_adapter_in_a_worker_started_with_its_environment() -> 
         hosted._worker.close()
 
 
-def _suite(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, dict]:
-    run = run_suite(["--conformance-max-examples", "5", "-m", "not fidelity", *args], tmp_path, env=env)
+def _suite(tmp_path: Path, *args: str) -> tuple[int, str, dict]:
+    run = suite(tmp_path, "--conformance-max-examples", "5", *args)
     data = json.loads((tmp_path / "report.json").read_text()) if (tmp_path / "report.json").exists() else {}
     return run.returncode, run.output, data
 
@@ -331,15 +329,14 @@ def test_replay_runs_a_case_at_its_recorded_level_and_says_what_differs(tmp_path
     path = Path(data["cells"][0]["case_files"][0])
     recorded = json.loads(path.read_text())
     assert recorded["schema"] == "backprop-conformance/case/3" and recorded["cell"]["level"] == "kernel-wide"
-    replay = [sys.executable, "-m", "backprop_conformance", "replay", str(path), "--backend", "tests.level_adapters:WideKernelBug"]
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(replay, capture_output=True, text=True, cwd=root, timeout=300, check=False)
+    replay = (str(path), "--backend", "tests.level_adapters:WideKernelBug")
+    done = replay_command(*replay, cwd=REPO_ROOT, tmp=tmp_path)
     assert done.returncode == 1 and "FAIL wide-kernel-bug-manual-float64-kernel-wide" in done.stdout, done.stdout + done.stderr
     assert "dispatch configuration as recorded" in done.stdout
     recorded["dispatch"]["cpu.model"] = "a CPU of another kind"
     recorded["dispatch"][KEY] = "plain"
     path.write_text(json.dumps(recorded))
-    done = subprocess.run(replay, capture_output=True, text=True, cwd=root, timeout=300, check=False)
+    done = replay_command(*replay, cwd=REPO_ROOT, tmp=tmp_path)
     assert "cpu.model: recorded a CPU of another kind, now" in done.stdout and f"{KEY}: recorded plain, now wide" in done.stdout
 
 

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from networks import rounded
 
+from backprop_conformance.conformance.verdict import compare_gradients, worst_ratio
 from backprop_conformance.reference.dtypes import float_format, round_to
 from backprop_conformance.reference.error_bound import (
     EVALUATION_MARGIN,
@@ -41,7 +43,7 @@ from backprop_conformance.reference.error_bound import (
     tolerance,
     weight_gradient_bound,
 )
-from backprop_conformance.reference.model import Batch, Network
+from backprop_conformance.reference.model import Batch, Gradients, Network
 from backprop_conformance.reference.sigmoid import sigmoid, sigmoid_prime
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
@@ -89,18 +91,9 @@ def cases(draw: st.DrawFn, max_depth: int = 5, max_width: int = 12, max_batch: i
     return _random_case(seed, widths, batch_size, scale)
 
 
-def _rounded(fmt: str, network: Network, batch: Batch) -> tuple[Network, Batch]:
-    """The point a computation in ``fmt`` is given: parameters and data rounded to that format."""
-    return network.map(lambda v: round_to(fmt, v)), batch.map(lambda v: round_to(fmt, v))
-
-
 def _gradient_ratio(gradients_w: dict, gradients_b: dict, trace: BackpropTrace, tol: ErrorBounds) -> float:
-    """max over every element of |g − g_reference| / tolerance; ≤ 1 is a pass."""
-    ratios = [np.max(np.abs(np.asarray(gradients_w[l], dtype=np.float64) - trace.gradients.w[l]) / tol.gradients.w[l]) for l in gradients_w]
-    ratios += [
-        np.max(np.abs(np.asarray(gradients_b[l], dtype=np.float64) - trace.gradients.b[l]) / tol.gradients.b[l]) for l in gradients_b
-    ]
-    return float(max(ratios))
+    """The verdict's worst |g − g_reference| / tolerance over every gradient element; ≤ 1 is a pass."""
+    return compare_gradients(Gradients(gradients_w, gradients_b), trace.gradients, tol.gradients).worst_ratio
 
 
 # --- gamma and Precision ----------------------------------------------------------------------------
@@ -130,7 +123,7 @@ def test_gamma_refuses_a_vacuous_bound(n: int, u: float) -> None:
 def test_wide_layer_in_bfloat16_needs_a_wider_accumulation() -> None:
     """γ_{n+1} with u_a = 2^-8 is infinite for fan-in n ≥ 255; with float32 accumulation it is small."""
     network, batch = _random_case(0, (300, 2), 2, 1.0)
-    network, batch = _rounded("bfloat16", network, batch)
+    network, batch = rounded("bfloat16", network, batch)
     trace = backprop(network, batch)
     with pytest.raises(ValueError, match=r"vacuous for a length-301 sum"):
         error_bounds(network, batch, trace, Precision.of("bfloat16"))
@@ -163,7 +156,7 @@ def test_precision_of_takes_an_accumulation_per_operation() -> None:
 def test_each_accumulation_is_charged_where_its_sum_happens(case: tuple[Network, Batch]) -> None:
     """Coarsening one operation's accumulation widens the bounds of what that sum computes and of nothing upstream:
     the bias gradients' batch sum only ∂C/∂b, the cost's sum only C, the matrix products everything from z on."""
-    network, batch = _rounded("float16", *case)
+    network, batch = rounded("float16", *case)
     trace = backprop(network, batch)
     fine = Precision.of("float16", "float32")
     base = error_bounds(network, batch, trace, fine)
@@ -207,7 +200,7 @@ def test_precision_of_unknown_format() -> None:
 @given(case=cases())
 @settings(max_examples=10, deadline=None)
 def test_bounds_have_the_trace_shapes_and_are_positive_and_finite(name: str, case: tuple[Network, Batch]) -> None:
-    network, batch = _rounded(name, *case)
+    network, batch = rounded(name, *case)
     trace = backprop(network, batch)
     bounds = error_bounds(network, batch, trace, Precision.of(name))
     L = network.depth
@@ -456,7 +449,7 @@ def test_module_matches_the_notes_equations_index_by_index(
     case: tuple[Network, Batch], name: str, stable_sigma_prime: bool, ranks: int
 ) -> None:
     """Non-square layers, several examples and depth ≥ 3 exercise every transpose and the backward recursion; R > 1 the all-reduce."""
-    network, batch = _rounded(name, *case)
+    network, batch = rounded(name, *case)
     p = Precision.of(name, ranks=ranks)
     bounds = error_bounds(network, batch, backprop(network, batch), p, stable_sigma_prime=stable_sigma_prime)
     hand = _bounds_by_hand(network, batch, p, stable_sigma_prime)
@@ -482,7 +475,7 @@ def test_module_matches_the_notes_equations_index_by_index(
 )
 @settings(max_examples=20, deadline=None)
 def test_tolerance_is_k_times_the_sum_of_both_bounds(case: tuple[Network, Batch], k: float, name: str) -> None:
-    network, batch = _rounded(name, *case)
+    network, batch = rounded(name, *case)
     trace = backprop(network, batch)
     framework = Precision.of(name)
     e_fw = error_bounds(network, batch, trace, framework)
@@ -673,15 +666,15 @@ def test_numpy_float16_accumulation_facts() -> None:
 def test_reference_in_lower_precision_stays_within_tolerance(name: str, dtype: type, case: tuple[Network, Batch]) -> None:
     """The reference's own backprop in float32/float16 numpy is a correct computation: it must pass, and
     so must each of its intermediates (z, a, ∂C/∂a, δ) and the cost."""
-    network, batch = _rounded(name, *case)
+    network, batch = rounded(name, *case)
     reference = backprop(network, batch)
     low = backprop(network, batch, dtype=dtype)
     tol = tolerance(network, batch, reference, Precision.of(name))
     assert _gradient_ratio(dict(low.gradients.w), dict(low.gradients.b), reference, tol) <= 1.0
     for field in ("z", "a", "dC_da", "delta"):
-        for l, bound in getattr(tol, field).items():
-            error = np.abs(getattr(low, field)[l].astype(np.float64) - getattr(reference, field)[l])
-            assert np.all(error <= bound), (field, l, float(np.max(error / bound)))
+        bounds = getattr(tol, field)
+        ratio = worst_ratio({l: getattr(low, field)[l] for l in bounds}, getattr(reference, field), bounds)
+        assert ratio <= 1.0, (field, ratio)
     assert abs(low.cost - reference.cost) <= tol.cost
 
 
@@ -724,7 +717,7 @@ def test_saturated_float32_with_sigma_prime_from_output_is_within_bound(depth: i
     b[depth][0] = rng.uniform(26.0, 40.0)
     x = rng.uniform(-1.0, 1.0, (batch_size, n[0]))
     y = rng.uniform(0.0, 1.0, (batch_size, n[-1]))
-    network, batch = _rounded("float32", Network(w, b), Batch(x, y))
+    network, batch = rounded("float32", Network(w, b), Batch(x, y))
 
     gw, gb, sp32 = _float32_backprop_sigma_prime_from_output(network, batch)
     reference = backprop(network, batch)
@@ -734,9 +727,8 @@ def test_saturated_float32_with_sigma_prime_from_output_is_within_bound(depth: i
     exact_sp = sigmoid_prime(reference.z[L])
     assert np.all(sp32[L][:, 0] == 0) and np.all(exact_sp[:, 0] > 0)  # the case under test really occurs
     assert gb[L][0] == 0 and reference.gradients.b[L][0] != 0  # relative error 1 in ∂C/∂b^L_1
-    for l in network.layers:
-        error = np.abs(sp32[l].astype(np.float64) - sigmoid_prime(reference.z[l]))
-        assert np.all(error <= tol.sigma_prime[l]), (l, float(np.max(error / tol.sigma_prime[l])))
+    exact = {l: sigmoid_prime(reference.z[l]) for l in network.layers}
+    assert worst_ratio(sp32, exact, tol.sigma_prime) <= 1.0, "σ′ computed from the output is within the conformance bound"
     assert _gradient_ratio(gw, gb, reference, tol) <= 1.0
 
     # The fidelity tier's stricter E_s (σ′ to a few ulps relative) refuses those zeros, and admits the
@@ -747,9 +739,8 @@ def test_saturated_float32_with_sigma_prime_from_output_is_within_bound(depth: i
     ).scaled(K)
     assert np.all(np.abs(sp32[L][:, 0] - exact_sp[:, 0]) > stable.sigma_prime[L][:, 0])
     low = backprop(network, batch, dtype=np.float32)
-    for l in network.layers:
-        stable_error = np.abs(sigmoid_prime(low.z[l]).astype(np.float64) - sigmoid_prime(reference.z[l]))
-        assert np.all(stable_error <= stable.sigma_prime[l]), (l, float(np.max(stable_error / stable.sigma_prime[l])))
+    stable_ratio = worst_ratio({l: sigmoid_prime(low.z[l]) for l in network.layers}, exact, stable.sigma_prime)
+    assert stable_ratio <= 1.0, f"the reference's float32 σ′ exceeds the fidelity bound (worst ratio {stable_ratio:.3g})"
 
 
 # --- claim (b): planted float64 bugs are caught ------------------------------------------------------
@@ -794,7 +785,7 @@ def test_a_1e4_relative_error_is_caught_in_float32() -> None:
     for _ in range(300):
         depth = int(rng.integers(2, 6))
         widths = tuple(int(n) for n in rng.integers(1, 13, depth))
-        network, batch = _rounded(
+        network, batch = rounded(
             "float32", *_random_case(int(rng.integers(2**32)), widths, int(rng.integers(1, 9)), float(rng.uniform(0.25, 3.0)))
         )
         trace = backprop(network, batch)
@@ -854,7 +845,7 @@ def test_one_float32_matmul_in_a_float64_run_is_caught(case: tuple[Network, Batc
 def test_the_float16_reference_is_not_described_by_float32_storage() -> None:
     """Sanity of the comparisons above: the float16 computation does not pass a float32 tolerance, so
     passing the float16 one is not vacuous."""
-    network, batch = _rounded("float16", *_random_case(7, (8, 8, 8, 3), 8, 1.0))
+    network, batch = rounded("float16", *_random_case(7, (8, 8, 8, 3), 8, 1.0))
     reference = backprop(network, batch)
     low = backprop(network, batch, dtype=np.float16)
     gw, gb = dict(low.gradients.w), dict(low.gradients.b)

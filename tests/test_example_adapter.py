@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import suite
 
 from backprop_conformance.adapters.base import RequestError
 from backprop_conformance.adapters.example_numpy import NumpyAdapter
 from backprop_conformance.conformance.problems import contract_problem
-from backprop_conformance.conformance.runner import run_suite
 from backprop_conformance.reference.model import Batch, Network
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def test_documented_command_is_the_one_tested() -> None:
 def test_example_adapter_passes_the_whole_suite(tmp_path: Path) -> None:
     """Every test, the fidelity tier included: the example computes σ′ = σ(z)σ(−z), exact where a(1 − a) is not."""
     args = COMMAND.split()[4:]
-    done = run_suite([*args, "--conformance-max-examples", "30"], tmp_path)
+    done = suite(tmp_path, *args, "--conformance-max-examples", "30", marks=None)
     assert done.returncode == 0 and done.report is not None, done.explain()
     cells = {c.id: c for c in done.report.cells}
     assert set(cells) == {"numpy-example-manual-float64", "numpy-example-manual-float32", "numpy-example-manual-float16"}

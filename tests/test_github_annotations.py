@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import suite
 from reports import F32, F64, cell, run
 
 from backprop_conformance.conformance.github_annotations import on_github_actions, workflow_commands
-from backprop_conformance.conformance.runner import clean_environment, run_suite
 
 WORST = {"name": "w^2_13", "framework": 0.5, "reference": 0.25, "bound": 1e-7, "ratio": 2.5e6}
 
@@ -57,11 +57,11 @@ def test_only_github_actions_gets_them() -> None:
 
 
 def test_a_failing_run_on_github_prints_them_and_elsewhere_does_not(tmp_path: Path) -> None:
-    args = ["--conformance-backend", "tests.mutants:ZeroBiasGradient", "-m", "not fidelity", "--conformance-max-examples", "5"]
-    on_github = run_suite(args, tmp_path / "github", env=clean_environment(tmp_path / "github" / "hypothesis", GITHUB_ACTIONS="true"))
+    args = ["--conformance-backend", "tests.mutants:ZeroBiasGradient", "--conformance-max-examples", "5"]
+    on_github = suite(tmp_path / "github", *args, GITHUB_ACTIONS="true")
     assert on_github.returncode == 1, on_github.explain()
     errors = [line for line in on_github.output.splitlines() if line.startswith("::error title=backprop-conformance mut-zero-bias-manual-")]
     assert len(errors) == 2, on_github.output[-3000:]  # float64 and float32
     assert all("worst: b^" in line and "replay: " in line for line in errors), errors
-    elsewhere = run_suite(args, tmp_path / "local")
+    elsewhere = suite(tmp_path / "local", *args)
     assert elsewhere.returncode == 1 and "::error" not in elsewhere.output

@@ -21,19 +21,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from networks import Architecture, rounded
 from strategies import cases
 
 from backprop_conformance.adapters.base import AdapterOutput, RequestError
 from backprop_conformance.adapters.registry import resolve
 from backprop_conformance.adapters.selfcheck import check_contract
 from backprop_conformance.conformance.verdict import worst_ratio
-from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
+from backprop_conformance.reference.dtypes import float_format, is_representable
 from backprop_conformance.reference.error_bound import tolerance
 from backprop_conformance.reference.model import Batch, ModelError, Network
 from backprop_conformance.reference.vectorized import backprop
@@ -47,54 +47,18 @@ COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 """The monitoring event JAX records once per XLA compilation (eager primitives and jitted programs alike)."""
 
 
-@dataclass(frozen=True)
-class Case:
-    """One architecture: layer widths (n(1), ..., n(L)), batch size B, and how its parameters are drawn."""
-
-    name: str
-    widths: tuple[int, ...]
-    batch_size: int
-    seed: int
-    saturate_layer_2: bool = False
-
-    def draw(self) -> tuple[Network, Batch]:
-        """Float64 parameters and data, not yet rounded; generic values (no zeros, no repeats) from the seed.
-
-        With ``saturate_layer_2`` the weights and biases of layer 2 are scaled by 60, so that most |z^2_j| exceed
-        40 (for z > 40, σ(z) rounds to exactly 1 in float32 and float64 and σ′ computed as a(1 − a) is 0), while the later
-        layers keep unit-scale weights and their gradients stay well away from zero.
-        """
-        rng = np.random.default_rng(self.seed)
-        n = self.widths
-        weights = [rng.standard_normal((n[i + 1], n[i])) / np.sqrt(n[i]) for i in range(len(n) - 1)]
-        biases = [rng.standard_normal(n[i + 1]) for i in range(len(n) - 1)]
-        if self.saturate_layer_2:
-            weights[0] *= 60.0 * np.sqrt(n[0])
-            biases[0] *= 60.0
-        x = rng.standard_normal((self.batch_size, n[0]))
-        y = rng.uniform(0.05, 0.95, (self.batch_size, n[-1]))
-        return Network.from_lists(weights, biases), Batch(x, y)
-
-
 CASES = (
-    Case("L=2", (3, 2), 1, seed=1),
-    Case("width-1", (1, 1, 1, 1), 1, seed=2),
-    Case("deep L=7", (3, 4, 4, 4, 4, 4, 2), 7, seed=3),
-    Case("saturated", (4, 4, 4), 7, seed=5, saturate_layer_2=True),
+    Architecture("L=2", (3, 2), 1),
+    Architecture("width-1", (1, 1, 1, 1), 1),
+    Architecture("deep L=7", (3, 4, 4, 4, 4, 4, 2), 7),
+    Architecture("saturated", (4, 4, 4), 7, saturate_layer_2=True),
 )
 """Batch sizes 1 and 7; square layers (where a transposed w^l still has a valid shape) in "deep L=7" and
 "saturated". Few distinct shapes on purpose: JAX compiles each jitted program, and eagerly each primitive, once
 per shape, and compilation is most of this module's run time."""
 CASE = {case.name: case for case in CASES}
-
-
-def rounded(dtype: str, network: Network, batch: Batch) -> tuple[Network, Batch]:
-    """The point a ``dtype`` computation sees, in float64: every value rounded to the format and widened back exactly."""
-
-    def fn(values: np.ndarray) -> np.ndarray:
-        return round_to(dtype, values).astype(np.float64)
-
-    return network.map(fn), batch.map(fn)
+SEED = 20181109
+"""The seed of this module's fixed networks (:mod:`networks`)."""
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +71,13 @@ def _ratio(got: np.ndarray, expected: np.ndarray, tol: np.ndarray) -> float:
     return worst_ratio({0: np.atleast_1d(got)}, {0: np.atleast_1d(expected)}, {0: np.atleast_1d(tol)})
 
 
-def worst_ratios(adapter: JaxAdapter, case: Case, dtype: str, path: str) -> dict[str, float]:
+def worst_ratios(adapter: JaxAdapter, case: Architecture, dtype: str, path: str) -> dict[str, float]:
     """Worst error/bound ratio of each returned quantity for one case, after checking shapes and carrier dtypes.
 
     Keys: "gradients" (every ∂C/∂w^l_jk and ∂C/∂b^l_j), "cost", "a", "z", and "delta" where the path returns δ^l.
     A ratio above 1 is a failed verdict.
     """
-    network, batch = rounded(dtype, *case.draw())
+    network, batch = rounded(dtype, *case.draw(SEED))
     trace = backprop(network, batch)
     precision = adapter.caps.precision(dtype)
     tol = tolerance(network, batch, trace, precision)
@@ -171,7 +135,7 @@ def test_every_path_and_dtype_agrees_with_reference(adapter: JaxAdapter, path: s
 
 def test_vjp_path_returns_delta_and_the_others_do_not(adapter: JaxAdapter) -> None:
     """δ^l comes from the vjp path's zero perturbations of z^l; grad, jit and jacfwd differentiate only the parameters."""
-    network, batch = rounded("float32", *CASE["deep L=7"].draw())
+    network, batch = rounded("float32", *CASE["deep L=7"].draw(SEED))
     for path in PATHS:
         has_delta = adapter.run(network, batch, dtype="float32", path=path).delta is not None
         assert has_delta == (path == "vjp"), path
@@ -181,7 +145,7 @@ def test_saturated_case_saturates() -> None:
     """The saturated fixture must really reach |z| > 40 in float32 and float64, or it tests nothing."""
     case = next(c for c in CASES if c.saturate_layer_2)
     for dtype in ("float32", "float64"):
-        trace = backprop(*rounded(dtype, *case.draw()))
+        trace = backprop(*rounded(dtype, *case.draw(SEED)))
         z2 = np.abs(trace.z[2])
         assert np.mean(z2 > 40) >= 0.5, f"{dtype}: only {np.mean(z2 > 40):.0%} of z^2 exceed 40"
         assert np.all(np.abs(trace.z[3]) < 5), "the output layer must stay unsaturated so its gradients are informative"
@@ -213,15 +177,15 @@ def test_reverse_mode_paths_agree_on_drawn_values(adapter: JaxAdapter, case: tup
 @pytest.mark.parametrize("path", PATHS)
 def test_contract_checks_pass(adapter: JaxAdapter, path: str, dtype: str) -> None:
     """The suite's own contract checks: layout round trip (square layers), output shapes and dtypes, repeatability."""
-    network, batch = rounded(dtype, *CASE["deep L=7"].draw())
+    network, batch = rounded(dtype, *CASE["deep L=7"].draw(SEED))
     check_contract(adapter, path, dtype, "cpu", network, batch)
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_two_calls_give_identical_results(adapter: JaxAdapter, path: str) -> None:
     """No state between calls: bit-identical gradients, cost and intermediates, with another input in between."""
-    network, batch = rounded("float32", *CASE["deep L=7"].draw())
-    other_network, other_batch = rounded("float32", *Case("other", CASE["deep L=7"].widths, 7, seed=99).draw())
+    network, batch = rounded("float32", *CASE["deep L=7"].draw(SEED))
+    other_network, other_batch = rounded("float32", *Architecture("other", CASE["deep L=7"].widths, 7).draw(seed=99))
     first = adapter.run(network, batch, dtype="float32", path=path)
     adapter.run(other_network, other_batch, dtype="float32", path=path)
     second = adapter.run(network, batch, dtype="float32", path=path)
@@ -234,7 +198,7 @@ def test_two_calls_give_identical_results(adapter: JaxAdapter, path: str) -> Non
 
 def test_load_parameters_round_trip_keeps_page_layout(adapter: JaxAdapter) -> None:
     """w^l read back from JAX's (W, b) list is w^l itself: W[j-1, k-1] = w^l_jk, shape (n(l), n(l−1)), not transposed."""
-    network, _ = rounded("bfloat16", *CASE["deep L=7"].draw())
+    network, _ = rounded("bfloat16", *CASE["deep L=7"].draw(SEED))
     back = adapter.load_parameters(network, dtype="bfloat16")
     for l in network.layers:
         assert back.w[l].dtype == np.float32
@@ -263,7 +227,7 @@ def test_registry_finds_the_adapter() -> None:
 
 def test_float64_call_leaves_x64_as_it_was(adapter: JaxAdapter) -> None:
     """The suite runs in the user's process: 64-bit mode (off by default) must be as it was after a float64 call."""
-    network, batch = rounded("float64", *CASE["deep L=7"].draw())
+    network, batch = rounded("float64", *CASE["deep L=7"].draw(SEED))
     before = bool(jax.config.jax_enable_x64)
     out = adapter.run(network, batch, dtype="float64", path="jit")
     assert out.gradients.w[2].dtype == np.float64
@@ -319,11 +283,11 @@ def test_a_repeated_architecture_does_not_recompile(adapter: JaxAdapter, path: s
     """A first call of a new shape compiles (so the counter works); a second one, with other values, compiles nothing."""
     index = PATHS.index(path)
     widths = (2, 3 + index, 3 + index, 2)  # shapes no other test uses, and distinct per path (eager paths share primitives)
-    network, batch = rounded("float32", *Case("fresh", widths, 6, seed=index).draw())
+    network, batch = rounded("float32", *Architecture("fresh", widths, 6).draw(seed=index))
     adapter.run(network, batch, dtype="float32", path=path)
     assert compilations, "the first call of a new shape should compile something; is the compile event still recorded?"
     compilations.clear()
-    network, batch = rounded("float32", *Case("fresh", widths, 6, seed=index + 10).draw())
+    network, batch = rounded("float32", *Architecture("fresh", widths, 6).draw(seed=index + 10))
     adapter.run(network, batch, dtype="float32", path=path)
     assert compilations == [], f"path {path!r} recompiled a repeated architecture {len(compilations)} time(s)"
 
@@ -331,8 +295,8 @@ def test_a_repeated_architecture_does_not_recompile(adapter: JaxAdapter, path: s
 def test_jit_cache_keeps_float32_and_x64_traces_apart(adapter: JaxAdapter, compilations: list[str]) -> None:
     """The float64 program is traced inside the x64 context and the float32 one outside it; both stay cached and
     neither is used for the other: alternating dtypes compiles nothing and returns the same bits each time."""
-    network64, batch64 = rounded("float64", *CASE["deep L=7"].draw())
-    network32, batch32 = rounded("float32", *CASE["deep L=7"].draw())
+    network64, batch64 = rounded("float64", *CASE["deep L=7"].draw(SEED))
+    network32, batch32 = rounded("float32", *CASE["deep L=7"].draw(SEED))
     first64 = adapter.run(network64, batch64, dtype="float64", path="jit")
     first32 = adapter.run(network32, batch32, dtype="float32", path="jit")
     compilations.clear()
@@ -356,7 +320,7 @@ def test_a_prepared_shape_runs_the_program_the_example_would_have_compiled(
     adapter: JaxAdapter, dtype: str, compilations: list[str]
 ) -> None:
     """After prepare(), the example compiles nothing, and its bits equal those of a fresh compilation (caches cleared)."""
-    network, batch = rounded(dtype, *Case("prepared", (3, 11, 2), 9, seed=41).draw())
+    network, batch = rounded(dtype, *Architecture("prepared", (3, 11, 2), 9).draw(seed=41))
     adapter.prepare("jit", dtype, "cpu", [(network.widths, batch.size)])
     from backprop_conformance.adapters.jax_precompile import PRECOMPILER
 
@@ -379,18 +343,18 @@ import json, sys
 import jax, numpy as np
 from backprop_conformance.adapters import jax_precompile
 from backprop_conformance.adapters.jax_adapter import JaxAdapter
-from backprop_conformance.reference.dtypes import round_to
+from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.reference.model import Batch, Network
 
 cache, dtype, change = sys.argv[1], sys.argv[2], sys.argv[3]
 rng = np.random.default_rng(7)
 widths, batch_size = (3, 11, 2), 9
 net = Network.from_lists(
-    [round_to(dtype, rng.standard_normal((widths[i + 1], widths[i]))).astype(np.float64) for i in range(2)],
-    [round_to(dtype, rng.standard_normal(widths[i + 1])).astype(np.float64) for i in range(2)],
+    [rng.standard_normal((widths[i + 1], widths[i])) for i in range(2)], [rng.standard_normal(widths[i + 1]) for i in range(2)]
 )
-x = round_to(dtype, rng.standard_normal((batch_size, 3))).astype(np.float64)
-batch = Batch(x, round_to(dtype, rng.uniform(size=(batch_size, 2))).astype(np.float64))
+x = rng.standard_normal((batch_size, 3))
+problem = Problem.rounded(net, Batch(x, rng.uniform(size=(batch_size, 2))), dtype)
+net, batch = problem.network, problem.batch
 adapter = JaxAdapter()
 adapter.use_cache(cache)
 adapter.prepare("jit", dtype, "cpu", [(widths, batch_size)])
@@ -534,14 +498,14 @@ def test_a_failing_background_compilation_is_left_to_the_example(adapter: JaxAda
 def test_the_compilation_cache_and_compiling_ahead_change_no_verdict(tmp_path: Path) -> None:
     """The same examples (one ``--hypothesis-seed``) in three runs -- no cache, a cold cache, the same cache warm --
     give the same error/bound ratio for every example, bit for bit, and the cold run fills the cache."""
-    from backprop_conformance.conformance.runner import clean_environment, run_suite
+    from conftest import suite
 
     cache = tmp_path / "cache"
     args = ["--conformance-backend", "jax", "--conformance-dtype", "float32", "--conformance-dtype", "bfloat16"]
     args += ["--conformance-max-examples", "15", "--hypothesis-seed", "20261201", "-k", "test_gradients"]
     series = {}
     for name, cache_dir in (("no cache", ""), ("cold cache", str(cache)), ("warm cache", str(cache))):
-        run = run_suite([*args, "--conformance-cache-dir", cache_dir], tmp_path / name, env=clean_environment(tmp_path / name / "db"))
+        run = suite(tmp_path / name, *args, "--conformance-cache-dir", cache_dir, marks=None)
         assert run.returncode == pytest.ExitCode.OK and run.report is not None, run.explain()
         series[name] = {c.id: c.ratios for c in run.report.cells}
         assert all(len(r) == 15 for r in series[name].values()), series[name]
@@ -563,7 +527,7 @@ def test_the_compilation_cache_and_compiling_ahead_change_no_verdict(tmp_path: P
     ],
 )
 def test_unsupported_requests_name_the_adapter_and_the_valid_choices(adapter: JaxAdapter, kwargs: dict, fragments: list[str]) -> None:
-    network, batch = CASE["L=2"].draw()
+    network, batch = CASE["L=2"].draw(SEED)
     with pytest.raises(RequestError) as info:
         adapter.compute(network, batch, **kwargs)
     message = str(info.value)
@@ -583,6 +547,6 @@ def test_values_the_format_cannot_hold_are_refused(adapter: JaxAdapter) -> None:
 
 
 def test_a_batch_that_does_not_fit_the_network_is_refused(adapter: JaxAdapter) -> None:
-    network, _ = CASE["L=2"].draw()
+    network, _ = CASE["L=2"].draw(SEED)
     with pytest.raises(ModelError, match=r"x has 2 columns but the input layer 1 has n\(1\) = 3"):
         adapter.compute(network, Batch(np.zeros((1, 2)), np.zeros((1, 2))), dtype="float64", path="grad")

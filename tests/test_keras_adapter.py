@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from architectures import ARCHITECTURES, Architecture
+from networks import ARCHITECTURES, Architecture
 
 from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.base import RequestError
@@ -46,7 +46,7 @@ INSTALLED = [path for path, module in keras_adapter.BACKENDS.items() if importli
 KERAS_VERSION = importlib.metadata.version("keras")
 
 SEED = 20260922
-"""The seed of this module's fixed networks (:mod:`architectures`)."""
+"""The seed of this module's fixed networks (:mod:`networks`)."""
 JAX_ARCHITECTURES = ("L2", "deep-square")
 """Keras' JAX step compiles per shape (about 1 s each here), so that path is checked on two of the four."""
 KNOWN_DEFECT = ("torch", "float64")

@@ -12,15 +12,15 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from conftest import assert_usage_error, suite
 from packaging.specifiers import SpecifierSet
 
 from backprop_conformance.adapters.base import Capabilities
 from backprop_conformance.conformance import known_defects
 from backprop_conformance.conformance.fidelity import FIDELITY_TESTS
 from backprop_conformance.conformance.known_defects import CONFORMANCE_TESTS, KnownDefectsError, find, load, validate
-from backprop_conformance.conformance.runner import SuiteRun, run_suite
+from backprop_conformance.conformance.runner import SuiteRun
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ISSUE = "https://example.org/fakeframework/issues/1"
 FIELDS = {
     "backend": '"fake"',
@@ -43,10 +43,23 @@ def entry(**changes: str | None) -> str:
     return "[[defect]]\n" + "".join(f"{k} = {v}\n" for k, v in fields.items() if v is not None)
 
 
-def write(tmp_path: Path, *entries: str) -> Path:
-    path = tmp_path / "known_defects.toml"
+def write(directory: Path, *entries: str, name: str = "known_defects.toml") -> Path:
+    path = directory / name
     path.write_text("# test file\n\n" + "\n".join(entries))
     return path
+
+
+def gradients_entry(backend: str, dtype: str, paths: str = '["*"]') -> str:
+    """An entry for ``backend``'s test_gradients in ``dtype`` (δ^L without σ′, as the mutant it is written for)."""
+    return entry(
+        backend=f'"{backend}"',
+        tests='["test_gradients"]',
+        paths=paths,
+        dtypes=f'["{dtype}"]',
+        cases=None,
+        issue=f'"https://example.org/{backend}/1"',
+        summary='"δ^L without σ′"',
+    )
 
 
 TESTS = {**dict.fromkeys(CONFORMANCE_TESTS, ()), **FIDELITY_TESTS}
@@ -194,7 +207,7 @@ def test_matching_items_become_strict_xfails_and_only_they(tmp_path: Path) -> No
     """A third party's file (textbook σ′ = a(1 − a) in numpy): exactly its fidelity items xfail, strictly, naming the issue."""
     defects = tmp_path / "defects.toml"
     defects.write_text(FIDELITY_ENTRY, encoding="utf-8")
-    done = run_suite([*OUTPUT_SIGMA_PRIME, "--conformance-known-defects", str(defects), "-m", "fidelity"], tmp_path)
+    done = suite(tmp_path, *OUTPUT_SIGMA_PRIME, "--conformance-known-defects", str(defects), marks="fidelity")
     assert done.returncode == pytest.ExitCode.OK, done.explain()
     xfailed = {o.test for o in done.outcomes if o.outcome == "skipped" and "known upstream defect" in o.message}
     expected = {
@@ -209,14 +222,9 @@ def test_matching_items_become_strict_xfails_and_only_they(tmp_path: Path) -> No
 
 def gradients_entry_run(tmp_path: Path, backend: str, adapter: str) -> SuiteRun:
     """A float32 run of ``adapter`` with a known-defects file whose one entry covers its test_gradients."""
-    defects = tmp_path / "defects.toml"
-    defects.write_text(
-        f'[[defect]]\nbackend = "{backend}"\nversions = "*"\ntests = ["test_gradients"]\npaths = ["*"]\ndtypes = ["float32"]\n'
-        'issue = "https://example.org/x/2"\nsummary = "a known defect"\n',
-        encoding="utf-8",
-    )
-    args = ["--conformance-backend", adapter, "--conformance-dtype", "float32", "-m", "not fidelity", "--conformance-max-examples", "5"]
-    return run_suite([*args, "--conformance-known-defects", str(defects)], tmp_path)
+    defects = write(tmp_path, gradients_entry(backend, "float32"))
+    args = ["--conformance-backend", adapter, "--conformance-dtype", "float32", "--conformance-max-examples", "5"]
+    return suite(tmp_path, *args, "--conformance-known-defects", str(defects))
 
 
 def test_a_known_defect_on_a_conformance_cell_still_shows_its_verdict(tmp_path: Path) -> None:
@@ -248,7 +256,7 @@ def covered_by_bundled_torch_entries(test_id: str) -> bool:
 def test_bundled_torch_entries_are_strict_xfails_end_to_end(tmp_path: Path) -> None:
     """``pytest conformance --conformance-backend torch``, fidelity tier, float64: exactly the file's torch combinations xfail,
     nothing fails."""
-    done = run_suite(["--conformance-backend", "torch", "--conformance-dtype", "float64", "-m", "fidelity"], tmp_path)
+    done = suite(tmp_path, "--conformance-backend", "torch", "--conformance-dtype", "float64", marks="fidelity")
     assert done.returncode == 0, done.explain()
     outcomes = {o.test: (o.outcome, o.message) for o in done.outcomes}
     assert outcomes and not any(kind == "skipped" and "known upstream defect" not in msg for kind, msg in outcomes.values()), outcomes
@@ -317,8 +325,7 @@ def test_builtin_modes_are_described_only_when_something_changed() -> None:
     ],
 )
 def test_a_malformed_builtin_mode_is_a_usage_error(tmp_path: Path, value: str, wanted: str) -> None:
-    done = run_suite([*NUMPY_EXAMPLE, "--conformance-builtin-defects", value], tmp_path)
-    assert done.returncode == pytest.ExitCode.USAGE_ERROR and wanted in done.output, done.explain()
+    assert_usage_error(suite(tmp_path, *NUMPY_EXAMPLE, "--conformance-builtin-defects", value, marks=None), wanted)
 
 
 def test_non_strict_entries_become_non_strict_xfails() -> None:
@@ -338,7 +345,7 @@ def test_non_strict_entries_become_non_strict_xfails() -> None:
 @pytest.mark.skipif(find_spec("torch") is None, reason="torch not installed")
 def test_non_strict_torch_entries_still_mark_its_defects_and_the_run_says_so(tmp_path: Path) -> None:
     torch_eager = ["--conformance-backend", "torch", "--conformance-dtype", "float64", "--conformance-path", "eager"]
-    done = run_suite([*torch_eager, "-m", "fidelity", "--conformance-builtin-defects", "torch=non-strict"], tmp_path)
+    done = suite(tmp_path, *torch_eager, "--conformance-builtin-defects", "torch=non-strict", marks="fidelity")
     assert done.returncode == pytest.ExitCode.OK, done.explain()
     note = "built-in known defects: torch's non-strict (--conformance-builtin-defects)"
     assert f"note: {note}" in done.output and done.report is not None and note in done.report.notes
@@ -349,7 +356,91 @@ def test_non_strict_torch_entries_still_mark_its_defects_and_the_run_says_so(tmp
 @pytest.mark.skipif(find_spec("torch") is None, reason="torch not installed")
 def test_switching_torchs_builtin_entries_off_shows_its_defect_as_a_failure(tmp_path: Path) -> None:
     torch_eager = ["--conformance-backend", "torch", "--conformance-dtype", "float64", "--conformance-path", "eager"]
-    done = run_suite([*torch_eager, "-m", "fidelity", "--conformance-builtin-defects", "torch=off"], tmp_path)
+    done = suite(tmp_path, *torch_eager, "--conformance-builtin-defects", "torch=off", marks="fidelity")
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.explain()
     failed = {o.test for o in done.outcomes if o.outcome == "failed"}
     assert "test_sigmoid_prime_fidelity[torch-eager-float64-saturated]" in failed, sorted(failed)
+
+
+# Files given on the command line: they add to the built-in list, can be repeated, may name backends this run did not load.
+
+
+def test_known_defect_files_add_up_and_may_name_backends_not_loaded(tmp_path: Path) -> None:
+    """Two files, one entry each for the two cells: both apply; a third entry, for a backend not loaded, is ignored with a note."""
+    first = write(tmp_path, gradients_entry("mut-cross-entropy-delta", "float32", paths='["manual"]'), name="first.toml")
+    second = write(
+        tmp_path,
+        gradients_entry("mut-cross-entropy-delta", "float64"),
+        gradients_entry("mxnet", "float64", paths='["gluon"]'),
+        name="second.toml",
+    )
+    run = suite(
+        tmp_path / "run",
+        "--conformance-backend",
+        "tests.mutants:CrossEntropyShortcut",
+        "--conformance-max-examples=3",
+        "--conformance-known-defects",
+        str(first),
+        "--conformance-known-defects",
+        str(second),
+    )
+    assert run.returncode == 0 and run.report is not None, run.explain()
+    assert {c.id: c.status for c in run.report.cells} == {
+        "mut-cross-entropy-delta-manual-float64": "known defect",
+        "mut-cross-entropy-delta-manual-float32": "known defect",
+    }
+    note = f"{second}: 1 known-defect entry for backend 'mxnet', not loaded in this run, ignored"
+    assert f"  note: {note}" in run.output.split("collected", 1)[0] and note in run.report.notes, run.explain()
+
+
+BUILT_IN_DEFECT = next(
+    (
+        (framework, f"test_sigmoid_prime_fidelity[{framework}-{path}-float64-saturated]", issues)
+        for framework, path, issues in (
+            ("jax", "jit", "github.com/jax-ml/jax/issues"),
+            ("torch", "eager", "github.com/pytorch/pytorch/issues"),
+        )
+        if find_spec(framework) is not None
+    ),
+    None,
+)
+"""A fidelity item the suite's own known_defects.toml makes a strict xfail, for the cheaper installed framework (jax imports faster)."""
+
+
+@pytest.mark.skipif(BUILT_IN_DEFECT is None, reason="neither jax nor torch is installed: the built-in list covers only them")
+def test_extra_known_defect_files_keep_the_built_in_entries(tmp_path: Path) -> None:
+    """With an extra file, the built-in σ′ entry still makes the framework's saturated fidelity case a strict xfail."""
+    assert BUILT_IN_DEFECT is not None
+    framework, item, issues = BUILT_IN_DEFECT
+    extra = write(tmp_path, gradients_entry("mut-cross-entropy-delta", "float64"), name="extra.toml")
+    selected = f"test_gradients and mut-cross-entropy-delta or {item.replace('[', ' and ').rstrip(']')}"
+    args = [
+        "--conformance-backend",
+        framework,
+        "--conformance-backend",
+        "tests.mutants:CrossEntropyShortcut",
+        "--conformance-dtype=float64",
+    ]
+    run = suite(
+        tmp_path,
+        *args,
+        "--conformance-max-examples=3",
+        "--conformance-known-defects",
+        str(extra),
+        "-k",
+        selected,
+        marks=None,
+        JAX_PLATFORMS="cpu",  # no probing for accelerators the suite does not use
+    )
+    assert run.returncode == 0 and run.report is not None, run.explain()
+    outcomes = {o.test: (o.outcome, o.message) for o in run.outcomes}
+    assert set(outcomes) == {"test_gradients[mut-cross-entropy-delta-manual-float64]", item}, outcomes
+    assert all(kind == "skipped" and "known upstream defect" in message for kind, message in outcomes.values()), outcomes
+    assert issues in outcomes[item][1], outcomes[item]
+
+
+def test_known_defect_mixing_star_with_names_is_a_usage_error(tmp_path: Path) -> None:
+    """``paths = ["*", "manual"]`` means nothing precise: refused at start-up, naming the file and the entry."""
+    path = write(tmp_path, gradients_entry("mut-cross-entropy-delta", "float32", paths='["*", "manual"]'), name="defects.toml")
+    run = suite(tmp_path / "run", "--conformance-backend", "tests.mutants:CrossEntropyShortcut", "--conformance-known-defects", str(path))
+    assert_usage_error(run, f"{path}: defect #1: paths ['*', 'manual'] mixes \"*\" (every one) with names")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from small_problems import problem
+from networks import problem
 
 from backprop_conformance.adapters.registry import resolve
 from backprop_conformance.adapters.selfcheck import check_contract

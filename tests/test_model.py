@@ -289,22 +289,19 @@ def test_batch_needs_matrices(x_shape: tuple[int, ...], y_shape: tuple[int, ...]
         Batch(np.ones(x_shape), np.ones(y_shape))
 
 
-def test_check_compatible_input_width() -> None:
+@pytest.mark.parametrize(
+    ("x_width", "y_width", "message"),
+    [
+        (3, 1, r"x has 3 columns but the input layer 1 has n\(1\) = 2 neurons"),
+        (0, 1, r"x has 0 columns but the input layer 1 has n\(1\) = 2 neurons"),
+        (2, 2, r"y has 2 columns but the output layer 3 has n\(3\) = 1 neurons"),
+    ],
+    ids=["input-width", "zero-width-batch", "output-width"],
+)
+def test_check_compatible_names_the_width_that_does_not_fit(x_width: int, y_width: int, message: str) -> None:
     net = _net((2, 3, 1))
-    with pytest.raises(ModelError, match=r"x has 3 columns but the input layer 1 has n\(1\) = 2 neurons"):
-        check_compatible(net, Batch(np.ones((4, 3)), np.ones((4, 1))))
-
-
-def test_check_compatible_zero_width_batch() -> None:
-    net = _net((2, 3, 1))
-    with pytest.raises(ModelError, match=r"x has 0 columns but the input layer 1 has n\(1\) = 2 neurons"):
-        check_compatible(net, Batch(np.ones((4, 0)), np.ones((4, 1))))
-
-
-def test_check_compatible_output_width() -> None:
-    net = _net((2, 3, 1))
-    with pytest.raises(ModelError, match=r"y has 2 columns but the output layer 3 has n\(3\) = 1 neurons"):
-        check_compatible(net, Batch(np.ones((4, 2)), np.ones((4, 2))))
+    with pytest.raises(ModelError, match=message):
+        check_compatible(net, Batch(np.ones((4, x_width)), np.ones((4, y_width))))
 
 
 def test_check_compatible_dtype() -> None:

@@ -11,12 +11,10 @@ contract's specific complaint).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
+from conftest import REPO_ROOT, replay_command, suite
 from mutants import (
-    CONFORMANCE_ONLY,
     CORRECT,
     MUTANTS,
     AccumulatesAcrossCalls,
@@ -33,8 +31,7 @@ from mutants import (
     cells,
 )
 
-from backprop_conformance.conformance.provenance import PACKAGE_ROOT
-from backprop_conformance.conformance.runner import SuiteRun, clean_environment, run_suite
+from backprop_conformance.conformance.runner import SuiteRun
 
 CONTRACT_WORDING: dict[type[ManualBackprop], str] = {
     TransposedLayout: "(the framework's layout is transposed?)",
@@ -54,9 +51,9 @@ def _name(adapter: type[ManualBackprop]) -> str:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
+def mutants_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     args = [arg for adapter in (*CORRECT, *MUTANTS) for arg in ("--conformance-backend", backend_name(adapter))]
-    return run_suite([*args, *CONFORMANCE_ONLY], tmp_path_factory.mktemp("conformance-run"))
+    return suite(tmp_path_factory.mktemp("conformance-run"), *args)
 
 
 def _summary(run: SuiteRun, adapter: type[ManualBackprop]) -> str:
@@ -68,73 +65,76 @@ def test_names_are_unique() -> None:
     assert len(set(names)) == len(names), sorted(n for n in names if names.count(n) > 1)
 
 
-def test_every_cell_ran(suite: SuiteRun) -> None:
+def test_every_cell_ran(mutants_run: SuiteRun) -> None:
     """Each adapter got test_contract and test_gradients in each of its dtypes: nothing was skipped or deselected."""
-    assert suite.returncode == 1, f"expected exit status 1 (tests failed), got {suite.explain()}"
+    assert mutants_run.returncode == 1, f"expected exit status 1 (tests failed), got {mutants_run.explain()}"
     for adapter in (*CORRECT, *MUTANTS):
         want = {f"{test}[{cell}]" for test in ("test_contract", "test_gradients") for cell in cells(adapter)}
-        got = {o.test for o in suite.items(cells(adapter)) if o.outcome != "skipped"}
+        got = {o.test for o in mutants_run.items(cells(adapter)) if o.outcome != "skipped"}
         assert want <= got, f"{adapter.__name__}: ran {sorted(got)}, expected {sorted(want)}"
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=_name)
-def test_mutant_is_caught(suite: SuiteRun, mutant: type[ManualBackprop]) -> None:
+def test_mutant_is_caught(mutants_run: SuiteRun, mutant: type[ManualBackprop]) -> None:
     """Caught twice over: a failed test item, and every one of its cells reported as failed."""
-    assert any(o.failed for o in suite.items(cells(mutant))), (
-        f"{mutant.__name__} ({mutant.__doc__}) passed every test:\n{_summary(suite, mutant)}"
+    assert any(o.failed for o in mutants_run.items(cells(mutant))), (
+        f"{mutant.__name__} ({mutant.__doc__}) passed every test:\n{_summary(mutants_run, mutant)}"
     )
-    assert suite.report is not None, suite.explain()
-    statuses = {cell: suite.report.cell(cell).status for cell in cells(mutant)}  # type: ignore[union-attr]
+    assert mutants_run.report is not None, mutants_run.explain()
+    statuses = {cell: mutants_run.report.cell(cell).status for cell in cells(mutant)}  # type: ignore[union-attr]
     assert any(status == "failed" for status in statuses.values()), f"{mutant.__name__}: report statuses {statuses}"
 
 
 @pytest.mark.parametrize("variant", CORRECT, ids=_name)
-def test_correct_variant_passes(suite: SuiteRun, variant: type[ManualBackprop]) -> None:
-    outcomes = [o for o in suite.items(cells(variant)) if o.test.startswith(("test_contract[", "test_gradients["))]
+def test_correct_variant_passes(mutants_run: SuiteRun, variant: type[ManualBackprop]) -> None:
+    outcomes = [o for o in mutants_run.items(cells(variant)) if o.test.startswith(("test_contract[", "test_gradients["))]
     assert outcomes, f"{variant.__name__} did not run"
-    assert all(o.outcome == "passed" for o in outcomes), f"correct {variant.__name__} failed:\n{_summary(suite, variant)}"
-    assert suite.report is not None, suite.explain()
+    assert all(o.outcome == "passed" for o in outcomes), f"correct {variant.__name__} failed:\n{_summary(mutants_run, variant)}"
+    assert mutants_run.report is not None, mutants_run.explain()
     for cell in cells(variant):
-        result = suite.report.cell(cell)
+        result = mutants_run.report.cell(cell)
         assert result is not None and result.status == "passed" and result.examples >= 100, result
 
 
 @pytest.mark.parametrize("mutant", list(CONTRACT_WORDING), ids=_name)
-def test_contract_mutant_is_named_by_the_contract(suite: SuiteRun, mutant: type[ManualBackprop]) -> None:
-    contract = [o for o in suite.items(cells(mutant)) if o.test.startswith("test_contract[") and o.failed]
-    assert contract, f"{mutant.__name__}: test_contract passed in every cell:\n{_summary(suite, mutant)}"
+def test_contract_mutant_is_named_by_the_contract(mutants_run: SuiteRun, mutant: type[ManualBackprop]) -> None:
+    contract = [o for o in mutants_run.items(cells(mutant)) if o.test.startswith("test_contract[") and o.failed]
+    assert contract, f"{mutant.__name__}: test_contract passed in every cell:\n{_summary(mutants_run, mutant)}"
     wording = CONTRACT_WORDING[mutant]
     for outcome in contract:
         assert "AdapterContractError" in outcome.message, outcome.message[:2000]
         assert wording in outcome.message, f"{outcome.test}: message lacks {wording!r}:\n{outcome.message[:2000]}"
         assert f"adapter {mutant.name!r}" in outcome.message, outcome.message[:2000]
-    assert suite.report is not None
-    assert all(suite.report.cell(o.cell).contract == "failed" for o in contract)  # type: ignore[union-attr]
+    assert mutants_run.report is not None
+    assert all(mutants_run.report.cell(o.cell).contract == "failed" for o in contract)  # type: ignore[union-attr]
 
 
 NAMED_IN_MESSAGE = (SigmaTypo, CostWithoutHalf, CrossEntropyShortcut, TransposedSquareGradient, ZeroBiasGradient)
 
 
 @pytest.mark.parametrize("mutant", NAMED_IN_MESSAGE, ids=_name)
-def test_gradient_failure_names_the_parameter(suite: SuiteRun, mutant: type[ManualBackprop]) -> None:
-    gradients = [o for o in suite.items(cells(mutant)) if o.test.startswith("test_gradients[") and o.failed]
-    assert gradients, f"{mutant.__name__}: test_gradients passed in every cell:\n{_summary(suite, mutant)}"
+def test_gradient_failure_names_the_parameter(mutants_run: SuiteRun, mutant: type[ManualBackprop]) -> None:
+    gradients = [o for o in mutants_run.items(cells(mutant)) if o.test.startswith("test_gradients[") and o.failed]
+    assert gradients, f"{mutant.__name__}: test_gradients passed in every cell:\n{_summary(mutants_run, mutant)}"
     for outcome in gradients:
         assert NAMES_PARAMETER.search(outcome.message), f"{outcome.test}: no 'worst: w^l_jk ... ratio' line:\n{outcome.message[:2000]}"
 
 
-def test_zero_gradient_is_called_out(suite: SuiteRun) -> None:
-    failed = [o for o in suite.items(cells(ZeroBiasGradient)) if o.test.startswith("test_gradients[") and o.failed]
-    assert failed and all("framework returned exactly 0" in o.message for o in failed), _summary(suite, ZeroBiasGradient)
+def test_zero_gradient_is_called_out(mutants_run: SuiteRun) -> None:
+    failed = [o for o in mutants_run.items(cells(ZeroBiasGradient)) if o.test.startswith("test_gradients[") and o.failed]
+    assert failed and all("framework returned exactly 0" in o.message for o in failed), _summary(mutants_run, ZeroBiasGradient)
 
 
-def test_reproducer_replays_against_any_adapter(suite: SuiteRun) -> None:
+def test_reproducer_replays_against_any_adapter(mutants_run: SuiteRun) -> None:
     """A case file written by the failing run replays without hypothesis: the correct adapter passes it, the mutant fails it."""
-    found = sorted(suite.case_dir.glob(f"{CrossEntropyShortcut.name}-manual-float64-shrunk-*.json"))
-    assert found, f"no reproducer for {CrossEntropyShortcut.name} in {suite.case_dir}: {sorted(p.name for p in suite.case_dir.glob('*'))}"
-    env = clean_environment(suite.workdir / "hypothesis")
+    found = sorted(mutants_run.case_dir.glob(f"{CrossEntropyShortcut.name}-manual-float64-shrunk-*.json"))
+    assert found, (
+        f"no reproducer for {CrossEntropyShortcut.name} in {mutants_run.case_dir}: {sorted(p.name for p in mutants_run.case_dir.glob('*'))}"
+    )
     for adapter, status in ((ManualBackprop, 0), (CrossEntropyShortcut, 1)):
-        command = [sys.executable, "-m", "backprop_conformance", "replay", str(found[0]), "--backend", backend_name(adapter)]
-        done = subprocess.run(command, cwd=PACKAGE_ROOT, env=env, capture_output=True, text=True, check=False)
-        assert done.returncode == status, f"{' '.join(command)} exited {done.returncode}, expected {status}:\n{done.stdout}{done.stderr}"
+        command = (str(found[0]), "--backend", backend_name(adapter))
+        done = replay_command(*command, cwd=REPO_ROOT, tmp=mutants_run.workdir)
+        assert done.returncode == status, (
+            f"replay {' '.join(command)} exited {done.returncode}, expected {status}:\n{done.stdout}{done.stderr}"
+        )
         assert ("PASS " if status == 0 else "FAIL ") in done.stdout, done.stdout

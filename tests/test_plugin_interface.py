@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import assert_usage_error, suite
 from mutants import ManualBackprop
 
 from backprop_conformance.adapters.base import (
@@ -26,7 +27,6 @@ from backprop_conformance.adapters.base import (
     PluginInterfaceError,
 )
 from backprop_conformance.adapters.registry import resolve
-from backprop_conformance.conformance.runner import clean_environment, run_suite
 
 OLD_PLUGIN_MODULE = "old_interface_plugin"
 OLD_PLUGIN_SOURCE = '''"""A third-party adapter written against an earlier interface: its own helper is called compute."""
@@ -108,8 +108,5 @@ def test_the_registry_reports_the_overridden_method_as_an_adapter_error(old_plug
 
 def test_a_suite_run_with_the_old_plugin_is_a_usage_error_naming_the_method(old_plugin: Path, tmp_path: Path) -> None:
     path = os.pathsep.join(p for p in (str(old_plugin), os.environ.get("PYTHONPATH", "")) if p)
-    env = clean_environment(tmp_path / "db", PYTHONPATH=path)
-    run = run_suite(["--conformance-backend", f"{OLD_PLUGIN_MODULE}:OldAdapter"], tmp_path / "run", env=env)
-    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
-    assert "ERROR:" in run.output and "Traceback" not in run.output and "INTERNALERROR" not in run.output, run.explain()
-    assert "defines 'compute'" in run.output and "OldAdapter" in run.output, run.explain()
+    run = suite(tmp_path / "run", "--conformance-backend", f"{OLD_PLUGIN_MODULE}:OldAdapter", marks=None, PYTHONPATH=path)
+    assert_usage_error(run, "defines 'compute'", "OldAdapter")

@@ -14,19 +14,18 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import CONFORMANCE_ONLY, CORRECT_ADAPTER, REPO_ROOT, run_python, suite
 from hypothesis import given
 from hypothesis import strategies as st
 from reports import F32, F64, cell, run
 
 from backprop_conformance.conformance import outputs, provenance, report
 from backprop_conformance.conformance.markdown_summary import markdown
-from backprop_conformance.conformance.runner import clean_environment, run_suite
+from backprop_conformance.conformance.runner import clean_environment
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CUDA = "fake-jit-float32-cuda"
 
 
@@ -298,12 +297,12 @@ def test_markdown_appends(tmp_path: Path) -> None:
 
 # The options, in real runs.
 
-CORRECT = ("--conformance-backend", "tests.mutants:ManualBackprop", "-m", "not fidelity", "--conformance-max-examples", "5")
+CORRECT = (*CORRECT_ADAPTER, "--conformance-max-examples", "5")
 
 
 def test_options_write_report_and_summary(tmp_path: Path) -> None:
     summary = tmp_path / "out" / "summary.md"
-    done = run_suite([*CORRECT, "--conformance-markdown", str(summary)], tmp_path)
+    done = suite(tmp_path, *CORRECT, "--conformance-markdown", str(summary))
     assert done.returncode == pytest.ExitCode.OK and done.report is not None, done.explain()
     data = strict_json((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert isinstance(data, dict) and data["exitstatus"] == 0
@@ -318,47 +317,26 @@ def test_options_write_report_and_summary(tmp_path: Path) -> None:
 
 
 def test_nothing_is_written_without_the_options(tmp_path: Path) -> None:
-    env = clean_environment(tmp_path / "hypothesis")
-    command = [
-        sys.executable,
+    args = (
         "-m",
         "pytest",
         "conformance",
         "-p",
         "no:cacheprovider",
+        "-m",
+        CONFORMANCE_ONLY,
         *CORRECT,
         f"--conformance-case-dir={tmp_path / 'cases'}",
-    ]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    )
+    done = run_python(*args, cwd=REPO_ROOT, env=clean_environment(tmp_path / "hypothesis"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "conformance report and baseline" not in done.stdout
-
-
-@pytest.mark.parametrize(
-    ("option", "make", "message"),
-    [
-        ("--conformance-report", "dir", "--conformance-report {path}: is a directory; give a file name"),
-        ("--conformance-markdown", "dir", "--conformance-markdown {path}: is a directory; give a file name"),
-        ("--conformance-report", "under-a-file", "--conformance-report {path}: cannot be written ("),
-    ],
-    ids=["report-directory", "summary-directory", "report-under-a-file"],
-)
-def test_an_unusable_output_is_a_usage_error_at_start_up(tmp_path: Path, option: str, make: str, message: str) -> None:
-    if make == "dir":
-        path = tmp_path / "adir"
-        path.mkdir()
-    else:
-        (tmp_path / "afile").write_text("", encoding="utf-8")
-        path = tmp_path / "afile" / "r.json"
-    done = run_suite([*CORRECT, option, str(path)], tmp_path / "run")
-    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.explain()
-    assert message.format(path=path) in done.output and "INTERNALERROR" not in done.output, done.explain()
 
 
 def test_under_xdist_only_the_controller_writes(tmp_path: Path) -> None:
     """Each worker runs the same hooks; the report holds every worker's examples and the summary is appended once."""
     summary = tmp_path / "summary.md"
-    done = run_suite([*CORRECT, "-n", "2", "--conformance-markdown", str(summary)], tmp_path)
+    done = suite(tmp_path, *CORRECT, "-n", "2", "--conformance-markdown", str(summary))
     assert done.returncode == pytest.ExitCode.OK and done.report is not None, done.explain()
     assert summary.read_text(encoding="utf-8").count("## backprop-conformance") == 1
     assert all(c.examples == 5 and c.status == "passed" and c.contract == "passed" for c in done.report.cells), done.report.cells

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 import pytest
-from architectures import ARCHITECTURES, Architecture
+from networks import ARCHITECTURES, Architecture
 
 from backprop_conformance.adapters.base import RequestError
 from backprop_conformance.adapters.registry import resolve
@@ -33,7 +33,7 @@ from backprop_conformance.adapters.tensorflow_adapter import DTYPES, PATHS, Tens
 ADAPTER = TensorFlowAdapter()
 
 SEED = 20260921
-"""The seed of this module's fixed networks (:mod:`architectures`)."""
+"""The seed of this module's fixed networks (:mod:`networks`)."""
 XLA_ARCHITECTURES = ("L2", "deep-square")
 """XLA compiles every shape anew (0.7-2 s each here), so its path is checked on two of the four."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -24,29 +23,21 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch", reason="the torch adapter needs PyTorch (pip install torch)")
 
-from strategies import cases, compare  # noqa: E402  (after the importorskip that guards this module)
+from networks import SATURATION, Architecture  # noqa: E402  (after the importorskip that guards this module)
+from strategies import cases, compare  # noqa: E402
 
 from backprop_conformance.adapters.base import AdapterOutput, RequestError  # noqa: E402
 from backprop_conformance.adapters.registry import resolve  # noqa: E402
 from backprop_conformance.adapters.selfcheck import check_contract  # noqa: E402
 from backprop_conformance.adapters.torch_adapter import DEFAULT_PATHS, DTYPES, TorchAdapter  # noqa: E402
 from backprop_conformance.adapters.torch_model import ieee_arithmetic  # noqa: E402
+from backprop_conformance.conformance.problems import Problem  # noqa: E402
 from backprop_conformance.conformance.verdict import worst_ratio  # noqa: E402
-from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to  # noqa: E402
-from backprop_conformance.reference.error_bound import FLOAT64, ErrorBounds, Precision, tolerance  # noqa: E402
+from backprop_conformance.reference.dtypes import FORMATS, is_representable  # noqa: E402
+from backprop_conformance.reference.error_bound import FLOAT64, Precision  # noqa: E402
 from backprop_conformance.reference.model import Batch, Network  # noqa: E402
-from backprop_conformance.reference.vectorized import BackpropTrace, backprop  # noqa: E402
 
 ADAPTER = TorchAdapter()
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """A fixed test network: widths (n(1), ..., n(L)) and the scale of its normal(0, scale²) parameters."""
-
-    name: str
-    widths: tuple[int, ...]
-    scale: float = 1.0
 
 
 ARCHITECTURES = (
@@ -56,41 +47,15 @@ ARCHITECTURES = (
     Architecture("deep", (4, 6, 5, 7, 3, 4, 2)),
     Architecture("saturated", (4, 5, 3), scale=30.0),
 )
+"""Torch's own shapes (it compiles none eagerly, so it can afford more): a square layer and a deep one of unequal widths."""
+SEED = 20181109
+"""The seed of this module's fixed networks (:mod:`networks`)."""
 BATCH_SIZES = (1, 7)
-SATURATION = 40.0
-"""|z| the saturated case must exceed: σ(z) rounds to 1 from z ≈ 16.6 in float32 and 36.7 in float64."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A network and batch rounded to ``dtype`` (held in float64), with the reference's trace at that point."""
-
-    network: Network
-    batch: Batch
-    trace: BackpropTrace
-    dtype: str
-
-    def tolerance(self, framework: Precision) -> ErrorBounds:
-        return tolerance(self.network, self.batch, self.trace, framework)
 
 
 def make_problem(arch: Architecture, batch_size: int, dtype: str) -> Problem:
     """The fixed case for ``arch`` and B, rounded to ``dtype`` then back to float64 for both sides."""
-    index = ARCHITECTURES.index(arch)
-    rng = np.random.default_rng([20181109, index, batch_size])
-    n = arch.widths
-    weights = [arch.scale * rng.standard_normal((n[i + 1], n[i])) for i in range(len(n) - 1)]
-    biases = [arch.scale * rng.standard_normal(n[i + 1]) for i in range(len(n) - 1)]
-    batch = Batch(rng.standard_normal((batch_size, n[0])), rng.uniform(size=(batch_size, n[-1])))
-    return rounded(Network.from_lists(weights, biases), batch, dtype)
-
-
-def rounded(network: Network, batch: Batch, dtype: str) -> Problem:
-    def to_format(values: np.ndarray) -> np.ndarray:
-        return round_to(dtype, values).astype(np.float64)
-
-    network, batch = network.map(to_format), batch.map(to_format)
-    return Problem(network, batch, backprop(network, batch), dtype)
+    return arch.with_batch_size(batch_size).problem(dtype, SEED)
 
 
 def precision(dtype: str) -> Precision:
@@ -376,7 +341,7 @@ def test_small_calls_run_on_one_intra_op_thread_and_the_users_count_is_restored(
         [rng.standard_normal(widths[i + 1]) for i in range(len(widths) - 1)],
     )
     batch = Batch(rng.standard_normal((batch_size, widths[0])), rng.uniform(size=(batch_size, widths[-1])))
-    problem = rounded(network, batch, "float64")
+    problem = Problem.rounded(network, batch, "float64")
     seen: list[int] = []
     hook = torch.nn.modules.module.register_module_forward_hook(lambda module, args, output: seen.append(torch.get_num_threads()))
     users = torch.get_num_threads()
@@ -395,7 +360,7 @@ def test_small_calls_run_on_one_intra_op_thread_and_the_users_count_is_restored(
 @given(case=cases(depths=(2, 5), widths=(1, 6), batch_sizes=(1, 4)), dtype=st.sampled_from(DTYPES), path=st.sampled_from(DEFAULT_PATHS))
 def test_random_networks_agree_within_bound(case: tuple[Network, Batch], dtype: str, path: str) -> None:
     """Hypothesis' awkward values (zeros, ±bounds, subnormals, repeats) on small random nets, every path and dtype."""
-    problem = rounded(*case, dtype)
+    problem = Problem.rounded(*case, dtype)
     output = ADAPTER.run(problem.network, problem.batch, dtype=dtype, path=path)
     worst = ratios(output, problem, precision(dtype))
     assert all(ratio <= 1 for ratio in worst.values()), worst
@@ -409,8 +374,8 @@ def test_compile_path_agrees_and_does_not_recompile_for_new_values() -> None:
     """
     from torch._dynamo.utils import counters
 
-    arch = Architecture("compile", (3, 4, 2))
-    first = rounded(*_scaled_case(arch, seed=1), "float32")
+    arch = Architecture("compile", (3, 4, 2), 3)
+    first = arch.problem("float32", seed=1)
     started = time.perf_counter()
     output = ADAPTER.run(first.network, first.batch, dtype="float32", path="compile")
     compile_seconds = time.perf_counter() - started
@@ -419,19 +384,11 @@ def test_compile_path_agrees_and_does_not_recompile_for_new_values() -> None:
     assert output.delta is None and output.z is not None and output.a is not None
 
     graphs = counters["stats"]["unique_graphs"]
-    second = rounded(*_scaled_case(arch, seed=2), "float32")
+    second = arch.problem("float32", seed=2)
     again = ADAPTER.run(second.network, second.batch, dtype="float32", path="compile")
     assert counters["stats"]["unique_graphs"] == graphs, "a new net of the same architecture recompiled"
     ratios(again, second, precision("float32"))
     print(f"torch.compile: first call {compile_seconds:.1f} s")
-
-
-def _scaled_case(arch: Architecture, seed: int) -> tuple[Network, Batch]:
-    rng = np.random.default_rng(seed)
-    n = arch.widths
-    weights = [arch.scale * rng.standard_normal((n[i + 1], n[i])) for i in range(len(n) - 1)]
-    biases = [arch.scale * rng.standard_normal(n[i + 1]) for i in range(len(n) - 1)]
-    return Network.from_lists(weights, biases), Batch(rng.standard_normal((3, n[0])), rng.uniform(size=(3, n[-1])))
 
 
 def worst_ratio_table() -> str:
