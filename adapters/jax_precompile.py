@@ -24,8 +24,10 @@ never a different program. The thread is not a daemon, so it is never stopped in
 
 Handing the program over. Found in the cache, a program still costs the example its tracing and lowering, which
 for the small networks of a pool is most of what the first call of a shape costs. So for a jitted path the worker
-also returns the compiled program serialized, and the example runs it as it is (:meth:`Precompiler.program`), but
-only where this process would have compiled the same program: the worker's global JAX settings must equal this
+compiles the program into a store of its own (:mod:`~backprop_conformance.adapters.jax_programs`) and returns it
+serialized, and the example runs it as it is (:meth:`Precompiler.program`), from the worker or, for a shape the
+worker has not reached yet, from the store left by an earlier run; but only where this process would have compiled
+the same program: the worker's global JAX settings must equal this
 process's (:func:`~backprop_conformance.adapters.jax_model.settings_fingerprint`, compared at every call, so a
 setting changed mid-run is noticed), and the first program of each (path, dtype, device) is lowered here too and its
 text compared with the worker's, which covers what settings alone cannot (a JAX function patched in this process).
@@ -36,13 +38,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from pathlib import Path
 from typing import Any
 
+from backprop_conformance.adapters import jax_programs
 from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.ahead import Ahead
-from backprop_conformance.adapters.jax_model import import_jax, lowered_text, run_on_zeros, settings_fingerprint
+from backprop_conformance.adapters.jax_model import import_jax, lowered_text, precision_scope, run_on_zeros, settings_fingerprint
 
-Key = tuple[str, str, str, tuple[int, ...], int]
+Key = jax_programs.Key
 """(path, dtype, device, widths, batch size): what one compiled program is specialised to."""
 
 CACHE_OPTIONS: tuple[str, ...] = (
@@ -68,11 +72,10 @@ class Precompiler(Ahead[Key]):
     def __init__(self) -> None:
         super().__init__("backprop-conformance-jax-precompile", daemon=False)
         self._filler_options: dict[str, Any] | None = None
-        self._filler_settings = ""
         self._filler_failed = False
         self.store: str | None = None
-        """Where the worker keeps the programs it hands over (:mod:`~backprop_conformance.adapters.jax_cache_filler`);
-        None, as when the user configured JAX's cache, hands none over."""
+        """The store of programs the worker hands over (:mod:`~backprop_conformance.adapters.jax_programs`); None, as
+        when the user configured JAX's cache, hands none over."""
         self._handed: dict[Key, tuple[Any, ...]] = {}
         self._loaded: dict[Key, Any] = {}
         self._checked: dict[tuple[str, str, str], bool] = {}
@@ -87,7 +90,7 @@ class Precompiler(Ahead[Key]):
         filler = cache_filler()
         try:
             if options != self._filler_options or not filler.alive:
-                self._filler_settings = filler.call("configure", options, self.store)
+                filler.call("configure", options, self.store)
                 self._filler_options = options
         except Exception:  # the process cannot be started or configured: compile here from now on
             self._filler_failed = True
@@ -99,15 +102,21 @@ class Precompiler(Ahead[Key]):
             else:
                 if handed is not None:
                     with self._programs_lock:
-                        self._handed[key] = (*handed, self._filler_settings)
+                        self._handed[key] = handed
                 return
         run_on_zeros(*key)
 
     def program(self, key: Key) -> Any | None:
         """The worker's compiled program for ``key``, loaded, when this process would have compiled the same one
         (see the module); None when the example must trace and compile it itself. Call it after :meth:`claim`."""
+        with precision_scope(key[1]):  # the settings an example sees: float64 runs in the x64 context
+            return self._program(key)
+
+    def _program(self, key: Key) -> Any | None:
         with self._programs_lock:
             handed = self._handed.get(key)
+        if handed is None and self.store is not None and key[2] == "cpu":
+            handed = jax_programs.read(Path(self.store), key)  # a warm store serves a shape the worker has not reached
         if handed is None:
             return None
         payload, in_tree, out_tree, digest, settings = handed

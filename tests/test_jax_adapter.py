@@ -357,6 +357,9 @@ problem = Problem.rounded(net, Batch(x, rng.uniform(size=(batch_size, 2))), dtyp
 net, batch = problem.network, problem.batch
 adapter = JaxAdapter()
 adapter.use_cache(cache)
+if change == "no-worker":  # only the store an earlier run left can serve the example
+    from backprop_conformance.adapters import worker
+    jax_precompile.cache_filler = lambda: worker.shared("no_such_module:Filler", name="broken")
 adapter.prepare("jit", dtype, "cpu", [(widths, batch_size)])
 jax_precompile.PRECOMPILER._thread.join(120)
 filled = sorted(p.name for p in __import__("pathlib").Path(cache).iterdir()) if __import__("pathlib").Path(cache).exists() else []
@@ -391,6 +394,7 @@ print(json.dumps({
     "same_bits": same,
     "loaded": loaded,
     "handed": handed,
+    "worker_failed": jax_precompile.PRECOMPILER._filler_failed,
 }))
 adapter.finish()
 """
@@ -405,7 +409,8 @@ def _fill_and_run(tmp_path: Path, dtype: str, change: str) -> dict:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found["worker_starts"] == 1, f"no worker process compiled ahead: {found}"
+    if change != "no-worker":
+        assert found["worker_starts"] == 1, f"no worker process compiled ahead: {found}"
     assert len(found["handed"]) == 1, f"the worker kept no program to hand over: {found}"
     return found
 
@@ -422,6 +427,8 @@ def test_with_a_persistent_cache_a_worker_process_compiles_ahead_and_the_example
     again = _fill_and_run(tmp_path, dtype, "none")
     assert again["handed"] == found["handed"], f"the second run's worker compiled and wrote the program again: {again}"
     assert again["loaded"] == 1 and again["requests"] == 0 and again["same_bits"], again
+    alone = _fill_and_run(tmp_path, dtype, "no-worker")
+    assert alone["worker_failed"] and alone["loaded"] == 1 and alone["same_bits"], f"the store did not serve the run: {alone}"
 
 
 @pytest.mark.parametrize("change", ["setting", "function"])
