@@ -76,13 +76,14 @@ class Precompiler(Ahead[Key]):
         self.store: str | None = None
         """The store of programs the worker hands over (:mod:`~backprop_conformance.adapters.jax_programs`); None, as
         when the user configured JAX's cache, hands none over."""
-        self._handed: dict[Key, tuple[Any, ...]] = {}
+        self._handed: dict[Key, jax_programs.Entry] = {}
         self._loaded: dict[Key, Any] = {}
         self._checked: dict[tuple[str, str, str], bool] = {}
         self._programs_lock = threading.Lock()
 
     def work(self, key: Key) -> None:
-        """Compile ``key``'s program into the persistent cache in the worker process, or else here."""
+        """Have ``key``'s program compiled in the worker process (into the store, handed over, for a jitted path; into
+        JAX's persistent cache otherwise), or else compile it here."""
         options = persistent_cache_options() if key[2] == "cpu" and not self._filler_failed else None
         if options is None:
             run_on_zeros(*key)
