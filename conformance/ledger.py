@@ -8,7 +8,7 @@ applies them, first match wins:
 
 * ``incomplete``: the property test crashed (its worker died), or the run was interrupted before the property
   test reported and nothing had failed yet;
-* ``known defect``: the property test failed where a strict known-defect entry says it must (``xfailed``),
+* ``known defect``: the property test failed where a known-defect entry says it must (``xfailed``),
   whatever else of the cell failed;
 * ``failed``: the property test failed, errored (in setup or teardown) or XPASSed a strict known-defect entry,
   the contract failed, a fidelity test failed, crashed or XPASSed, or an example failed or raised (a fidelity
