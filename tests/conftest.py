@@ -40,6 +40,13 @@ REPLAY_USAGE = 2
 CORRECT_ADAPTER = ("--conformance-backend", "tests.mutants:ManualBackprop")
 """The fast, correct numpy adapter (cells ``ok-stable-manual-<dtype>``): a run that passes, or the ground a test breaks."""
 PLAIN_ASSERT = "--assert=plain"
+
+DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+"""``python -c DEFAULT_SIGINT ARGS`` runs ``python ARGS`` with SIGINT's default disposition. A process started in the
+background by a shell (``cmd &``, ``nohup``), as a CI job or the test run itself may be, inherits SIGINT *ignored*;
+Python then installs no KeyboardInterrupt handler, and a test of Ctrl-C would test a process deaf to it."""
 """The one way the runs differ from a user's: pytest does not rewrite ``assert`` statements.
 
 The suite's verdicts raise their own messages and never rely on rewriting, so nothing checked

@@ -21,7 +21,7 @@ from typing import Any
 import ddp_mutants
 import numpy as np
 import pytest
-from conftest import suite
+from conftest import DEFAULT_SIGINT, suite
 from networks import Architecture
 
 from backprop_conformance.adapters.base import AdapterError, Capabilities, CapabilitiesError
@@ -290,7 +290,8 @@ def _gone(pids: list[int], seconds: float = 15.0) -> bool:
 def test_no_rank_outlives_its_parent(how: str) -> None:
     """A normal exit, Ctrl-C and SIGKILL of the process that ran the ddp path all leave no rank process behind."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), *sys.path])}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, "exit" if how == "exit" else "hang"], stdout=subprocess.PIPE, text=True, env=env)
+    command = [sys.executable, "-c", DEFAULT_SIGINT, "-c", CHILD, "exit" if how == "exit" else "hang"]  # Ctrl-C reaches it
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     assert child.stdout is not None
     line = child.stdout.readline()
     pids = [int(p) for p in line.split()]

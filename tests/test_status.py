@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import CONFORMANCE_ONLY, INTERRUPTED, PLAIN_ASSERT, REPO_ROOT, TESTS_FAILED, suite
+from conftest import CONFORMANCE_ONLY, DEFAULT_SIGINT, INTERRUPTED, PLAIN_ASSERT, REPO_ROOT, TESTS_FAILED, suite
 from hostile_adapters import HERE, MARKER_VARIABLE, RaisesFromTheThirdExample
 
 from backprop_conformance.conformance.runner import SuiteRun, clean_environment
@@ -108,12 +108,6 @@ def test_a_dead_xdist_worker_leaves_its_cell_incomplete(tmp_path: Path) -> None:
 
 
 # Ctrl-C ends a run with pytest's status 2, not a traceback, and keeps the report.
-
-DEFAULT_SIGINT = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-)
-"""Runs ``python ARGS`` with SIGINT's default disposition: a process started in the background by a shell (``cmd &``, ``nohup``)
-inherits SIGINT *ignored*, Python then installs no KeyboardInterrupt handler, and Ctrl-C would be tested on a run deaf to it."""
 
 
 def test_ctrl_c_ends_a_run_with_status_2_and_no_traceback(tmp_path: Path) -> None:

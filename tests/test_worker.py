@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEFAULT_SIGINT
 
 from backprop_conformance.adapters import worker as workers
 from backprop_conformance.adapters.base import RequestError
@@ -283,7 +284,7 @@ def start_parent(mode: str) -> tuple[subprocess.Popen[str], int]:
     """The parent in a session of its own (so that a signal to its group reaches no one else), and its worker's pid."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, mode],
+        [sys.executable, "-c", DEFAULT_SIGINT, "-c", PARENT, mode],  # Ctrl-C reaches it even if this run ignores SIGINT
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
