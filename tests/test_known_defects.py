@@ -328,6 +328,11 @@ def test_a_malformed_builtin_mode_is_a_usage_error(tmp_path: Path, value: str, w
     assert_usage_error(suite(tmp_path, *NUMPY_EXAMPLE, "--conformance-builtin-defects", value, marks=None), wanted)
 
 
+def test_two_modes_for_one_backend_are_a_usage_error(tmp_path: Path) -> None:
+    modes = ["--conformance-builtin-defects", "torch=off", "--conformance-builtin-defects", "torch=non-strict"]
+    assert_usage_error(suite(tmp_path, *NUMPY_EXAMPLE, *modes, marks=None), "gives torch two modes, off and non-strict; give one")
+
+
 def test_non_strict_entries_become_non_strict_xfails() -> None:
     """Through the marks collection puts on a test: the day the defect is fixed, pytest reports XPASS instead of failing."""
     from backprop_conformance.conformance.cells import Cell
