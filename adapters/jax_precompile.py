@@ -77,7 +77,7 @@ class Precompiler(Ahead[Key]):
         """The store of programs the worker hands over (:mod:`~backprop_conformance.adapters.jax_programs`); None, as
         when the user configured JAX's cache, hands none over."""
         self._handed: dict[Key, jax_programs.Entry] = {}
-        self._loaded: dict[Key, Any] = {}
+        self._loaded: dict[Key, tuple[Any, str]] = {}
         self._checked: dict[tuple[str, str, str], bool] = {}
         self._programs_lock = threading.Lock()
 
@@ -114,26 +114,26 @@ class Precompiler(Ahead[Key]):
             return self._program(key)
 
     def _program(self, key: Key) -> Any | None:
-        with self._programs_lock:
-            handed = self._handed.get(key)
-        if handed is None and self.store is not None and key[2] == "cpu":
-            handed = jax_programs.read(Path(self.store), key)  # a warm store serves a shape the worker has not reached
-        if handed is None:
-            return None
-        payload, in_tree, out_tree, digest, settings = handed
-        if settings != settings_fingerprint():
-            return None
-        family = key[:3]
-        if family not in self._checked:
-            text = lowered_text(*key)
-            self._checked[family] = hashlib.sha256(text.encode()).hexdigest() == digest
-        if not self._checked[family]:
-            return None
         if key not in self._loaded:
+            with self._programs_lock:
+                handed = self._handed.get(key)
+            if handed is None and self.store is not None and key[2] == "cpu":
+                handed = jax_programs.read(Path(self.store), key)  # a warm store serves a shape the worker has not reached
+            if handed is None:
+                return None
+            payload, in_tree, out_tree, digest, settings = handed
+            if settings != settings_fingerprint():
+                return None
+            family = key[:3]
+            if family not in self._checked:
+                self._checked[family] = hashlib.sha256(lowered_text(*key).encode()).hexdigest() == digest
+            if not self._checked[family]:
+                return None
             from jax.experimental import serialize_executable
 
-            self._loaded[key] = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
-        return self._loaded[key]
+            self._loaded[key] = (serialize_executable.deserialize_and_load(payload, in_tree, out_tree), settings)
+        program, settings = self._loaded[key]
+        return program if settings == settings_fingerprint() else None  # a setting changed mid-run: compile afresh
 
     def forget(self) -> None:
         """Drop the programs handed over and loaded (they hold compiled code): at the end of a run."""
