@@ -19,7 +19,11 @@ reference, the bound and the comparison) and their ratio, and the memory numpy a
 harness's milliseconds per example (wall time less the framework and the reference) for each backend.
 
 Every figure of one run comes from the same machine in the same minutes, so ratios between them hold where
-absolute figures drift with the machine's load. The figures are in docs/speed.md.
+absolute figures drift with the machine's load. Tables (i) and (ii) run torch and numpy's BLAS on one thread
+unless ``--threads`` says otherwise: on a shared machine a second thread's figure measures the other jobs more
+than the code (the suite itself runs small torch calls on one thread, adapters/torch_adapter.py, and the
+reference of a moderate network with one BLAS thread, conformance/blas_threads.py). The figures are in
+docs/speed.md.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from backprop_conformance.conformance.api import check_gradients
 from backprop_conformance.conformance.blas_threads import serial_blas
@@ -42,7 +47,7 @@ from backprop_conformance.conformance.verdict import compare_gradients, judge
 from backprop_conformance.reference.error_bound import FLOAT64, tolerance
 from backprop_conformance.reference.model import Batch, Network
 from backprop_conformance.reference.vectorized import backprop
-from benchmarks.bench_reference import random_problem
+from benchmarks.bench_reference import random_problem, timings
 
 NETWORKS = (((5, 8, 8, 3), 4), ((32, 64, 64, 10), 16), ((128, 256, 256, 10), 32))
 """The issue's three networks: (widths, batch size)."""
@@ -52,15 +57,8 @@ LARGE = ((1024,) * 16, 512)
 
 
 def median_seconds(fn: Callable[[], object], calls: int) -> float:
-    """Median seconds per call over ``calls`` calls, after two warm-up calls."""
-    fn()
-    fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds per call over ``calls`` calls, after a warm-up call."""
+    return statistics.median(timings(fn, calls))
 
 
 def _torch_functions(torch: Any) -> tuple[Callable, Callable]:
@@ -224,15 +222,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200, help="calls per median in table (i) (default 200)")
     parser.add_argument("--no-suite", action="store_true", help="skip table (iii), the pytest conformance run")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch's intra-op threads and numpy's BLAS threads in tables (i) and (ii) (default 1)"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     try:
         import torch
     except ImportError:
         raise SystemExit("bench_verdict needs torch: pip install 'backprop-conformance[torch]'") from None
-    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
-    print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}", end="")
-    print(f", OPENBLAS_NUM_THREADS={blas}")
+    torch.set_num_threads(args.threads)
+    threadpool_limits(limits=args.threads, user_api="blas")
+    print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, {args.threads} thread(s) for torch and numpy's BLAS")
     anchor_table(args.calls)
     large_example()
     if not args.no_suite:
