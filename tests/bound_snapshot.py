@@ -13,7 +13,7 @@ How the file was made: ``python -m tests.bound_snapshot`` at commit c1c6bd3 (mai
 changes), on the 2-core AMD EPYC (Zen 4, AVX-512) development machine with numpy 2.4.6 and
 ``OPENBLAS_NUM_THREADS=1``. numpy's float64 products may round differently on another CPU or thread count
 (OpenBLAS picks kernels per core type and splits sums per thread), so ``tests/test_bound_snapshot.py``
-compares against the file only where it was made, and compares the code with itself everywhere.
+compares against the file only where it was made.
 """
 
 from __future__ import annotations
