@@ -11,9 +11,9 @@ one gradient element moved).
 
 How the file was made: ``python -m tests.bound_snapshot`` at commit c1c6bd3 (main before issue 27's
 changes), on the 2-core AMD EPYC (Zen 4, AVX-512) development machine with numpy 2.4.6 and
-``OPENBLAS_NUM_THREADS=1``. numpy's float64 products may round differently on another CPU or thread count
-(OpenBLAS picks kernels per core type and splits sums per thread), so ``tests/test_bound_snapshot.py``
-compares against the file only where it was made.
+``OPENBLAS_NUM_THREADS=1`` (and again with numpy's two threads: the same file). numpy's float64 products may round
+differently on another CPU or BLAS build (OpenBLAS picks its kernels per core type), so
+``tests/test_bound_snapshot.py`` compares against the file only where it was made.
 """
 
 from __future__ import annotations
