@@ -283,9 +283,11 @@ def _by_layer(part: object, layers: list[int], dtype: str, name: str) -> dict[in
             f"grad_fn returned {name} as {type(part).__name__}; expected a list (layer {layers[0]} first) or a mapping keyed by l"
         )
     out = {}
+    carrier = FORMATS[dtype].carrier
     for l, value in items.items():
         array = np.asarray(value)
-        if np.issubdtype(array.dtype, np.floating) and is_representable(dtype, array):
+        # An array already in the carrier holding the format's values would round to itself: kept as it is.
+        if array.dtype != carrier and np.issubdtype(array.dtype, np.floating) and is_representable(dtype, array):
             array = round_to(dtype, array.astype(np.float64))
         out[l] = array
     return out

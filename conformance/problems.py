@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from backprop_conformance.conformance.blas_threads import serial_blas
 from backprop_conformance.reference.dtypes import float_format, round_to
 from backprop_conformance.reference.error_bound import ErrorBounds, Precision, tolerance
 from backprop_conformance.reference.model import Batch, Network
@@ -43,7 +44,8 @@ class Problem:
     @cached_property
     def trace(self) -> BackpropTrace:
         """The float64 reference at this exact point (computed once, shared by verdict and diagnosis)."""
-        return backprop(self.network, self.batch)
+        with serial_blas(self.network, self.batch.size):
+            return backprop(self.network, self.batch)
 
     @cached_property
     def _tolerances(self) -> dict[tuple[float | int, ...], ErrorBounds]:
@@ -59,11 +61,16 @@ class Problem:
         Any other problem is judged once, and computes it afresh.
         """
         if not self.shared:
-            return tolerance(self.network, self.batch, self.trace, framework)
+            return self._tolerance(framework)
         key = framework.constants()
         if key not in self._tolerances:
-            self._tolerances[key] = tolerance(self.network, self.batch, self.trace, framework)
+            self._tolerances[key] = self._tolerance(framework)
         return self._tolerances[key]
+
+    def _tolerance(self, framework: Precision) -> ErrorBounds:
+        trace = self.trace
+        with serial_blas(self.network, self.batch.size):
+            return tolerance(self.network, self.batch, trace, framework)
 
     @property
     def max_abs_z(self) -> float:

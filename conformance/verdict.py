@@ -90,11 +90,14 @@ def compare_arrays(
 ) -> tuple[float, list[Mismatch]]:
     """Worst ratio and the failing elements (ratio > 1) of one array; ``name_of`` names an element by its index."""
     fw, ratio = _ratios(got, want, bound)
+    worst = float(np.max(ratio)) if ratio.size else 0.0
+    if worst <= 1:  # nearly every array of a run: nothing to list (a NaN worst, which hides the others, goes on)
+        return worst, []
     mismatches = [
         Mismatch(name_of(idx), float(fw[idx]), float(want[idx]), float(bound[idx]))
         for idx in (tuple(int(i) for i in bad) for bad in np.argwhere(ratio > 1))
     ]
-    return (float(np.max(ratio)) if ratio.size else 0.0), mismatches
+    return worst, mismatches
 
 
 def worst_ratio(got: Mapping[int, np.ndarray] | None, want: Mapping[int, np.ndarray], bound: Mapping[int, np.ndarray]) -> float:

@@ -81,6 +81,18 @@ def round_to(name: str, values: np.ndarray) -> np.ndarray:
         return np.asarray(values).astype(fmt.carrier)
 
 
+def holds_only(name: str, dtype: np.dtype) -> bool:
+    """True when an array of ``dtype`` can hold nothing but values of the named format, whatever its elements.
+
+    IEEE formats nest: a float16 or float32 array holds only values of every wider IEEE format. bfloat16 nests in
+    none of numpy's dtypes. A check of a request's arrays asks this first, so that valid float64 requests cost no
+    pass over their values.
+    """
+    if name == "bfloat16" or not np.issubdtype(dtype, np.floating):
+        return False
+    return np.finfo(dtype).bits <= np.finfo(float_format(name).carrier).bits
+
+
 def is_representable(name: str, values: np.ndarray) -> bool:
     """True when every element of ``values`` is exactly a value of the named format.
 
@@ -90,9 +102,8 @@ def is_representable(name: str, values: np.ndarray) -> bool:
     arr = np.asarray(values)
     if not np.issubdtype(arr.dtype, np.floating):
         return False
-    carrier = float_format(name).carrier
-    if name != "bfloat16" and np.finfo(arr.dtype).bits <= np.finfo(carrier).bits:
-        return True  # IEEE formats nest: a float16 or float32 array holds only values of every wider IEEE format
+    if holds_only(name, arr.dtype):
+        return True
     finite = np.isfinite(arr)
     as64 = arr.astype(np.float64)[finite]
     back = round_to(name, as64).astype(np.float64)
