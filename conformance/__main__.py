@@ -1,4 +1,4 @@
-"""``python -m backprop_conformance replay CASE.json`` and ``python -m backprop_conformance plot REPORT.json``.
+"""``python -m backprop_conformance replay CASE.json``, ``plot REPORT.json``, ``merge REPORT...`` and ``accumulation BACKEND``.
 
 ``replay`` replays a reproducer case file (written by a failing run) against any adapter, without
 hypothesis (:mod:`~backprop_conformance.conformance.replay`). Exit status: 0 when every replay passes, 1
@@ -12,6 +12,10 @@ and per cell (:mod:`~backprop_conformance.conformance.plot`; needs the ``plot`` 
 ``accumulation`` measures what an adapter's framework accumulates its sums in, the evidence for its declared
 accumulation (:mod:`~backprop_conformance.conformance.accumulation_probe`). Exit status 0, or 2 for a backend
 that cannot be loaded.
+
+``merge`` joins the reports of a CI matrix's jobs and shards into one report and one verdict
+(:mod:`~backprop_conformance.conformance.merge`). Exit status 0, 1 when a merged cell failed or regressed against
+``--baseline``, 2 for reports it refuses (the message names the file).
 
 Ctrl-C ends any of them with exit status 130 and one line, not a traceback.
 """
@@ -47,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pp = sub.add_parser("plot", help="draw a run's JSON report (--conformance-report) as PNG plots")
     pp.add_argument("report", help="a report written by pytest conformance --conformance-report REPORT.json")
     pp.add_argument("--out", default="conformance-plots", help="directory for the PNG files (default: ./conformance-plots)")
+    mp = sub.add_parser("merge", help="merge the reports of a CI matrix's jobs and shards into one report")
+    mp.add_argument("reports", nargs="+", metavar="REPORT", help="reports written with --conformance-report (one per job or shard)")
+    mp.add_argument("--out", required=True, help="the merged report to write")
+    mp.add_argument("--baseline", default=None, help="compare the merged report with this baseline report (exit status 1 on a regression)")
+    mp.add_argument("--markdown", default=None, help="append a Markdown summary of the merged report to this file ($GITHUB_STEP_SUMMARY)")
     sub.add_parser("accumulation", help="measure what an adapter's framework accumulates its sums in", add_help=False)
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["accumulation"]:
@@ -63,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from backprop_conformance.conformance.plot import main as plot_main
 
             return plot_main(args.report, args.out)
+        if args.command == "merge":
+            from backprop_conformance.conformance.merge import main as merge_main
+
+            return merge_main(args.reports, args.out, args.baseline, args.markdown)
         from backprop_conformance.conformance.replay import replay
 
         return replay(args.case, args.backend, args.path, args.dtype, args.device, sys.stdout, sys.stderr)
