@@ -1,4 +1,4 @@
-"""``python -m backprop_conformance replay CASE.json``, ``plot REPORT.json``, ``merge REPORT...`` and ``accumulation BACKEND``.
+"""``python -m backprop_conformance`` commands: ``replay``, ``plot``, ``merge``, ``page`` and ``accumulation``.
 
 ``replay`` replays a reproducer case file (written by a failing run) against any adapter, without
 hypothesis (:mod:`~backprop_conformance.conformance.replay`). Exit status: 0 when every replay passes, 1
@@ -16,6 +16,9 @@ that cannot be loaded.
 ``merge`` joins the reports of a CI matrix's jobs and shards into one report and one verdict
 (:mod:`~backprop_conformance.conformance.merge`). Exit status 0, 1 when a merged cell failed or regressed against
 ``--baseline``, 2 for reports it refuses (the message names the file).
+
+``page`` writes the compatibility page of one or more reports, merged: a static HTML table of cells by configuration
+(:mod:`~backprop_conformance.conformance.page`; needs the ``page`` extra). Exit status 0, or 2 as ``merge``.
 
 Ctrl-C ends any of them with exit status 130 and one line, not a traceback.
 """
@@ -56,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mp.add_argument("--out", required=True, help="the merged report to write")
     mp.add_argument("--baseline", default=None, help="compare the merged report with this baseline report (exit status 1 on a regression)")
     mp.add_argument("--markdown", default=None, help="append a Markdown summary of the merged report to this file ($GITHUB_STEP_SUMMARY)")
+    gp = sub.add_parser("page", help="write a static HTML compatibility page of one or more reports")
+    gp.add_argument("reports", nargs="+", metavar="REPORT", help="reports (a run's, a merged one, or a matrix's to merge)")
+    gp.add_argument(
+        "--out", default="conformance-page", help="directory for index.html and the case files it links (default: ./conformance-page)"
+    )
     sub.add_parser("accumulation", help="measure what an adapter's framework accumulates its sums in", add_help=False)
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["accumulation"]:
@@ -76,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from backprop_conformance.conformance.merge import main as merge_main
 
             return merge_main(args.reports, args.out, args.baseline, args.markdown)
+        if args.command == "page":
+            from backprop_conformance.conformance.page import main as page_main
+
+            return page_main(args.reports, args.out)
         from backprop_conformance.conformance.replay import replay
 
         return replay(args.case, args.backend, args.path, args.dtype, args.device, sys.stdout, sys.stderr)
