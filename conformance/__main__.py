@@ -1,4 +1,4 @@
-"""``python -m backprop_conformance`` commands: ``replay``, ``plot``, ``merge``, ``page`` and ``accumulation``.
+"""``python -m backprop_conformance`` commands: ``replay``, ``plot``, ``merge``, ``page``, ``bisect`` and ``accumulation``.
 
 ``replay`` replays a reproducer case file (written by a failing run) against any adapter, without
 hypothesis (:mod:`~backprop_conformance.conformance.replay`). Exit status: 0 when every replay passes, 1
@@ -17,6 +17,10 @@ that cannot be loaded.
 (:mod:`~backprop_conformance.conformance.merge`). Exit status 0, 1 when a merged cell failed or regressed against
 ``--baseline``, 2 for reports it refuses (the message names the file).
 
+``bisect`` replays a case file against each requested version of its framework, each in a cached virtual environment
+(:mod:`~backprop_conformance.conformance.version_bisect`), and names the versions where the verdict changes. Exit
+status 0, or 2 for a request it cannot make.
+
 ``page`` writes the compatibility page of one or more reports, merged: a static HTML table of cells by configuration
 (:mod:`~backprop_conformance.conformance.page`; needs the ``page`` extra). Exit status 0, or 2 as ``merge``.
 
@@ -28,6 +32,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+from backprop_conformance.conformance.version_bisect import DEFAULT_MAX_DOWNLOAD_MB
 
 INTERRUPTED = 130
 
@@ -64,6 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     gp.add_argument(
         "--out", default="conformance-page", help="directory for index.html and the case files it links (default: ./conformance-page)"
     )
+    bp = sub.add_parser("bisect", help="replay a case file against versions of its framework, each in its own virtual environment")
+    bp.add_argument("case", help="a case file written by a failing run (conformance-cases/*.json)")
+    bp.add_argument("--versions", nargs="+", required=True, metavar="VERSION", help="versions of the framework to try (any order)")
+    bp.add_argument("--package", default=None, help="distribution to install at each version; default: the built-in backend's framework")
+    bp.add_argument("--backend", action="append", default=[], help="adapter to replay with (as for replay); default: the case's own")
+    bp.add_argument("--index-url", default=None, help="package index to install from (default: pip's configuration, e.g. PyPI)")
+    bp.add_argument("--find-links", action="append", default=[], metavar="DIR_OR_URL", help="extra place for pip to find wheels")
+    bp.add_argument("--cache-dir", default=None, help="where the environments are kept (default: the suite's cache directory/bisect)")
+    bp.add_argument(
+        "--max-download-mb",
+        type=float,
+        default=DEFAULT_MAX_DOWNLOAD_MB,
+        help=f"refuse a version whose download would exceed this many MB (default {DEFAULT_MAX_DOWNLOAD_MB:g})",
+    )
     sub.add_parser("accumulation", help="measure what an adapter's framework accumulates its sums in", add_help=False)
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["accumulation"]:
@@ -84,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from backprop_conformance.conformance.merge import main as merge_main
 
             return merge_main(args.reports, args.out, args.baseline, args.markdown)
+        if args.command == "bisect":
+            from backprop_conformance.conformance.version_bisect import main as bisect_main
+
+            return bisect_main(
+                args.case, args.versions, args.package, args.backend, args.index_url, args.find_links, args.cache_dir, args.max_download_mb
+            )
         if args.command == "page":
             from backprop_conformance.conformance.page import main as page_main
 

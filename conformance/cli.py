@@ -10,8 +10,8 @@ hypothesis database and pytest's cache land where the user runs it, and a ``pyte
 
 ``backprop-conformance --help`` shows the suite's own options first, then pytest's.
 ``backprop-conformance replay CASE.json``, ``backprop-conformance plot REPORT.json``, ``backprop-conformance
-accumulation BACKEND``, ``backprop-conformance merge REPORT...`` and ``backprop-conformance page REPORT...`` run
-those commands.
+accumulation BACKEND``, ``backprop-conformance merge REPORT...``, ``backprop-conformance page REPORT...`` and
+``backprop-conformance bisect CASE.json --versions ...`` run those commands.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from backprop_conformance.conformance.options import add_options
 SUITE = Path(__file__).resolve().parent
 """The directory holding the suite's conftest and test modules, wherever it is installed."""
 
-COMMANDS = ("replay", "plot", "accumulation", "merge", "page")
+COMMANDS = ("replay", "plot", "accumulation", "merge", "page", "bisect")
 """First arguments that name a command rather than the suite's pytest arguments."""
 
 REPORT_CHARS = "-rfEsX"
