@@ -255,7 +255,7 @@ def main(paths: Sequence[str], out: str, baseline: str | None = None, summary: s
     Exit status: 0 when every merged cell passed (or failed only by a known defect) and nothing regressed, 1 when a
     cell failed, ran incomplete or regressed, 2 for inputs refused (the message names the file).
     """
-    inputs = {f"REPORT {p}": Path(p) for p in paths}
+    inputs = {f"REPORT {p}": Path(p) for p in {Path(p).resolve(): p for p in reversed(paths)}.values()}  # a repeat: read_all's error
     files = {"--out": Path(out), **({"--markdown": Path(summary)} if summary else {})}
     try:
         outputs.check_locations(files, {}, inputs={**inputs, **({"--baseline": Path(baseline)} if baseline else {})})

@@ -28,7 +28,7 @@ from typing import Any
 from backprop_conformance.adapters.dispatch import MACHINE_KEYS, describe
 from backprop_conformance.conformance import known_defects, merge
 from backprop_conformance.conformance.markdown_summary import headline
-from backprop_conformance.conformance.outputs import write_atomically
+from backprop_conformance.conformance.outputs import OutputError, check_locations, write_atomically
 from backprop_conformance.conformance.ratios import describe_element, format_ratio
 from backprop_conformance.conformance.report import CellResult, Report, ReportError
 
@@ -192,13 +192,11 @@ def main(paths: Sequence[str], out_dir: str) -> int:
         print("error: the page needs Jinja2: pip install 'backprop-conformance[page]'", file=sys.stderr)
         return merge.USAGE
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        print(f"error: --out {out}: is a file; give a directory", file=sys.stderr)
-        return merge.USAGE
     try:
+        check_locations({}, {"--out": out})
         reports = merge.read_all([Path(p) for p in paths])
         merged = merge.merge(reports)
-    except (merge.MergeError, ReportError) as exc:
+    except (merge.MergeError, ReportError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return merge.USAGE
     roots = list(dict.fromkeys([Path.cwd(), *(Path(p).resolve().parent for p in paths)]))

@@ -106,6 +106,8 @@ def test_refused_reports_are_a_clean_error(tmp_path: Path, capsys: pytest.Captur
     bad.write_text('{"schema": "something-else"}', encoding="utf-8")
     assert commands(["page", str(bad), "--out", str(tmp_path / "site")]) == merge.USAGE
     assert f"{bad}: not a backprop-conformance report" in capsys.readouterr().err
+    assert commands(["page", str(bad), "--out", str(bad)]) == merge.USAGE
+    assert f"--out {bad}: is a file; give a directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
