@@ -9,8 +9,9 @@ hypothesis database and pytest's cache land where the user runs it, and a ``pyte
 ``pyproject.toml`` of a project around the installation is not read (``-c`` names an empty one).
 
 ``backprop-conformance --help`` shows the suite's own options first, then pytest's.
-``backprop-conformance replay CASE.json``, ``backprop-conformance plot REPORT.json`` and ``backprop-conformance
-accumulation BACKEND`` run those commands.
+``backprop-conformance replay CASE.json``, ``backprop-conformance plot REPORT.json``, ``backprop-conformance
+accumulation BACKEND``, ``backprop-conformance merge REPORT...``, ``backprop-conformance page REPORT...`` and
+``backprop-conformance bisect CASE.json --versions ...`` run those commands.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from backprop_conformance.conformance.options import add_options
 SUITE = Path(__file__).resolve().parent
 """The directory holding the suite's conftest and test modules, wherever it is installed."""
 
-COMMANDS = ("replay", "plot", "accumulation")
+COMMANDS = ("replay", "plot", "accumulation", "merge", "page", "bisect")
 """First arguments that name a command rather than the suite's pytest arguments."""
 
 REPORT_CHARS = "-rfEsX"
@@ -67,7 +68,7 @@ def pytest_arguments(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the suite; ``replay``, ``plot`` or ``accumulation`` as first argument runs that command instead (:mod:`.__main__`).
+    """Run the suite; a command of :data:`COMMANDS` as first argument runs that command instead (:mod:`.__main__`).
 
     ``backprop-conformance replay CASE.json`` is the safe way to replay a case file a stranger sent: a
     console script does not put the working directory on the import path, so a ``torch.py`` or

@@ -69,6 +69,7 @@ class RunOptions:
     markdown: Path | None = None
     timeout: float = DEFAULT_TIMEOUT
     cache_dir: Path | None = None
+    shard: str | None = None
     backends_from: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -180,6 +181,13 @@ def add_options(parser: Any) -> None:
         f"default: ${CACHE_VARIABLE}, else $XDG_CACHE_HOME/backprop-conformance or ~/.cache/backprop-conformance",
     )
     add(
+        f"{PREFIX}shard",
+        metavar="INDEX/COUNT",
+        default=None,
+        help="run only the INDEX-th of COUNT deterministic slices of the selected cells (a CI matrix job each; "
+        "backprop-conformance merge joins their reports; docs/ci.md)",
+    )
+    add(
         f"{PREFIX}timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -248,5 +256,6 @@ def from_config(config: Any) -> RunOptions:
         markdown=path(get("markdown")),
         timeout=get("timeout"),
         cache_dir=_cache_dir(get("cache_dir"), start),
+        shard=get("shard"),
         backends_from=source,
     )

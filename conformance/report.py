@@ -115,6 +115,7 @@ class CellResult:
     timing: dict[str, float] = field(default_factory=dict)
     level: str | None = None
     dispatch: dict[str, str] = field(default_factory=dict)
+    configuration: dict[str, str] = field(default_factory=dict)
 
     def add_example(self, ratio: float, depth: int, max_abs_z: float, failed: bool) -> None:
         """Count one example tried (not a shrinking replay) with its worst ratio and features."""
@@ -176,6 +177,7 @@ class CellResult:
             "device": self.device,
             "level": self.level,
             "dispatch": dict(self.dispatch),
+            **({"configuration": dict(self.configuration)} if self.configuration else {}),
             "status": self.status,
             "contract": self.contract,
             "examples": self.examples,
@@ -257,6 +259,7 @@ class CellResult:
             timing={str(k): float(v) for k, v in timing.items()},
             level=level,
             dispatch=fields.configuration("dispatch"),
+            configuration=fields.configuration("configuration"),
         )
 
 
@@ -314,7 +317,8 @@ class _Fields:
         return self.get(name, kind) if name in self.entry else default
 
     def configuration(self, name: str) -> dict[str, str]:
-        """A dispatch configuration (an object of strings), optional: reports written before it was recorded lack it."""
+        """An object of strings (a dispatch configuration, a merged cell's configuration), optional: reports written
+        before it was recorded lack it."""
         value = self.optional(name, dict, {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise ReportError(f"{self.where}: field {name!r} must be an object of strings (a dispatch configuration)")
@@ -401,6 +405,11 @@ class Report:
     dispatch: Mapping[str, str] = field(default_factory=dict)
     """The machine's part of the dispatch configuration (:func:`~backprop_conformance.adapters.dispatch.machine`);
     each cell's ``dispatch`` adds its framework's."""
+    shard: Mapping[str, Any] | None = None
+    """The slice of the selection this run tested (:meth:`~backprop_conformance.conformance.shards.Shard.to_json`), or None."""
+    merged_from: list[dict[str, Any]] = field(default_factory=list)
+    """For a merged report, one object per input report: its file and provenance
+    (:mod:`~backprop_conformance.conformance.merge`); empty for a run's own report."""
 
     def cell(self, cell_id: str) -> CellResult | None:
         return next((c for c in self.cells if c.id == cell_id), None)
@@ -426,6 +435,8 @@ class Report:
             "timing": {k: float(v) for k, v in self.timing.items()},
             "cells": [c.to_json() for c in self.cells],
             "baseline": None if self.baseline is None else dict(self.baseline),
+            "shard": None if self.shard is None else dict(self.shard),
+            "merged_from": [dict(source) for source in self.merged_from],
         }
 
     @classmethod
@@ -462,7 +473,22 @@ class Report:
             baseline=baseline,
             source=source,
             dispatch=fields.configuration("dispatch"),
+            shard=_shard(fields.optional("shard", (dict, type(None)), None), f"{source}: shard"),
+            merged_from=[
+                _Fields(entry, f"{source}: merged_from[{i}]").entry for i, entry in enumerate(fields.optional("merged_from", list, []))
+            ],
         )
+
+
+def _shard(entry: dict[str, Any] | None, where: str) -> dict[str, Any] | None:
+    """A shard record checked: ``index`` of ``count`` (1 ≤ index ≤ count) and the whole selection's cell ids."""
+    if entry is None:
+        return None
+    fields = _Fields(entry, where)
+    index, count, selection = fields.integer("index"), fields.integer("count"), fields.texts("selection")
+    if not 1 <= index <= count:
+        raise ReportError(f"{where}: index {index} of count {count}; expected 1 ≤ index ≤ count")
+    return {"index": index, "count": count, "selection": selection}
 
 
 def _list_field(data: Mapping[str, Any], name: str, source: str) -> list[Any]:

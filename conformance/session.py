@@ -31,7 +31,7 @@ from hypothesis import settings
 from backprop_conformance.adapters import dispatch
 from backprop_conformance.adapters.at_level import AtLevel
 from backprop_conformance.adapters.base import AdapterError
-from backprop_conformance.conformance import collection, end_of_run, fidelity, known_defects, options, startup, terminal, timing
+from backprop_conformance.conformance import collection, end_of_run, fidelity, known_defects, options, shards, startup, terminal, timing
 from backprop_conformance.conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
 from backprop_conformance.conformance.checks import TRIAL_KEY, Checks
 from backprop_conformance.conformance.collection import CONFORMANCE_TESTS, item_key
@@ -58,6 +58,7 @@ class ConformanceSession:
         self.backends: list[Backend] = []
         self.cells: list[Cell] = []
         self.empty: dict[str, str] = {}
+        self.shard: shards.Shard | None = None
         self.defects: list[known_defects.Defect] = []
         self.notes: list[str] = []
         self.limits: Limits = DEFAULT_LIMITS
@@ -84,12 +85,17 @@ class ConformanceSession:
                 self.backends = load_backends(self.options.backends)
             opts = self.options
             self.cells, self.empty = select_cells(self.backends, opts.paths, opts.dtypes, opts.devices, opts.all_paths, opts.dispatch)
+            if opts.shard is not None:
+                option = f"{options.PREFIX}shard"
+                selected = len(self.cells)
+                self.cells, self.shard = shards.select(self.cells, shards.parse(opts.shard, option), option)
+                self.notes.append(f"shard {self.shard.name}: {len(self.cells)} of the {selected} selected cells")
             self.defects = known_defects.load_all(opts.known_defects, opts.builtin_defects)
             loaded = {b.name: b.capabilities for b in self.backends if b.capabilities is not None}
             tests = {**dict.fromkeys(CONFORMANCE_TESTS, ()), **fidelity.FIDELITY_TESTS}
             self.notes += known_defects.validate(self.defects, tests, loaded)
             self.notes += filter(None, [known_defects.describe_modes(opts.builtin_defects)])
-        except (AdapterError, SelectionError, options.OptionError, known_defects.KnownDefectsError) as exc:
+        except (AdapterError, SelectionError, options.OptionError, shards.ShardError, known_defects.KnownDefectsError) as exc:
             raise pytest.UsageError(str(exc)) from None
         missing = [b for b in self.backends if b.unavailable]
         if self.options.require and (missing or self.empty):
@@ -295,6 +301,7 @@ class ConformanceSession:
         rep = end_of_run.build(
             self.config, self.backends, results, int(exitstatus), profile=self.profile, notes=self.notes, timing=run_timing
         )
+        rep.shard = None if self.shard is None else self.shard.to_json()
         end = end_of_run.conclude(rep, self.options, self.baseline, session.exitstatus, Path(self.config.invocation_params.dir))
         session.exitstatus = end.exitstatus
         self.finished += end.lines

@@ -198,6 +198,15 @@ def test_an_expected_contract_failure_names_the_defect() -> None:
     assert book.settle().problems == ["contract: known upstream defect (torch#1: wrong dtype)"]
 
 
+def test_a_known_defect_of_the_property_names_the_entry_and_its_issue() -> None:
+    book = ledger(examples=5, failures=1)
+    contract(book, "passed")
+    prop(book, "xfailed", xfail_reason="known upstream defect: zero bias gradient (https://example.org/issues/1)")
+    result = book.settle()
+    assert result.status == "known defect"
+    assert result.problems == [f"{PROPERTY}: known upstream defect: zero bias gradient (https://example.org/issues/1)"]
+
+
 def test_a_crash_names_the_crash() -> None:
     book = ledger(examples=3, failures=1)
     prop(book, "crashed", when="???", longrepr="worker 'gw0' crashed while running")
