@@ -15,7 +15,8 @@ from functools import cached_property
 import numpy as np
 
 from backprop_conformance.reference.dtypes import float_format, round_to
-from backprop_conformance.reference.error_bound import ErrorBounds, Precision, tolerance
+from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, tolerance
+from backprop_conformance.reference.mixed_precision import MixedPolicy, mixed_tolerance
 from backprop_conformance.reference.model import Batch, Network
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
@@ -49,21 +50,27 @@ class Problem:
     def _tolerances(self) -> dict[tuple[float | int, ...], ErrorBounds]:
         return {}
 
-    def tolerance(self, framework: Precision) -> ErrorBounds:
+    def tolerance(self, framework: Precision | MixedPolicy) -> ErrorBounds:
         """The verdict's tolerance at this point for a framework of precision ``framework``.
 
         A :attr:`shared` problem -- a covering design's, the same object in every cell of a format
         (:func:`~backprop_conformance.conformance.strategies.covering`) -- computes it once per precision, so that cells
         whose frameworks round alike (torch's three paths, JAX) share the bound instead of computing it again: two
         precisions with equal constants give equal bounds (:meth:`~backprop_conformance.reference.error_bound.Precision.constants`).
-        Any other problem is judged once, and computes it afresh.
+        Any other problem is judged once, and computes it afresh. A mixed-precision cell's ``framework`` is its declared
+        policy, judged by the bound that follows it operation by operation.
         """
         if not self.shared:
-            return tolerance(self.network, self.batch, self.trace, framework)
+            return self._tolerance(framework)
         key = framework.constants()
         if key not in self._tolerances:
-            self._tolerances[key] = tolerance(self.network, self.batch, self.trace, framework)
+            self._tolerances[key] = self._tolerance(framework)
         return self._tolerances[key]
+
+    def _tolerance(self, framework: Precision | MixedPolicy) -> ErrorBounds:
+        if isinstance(framework, MixedPolicy):
+            return mixed_tolerance(self.network, self.batch, self.trace, framework, K)
+        return tolerance(self.network, self.batch, self.trace, framework)
 
     @property
     def max_abs_z(self) -> float:
