@@ -49,9 +49,7 @@ from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
-DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16", "mixed-bfloat16", "mixed-float16")
-DEFAULT_DTYPES: tuple[str, ...] = DTYPES[:4]
-"""The mixed-precision policies are opt-in (``--conformance-dtype mixed-bfloat16``), as in the torch adapter."""
+DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
 PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp", "sharded")
 DEFAULT_PATHS: tuple[str, ...] = ("jit",)
 """The paths a plain ``pytest conformance`` runs: ``jit``, the canonical ``jax.jit(jax.grad(loss))`` training
@@ -98,7 +96,7 @@ class JaxAdapter(Adapter):
             name="jax",
             framework="JAX",
             version=jax.__version__,
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=PATHS,
             default_paths=DEFAULT_PATHS,
             devices=_devices(),
@@ -108,7 +106,7 @@ class JaxAdapter(Adapter):
             ranks={"sharded": jax_sharded.device_count()},
             levels=dict.fromkeys(PATHS, xla_levels()),
             policies=POLICIES,
-            default_dtypes=DEFAULT_DTYPES,
+            default_dtypes=DTYPES,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:

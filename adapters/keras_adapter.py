@@ -58,9 +58,7 @@ from backprop_conformance.adapters.dispatch import (
 from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Network
 
-DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16", "mixed-bfloat16", "mixed-float16")
-DEFAULT_DTYPES: tuple[str, ...] = DTYPES[:4]
-"""The mixed-precision policies are opt-in (``--conformance-dtype mixed-bfloat16``), as in the torch adapter."""
+DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
 
 BACKENDS: dict[str, str] = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
 """Keras backend (the path's name) → the import name of its framework."""
@@ -179,7 +177,7 @@ class KerasAdapter(Adapter):
             + ", ".join(f"{path} {versions.get(module, 'not installed')}" for path, module in BACKENDS.items())
             + ")",
             version=importlib.metadata.version("keras"),
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=tuple(BACKENDS),
             default_paths=tuple(p for p in DEFAULT_PATHS if p in installed),
             accumulation=dict(ACCUMULATION),
@@ -187,7 +185,7 @@ class KerasAdapter(Adapter):
             environment=ENVIRONMENT,
             levels={path: levels() for path, levels in LEVELS.items()},
             policies=POLICIES,
-            default_dtypes=DEFAULT_DTYPES,
+            default_dtypes=DTYPES,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:

@@ -22,7 +22,6 @@ from backprop_conformance.adapters.keras_adapter import (
     ACCUMULATION,
     BACKENDS,
     CONFIGURATIONS,
-    DEFAULT_DTYPES,
     DTYPES,
     ENVIRONMENT,
     KERAS_POLICIES,
@@ -68,7 +67,7 @@ class KerasInProcess(Adapter):
             name="keras-in-process",
             framework=f"Keras on {backend}",
             version=keras.__version__,
-            dtypes=dtypes,
+            dtypes=(*dtypes, *POLICIES),
             paths=(backend,),
             default_paths=(backend,),
             accumulation={d: ACCUMULATION[d] for d in ACCUMULATION if d in dtypes},
@@ -76,7 +75,7 @@ class KerasInProcess(Adapter):
             environment=("KERAS_BACKEND", "JAX_ENABLE_X64", *ENVIRONMENT),
             levels={backend: LEVELS[backend]()},
             policies=POLICIES,
-            default_dtypes=tuple(d for d in DEFAULT_DTYPES if d in dtypes),
+            default_dtypes=dtypes,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:

@@ -62,9 +62,7 @@ from backprop_conformance.reference.dtypes import MIXED, float_format
 from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
-DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16", "mixed-bfloat16", "mixed-float16")
-DEFAULT_DTYPES: tuple[str, ...] = DTYPES[:4]
-"""The mixed-precision policies are opt-in (``--conformance-dtype mixed-bfloat16``), as in the torch adapter."""
+DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
 PATHS: tuple[str, ...] = ("eager", "function", "xla")
 SHAPE_COMPILED_PATHS: tuple[str, ...] = ("function", "xla")
 """``tf.function`` traces a new graph, and XLA compiles a new program, for every new input shape."""
@@ -139,7 +137,7 @@ class TensorFlowAdapter(Adapter):
             name="tensorflow",
             framework="TensorFlow",
             version=tf.__version__,
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=PATHS,
             default_paths=DEFAULT_PATHS,
             devices=devices,
@@ -148,7 +146,7 @@ class TensorFlowAdapter(Adapter):
             environment=ENVIRONMENT,
             levels=dict.fromkeys(PATHS, onednn_levels()),
             policies=POLICIES,
-            default_dtypes=DEFAULT_DTYPES,
+            default_dtypes=DTYPES,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:

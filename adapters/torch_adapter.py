@@ -60,10 +60,7 @@ from backprop_conformance.reference.dtypes import round_to
 from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
-DTYPES = ("float64", "float32", "float16", "bfloat16", "mixed-bfloat16", "mixed-float16")
-DEFAULT_DTYPES = DTYPES[:4]
-"""The mixed-precision policies are opt-in (``--conformance-dtype mixed-bfloat16``): they would add half again as
-many cells to a default run."""
+DTYPES = ("float64", "float32", "float16", "bfloat16")
 PATHS = ("eager", "func", "mse", "compile", "ddp")
 DEFAULT_PATHS = ("eager", "func", "mse")
 ACCUMULATION = {"float16": "float32", "bfloat16": "float32"}
@@ -112,7 +109,7 @@ class TorchAdapter(Adapter):
             name="torch",
             framework="PyTorch",
             version=torch.__version__,
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=PATHS,
             default_paths=DEFAULT_PATHS,
             devices=devices,
@@ -122,7 +119,7 @@ class TorchAdapter(Adapter):
             ranks={"ddp": torch_ddp.world_size()},
             levels=dict.fromkeys(PATHS, aten_levels()),
             policies=POLICIES,
-            default_dtypes=DEFAULT_DTYPES,
+            default_dtypes=DTYPES,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:

@@ -28,14 +28,25 @@ def diagnose(problem: Problem, got: Gradients, bound: Gradients) -> str:
         for part, values in zip(parts, (got.w if kind == "w" else got.b, None, bound.w if kind == "w" else bound.b), strict=True):
             part.append(np.asarray(want if values is None else values[l], dtype=np.float64).ravel())
     returned, wanted, limits = (np.concatenate(part) for part in parts)
-    clear = (np.abs(wanted) > limits) & np.isfinite(returned) & (returned != 0)
-    if not np.all(np.isfinite(returned)) or not np.any(clear):
+    if not np.all(np.isfinite(returned)):
         return ""
+
+    def fits(k: int) -> bool:
+        scale = math.ldexp(1.0, k)
+        return bool(np.all(np.abs(returned - scale * wanted) <= scale * limits))
+
+    clear = (np.abs(wanted) > limits) & (returned != 0)
+    if not np.any(clear):
+        # Every element is within its bound of 0, so only a lower bound on the scale shows: the smallest that fits.
+        least = next((k for k in range(1, LARGEST_EXPONENT + 1) if fits(k)), None)
+        if least is None or fits(0):
+            return ""
+        return (
+            f"every gradient is within 2^k times its bound of 2^k times the reference for k = {least} and above (all are "
+            f"within their bounds of 0): a loss scale of at least 2^{least} not removed"
+        )
     k = round(float(np.median(np.log2(np.abs(returned[clear] / wanted[clear])))))
-    if k == 0 or abs(k) > LARGEST_EXPONENT:
-        return ""
-    scale = math.ldexp(1.0, k)
-    if not np.all(np.abs(returned - scale * wanted) <= scale * limits):
+    if k == 0 or abs(k) > LARGEST_EXPONENT or not fits(k):
         return ""
     if k > 0:
         return f"every gradient is 2^{k} times the reference, within 2^{k} times its bound: a loss scale of 2^{k} not removed"
