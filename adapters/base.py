@@ -47,8 +47,9 @@ from typing import ClassVar
 import numpy as np
 
 from backprop_conformance.adapters.dispatch import Level
-from backprop_conformance.reference.dtypes import FORMATS, float_format, holds_only, is_representable, round_to
+from backprop_conformance.reference.dtypes import FORMATS, MIXED, float_format, holds_only, is_representable, round_to
 from backprop_conformance.reference.error_bound import Precision
+from backprop_conformance.reference.mixed_precision import MixedPolicy, PolicyError
 from backprop_conformance.reference.model import Batch, Gradients, Network, check_compatible, parameter_name
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
@@ -179,7 +180,9 @@ class Capabilities:
         framework: the framework's display name ("PyTorch").
         version: the framework's version string, recorded in reports and reproducers; known defects
             are matched against it.
-        dtypes: format names the adapter supports, from :data:`backprop_conformance.reference.dtypes.FORMATS`.
+        dtypes: format names the adapter supports, from :data:`backprop_conformance.reference.dtypes.FORMATS`, and
+            mixed-precision policies (:data:`~backprop_conformance.reference.dtypes.MIXED`: ``mixed-bfloat16``), each
+            with its per-operation formats in :attr:`policies`.
         paths: every execution path it supports ("eager", "jit", ...).
         default_paths: the paths run when the user does not ask for specific ones; a slow path
             (e.g. ``torch.compile``) is supported but opt-in by leaving it out of this tuple.
@@ -210,6 +213,14 @@ class Capabilities:
         frameworks: for an adapter that wraps other frameworks (Flax runs on JAX), their names and the versions
             in use (``{"jax": jax.__version__}``). A known-defect entry with ``framework = "jax"`` is matched
             against this version instead of :attr:`version`: a wrapper's defect usually lives underneath.
+        policies: for each mixed-precision policy among :attr:`dtypes`, the format of every operation
+            (:class:`~backprop_conformance.reference.mixed_precision.MixedPolicy`, or a mapping operation → format that
+            :meth:`MixedPolicy.of <backprop_conformance.reference.mixed_precision.MixedPolicy.of>` completes with the
+            compute format). The bound of the policy's cells follows these formats operation by operation; each lies
+            between storage (float32) and the compute format, so a declaration can describe a framework but never
+            loosen its bound beyond the policy's name.
+        default_dtypes: the dtypes run when the user names none (``--conformance-dtype``); None runs every one. The
+            built-in adapters leave their mixed-precision policies out, so that they are opt-in as a slow path is.
     """
 
     name: str
@@ -226,6 +237,8 @@ class Capabilities:
     levels: Mapping[str, tuple[Level, ...]] = field(default_factory=dict)
     device_dtypes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     frameworks: Mapping[str, str] = field(default_factory=dict)
+    policies: Mapping[str, MixedPolicy | Mapping[str, str]] = field(default_factory=dict)
+    default_dtypes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -239,10 +252,11 @@ class Capabilities:
             if not isinstance(value, str) or not value:
                 raise CapabilitiesError(f"adapter {name!r}: {attribute} must be a non-empty string, got {value!r}")
         dtypes = _check_names(name, "dtypes", self.dtypes)
-        unknown = [d for d in dtypes if d not in FORMATS]
+        unknown = [d for d in dtypes if d not in FORMATS and d not in MIXED]
         if unknown:
             raise CapabilitiesError(
-                f"adapter {name!r}: unknown dtype {', '.join(map(repr, unknown))}; the suite knows {', '.join(FORMATS)}"
+                f"adapter {name!r}: unknown dtype {', '.join(map(repr, unknown))}; the suite knows {', '.join(FORMATS)} "
+                f"and the mixed-precision policies {', '.join(MIXED)}"
             )
         paths = _check_names(name, "paths", self.paths)
         defaults = _check_names(name, "default_paths", self.default_paths, allow_empty=True)
@@ -264,6 +278,11 @@ class Capabilities:
         levels = _check_levels(name, paths, self.levels)
         device_dtypes = _check_device_dtypes(name, devices, dtypes, self.device_dtypes)
         frameworks = _check_frameworks(name, self.frameworks)
+        policies = _check_policies(name, dtypes, self.policies)
+        default_dtypes = dtypes if self.default_dtypes is None else _check_names(name, "default_dtypes", self.default_dtypes)
+        stray = [d for d in default_dtypes if d not in dtypes]
+        if stray:
+            raise CapabilitiesError(f"adapter {name!r}: default dtype {', '.join(map(repr, stray))} is not among its dtypes {list(dtypes)}")
         for attribute, value in (
             ("dtypes", dtypes),
             ("paths", paths),
@@ -276,6 +295,8 @@ class Capabilities:
             ("levels", levels),
             ("device_dtypes", device_dtypes),
             ("frameworks", frameworks),
+            ("policies", policies),
+            ("default_dtypes", default_dtypes),
         ):
             object.__setattr__(self, attribute, value)
 
@@ -296,11 +317,14 @@ class Capabilities:
         """The dispatch levels declared for ``path`` (none: it runs only at the level of the process testing it)."""
         return self.levels.get(path, ())
 
-    def precision(self, dtype: str, path: str | None = None) -> Precision:
+    def precision(self, dtype: str, path: str | None = None) -> Precision | MixedPolicy:
         """The rounding constants the error bound charges this adapter for ``dtype`` on ``path`` (storage, accumulation, ranks).
 
-        ``path`` matters only for a data-parallel path; None is a computation in one piece.
+        ``path`` matters only for a data-parallel path; None is a computation in one piece. For a mixed-precision
+        policy, its declared :class:`~backprop_conformance.reference.mixed_precision.MixedPolicy`.
         """
+        if dtype in self.policies:
+            return self.policies[dtype]
         accumulation = {op: self.accumulation_of(dtype, op) for op in OPERATIONS}
         return Precision.of(dtype, accumulation, ranks=1 if path is None else self.ranks_of(path))
 
@@ -308,6 +332,8 @@ class Capabilities:
         """The declared accumulation in one phrase for the run's header and report, e.g. ``float16→float32``."""
         parts = []
         for dtype in self.dtypes:
+            if dtype in self.policies:
+                continue
             formats = {op: self.accumulation_of(dtype, op) for op in OPERATIONS}
             if set(formats.values()) == {dtype}:
                 continue
@@ -316,6 +342,39 @@ class Capabilities:
             else:
                 parts.append(f"{dtype}→" + "/".join(f"{op} {fmt}" for op, fmt in formats.items()))
         return ", ".join(parts) or "in storage format"
+
+    def describe_policies(self) -> list[str]:
+        """One line per declared mixed-precision policy for the run's header and report: ``mixed-bfloat16: float32 storage; ...``."""
+        return [f"{name}: {policy.describe()}" for name, policy in self.policies.items()]
+
+
+def _check_policies(name: str, dtypes: tuple[str, ...], declared: object) -> Mapping[str, MixedPolicy]:
+    """Validate :attr:`Capabilities.policies`: one policy for each mixed dtype and none for another; return them built."""
+    if not isinstance(declared, Mapping):
+        raise CapabilitiesError(f"adapter {name!r}: policies must be a mapping from policy name to formats, got {type(declared).__name__}")
+    stray = [p for p in declared if p not in dtypes]
+    if stray:
+        raise CapabilitiesError(f"adapter {name!r}: policies names {', '.join(map(repr, stray))}, not among its dtypes {list(dtypes)}")
+    missing = [d for d in dtypes if d in MIXED and d not in declared]
+    if missing:
+        raise CapabilitiesError(
+            f"adapter {name!r}: dtype {', '.join(map(repr, missing))} is a mixed-precision policy; declare the format of each "
+            "operation in Capabilities.policies (reference/mixed_precision.py lists them)"
+        )
+    built: dict[str, MixedPolicy] = {}
+    for policy_name, policy in declared.items():
+        try:
+            if isinstance(policy, MixedPolicy):
+                if policy.name != policy_name:
+                    raise PolicyError(f"policies[{policy_name!r}] is the policy {policy.name!r}")
+                built[policy_name] = policy
+            elif isinstance(policy, Mapping):
+                built[policy_name] = MixedPolicy.of(policy_name, **dict(policy))
+            else:
+                raise PolicyError(f"policies[{policy_name!r}] must be a MixedPolicy or a mapping operation -> format, got {policy!r}")
+        except PolicyError as exc:
+            raise CapabilitiesError(f"adapter {name!r}: {exc}") from None
+    return built
 
 
 def _check_accumulation(name: str, dtypes: tuple[str, ...], accumulation: object) -> Mapping[str, str | Mapping[str, str]]:
@@ -330,6 +389,10 @@ def _check_accumulation(name: str, dtypes: tuple[str, ...], accumulation: object
     for dtype, declared in accumulation.items():
         if dtype not in dtypes:
             raise CapabilitiesError(f"adapter {name!r}: accumulation names dtype {dtype!r}, which is not among its dtypes {list(dtypes)}")
+        if dtype in MIXED:
+            raise CapabilitiesError(
+                f"adapter {name!r}: accumulation names the mixed-precision policy {dtype!r}; declare its sums in Capabilities.policies"
+            )
         if isinstance(declared, str):
             per_op = dict.fromkeys(OPERATIONS, declared)
             frozen[dtype] = declared
@@ -596,6 +659,8 @@ class Adapter(abc.ABC):
         self.check_request(network, batch, dtype=dtype, path=path, device=device)
         output = self.run(network, batch, dtype=dtype, path=path, device=device)
         check_output(self.where(path, dtype), network, batch, dtype, output)
+        if dtype in self.caps.policies:
+            check_policy_intermediates(self.where(path, dtype), self.caps.policies[dtype], output)
         return output
 
     def round_trip(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
@@ -641,9 +706,15 @@ def check_output(where: str, network: Network, batch: Batch, dtype: str, output:
                 transposed = " (transposed?)" if kind == "w" and got.shape == want_shape[::-1] else ""
                 raise AdapterContractError(f"{where}: {name} has shape {got.shape}, expected {want_shape} = {layout}{transposed}")
             if got.dtype != carrier:
+                mixed = (
+                    f"; {dtype} returns gradients in its storage format {MIXED[dtype][0]}, the parameters' own, not in its compute "
+                    f"format {MIXED[dtype][1]} (that is the gradient of the compute copy)"
+                    if dtype in MIXED
+                    else ""
+                )
                 raise AdapterContractError(
                     f"{where}: {name} has dtype {got.dtype}, expected {carrier} "
-                    f"(the carrier of {dtype}, see backprop_conformance.reference.dtypes)"
+                    f"(the carrier of {dtype}, see backprop_conformance.reference.dtypes){mixed}"
                 )
             if not is_representable(dtype, got):
                 idx = _first_unrepresentable(dtype, got)
@@ -659,6 +730,28 @@ def check_output(where: str, network: Network, batch: Batch, dtype: str, output:
         if values is None:
             continue
         _check_intermediates(where, symbol, values, range(first, network.depth + 1), B, widths)
+
+
+def check_policy_intermediates(where: str, policy: MixedPolicy, output: AdapterOutput) -> None:
+    """Raise :class:`AdapterContractError` where a returned z^l or a^l is finer than the declared policy rounds it.
+
+    A policy declared coarser than the framework computes would judge it by a looser bound than its arithmetic
+    earns. The products' results (z^l, the ``matmul`` format) and the activations (a^l for l ≥ 2, the ``sigma``
+    format) are what frameworks expose, so each returned one must be a value of its declared format: a z^l that is
+    not a bfloat16 value where ``matmul`` is declared bfloat16 means the framework keeps it wider, and the
+    declaration must say so.
+    """
+    for symbol, values, operation, first in (("z", output.z, "matmul", 2), ("a", output.a, "sigma", 2)):
+        fmt = policy.formats[operation]
+        for l, layer in sorted((values or {}).items()):
+            arr = np.asarray(layer)
+            if l >= first and np.issubdtype(arr.dtype, np.floating) and not is_representable(fmt, arr):
+                idx = _first_unrepresentable(fmt, arr)
+                raise AdapterContractError(
+                    f"{where}: {symbol}^{l} holds {arr[idx]!r} (example {idx[0] + 1}), which is not a {fmt} value, yet the "
+                    f"declared policy {policy.name} rounds {operation} to {fmt}: the framework computes wider than declared, "
+                    f"and the declaration would loosen its bound; declare {operation} in the format it keeps"
+                )
 
 
 def _first_unrepresentable(dtype: str, values: np.ndarray) -> tuple[int, ...]:

@@ -34,9 +34,19 @@ from typing import ClassVar
 from backprop_conformance.adapters import jax_sharded
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities, RequestError
 from backprop_conformance.adapters.dispatch import xla_configuration, xla_levels
-from backprop_conformance.adapters.jax_model import by_layer, differentiated, import_jax, parameters, precision_scope, put, to_numpy
+from backprop_conformance.adapters.jax_model import (
+    by_layer,
+    compute_format,
+    differentiated,
+    import_jax,
+    parameters,
+    precision_scope,
+    put,
+    to_numpy,
+)
 from backprop_conformance.adapters.jax_precompile import PRECOMPILER, cache_filler
 from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
@@ -65,6 +75,14 @@ sum in the format is). It is left out of the mapping, so it is charged at the st
 In bfloat16 that γ_B is finite only below 256 examples (B·2^-8 < 1): no bound, and no verdict, exists for a
 larger bfloat16 batch summed in bfloat16, and the bound says so instead of judging it."""
 
+_CAST_INSIDE = {"dot": "float32", "cost": "float32", "cost_sum": "float32"}
+POLICIES = {name: MixedPolicy.of(name, **_CAST_INSIDE) for name in ("mixed-bfloat16", "mixed-float16")}
+"""float32 parameters and inputs cast to the compute format inside the forward pass
+(:func:`~backprop_conformance.adapters.jax_model.forward`), as Flax's ``dtype``/``param_dtype`` do: products, σ and
+the backward pass in the compute format, the products accumulated in float32 and the bias gradient's batch sum in the
+compute format (as in :data:`ACCUMULATION`), the cost in float32 because the float32 targets promote ``y − a``, and
+the gradients cast back to the float32 parameters."""
+
 
 class JaxAdapter(Adapter):
     """The page's network and cost in ``jax.numpy``, differentiated by grad, jit(grad), jacfwd or vjp."""
@@ -78,7 +96,7 @@ class JaxAdapter(Adapter):
             name="jax",
             framework="JAX",
             version=jax.__version__,
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=PATHS,
             default_paths=DEFAULT_PATHS,
             devices=_devices(),
@@ -87,6 +105,8 @@ class JaxAdapter(Adapter):
             environment=(jax_sharded.DEVICES_VARIABLE,),
             ranks={"sharded": jax_sharded.device_count()},
             levels=dict.fromkeys(PATHS, xla_levels()),
+            policies=POLICIES,
+            default_dtypes=DTYPES,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -187,7 +207,7 @@ def _run(network: Network, batch: Batch, *, dtype: str, path: str, device: str) 
         gradients, (cost, zs, activations) = program(params, x, y)
         deltas = None
     else:
-        gradients, deltas, (cost, zs, activations) = differentiated(path)(params, x, y)
+        gradients, deltas, (cost, zs, activations) = differentiated(path, compute_format(dtype))(params, x, y)
     carrier = float_format(dtype).carrier
     return AdapterOutput(
         gradients=Gradients(by_layer([w for w, _ in gradients], carrier), by_layer([b for _, b in gradients], carrier)),

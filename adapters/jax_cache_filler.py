@@ -15,6 +15,7 @@ from typing import Any
 from backprop_conformance.adapters import jax_programs
 from backprop_conformance.adapters.jax_model import (
     JITTED_PATHS,
+    compute_format,
     import_jax,
     jitted,
     precision_scope,
@@ -63,7 +64,7 @@ class CacheFiller:
             enabled = jax.config.jax_enable_compilation_cache
             jax.config.update("jax_enable_compilation_cache", False)
             try:
-                lowered = jitted(path).lower(*zeros(dtype, device, widths, batch_size))
+                lowered = jitted(path, compute_format(dtype)).lower(*zeros(dtype, device, widths, batch_size))
                 compiled = lowered.compile()
             finally:
                 jax.config.update("jax_enable_compilation_cache", enabled)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from backprop_conformance.reference.dtypes import MIXED
 from backprop_conformance.reference.model import Network
 
 
@@ -58,9 +59,13 @@ def _x64_context() -> contextlib.AbstractContextManager[Any]:
 
 
 def forward(
-    params: list[tuple[Any, Any]], x: Any, y: Any, perturbations: list[Any] | None = None, mask: Any = None
+    params: list[tuple[Any, Any]], x: Any, y: Any, perturbations: list[Any] | None = None, mask: Any = None, compute: str | None = None
 ) -> tuple[Any, tuple[Any, ...]]:
     """C and the forward trace (C, [z^2..z^L], [a^1..a^L]) of the page's network, in the arrays' own dtype.
+
+    ``compute``, for a mixed-precision policy, is the format the layers compute in: the float32 parameters and inputs
+    are cast to it inside the forward pass, as Flax's ``dtype``/``param_dtype`` do, so that the gradient flows back
+    through the casts to the float32 parameters. ``y − a^L`` is then promoted to float32 by the float32 targets.
 
     ``params[l - 2]`` is (w^l, b^l). ``perturbations``, when given, holds one zero array per layer added to
     z^l, so that differentiating with respect to it yields δ^l = ∂C/∂z^l (adding zeros leaves z^l exact).
@@ -71,6 +76,9 @@ def forward(
     jax = import_jax()
     jnp = jax.numpy
     highest = jax.lax.Precision.HIGHEST
+    if compute is not None:
+        params = [(w.astype(compute), b.astype(compute)) for w, b in params]
+        x = x.astype(compute)
     a = x
     zs = []
     activations = [x]
@@ -93,23 +101,37 @@ JITTED_PATHS = ("jit", "jacfwd")
 (:mod:`~backprop_conformance.adapters.jax_precompile`)."""
 
 
+def compute_format(dtype: str) -> str | None:
+    """The format a mixed-precision policy's layers compute in (:data:`~backprop_conformance.reference.dtypes.MIXED`), else None."""
+    return MIXED[dtype][1] if dtype in MIXED else None
+
+
 @functools.cache
-def jitted(path: str) -> Any:
+def _forward_in(compute: str | None) -> Callable[..., tuple[Any, tuple[Any, ...]]]:
+    """:func:`forward` computing in ``compute``, one function object per format so that ``jax.jit`` caches per format."""
+    return forward if compute is None else functools.partial(forward, compute=compute)
+
+
+@functools.cache
+def jitted(path: str, compute: str | None = None) -> Any:
     """The ``jax.jit`` object of a path of :data:`JITTED_PATHS`: (params, x, y) → (gradients, (C, [z^l], [a^l]))."""
     jax = import_jax()
-    transform = jax.jacfwd(forward, has_aux=True) if path == "jacfwd" else jax.grad(forward, has_aux=True)
+    f = _forward_in(compute)
+    transform = jax.jacfwd(f, has_aux=True) if path == "jacfwd" else jax.grad(f, has_aux=True)
     return jax.jit(transform)
 
 
 @functools.cache
-def differentiated(path: str) -> Callable[[Any, Any, Any], tuple[Any, Any, Any]]:
-    """The transformed function for ``path``, built once per process so that ``jax.jit``'s cache is reused.
+def differentiated(path: str, compute: str | None = None) -> Callable[[Any, Any, Any], tuple[Any, Any, Any]]:
+    """The transformed function for ``path`` (computing in ``compute`` for a mixed-precision policy), built once per
+    process so that ``jax.jit``'s cache is reused.
 
     Each takes (params, x, y) and returns ([(∂C/∂w^l, ∂C/∂b^l)], [δ^l] or None, (C, [z^l], [a^l])).
     """
     jax = import_jax()
+    f = _forward_in(compute)
     if path in ("grad", *JITTED_PATHS):
-        transform = jitted(path) if path in JITTED_PATHS else jax.grad(forward, has_aux=True)
+        transform = jitted(path, compute) if path in JITTED_PATHS else jax.grad(f, has_aux=True)
 
         def gradients_and_trace(params: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
             gradients, trace = transform(params, x, y)
@@ -119,8 +141,9 @@ def differentiated(path: str) -> Callable[[Any, Any, Any], tuple[Any, Any, Any]]
 
     def pulled_back(params: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
         # One zero perturbation per z^l, on the parameters' device: (B, n(l)).
-        zeros = [jax.device_put(np.zeros((x.shape[0], w.shape[0]), dtype=w.dtype), next(iter(w.devices()))) for w, _ in params]
-        cost, pullback, trace = jax.vjp(lambda p, e: forward(p, x, y, e), params, zeros, has_aux=True)
+        dtype = params[0][0].dtype if compute is None else jax.numpy.dtype(compute)  # z^l's format
+        zeros = [jax.device_put(np.zeros((x.shape[0], w.shape[0]), dtype=dtype), next(iter(w.devices()))) for w, _ in params]
+        cost, pullback, trace = jax.vjp(lambda p, e: f(p, x, y, e), params, zeros, has_aux=True)
         gradients, deltas = pullback(jax.numpy.ones_like(cost))
         return gradients, deltas, trace
 
@@ -133,13 +156,14 @@ def precision_scope(dtype: str) -> contextlib.AbstractContextManager[Any]:
 
 
 def put(array: np.ndarray, dtype: str, device: str) -> Any:
-    """``array`` as a JAX array of format ``dtype`` on ``device``.
+    """``array`` as a JAX array of format ``dtype`` (a mixed-precision policy's storage format) on ``device``.
 
     numpy converts exactly (the values are representable, checked before); ``jax.numpy.dtype("bfloat16")`` is
     ml_dtypes' bfloat16, which numpy can convert to. Must run inside :func:`precision_scope` for float64.
     """
     jax = import_jax()
-    return jax.device_put(np.asarray(array, dtype=jax.numpy.dtype(dtype)), jax.devices(device)[0])
+    held = MIXED[dtype][0] if dtype in MIXED else dtype
+    return jax.device_put(np.asarray(array, dtype=jax.numpy.dtype(held)), jax.devices(device)[0])
 
 
 def parameters(network: Network, dtype: str, device: str) -> list[tuple[Any, Any]]:
@@ -173,7 +197,7 @@ def run_on_zeros(path: str, dtype: str, device: str, widths: tuple[int, ...], ba
     """Run ``path``'s differentiated function once on zeros of this shape, as an example calls it: the call that compiles its program."""
     jax = import_jax()
     with precision_scope(dtype):
-        jax.block_until_ready(differentiated(path)(*zeros(dtype, device, widths, batch_size)))
+        jax.block_until_ready(differentiated(path, compute_format(dtype))(*zeros(dtype, device, widths, batch_size)))
 
 
 def lowered_text(path: str, dtype: str, device: str, widths: tuple[int, ...], batch_size: int) -> str:
@@ -183,7 +207,7 @@ def lowered_text(path: str, dtype: str, device: str, widths: tuple[int, ...], ba
     compiled in another process is checked before this one runs it.
     """
     with precision_scope(dtype):
-        return jitted(path).lower(*zeros(dtype, device, widths, batch_size)).as_text()
+        return jitted(path, compute_format(dtype)).lower(*zeros(dtype, device, widths, batch_size)).as_text()
 
 
 def settings_fingerprint() -> str:

@@ -55,6 +55,7 @@ from backprop_conformance.adapters.dispatch import (
     xla_configuration,
     xla_levels,
 )
+from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Network
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
@@ -121,6 +122,16 @@ with Keras 3.15.1 on CPU, through this adapter (60 trials per row; the bias grad
 The torch backend, whose sums all accumulate in float32, is judged by a bound a little looser than it needs.
 """
 
+POLICIES = {name: MixedPolicy.of(name, dot="float32", cost="float32", cost_sum="float32") for name in ("mixed-bfloat16", "mixed-float16")}
+"""Keras' ``mixed_bfloat16`` and ``mixed_float16`` dtype policies, the same on every backend: ``Dense`` casts its
+float32 input, kernel and bias to the compute format and computes its product (accumulated in float32, as in
+:data:`ACCUMULATION`), bias add and sigmoid there; the bias gradient's batch sum is in the compute format (JAX's, the
+coarsest of the backends, :data:`ACCUMULATION`); ``y − a`` is promoted to float32 by the float32 targets, so the
+cost and its sum are float32; the gradients come back to the float32 variables through the casts."""
+
+KERAS_POLICIES = {"mixed-bfloat16": "mixed_bfloat16", "mixed-float16": "mixed_float16"}
+"""The suite's mixed-precision cells → Keras' dtype policy names."""
+
 
 def _installed(module: str) -> bool:
     try:
@@ -166,13 +177,15 @@ class KerasAdapter(Adapter):
             + ", ".join(f"{path} {versions.get(module, 'not installed')}" for path, module in BACKENDS.items())
             + ")",
             version=importlib.metadata.version("keras"),
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=tuple(BACKENDS),
             default_paths=tuple(p for p in DEFAULT_PATHS if p in installed),
             accumulation=dict(ACCUMULATION),
             shape_compiled_paths=SHAPE_COMPILED_PATHS,
             environment=ENVIRONMENT,
             levels={path: levels() for path, levels in LEVELS.items()},
+            policies=POLICIES,
+            default_dtypes=DTYPES,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:

@@ -24,10 +24,12 @@ from backprop_conformance.adapters.keras_adapter import (
     CONFIGURATIONS,
     DTYPES,
     ENVIRONMENT,
+    KERAS_POLICIES,
     LEVELS,
+    POLICIES,
     SHAPE_COMPILED_PATHS,
 )
-from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.dtypes import MIXED, float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 
@@ -65,13 +67,15 @@ class KerasInProcess(Adapter):
             name="keras-in-process",
             framework=f"Keras on {backend}",
             version=keras.__version__,
-            dtypes=dtypes,
+            dtypes=(*dtypes, *POLICIES),
             paths=(backend,),
             default_paths=(backend,),
             accumulation={d: ACCUMULATION[d] for d in ACCUMULATION if d in dtypes},
             shape_compiled_paths=(backend,) if backend in SHAPE_COMPILED_PATHS else (),
             environment=("KERAS_BACKEND", "JAX_ENABLE_X64", *ENVIRONMENT),
             levels={backend: LEVELS[backend]()},
+            policies=POLICIES,
+            default_dtypes=dtypes,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -152,7 +156,12 @@ def _pinned_numerics(backend: str, device: str) -> Iterator[None]:
 def _tensor(values: np.ndarray, dtype: str) -> Any:
     """``values`` (float64, exactly representable in ``dtype``) as a backend tensor of ``dtype``; exact, since representable."""
     keras = _keras()
-    return keras.ops.cast(keras.ops.convert_to_tensor(np.asarray(values, dtype=float_format(dtype).carrier)), dtype)
+    return keras.ops.cast(keras.ops.convert_to_tensor(np.asarray(values, dtype=float_format(dtype).carrier)), _stored(dtype))
+
+
+def _stored(dtype: str) -> str:
+    """The format values of ``dtype`` are held in: a mixed-precision policy's storage format (float32), else ``dtype``."""
+    return MIXED[dtype][0] if dtype in MIXED else dtype
 
 
 def _to_numpy(value: Any, carrier: np.dtype) -> np.ndarray:
@@ -177,10 +186,11 @@ class _Model:
 
     def __init__(self, widths: tuple[int, ...], dtype: str) -> None:
         keras = _keras()
+        policy = KERAS_POLICIES.get(dtype, dtype)  # a mixed cell's layers take Keras' own mixed dtype policy
         self.sequential = keras.Sequential(
-            [keras.Input((widths[0],), dtype=dtype)]
+            [keras.Input((widths[0],), dtype=_stored(dtype))]
             + [
-                keras.layers.Dense(n_out, activation="sigmoid", dtype=dtype, name=f"layer_{l}", kernel_initializer="zeros")
+                keras.layers.Dense(n_out, activation="sigmoid", dtype=policy, name=f"layer_{l}", kernel_initializer="zeros")
                 for l, n_out in enumerate(widths[1:], start=2)
             ]
         )
@@ -224,9 +234,14 @@ def _as_list(outputs: Any) -> list[Any]:
 
 
 def _cost(a_L: Any, y: Any) -> Any:
-    """C = Σ_x ½ Σ_j (y_j − a^L_j)², in ``keras.ops``; ``y − a`` with the operator, as Keras' own ``mean_squared_error`` writes it."""
+    """C = Σ_x ½ Σ_j (y_j − a^L_j)², in ``keras.ops``; ``y − a`` with the operator, as Keras' own ``mean_squared_error`` writes it.
+
+    a^L is first cast to the targets' format, as ``keras.losses.Loss`` casts predictions to its own float32 dtype: a
+    no-op for one format, exact widening for a mixed-precision cell, whose cost is float32 on every backend (on
+    TensorFlow the operator would not promote a bfloat16 a^L itself).
+    """
     keras = _keras()
-    return 0.5 * keras.ops.sum(keras.ops.square(y - a_L))
+    return 0.5 * keras.ops.sum(keras.ops.square(y - keras.ops.cast(a_L, y.dtype)))
 
 
 def _tensorflow_step(model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:

@@ -58,7 +58,8 @@ import numpy as np
 
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
 from backprop_conformance.adapters.dispatch import onednn_levels, tensorflow_configuration
-from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.dtypes import MIXED, float_format
+from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
@@ -96,6 +97,14 @@ per row, lengths 7 and 33, eager, ``tf.function`` and XLA; oneDNN on and off giv
   (worst error/bound ratio of the bfloat16 cells: ``docs/backends.md``).
 """
 
+POLICIES = {
+    "mixed-bfloat16": MixedPolicy.of("mixed-bfloat16", dot="float32", cost="float32", batch_sum="float32", cost_sum="float32"),
+    "mixed-float16": MixedPolicy.of("mixed-float16", dot="float32", cost="float32", cost_sum="float32"),
+}
+"""float32 variables cast to the compute format inside each layer (``tf.cast``); products, σ and the backward pass in
+the compute format with the sums of :data:`ACCUMULATION` (float16's bias gradient summed in float16); the cost in
+float32, from a^L cast to the float32 targets' format, as ``keras.losses.Loss`` does."""
+
 ENVIRONMENT: tuple[str, ...] = ("TF_ENABLE_ONEDNN_OPTS", "TF_XLA_FLAGS", "XLA_FLAGS")
 """Environment variables that change what TensorFlow computes: ``TF_ENABLE_ONEDNN_OPTS`` swaps the CPU kernels
 (oneDNN's or Eigen's, with different summation orders; on by default on x86), the two XLA flag variables
@@ -128,7 +137,7 @@ class TensorFlowAdapter(Adapter):
             name="tensorflow",
             framework="TensorFlow",
             version=tf.__version__,
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=PATHS,
             default_paths=DEFAULT_PATHS,
             devices=devices,
@@ -136,6 +145,8 @@ class TensorFlowAdapter(Adapter):
             shape_compiled_paths=SHAPE_COMPILED_PATHS,
             environment=ENVIRONMENT,
             levels=dict.fromkeys(PATHS, onednn_levels()),
+            policies=POLICIES,
+            default_dtypes=DTYPES,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -151,7 +162,7 @@ class TensorFlowAdapter(Adapter):
         """
         tf = _tf()
         with pinned_numerics(), tf.device(_device_name(device)):
-            model = _model_class()(network.widths, getattr(tf, dtype))
+            model = _model_class()(network.widths, dtype)
             model.assign(network, dtype)
             carrier = float_format(dtype).carrier
             return Network(
@@ -167,10 +178,9 @@ class TensorFlowAdapter(Adapter):
         :meth:`~backprop_conformance.adapters.base.Adapter.compute`.
         """
         tf = _tf()
-        tdtype = getattr(tf, dtype)
         with pinned_numerics(), tf.device(_device_name(device)):
             if path == "eager":
-                model = _model_class()(network.widths, tdtype)
+                model = _model_class()(network.widths, dtype)
                 step: Callable[[Any, Any], tuple[Any, ...]] = functools.partial(_step, model)
             else:
                 model, step = _compiled_step(path, network.widths, dtype, device)
@@ -221,7 +231,7 @@ def _constant(values: np.ndarray, dtype: str) -> Any:
     which TensorFlow itself uses), so no value passes through a rounding TensorFlow chose.
     """
     tf = _tf()
-    tdtype = getattr(tf, dtype)
+    tdtype = getattr(tf, MIXED[dtype][0] if dtype in MIXED else dtype)
     return tf.constant(np.asarray(values, dtype=tdtype.as_numpy_dtype), dtype=tdtype)
 
 
@@ -236,21 +246,26 @@ def _model_class() -> type:
     tf = _tf()
 
     class Dense(tf.Module):  # type: ignore[misc,name-defined]
-        """The TensorFlow guide's dense layer with a sigmoid: ``z = x @ w + b``, ``a = σ(z)``, ``w`` of shape (in, out)."""
+        """The TensorFlow guide's dense layer with a sigmoid: ``z = x @ w + b``, ``a = σ(z)``, ``w`` of shape (in, out).
 
-        def __init__(self, n_in: int, n_out: int, dtype: Any, name: str) -> None:
+        For a mixed-precision cell the variables are float32 and the layer casts them and its input to the compute
+        format with ``tf.cast``, the placement TensorFlow's mixed-precision guide describes for a custom layer.
+        """
+
+        def __init__(self, n_in: int, n_out: int, dtype: str, name: str) -> None:
             super().__init__(name=name)
-            self.w = tf.Variable(tf.zeros((n_in, n_out), dtype=dtype), name="w")
-            self.b = tf.Variable(tf.zeros((n_out,), dtype=dtype), name="b")
+            stored, self.compute = MIXED[dtype] if dtype in MIXED else (dtype, dtype)
+            self.w = tf.Variable(tf.zeros((n_in, n_out), dtype=stored), name="w")
+            self.b = tf.Variable(tf.zeros((n_out,), dtype=stored), name="b")
 
         def __call__(self, x: Any) -> tuple[Any, Any]:
-            z = tf.matmul(x, self.w) + self.b
+            z = tf.matmul(tf.cast(x, self.compute), tf.cast(self.w, self.compute)) + tf.cast(self.b, self.compute)
             return z, tf.nn.sigmoid(z)
 
     class MLP(tf.Module):  # type: ignore[misc,name-defined]
         """The page's network: one :class:`Dense` per layer l = 2..L; returns [z^2..z^L] and [a^1..a^L]."""
 
-        def __init__(self, widths: tuple[int, ...], dtype: Any) -> None:
+        def __init__(self, widths: tuple[int, ...], dtype: str) -> None:
             super().__init__(name="page_network")
             self.layers = [
                 Dense(n_in, n_out, dtype, name=f"layer_{l}") for l, (n_in, n_out) in enumerate(itertools.pairwise(widths), start=2)
@@ -301,7 +316,7 @@ def _step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
     with tf.GradientTape() as tape:
         zs, activations = model(x)
         # C = Σ_x ½ Σ_j (y_j − a^L_j)²
-        cost = 0.5 * tf.reduce_sum(tf.square(y - activations[-1]))
+        cost = 0.5 * tf.reduce_sum(tf.square(y - tf.cast(activations[-1], y.dtype)))  # a mixed cell's cost is float32
     parameters = model.parameters
     gradients = tape.gradient(cost, parameters + zs)
     count = len(parameters)
@@ -326,7 +341,7 @@ def _compiled_step(path: str, widths: tuple[int, ...], dtype: str, device: str) 
     if cached is not None:
         _STEPS.move_to_end(key)
         return cached
-    model = _model_class()(widths, getattr(tf, dtype))
+    model = _model_class()(widths, dtype)
     compiled = tf.function(functools.partial(_step, model), jit_compile=path == "xla", autograph=False)
     _STEPS[key] = (model, compiled)
     while len(_STEPS) > CACHE_SIZE:

@@ -45,6 +45,7 @@ from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilit
 from backprop_conformance.adapters.dispatch import aten_levels, torch_configuration
 from backprop_conformance.adapters.torch_model import (
     Recorder,
+    autocast,
     build,
     by_layer,
     cost_value,
@@ -52,9 +53,11 @@ from backprop_conformance.adapters.torch_model import (
     import_torch,
     mse_cost,
     quadratic_cost,
+    storage_dtype,
     to_numpy,
 )
 from backprop_conformance.reference.dtypes import round_to
+from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -67,6 +70,15 @@ ACCUMULATION = {"float16": "float32", "bfloat16": "float32"}
 200 of 200 trials, where summing in the format itself (pairwise or sequentially) missed it in 22–100 %.
 On CUDA the same is expected of cuBLAS with its reduced-precision reductions switched off, which
 :func:`ieee_arithmetic` does for the call (not measured here: no GPU was available)."""
+
+_AUTOCAST = {"dot": "float32", "cost": "float32", "batch_sum": "float32", "cost_sum": "float32"}
+POLICIES = {name: MixedPolicy.of(name, **_AUTOCAST) for name in ("mixed-bfloat16", "mixed-float16")}
+"""What ``torch.autocast("cpu")`` computes in, per operation: ``nn.Linear`` casts its input, weight and bias to the compute
+format and returns its product there, accumulated in float32 (as every float16 and bfloat16 reduction of torch on CPU,
+:data:`ACCUMULATION`); ``nn.Sigmoid`` and its backward run in the format of their input, the compute format; the cost's
+``y − a`` is promoted to float32 by the float32 target, so the cost, its sums and ∂C/∂a^L are float32 until autograd
+casts ∂C/∂a^L back to the compute format; the weight and bias gradients come out of the compute-format backward and
+are cast to the float32 parameters' format."""
 
 
 RECOMPILE_LIMIT = 4096
@@ -97,7 +109,7 @@ class TorchAdapter(Adapter):
             name="torch",
             framework="PyTorch",
             version=torch.__version__,
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=PATHS,
             default_paths=DEFAULT_PATHS,
             devices=devices,
@@ -106,6 +118,8 @@ class TorchAdapter(Adapter):
             environment=(torch_ddp.RANKS_VARIABLE, torch_ddp.HOOK_VARIABLE),
             ranks={"ddp": torch_ddp.world_size()},
             levels=dict.fromkeys(PATHS, aten_levels()),
+            policies=POLICIES,
+            default_dtypes=DTYPES,
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -130,7 +144,7 @@ class TorchAdapter(Adapter):
         cannot show. Returned in ``dtype``'s carrier dtype, like the gradients.
         """
         torch = import_torch()
-        model = build(network, getattr(torch, dtype), device)
+        model = build(network, storage_dtype(dtype), device)
         linears = [m for m in model if isinstance(m, torch.nn.Linear)]
         return Network(
             {l: to_numpy(m.weight, dtype) for l, m in enumerate(linears, start=2)},
@@ -149,13 +163,14 @@ class TorchAdapter(Adapter):
         if path == "ddp":
             return self._run_ddp(network, batch, dtype, device)
         torch = import_torch()
-        tdtype = getattr(torch, dtype)
+        tdtype = storage_dtype(dtype)
         with ieee_arithmetic(device), _serial_when_small(network, batch), torch.inference_mode(False), torch.enable_grad():
             model = build(network, tdtype, device)
             x = torch.tensor(batch.x, dtype=tdtype, device=device)
             y = torch.tensor(batch.y, dtype=tdtype, device=device)
             recorder = Recorder(model)
-            result = _PATHS[path](model, recorder, x, y)
+            with autocast(dtype, device):
+                result = _PATHS[path](model, recorder, x, y)
         return _to_output(result, x, dtype)
 
     def _ddp_group(self, device: str) -> torch_ddp.DdpGroup:

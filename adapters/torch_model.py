@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop_conformance.reference.dtypes import FORMATS
+from backprop_conformance.reference.dtypes import MIXED, float_format
 from backprop_conformance.reference.model import Network
 
 
@@ -91,6 +91,25 @@ def ieee_arithmetic(device: str) -> Iterator[None]:
             setter(value)
 
 
+def storage_dtype(dtype: str) -> Any:
+    """The torch dtype parameters and data are held in: ``dtype`` itself, or a mixed-precision policy's storage (float32)."""
+    return getattr(import_torch(), MIXED[dtype][0] if dtype in MIXED else dtype)
+
+
+def autocast(dtype: str, device: str) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast(device, dtype=...)`` for a mixed-precision policy, as a user trains with it; nothing for one format.
+
+    Autocast runs ``nn.Linear`` in the compute format (its input, weight and bias cast, the product accumulated in
+    float32 on CPU and rounded to the compute format), keeps ``nn.Sigmoid`` in the format of its input, and promotes
+    ``y − a`` to float32 because ``y`` is float32: the policy :data:`~backprop_conformance.adapters.torch_adapter.POLICIES`
+    declares.
+    """
+    if dtype not in MIXED:
+        return contextlib.nullcontext()
+    torch = import_torch()
+    return torch.autocast(device, dtype=getattr(torch, MIXED[dtype][1]))
+
+
 def build(network: Network, tdtype: Any, device: str) -> Any:
     """The page's network as a PyTorch user builds it: Linear(n(l−1), n(l)) then Sigmoid, for l = 2..L.
 
@@ -152,7 +171,7 @@ def to_numpy(t: Any, dtype: str) -> np.ndarray:
     t = t.detach().to("cpu")
     if t.dtype == torch.bfloat16:
         t = t.to(torch.float32)
-    return np.array(t.numpy(), dtype=FORMATS[dtype].carrier)
+    return np.array(t.numpy(), dtype=float_format(dtype).carrier)
 
 
 def by_layer(tensors: list[Any], dtype: str, first: int = 2) -> dict[int, np.ndarray]:

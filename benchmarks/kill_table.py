@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from backprop_conformance.conformance.runner import Outcome, SuiteRun, run_suite
-from tests.mutants import CONFORMANCE_ONLY, CORRECT, MUTANTS, ManualBackprop, backend_name, bug, cells
+from tests.mutants import CONFORMANCE_ONLY, CORRECT, MUTANTS, PATH, ManualBackprop, backend_name, bug, cells
 
 MAX_MESSAGE = 160
 """Characters of a contract message kept in the table."""
@@ -30,9 +30,9 @@ CONTRACT_PREFIX = re.compile(r"^(?:[\w.]+\.)?AdapterContractError: adapter '[^']
 
 
 def _item(outcome: Outcome) -> str:
-    """``test_gradients[mut-no-half-manual-float64]`` -> ``gradients float64``."""
+    """``test_gradients[mut-no-half-manual-float64]`` -> ``gradients float64`` (``gradients mixed-bfloat16`` for a policy)."""
     test = outcome.test.split("[", 1)[0].removeprefix("test_")
-    return f"{test} {outcome.cell.rsplit('-', 1)[1]}"
+    return f"{test} {outcome.cell.split(f'-{PATH}-', 1)[1]}"
 
 
 def _conformance_items(run: SuiteRun, adapter: type[ManualBackprop]) -> list[Outcome]:

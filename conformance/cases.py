@@ -31,7 +31,7 @@ from backprop_conformance.conformance import jsonfile
 from backprop_conformance.conformance.cells import Cell
 from backprop_conformance.conformance.outputs import write_atomically
 from backprop_conformance.conformance.problems import Problem
-from backprop_conformance.reference.dtypes import FORMATS, is_representable
+from backprop_conformance.reference.dtypes import FORMATS, MIXED, is_representable
 from backprop_conformance.reference.model import Batch, ModelError, Network, check_compatible
 
 SCHEMA = "backprop-conformance/case/3"
@@ -200,8 +200,8 @@ def from_json(data: object, source: str) -> Case:
     )
     cell_data = r.object(top["cell"], "cell", ("backend", "path", "dtype", "device", *(("level",) if version >= 3 else ())))
     dtype = r.text(cell_data["dtype"], "cell.dtype")
-    if dtype not in FORMATS:
-        raise r.fail("cell.dtype", f"unknown format {dtype!r}; the suite knows {', '.join(FORMATS)}")
+    if dtype not in FORMATS and dtype not in MIXED:
+        raise r.fail("cell.dtype", f"unknown format {dtype!r}; the suite knows {', '.join([*FORMATS, *MIXED])}")
     cell = Cell(
         r.name(cell_data["backend"], "cell.backend"),
         r.name(cell_data["path"], "cell.path"),

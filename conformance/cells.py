@@ -111,12 +111,14 @@ def select_cells(
     """The table: every loaded backend's (path, dtype, device, level) that the filters allow, and the backends left with none.
 
     Without ``paths``, each backend's default paths run (opt-in ones, such as ``torch.compile``, only
-    when named, or with ``all_paths``). ``levels`` holds :data:`NATIVE`, :data:`EVERY_LEVEL` and names of
+    when named, or with ``all_paths``); without ``dtypes``, its default dtypes (mixed-precision policies are opt-in
+    in the built-in adapters). ``levels`` holds :data:`NATIVE`, :data:`EVERY_LEVEL` and names of
     dispatch levels; a named level applies to each selected path that declares it, on the CPU (levels choose
     CPU kernels). A name that no loaded backend offers is an error listing the
     valid names, so that a typo cannot silently select nothing. A loaded backend that the filters
     leave without a cell (``--conformance-path jit`` beside torch, which has no jit) is returned with
-    the reason, for the run to report: a requested backend must never vanish from a run unnoticed.
+    the reason, for the run to report: a requested backend must never vanish from a run unnoticed. A mixed-precision
+    policy runs on the paths that compute in one piece only: its bound has no term for combining data-parallel ranks.
     """
     loaded = [b.capabilities for b in backends if b.capabilities is not None]
     if loaded:
@@ -134,7 +136,8 @@ def select_cells(
         mine = [
             Cell(caps.name, path, dtype, device, level)
             for path in chosen
-            for dtype in ([d for d in caps.dtypes if d in dtypes] if dtypes else caps.dtypes)
+            for dtype in ([d for d in caps.dtypes if d in dtypes] if dtypes else caps.default_dtypes or caps.dtypes)
+            if dtype not in caps.policies or caps.ranks_of(path) == 1
             for device in [d for d in caps.devices if d in devices and dtype in caps.dtypes_on(d)]
             for level in _levels(caps, path, device, levels)
         ]

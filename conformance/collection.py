@@ -12,6 +12,7 @@ import pytest
 
 from backprop_conformance.conformance import fidelity, known_defects
 from backprop_conformance.conformance.cells import Backend, Cell
+from backprop_conformance.reference.dtypes import MIXED
 
 CONFORMANCE_TESTS = known_defects.CONFORMANCE_TESTS
 
@@ -49,6 +50,7 @@ def parametrize(metafunc: pytest.Metafunc, cells: Sequence[Cell], backends: Sequ
         params = [
             pytest.param(cell, case, id=f"{cell.id}-{case}", marks=known_defect(name, cell, case))
             for cell in cells
+            if cell.dtype not in MIXED
             for case in fidelity.FIDELITY_TESTS[name]
         ]
         metafunc.parametrize(("cell", "fidelity_case"), params + skipped)

@@ -55,6 +55,7 @@ def build(
                 caps.dtypes,
                 caps.describe_accumulation(),
                 {name: os.environ.get(name) for name in caps.environment},
+                policies={name: policy.describe() for name, policy in caps.policies.items()},
             )
         )
     return Report(

@@ -16,7 +16,8 @@ import numpy as np
 
 from backprop_conformance.conformance.blas_threads import serial_blas
 from backprop_conformance.reference.dtypes import float_format, round_to
-from backprop_conformance.reference.error_bound import ErrorBounds, Precision, tolerance
+from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, tolerance
+from backprop_conformance.reference.mixed_precision import MixedPolicy, mixed_tolerance
 from backprop_conformance.reference.model import Batch, Network
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
@@ -51,14 +52,15 @@ class Problem:
     def _tolerances(self) -> dict[tuple[float | int, ...], ErrorBounds]:
         return {}
 
-    def tolerance(self, framework: Precision) -> ErrorBounds:
+    def tolerance(self, framework: Precision | MixedPolicy) -> ErrorBounds:
         """The verdict's tolerance at this point for a framework of precision ``framework``.
 
         A :attr:`shared` problem -- a covering design's, the same object in every cell of a format
         (:func:`~backprop_conformance.conformance.strategies.covering`) -- computes it once per precision, so that cells
         whose frameworks round alike (torch's three paths, JAX) share the bound instead of computing it again: two
         precisions with equal constants give equal bounds (:meth:`~backprop_conformance.reference.error_bound.Precision.constants`).
-        Any other problem is judged once, and computes it afresh.
+        Any other problem is judged once, and computes it afresh. A mixed-precision cell's ``framework`` is its declared
+        policy, judged by the bound that follows it operation by operation.
         """
         if not self.shared:
             return self._tolerance(framework)
@@ -67,9 +69,11 @@ class Problem:
             self._tolerances[key] = self._tolerance(framework)
         return self._tolerances[key]
 
-    def _tolerance(self, framework: Precision) -> ErrorBounds:
+    def _tolerance(self, framework: Precision | MixedPolicy) -> ErrorBounds:
         trace = self.trace
         with serial_blas(self.network, self.batch.size):
+            if isinstance(framework, MixedPolicy):
+                return mixed_tolerance(self.network, self.batch, trace, framework, K)
             return tolerance(self.network, self.batch, trace, framework)
 
     @property

@@ -345,6 +345,8 @@ class BackendEntry:
     accumulation: str | None = None
     environment: Mapping[str, str | None] = field(default_factory=dict)
     reason: str | None = None
+    policies: Mapping[str, str] = field(default_factory=dict)
+    """Each mixed-precision policy among :attr:`dtypes` with its declared formats in words (written only when there is one)."""
 
     def to_json(self) -> dict[str, Any]:
         if self.reason is not None:
@@ -359,6 +361,7 @@ class BackendEntry:
             "dtypes": list(self.dtypes),
             "accumulation": self.accumulation,
             "environment": dict(self.environment),
+            **({"policies": dict(self.policies)} if self.policies else {}),
         }
 
     @classmethod
@@ -377,6 +380,7 @@ class BackendEntry:
             dtypes=tuple(fields.texts("dtypes")),
             accumulation=fields.get("accumulation", (str, type(None))),
             environment={str(k): (None if v is None else str(v)) for k, v in environment.items()},
+            policies={str(k): str(v) for k, v in (fields.get("policies", dict) if "policies" in fields.entry else {}).items()},
         )
 
 

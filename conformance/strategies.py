@@ -71,7 +71,14 @@ class Limits:
     a compilation."""
 
 
-Z_REACH: dict[str, float] = {"float64": 1000.0, "float32": 100.0, "bfloat16": 100.0, "float16": 30.0}
+Z_REACH: dict[str, float] = {
+    "float64": 1000.0,
+    "float32": 100.0,
+    "bfloat16": 100.0,
+    "float16": 30.0,
+    "mixed-bfloat16": 100.0,
+    "mixed-float16": 30.0,
+}
 """How far into saturation biases reach, per format: beyond 800 in float64 and 40 in float32/bfloat16
 (the design card's corners). float16 stops earlier: its range (65504) must hold every intermediate."""
 

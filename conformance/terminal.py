@@ -49,6 +49,7 @@ def header(opts: options.RunOptions, profile: str, backends: Sequence[Backend], 
             + "".join(f"; {path} {count} ranks" for path, count in caps.ranks.items())
             + _describe_levels(caps, opts.dispatch)
         )
+        lines += [f"    policy {line}" for line in caps.describe_policies()]
     lines += [f"  note: {note}" for note in notes]
     return lines
 

@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters.base import AdapterOutput
+from backprop_conformance.conformance import loss_scale
 from backprop_conformance.conformance.data_parallel import diagnose
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.ratios import format_mismatch, format_ratio
 from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision
+from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Gradients, parameter_name
 
 MAX_LISTED = 5
@@ -171,7 +173,8 @@ class Verdict:
     ``gradients`` compares every gradient element; ``cost`` is the cost against its own bound (None
     for the fidelity tier, which judges gradients only). ``worst_ratio`` is the largest error/bound
     ratio over both, infinite when the framework returned a non-finite value. ``data_parallel``, for a
-    failing gradient of a data-parallel path, names the bug it matches (:mod:`~backprop_conformance.conformance.data_parallel`).
+    failing gradient of a data-parallel path, names the bug it matches (:mod:`~backprop_conformance.conformance.data_parallel`);
+    ``loss_scale``, for a failing mixed-precision gradient, a loss scale left in it (:mod:`~backprop_conformance.conformance.loss_scale`).
     """
 
     cell: str
@@ -181,6 +184,7 @@ class Verdict:
     divergence: str = ""
     standard: str = CONFORMANCE
     data_parallel: str = ""
+    loss_scale: str = ""
 
     @property
     def cost_failed(self) -> bool:
@@ -219,6 +223,8 @@ class Verdict:
             lines.append(f"  first divergence: {self.divergence}")
         if self.data_parallel:
             lines.append(f"  data-parallel: {self.data_parallel}")
+        if self.loss_scale:
+            lines.append(f"  loss scale: {self.loss_scale}")
         lines.append(f"  case: {self.problem.describe()}")
         return "\n".join(lines)
 
@@ -253,7 +259,7 @@ def first_divergence(output: AdapterOutput, problem: Problem, tol: ErrorBounds) 
     return f"none: every exposed intermediate ({', '.join(compared)}) is within its bound, so the error arises in the gradient step itself"
 
 
-def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precision, *, with_cost: bool = True) -> Verdict:
+def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precision | MixedPolicy, *, with_cost: bool = True) -> Verdict:
     """Compare an adapter's gradients and cost with the reference at ``problem``, element by element.
 
     The output's form must already have passed the contract (:meth:`~backprop_conformance.adapters.base.Adapter.compute`).
@@ -268,8 +274,13 @@ def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precisi
     verdict = Verdict(cell, problem, gradients, cost)
     if verdict.passed:
         return verdict
-    data_parallel = "" if gradients.passed else diagnose(problem, output.gradients, tol.gradients, framework, problem.dtype)
-    return Verdict(cell, problem, gradients, verdict.cost, first_divergence(output, problem, tol), data_parallel=data_parallel)
+    data_parallel = scaled = ""
+    if not gradients.passed and isinstance(framework, Precision):
+        data_parallel = diagnose(problem, output.gradients, tol.gradients, framework, problem.dtype)
+    elif not gradients.passed:
+        scaled = loss_scale.diagnose(problem, output.gradients, tol.gradients)
+    divergence = first_divergence(output, problem, tol)
+    return Verdict(cell, problem, gradients, verdict.cost, divergence, data_parallel=data_parallel, loss_scale=scaled)
 
 
 def judge_exactness(cell: str, problem: Problem, output: AdapterOutput, exact: Gradients, bound: Gradients) -> Verdict:

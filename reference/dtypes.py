@@ -42,12 +42,26 @@ FORMATS: dict[str, FloatFormat] = {
 }
 
 
+MIXED: dict[str, tuple[str, str]] = {"mixed-bfloat16": ("float32", "bfloat16"), "mixed-float16": ("float32", "float16")}
+"""Mixed-precision policies a cell can be named by, each with its (storage, compute) formats: parameters, data and
+gradients are held in storage, the arithmetic runs in compute as the adapter's declared policy says
+(:mod:`backprop_conformance.reference.mixed_precision`)."""
+
+
 def float_format(name: str) -> FloatFormat:
-    """Look up a format by name, with an error that lists the valid names."""
+    """Look up a format by name, with an error that lists the valid names.
+
+    A mixed-precision policy's name (:data:`MIXED`) gives the format its values are *held* in, as far as holding goes:
+    its storage's unit roundoff and carrier, and its compute format's range (``tiny``, ``largest``), since a value
+    that overflows the compute format overflows the computation.
+    """
+    if isinstance(name, str) and name in MIXED:
+        storage, compute = (FORMATS[f] for f in MIXED[name])
+        return FloatFormat(name, storage.u, compute.tiny, storage.carrier, compute.largest)
     try:
         return FORMATS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown floating-point format {name!r}; the suite knows {', '.join(FORMATS)}") from None
+        raise ValueError(f"unknown floating-point format {name!r}; the suite knows {', '.join([*FORMATS, *MIXED])}") from None
 
 
 def _round_to_bfloat16(values: np.ndarray) -> np.ndarray:

@@ -64,6 +64,8 @@ class _DdpMutant(TorchAdapter):
             default_paths=("ddp",),
             shape_compiled_paths=(),
             accumulation={},
+            policies={},
+            default_dtypes=None,
             ranks={"ddp": caps.ranks_of("ddp")},
             levels={"ddp": caps.levels_of("ddp")},
         )

@@ -23,7 +23,8 @@ from typing import ClassVar
 import numpy as np
 
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
-from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.reference.dtypes import MIXED, float_format, round_to
+from backprop_conformance.reference.mixed_precision import POLICY_OPERATIONS, MixedPolicy, Simulation, accumulate
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 MODULE = "tests.mutants"
@@ -65,7 +66,12 @@ class ManualBackprop(Adapter):
             paths=(PATH,),
             default_paths=(PATH,),
             shape_compiled_paths=(PATH,) if self.compiles_per_shape else (),
+            policies=self.policies(),
         )
+
+    def policies(self) -> dict[str, MixedPolicy]:
+        """The mixed-precision policies among :attr:`dtypes`: none here."""
+        return {}
 
     # Layout: page (n(l), n(l−1)) <-> framework (n(l−1), n(l)).
 
@@ -225,7 +231,173 @@ class ReversedLoopBatchSum(ManualBackprop):
         return total
 
 
-CORRECT: tuple[type[ManualBackprop], ...] = (ManualBackprop, OutputSigmaPrime, MatmulBatchSum, ReversedLoopBatchSum)
+# Mixed precision: float32 parameters, arithmetic rounded as a declared policy says (reference/mixed_precision.py).
+
+
+class ManualMixed(ManualBackprop):
+    """Correct: mixed bfloat16 simulated exactly: bfloat16 operands, every result, sum and gradient in float32.
+
+    The computation is :class:`~backprop_conformance.reference.mixed_precision.Simulation` of the declared policy, which
+    rounds through every format it names and accumulates term by term; a planted bug is a :attr:`simulation` that
+    rounds differently from what is declared, or a gradient handed back wrong.
+    """
+
+    name = "ok-mixed"
+    dtypes = ("mixed-bfloat16",)
+    declared: ClassVar[dict[str, str]] = dict.fromkeys(("dot", "matmul", "sigma", "cost", "batch_sum", "cost_sum", "gradient"), "float32")
+    """The policy's formats beside the compute format: here only the products' operands are bfloat16."""
+    simulation: ClassVar[type[Simulation]] = Simulation
+    loss_scale: ClassVar[float] = 1.0
+    """The first loss scale tried; a power of two above 1 is halved while a gradient overflows, as GradScaler does."""
+
+    def policies(self) -> dict[str, MixedPolicy]:
+        return {dtype: MixedPolicy.of(dtype, **self.declared) for dtype in self.dtypes}
+
+    def computed(self, dtype: str) -> MixedPolicy:
+        """The policy the simulation rounds as: the declared one, for every adapter that declares honestly."""
+        return self.caps.policies[dtype]
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        policy = self.computed(dtype)
+        scale = self.loss_scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = self.simulation(policy, scale).run(network, batch)
+            while scale > 1 and not all(np.all(np.isfinite(g)) for _, _, g in result.gradients.items()):
+                scale /= 2  # GradScaler: an overflow skips the step and halves the scale
+                result = self.simulation(policy, scale).run(network, batch)
+        carrier = float_format(MIXED[dtype][0]).carrier
+        gradients = Gradients(
+            {l: self.returned("w", l, g, carrier) for l, g in result.gradients.w.items()},
+            {l: self.returned("b", l, g, carrier) for l, g in result.gradients.b.items()},
+        )
+        return AdapterOutput(gradients, result.cost, a=result.a, z=result.z, delta=result.delta)
+
+
+class ManualAutocastLossScaled(ManualMixed):
+    """Correct: mixed float16 as torch.autocast rounds it, with GradScaler's loss scale (2^16, halved on overflow).
+
+    The scale changes no rounding while nothing overflows
+    (:func:`~backprop_conformance.reference.mixed_precision.largest_exact_loss_scale`), so the policy's bound judges it
+    as it judges the unscaled computation.
+    """
+
+    name = "ok-mixed-loss-scaled"
+    dtypes = ("mixed-float16",)
+    declared: ClassVar[dict[str, str]] = dict.fromkeys(("dot", "cost", "batch_sum", "cost_sum"), "float32")
+    loss_scale = 2.0**16
+
+
+class _NotUnscaled(Simulation):
+    def unscale(self, gradient: np.ndarray) -> np.ndarray:
+        return self.to("storage", gradient)
+
+
+class LossScaleNotRemoved(ManualAutocastLossScaled):
+    """The loss scale is never divided out: every gradient is S times too large.
+
+    Caught by: every gradient, at a ratio of about S; the verdict names the scale ("a loss scale of 2^16 not removed").
+    """
+
+    name = "mut-mixed-scale-kept"
+    simulation = _NotUnscaled
+
+
+class _UnscaledTwice(Simulation):
+    def unscale(self, gradient: np.ndarray) -> np.ndarray:
+        return self.to("storage", gradient / self.loss_scale / self.loss_scale)
+
+
+class LossScaleRemovedTwice(ManualAutocastLossScaled):
+    """The loss scale is divided out twice (an optimizer unscaling what the scaler already unscaled): gradients S times too small.
+
+    Caught by: every gradient; the verdict names the scale ("a loss scale of 2^16 removed twice").
+    """
+
+    name = "mut-mixed-scale-twice"
+    simulation = _UnscaledTwice
+
+
+class GradientInComputeFormat(ManualAutocastLossScaled):
+    """The weight and bias gradients returned in float16, the compute format, instead of the float32 parameters' format.
+
+    Caught by: the contract ("has dtype float16, expected float32 ... the gradient of the compute copy").
+    """
+
+    name = "mut-mixed-compute-gradient"
+
+    def returned(self, kind: str, l: int, gradient: np.ndarray, carrier: np.dtype) -> np.ndarray:
+        return gradient.astype(np.float16)
+
+
+class ManualBfloat16Gradients(ManualMixed):
+    """Correct: mixed bfloat16 with the forward and backward passes in float32 and the gradients rounded to bfloat16.
+
+    The policy of a framework that keeps its arithmetic wide and stores (or communicates) gradients in bfloat16.
+    """
+
+    name = "ok-mixed-bf16-gradients"
+    declared: ClassVar[dict[str, str]] = {op: "float32" for op in POLICY_OPERATIONS if op != "gradient"}
+
+
+def _in_format(fmt: str, values: np.ndarray) -> np.ndarray:
+    return round_to(fmt, values).astype(np.float64)
+
+
+class _SigmaPrimeFromCompute(Simulation):
+    def sigma_prime(self, a: np.ndarray) -> np.ndarray:
+        saved = _in_format(self.policy.compute, a)  # a bfloat16 copy of a, saved for the backward pass
+        return self.to("sigma", saved * self.to("sigma", 1 - saved))
+
+
+class SigmaPrimeFromComputeActivation(ManualBfloat16Gradients):
+    """σ′ = a(1 − a) computed from a bfloat16 copy of a saved for the backward pass, where the policy keeps σ in float32.
+
+    Caught by: the gradients, wherever a unit's 1 − a is below about 1/4: a bfloat16 a leaves 1 − a a relative
+    error of 2^-9/(1 − a), beyond the gradients' own bfloat16 rounding.
+    """
+
+    name = "mut-mixed-bf16-sigma-prime"
+    simulation = _SigmaPrimeFromCompute
+
+
+class _AccumulatesInCompute(Simulation):
+    def sum(self, accumulation: str, terms: np.ndarray, axis: int) -> np.ndarray:
+        return accumulate(self.policy.compute, terms, axis)
+
+
+class AccumulationInComputeFormat(ManualBfloat16Gradients):
+    """Every sum (products, batch sums, the cost) accumulated in bfloat16, where the policy says float32.
+
+    Caught by: z^l and everything after it: a bfloat16 sum of n products is off by up to about n·2^-9 of their
+    magnitudes, where the declared float32 accumulation allows about n·2^-24.
+    """
+
+    name = "mut-mixed-bf16-accumulation"
+    simulation = _AccumulatesInCompute
+
+
+class LooseDeclaration(ManualMixed):
+    """Declares z^l and σ in bfloat16 (a looser bound) while computing them in float32, as :class:`ManualMixed` does.
+
+    Caught by: the contract ("z^2 holds ..., which is not a bfloat16 value, yet the declared policy ...").
+    """
+
+    name = "mut-mixed-loose-declaration"
+    declared: ClassVar[dict[str, str]] = {op: "float32" for op in ("dot", "cost", "batch_sum", "cost_sum", "gradient")}
+
+    def computed(self, dtype: str) -> MixedPolicy:
+        return MixedPolicy.of(dtype, **ManualMixed.declared)
+
+
+CORRECT: tuple[type[ManualBackprop], ...] = (
+    ManualBackprop,
+    OutputSigmaPrime,
+    MatmulBatchSum,
+    ReversedLoopBatchSum,
+    ManualMixed,
+    ManualAutocastLossScaled,
+    ManualBfloat16Gradients,
+)
 """Implementations the default suite must pass."""
 
 
@@ -593,6 +765,12 @@ MUTANTS: tuple[type[ManualBackprop], ...] = (
     TransposedLayout,
     ReturnsFloat64,
     MissingFirstLayer,
+    LossScaleNotRemoved,
+    LossScaleRemovedTwice,
+    GradientInComputeFormat,
+    SigmaPrimeFromComputeActivation,
+    AccumulationInComputeFormat,
+    LooseDeclaration,
 )
 """Adapters with one planted bug each; the default suite must fail every one."""
 

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mutants import ManualBackprop
 
-from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
+from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities, CapabilitiesError
 from backprop_conformance.adapters.registry import AdapterSpec, UnknownAdapter
 from backprop_conformance.conformance.cells import Backend, Cell, SelectionError, load_backends, select_cells
 from backprop_conformance.reference.dtypes import FORMATS
@@ -99,6 +99,23 @@ def test_default_paths_every_dtype_on_cpu() -> None:
         "torch-func-float16",
         "torch-func-bfloat16",
     ]
+
+
+def test_mixed_precision_policies_opt_in_and_only_on_paths_in_one_piece() -> None:
+    mixed = dataclasses.replace(
+        TORCHLIKE,
+        dtypes=("float32", "mixed-bfloat16"),
+        paths=("eager", "ddp"),
+        default_paths=("eager",),
+        devices=("cpu",),
+        policies={"mixed-bfloat16": {"dot": "float32"}},
+        default_dtypes=("float32",),
+        ranks={"ddp": 2},
+    )
+    assert ids(select([backend(mixed)])) == ["torch-eager-float32"]
+    assert ids(select([backend(mixed)], dtypes=["mixed-bfloat16"], all_paths=True)) == ["torch-eager-mixed-bfloat16"]
+    with pytest.raises(CapabilitiesError, match=r"default dtype 'float16' is not among its dtypes"):
+        dataclasses.replace(mixed, default_dtypes=("float16",))
 
 
 def test_opt_in_path_only_when_named() -> None:

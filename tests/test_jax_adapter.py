@@ -209,7 +209,8 @@ def test_load_parameters_round_trip_keeps_page_layout(adapter: JaxAdapter) -> No
 def test_capabilities(adapter: JaxAdapter) -> None:
     caps = adapter.capabilities()
     assert (caps.name, caps.framework, caps.version) == ("jax", "JAX", jax.__version__)
-    assert caps.dtypes == ("float64", "float32", "float16", "bfloat16")
+    assert caps.dtypes == ("float64", "float32", "float16", "bfloat16", "mixed-bfloat16", "mixed-float16")
+    assert caps.default_dtypes == ("float64", "float32", "float16", "bfloat16"), "mixed-precision cells are opt-in"
     assert caps.paths == ("grad", "jit", "jacfwd", "vjp", "sharded")
     assert caps.ranks == {"sharded": 2}, "the data-parallel path declares its devices, so that the bound charges the all-reduce"
     assert caps.default_paths == DEFAULT_PATHS == ("jit",), "eager paths compile per primitive and shape; jacfwd grows with (parameters)²"

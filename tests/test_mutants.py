@@ -20,6 +20,10 @@ from mutants import (
     AccumulatesAcrossCalls,
     CostWithoutHalf,
     CrossEntropyShortcut,
+    GradientInComputeFormat,
+    LooseDeclaration,
+    LossScaleNotRemoved,
+    LossScaleRemovedTwice,
     ManualBackprop,
     MissingFirstLayer,
     ReturnsFloat64,
@@ -38,6 +42,8 @@ CONTRACT_WORDING: dict[type[ManualBackprop], str] = {
     ReturnsFloat64: "has dtype float64, expected float32",
     MissingFirstLayer: "a missing layer means a dropped gradient",
     AccumulatesAcrossCalls: "gradients must not accumulate",
+    GradientInComputeFormat: "has dtype float16, expected float32 (the carrier of mixed-float16",
+    LooseDeclaration: "which is not a bfloat16 value, yet the declared policy mixed-bfloat16 rounds matmul to bfloat16",
 }
 """The contract mutants and the phrase of the contract's checks (:mod:`backprop_conformance.adapters.selfcheck`, or the
 base class's output check) that must name their bug."""
@@ -118,6 +124,20 @@ def test_gradient_failure_names_the_parameter(mutants_run: SuiteRun, mutant: typ
     assert gradients, f"{mutant.__name__}: test_gradients passed in every cell:\n{_summary(mutants_run, mutant)}"
     for outcome in gradients:
         assert NAMES_PARAMETER.search(outcome.message), f"{outcome.test}: no 'worst: w^l_jk ... ratio' line:\n{outcome.message[:2000]}"
+
+
+@pytest.mark.parametrize(
+    ("mutant", "named"),
+    [
+        # The scale shows exactly where a gradient exceeds its own bound; where none does, only its least value shows.
+        (LossScaleNotRemoved, r"loss scale: every gradient is (2\^16 times the reference|.* for k = \d+ and above).*: a loss scale of "),
+        (LossScaleRemovedTwice, r"loss scale: .*a loss scale of 2\^16 removed twice"),
+    ],
+    ids=["kept", "twice"],
+)
+def test_a_loss_scale_left_in_is_named(mutants_run: SuiteRun, mutant: type[ManualBackprop], named: str) -> None:
+    failed = [o for o in mutants_run.items(cells(mutant)) if o.test.startswith("test_gradients[") and o.failed]
+    assert failed and all(re.search(named, o.message) for o in failed), _summary(mutants_run, mutant)
 
 
 def test_zero_gradient_is_called_out(mutants_run: SuiteRun) -> None:

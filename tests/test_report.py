@@ -75,6 +75,24 @@ def test_report_has_the_schema_and_provenance_fields() -> None:
     assert data["baseline"] is None and data["skipped_backends"] == []
 
 
+def test_a_backend_with_a_mixed_precision_policy_records_it_and_reads_back() -> None:
+    entry = report.BackendEntry(
+        "mixed",
+        "pkg:Mixed",
+        "Mixed",
+        "1",
+        ("cpu",),
+        ("eager",),
+        ("mixed-bfloat16",),
+        "in storage format",
+        {},
+        policies={"mixed-bfloat16": "x"},
+    )
+    data = entry.to_json()
+    assert data["policies"] == {"mixed-bfloat16": "x"}
+    assert report.BackendEntry.from_json(data, "backends[0]", skipped=False) == entry
+
+
 def test_provenance_of_this_machine() -> None:
     import platform
 

@@ -192,7 +192,8 @@ def test_capabilities() -> None:
     caps = ADAPTER.capabilities()
     assert caps.name == "torch"
     assert caps.version == torch.__version__
-    assert caps.dtypes == ("float64", "float32", "float16", "bfloat16")
+    assert caps.dtypes == ("float64", "float32", "float16", "bfloat16", "mixed-bfloat16", "mixed-float16")
+    assert caps.default_dtypes == ("float64", "float32", "float16", "bfloat16"), "mixed-precision cells are opt-in"
     assert set(caps.paths) == {"eager", "func", "mse", "compile", "ddp"}
     assert "compile" not in caps.default_paths and "ddp" not in caps.default_paths and set(caps.default_paths) <= set(caps.paths)
     assert caps.ranks == {"ddp": 2}, "the data-parallel path declares its ranks, so that the bound charges the all-reduce"
@@ -210,7 +211,8 @@ def test_registry_finds_the_adapter() -> None:
     [
         (
             {"dtype": "float8", "path": "eager"},
-            "adapter 'torch': unsupported dtype 'float8'; valid dtypes are float64, float32, float16, bfloat16",
+            "adapter 'torch': unsupported dtype 'float8'; valid dtypes are float64, float32, float16, bfloat16, "
+            "mixed-bfloat16, mixed-float16",
         ),
         ({"dtype": "float32", "path": "jit"}, "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, compile, ddp"),
         ({"dtype": "float32", "path": "eager", "device": "tpu"}, "adapter 'torch': unsupported device 'tpu'; valid devices are cpu"),
