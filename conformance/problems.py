@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from backprop_conformance.reference.dtypes import float_format, round_to
-from backprop_conformance.reference.error_bound import ErrorBounds, Precision, tolerance
+from backprop_conformance.reference.error_bound import ErrorBounds, Precision, micro_batch_tolerance
 from backprop_conformance.reference.model import Batch, Network
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
@@ -49,21 +49,33 @@ class Problem:
     def _tolerances(self) -> dict[tuple[float | int, ...], ErrorBounds]:
         return {}
 
-    def tolerance(self, framework: Precision) -> ErrorBounds:
+    def tolerance(self, framework: Precision, partial_sums: int = 1) -> ErrorBounds:
         """The verdict's tolerance at this point for a framework of precision ``framework``.
 
         A :attr:`shared` problem -- a covering design's, the same object in every cell of a format
         (:func:`~backprop_conformance.conformance.strategies.covering`) -- computes it once per precision, so that cells
         whose frameworks round alike (torch's three paths, JAX) share the bound instead of computing it again: two
         precisions with equal constants give equal bounds (:meth:`~backprop_conformance.reference.error_bound.Precision.constants`).
-        Any other problem is judged once, and computes it afresh.
+        Any other problem is judged once, and computes it afresh. ``partial_sums`` is k for a framework that adds each
+        sum over the batch from k partial sums (micro-batches, per-example gradients:
+        :meth:`~backprop_conformance.adapters.base.Capabilities.partial_sums`).
         """
         if not self.shared:
-            return tolerance(self.network, self.batch, self.trace, framework)
-        key = framework.constants()
+            return micro_batch_tolerance(self.network, self.batch, self.trace, framework, partial_sums)
+        key = (*framework.constants(), partial_sums)
         if key not in self._tolerances:
-            self._tolerances[key] = tolerance(self.network, self.batch, self.trace, framework)
+            self._tolerances[key] = micro_batch_tolerance(self.network, self.batch, self.trace, framework, partial_sums)
         return self._tolerances[key]
+
+    def split(self, micro_batches: tuple[int, ...] | None) -> Problem:
+        """The same problem with its batch split into micro-batches of these sizes (:attr:`Batch.micro_batches`).
+
+        The reference's trace is the same whatever the split, so it is carried over, not computed again.
+        """
+        problem = Problem(self.network, self.batch.split(micro_batches), self.dtype, self.shared)
+        if "trace" in self.__dict__:
+            problem.__dict__["trace"] = self.trace
+        return problem
 
     @property
     def max_abs_z(self) -> float:
@@ -81,7 +93,11 @@ class Problem:
 
     def describe(self) -> str:
         """One line for failure messages: architecture, batch size, saturation."""
-        return f"widths {self.network.widths} (L = {self.network.depth}), batch B = {self.batch.size}, max |z| = {self.max_abs_z:.4g}"
+        split = self.batch.micro_batches
+        pieces = f" in {len(split)} micro-batches {'+'.join(map(str, split))}" if split is not None else ""
+        return (
+            f"widths {self.network.widths} (L = {self.network.depth}), batch B = {self.batch.size}{pieces}, max |z| = {self.max_abs_z:.4g}"
+        )
 
 
 def contract_problem(dtype: str) -> Problem:
