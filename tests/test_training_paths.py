@@ -198,3 +198,47 @@ def test_the_suite_names_each_planted_training_loop_bug(tmp_path: Path) -> None:
             assert failures and all(mutant.bug in o.message for o in failures), (
                 f"{cell}: the message does not name the bug ({mutant.bug!r}):\n" + "\n".join(o.message[:1500] for o in failures)
             )
+
+
+# JAX's paths.
+
+
+@pytest.fixture(scope="module")
+def jax_adapter() -> Any:
+    pytest.importorskip("jax")
+    from backprop_conformance.adapters.jax_adapter import JaxAdapter
+
+    return JaxAdapter()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_jax_accumulates_every_split_in_one_scan_within_the_bound(jax_adapter: Any, dtype: str) -> None:
+    base = build(dtype, ((9, 16, 16, 3), 13), 1.0, 1.0, 1.0, "uniform", 11)
+    for split in ((13,), (1, 12), (4, 4, 5), (1, 1, 1, 1, 1, 1, 1, 6), (6, 1, 1, 5)):
+        problem = base.split(split)
+        output = jax_adapter.compute(problem.network, problem.batch, dtype=dtype, path="accumulate")
+        k = jax_adapter.caps.partial_sums("accumulate", problem.batch)
+        verdict = judge("jax-accumulate", problem, output, jax_adapter.caps.precision(dtype, "accumulate"), partial_sums=k)
+        assert verdict.passed, verdict.message()
+
+
+def test_jax_masks_cover_each_example_once_and_refuse_more_micro_batches_than_the_scan_has() -> None:
+    pytest.importorskip("jax")
+    from backprop_conformance.adapters import jax_training
+    from backprop_conformance.adapters.base import RequestError
+
+    batch = Batch(np.zeros((7, 1)), np.zeros((7, 1)), (2, 1, 4))
+    rows = np.asarray(jax_training.masks(batch, "float32", "cpu"))[..., 0]
+    assert rows.shape == (jax_training.SCAN_STEPS, 7)
+    assert np.array_equal(rows.sum(axis=0), np.ones(7)) and np.array_equal(rows[:3].sum(axis=1), [2, 1, 4]) and not rows[3:].any()
+    with pytest.raises(RequestError, match="at most 8 micro-batches, got 9"):
+        jax_training.masks(Batch(np.zeros((9, 1)), np.zeros((9, 1)), (1,) * 9), "float32", "cpu")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_jax_per_example_gradients_are_each_examples_own(jax_adapter: Any, dtype: str) -> None:
+    problem = build(dtype, ((5, 8, 2), 6), 1.0, 1.0, 1.0, "binary", 3)
+    output = jax_adapter.compute(problem.network, problem.batch, dtype=dtype, path="per-example")
+    assert output.per_example is not None and output.per_example.b[3].shape == (6, 2)
+    verdict = judge("jax-per-example", problem, output, jax_adapter.caps.precision(dtype), partial_sums=6)
+    assert verdict.passed, verdict.message()
