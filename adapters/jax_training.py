@@ -1,4 +1,4 @@
-"""JAX's training-loop paths: gradients accumulated over micro-batches in ``lax.scan``, and per-example gradients.
+"""JAX's training-loop paths: accumulation over micro-batches in ``lax.scan``, rematerialization, per-example gradients.
 
 * ``accumulate``: one ``jax.jit`` program whose ``lax.scan`` runs ``jax.grad`` once per micro-batch and adds each
   micro-batch's gradient to a carry in the parameters' own format, as a JAX training loop with gradient accumulation
@@ -7,10 +7,13 @@
   uneven micro-batches through one compiled step (padding and masking): a masked example contributes exact zeros to
   every sum. The scan always runs :data:`SCAN_STEPS` steps (the steps past the k micro-batches have all-zero masks,
   whose gradients are exact zeros, and adding 0 is exact), so that one program per shape serves every split.
+* ``remat`` and ``remat-dots``: ``jax.jit(jax.grad(cost))`` with every layer under ``jax.checkpoint`` (rematerialization),
+  with the policy that saves nothing (the backward pass recomputes each layer) or the one that saves the matrix
+  products (:data:`REMAT_POLICIES`); the recomputed forward must give the same gradients.
 * ``per-example``: ``jax.jit`` of ``jax.vmap(jax.grad(cost of one example))``, the per-example gradients of DP-SGD
   libraries, summed over the batch in the same program; the per-example gradients are returned too, and judged.
 
-Both compile once per shape and format (their shapes come from the pool) and are compiled on first use, not ahead:
+All compile once per shape and format (their shapes come from the pool) and are compiled on first use, not ahead:
 the compile-ahead worker (:mod:`~backprop_conformance.adapters.jax_precompile`) knows only the paths of
 :data:`~backprop_conformance.adapters.jax_model.JITTED_PATHS`, and these are declared not to use it. Importing this
 module does not import JAX.
@@ -28,7 +31,11 @@ from backprop_conformance.adapters.jax_model import by_layer, forward, import_ja
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
-PATHS = ("accumulate", "per-example")
+PATHS = ("accumulate", "per-example", "remat", "remat-dots")
+
+REMAT_POLICIES = {"remat": "nothing_saveable", "remat-dots": "dots_with_no_batch_dims_saveable"}
+"""The ``jax.checkpoint`` policy of each remat path (``jax.checkpoint_policies``): recompute everything in the backward
+pass, or keep the matrix products and recompute the rest."""
 
 SCAN_STEPS = 8
 """The scan's length: the most micro-batches one program takes (the suite draws at most 8)."""
@@ -70,6 +77,30 @@ def _per_example() -> Any:
     return jax.jit(run)
 
 
+@functools.cache
+def _rematerialized(policy: str) -> Any:
+    """``jax.jit(jax.grad(cost))`` with every layer under ``jax.checkpoint(policy=...)``: the backward pass recomputes
+    what the policy did not save. (params, x, y) → (gradients, (C, [z^l], [a^l]))."""
+    jax = import_jax()
+    jnp = jax.numpy
+
+    @functools.partial(jax.checkpoint, policy=getattr(jax.checkpoint_policies, policy))
+    def layer(w: Any, b: Any, a: Any) -> Any:
+        z = jnp.matmul(a, w.T, precision=jax.lax.Precision.HIGHEST) + b
+        return z, jax.nn.sigmoid(z)
+
+    def cost(params: Any, x: Any, y: Any) -> Any:
+        a, zs, activations = x, [], [x]
+        for w, b in params:
+            z, a = layer(w, b, a)
+            zs.append(z)
+            activations.append(a)
+        c = 0.5 * jnp.sum((y - a) ** 2)
+        return c, (c, zs, activations)
+
+    return jax.jit(jax.grad(cost, has_aux=True))
+
+
 def masks(batch: Batch, dtype: str, device: str) -> Any:
     """The split as (:data:`SCAN_STEPS`, B, 1) masks: row i is 1 on micro-batch i's examples; rows past k are 0."""
     pieces = batch.pieces
@@ -92,6 +123,8 @@ def run(network: Network, batch: Batch, *, dtype: str, path: str, device: str) -
     per_example = None
     if path == "accumulate":
         gradients, (cost, zs, activations) = _accumulated()(params, x, y, masks(batch, dtype, device))
+    elif path in REMAT_POLICIES:
+        gradients, (cost, zs, activations) = _rematerialized(REMAT_POLICIES[path])(params, x, y)
     else:
         gradients, terms, (cost, zs, activations) = _per_example()(params, x, y)
         per_example = Gradients(by_layer([w for w, _ in terms], carrier), by_layer([b for _, b in terms], carrier))

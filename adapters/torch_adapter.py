@@ -20,6 +20,11 @@ Execution paths, each putting a different piece of torch's machinery on trial:
   ``.grad`` (``AccumulateGrad``) is on trial, and the bound charges its k − 1 additions;
 * ``per-example``: ``torch.func.vmap(torch.func.grad(cost of one example))``, the per-example gradients of DP-SGD
   libraries, summed over the batch; the per-example gradients are returned too and judged one by one;
+* ``checkpoint`` and ``checkpoint-reentrant``: rematerialization, each Linear + Sigmoid block through
+  ``torch.utils.checkpoint.checkpoint`` (``use_reentrant=False``, the recommended implementation, and ``True``, the
+  older one, whose input must require grad for the parameters to get gradients): the forward keeps no
+  intermediates, and ``backward()`` recomputes each block before differentiating it. The recomputed forward must
+  give the same gradients;
 * ``ddp``: ``DistributedDataParallel`` over gloo in R rank processes, each with a slice of the batch; DDP
   returns the mean over ranks of their gradients and the adapter returns R times it, the gradient of the
   summed cost (:mod:`backprop_conformance.adapters.torch_ddp`). Opt-in: it starts R processes.
@@ -65,7 +70,7 @@ from backprop_conformance.reference.dtypes import round_to
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
-PATHS = ("eager", "func", "mse", "accumulate", "per-example", "compile", "ddp")
+PATHS = ("eager", "func", "mse", "accumulate", "per-example", "checkpoint", "checkpoint-reentrant", "compile", "ddp")
 DEFAULT_PATHS = ("eager", "func", "mse")
 ACCUMULATION = {"float16": "float32", "bfloat16": "float32"}
 """float16 and bfloat16 dot products and sums accumulate in float32 in torch on CPU. Measured (torch
@@ -168,6 +173,8 @@ class TorchAdapter(Adapter):
                 result = self._accumulate(model, recorder, x, y, self.micro_batch_pieces(batch))
             elif path == "per-example":
                 result = self._per_example(model, recorder, x, y)
+            elif path.startswith("checkpoint"):
+                result = self._checkpointed(model, recorder, x, y, reentrant=path == "checkpoint-reentrant")
             else:
                 result = _PATHS[path](model, recorder, x, y)
         return _to_output(result, x, dtype)
@@ -198,6 +205,33 @@ class TorchAdapter(Adapter):
     def micro_batch_backward(self, cost: Any, index: int, micro_batches: int) -> None:
         """Micro-batch ``index`` (0-based) of ``micro_batches``: its cost's gradient accumulated into ``.grad``."""
         cost.backward()
+
+    def block(self, index: int, linear: Any, sigmoid: Any) -> Callable[[Any], Any]:
+        """Layer ``index + 2``'s block as the function ``checkpoint`` runs, in the forward and again in the recompute."""
+
+        def forward(a: Any) -> Any:
+            return sigmoid(linear(a))
+
+        return forward
+
+    def _checkpointed(self, model: Any, recorder: Recorder, x: Any, y: Any, *, reentrant: bool) -> _PathResult:
+        """Every block through ``torch.utils.checkpoint.checkpoint``, then ``backward()``, which recomputes each block.
+
+        z^l and a^l are the forward's (the recompute records them again, after); δ^l is not available, since the
+        forward's z^l are not the tensors backward differentiates. The reentrant implementation needs an input that
+        requires grad (else the first block's parameters get none), as its documentation says; x is given one.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        a = x.detach().requires_grad_(True) if reentrant else x
+        modules = list(model)
+        for index in range(len(modules) // 2):
+            a = checkpoint(self.block(index, modules[2 * index], modules[2 * index + 1]), a, use_reentrant=reentrant)
+        depth = len(recorder.linears)
+        cost = quadratic_cost(a, y)
+        z, activations = recorder.z[:depth], recorder.a[:depth]
+        cost.backward()
+        return dataclasses.replace(_tape_result(recorder, cost, None), z=[v.detach() for v in z], a=[v.detach() for v in activations])
 
     def _accumulate(self, model: Any, recorder: Recorder, x: Any, y: Any, pieces: tuple[slice, ...]) -> _PathResult:
         """``cost_i.backward()`` once per micro-batch, into the same ``.grad``; the costs added, in the format, in order.

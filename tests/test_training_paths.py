@@ -1,4 +1,4 @@
-"""The training-loop paths: gradient accumulation over micro-batches and per-example gradients summed.
+"""The training-loop paths: gradient accumulation over micro-batches, per-example gradients summed, rematerialization.
 
 What is checked here: the split a batch carries (validated, replayed from case files, drawn uneven and even by the
 strategies), the capabilities that declare the paths, torch's ``accumulate`` and ``per-example`` paths against the
@@ -180,7 +180,9 @@ def test_each_accumulation_signature_is_named() -> None:
 
 def test_the_suite_names_each_planted_training_loop_bug(tmp_path: Path) -> None:
     """The real suite on torch's training-loop paths: correct torch passes, each planted bug fails, and its message says which."""
-    args = ["--conformance-backend", "torch", "--conformance-path", "accumulate", "--conformance-path", "per-example"]
+    args = ["--conformance-backend", "torch"]
+    for path in ("accumulate", "per-example", "checkpoint"):
+        args += ["--conformance-path", path]
     for dtype in training_mutants.DTYPES:
         args += ["--conformance-dtype", dtype]
     for mutant in training_mutants.MUTANTS:
@@ -189,7 +191,7 @@ def test_the_suite_names_each_planted_training_loop_bug(tmp_path: Path) -> None:
     assert run.returncode == 1, run.explain()
     assert run.report is not None, run.explain()
     for dtype in training_mutants.DTYPES:
-        for path in ("accumulate", "per-example"):
+        for path in ("accumulate", "per-example", "checkpoint"):
             assert run.report.cell(f"torch-{path}-{dtype}").status == "passed", run.explain()  # type: ignore[union-attr]
     for mutant in training_mutants.MUTANTS:
         for cell in training_mutants.cells(mutant):
@@ -242,3 +244,30 @@ def test_jax_per_example_gradients_are_each_examples_own(jax_adapter: Any, dtype
     assert output.per_example is not None and output.per_example.b[3].shape == (6, 2)
     verdict = judge("jax-per-example", problem, output, jax_adapter.caps.precision(dtype), partial_sums=6)
     assert verdict.passed, verdict.message()
+
+
+# Rematerialization.
+
+
+@pytest.mark.parametrize(
+    ("backend", "path"),
+    [("torch", "checkpoint"), ("torch", "checkpoint-reentrant"), ("jax", "remat"), ("jax", "remat-dots"), ("tensorflow", "recompute")],
+)
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_a_recomputed_forward_gives_the_gradients_of_the_stored_one(backend: str, path: str, dtype: str) -> None:
+    """Every remat path within the bound; torch's and TensorFlow's also bit for bit what their eager path returns, since
+    the recompute calls the very kernels of the forward (XLA may fuse a checkpointed program differently, so JAX's
+    is held to the bound only)."""
+    pytest.importorskip(backend)
+    from backprop_conformance.adapters.registry import resolve
+
+    adapter = resolve(backend).load()
+    problem = build(dtype, ((6, 9, 9, 9, 2), 7), 1.0, 1.0, 1.0, "uniform", 4)
+    output = adapter.compute(problem.network, problem.batch, dtype=dtype, path=path)
+    verdict = judge(f"{backend}-{path}", problem, output, adapter.caps.precision(dtype, path))
+    assert verdict.passed, verdict.message()
+    if backend == "jax":
+        return
+    reference = adapter.compute(problem.network, problem.batch, dtype=dtype, path="eager")
+    for (kind, l, got), (_, _, want) in zip(output.gradients.items(), reference.gradients.items(), strict=True):
+        assert np.array_equal(got, want), f"{backend} {path} ∂C/∂{kind}^{l} differs from eager's"

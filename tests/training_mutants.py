@@ -1,4 +1,4 @@
-"""Training-loop bugs planted in torch's ``accumulate`` and ``per-example`` paths: the suite must fail each, and say which.
+"""Training-loop bugs planted in torch's ``accumulate``, ``per-example`` and ``checkpoint`` paths: the suite must fail each, and say which.
 
 Each is the built-in torch adapter with one step of its training loop changed (one hook of
 :class:`~backprop_conformance.adapters.torch_adapter.TorchAdapter` overridden), the place where these bugs live in
@@ -101,7 +101,34 @@ class BroadcastFirstExample(TrainingMutant):
         return per_example[:1].expand_as(per_example).contiguous()
 
 
-MUTANTS = (AveragedMicroBatches, DroppedMicroBatch, GradNotZeroed, AveragedPerExample, BroadcastFirstExample)
+class StaleRemat(TrainingMutant):
+    """The recompute of each checkpointed block uses the parameters of the step before (a snapshot never refreshed)."""
+
+    name = "train-stale-remat"
+    path = "checkpoint"
+    bug = "so the error arises in the gradient step itself"
+
+    def __init__(self) -> None:
+        self.previous: dict[tuple[Any, ...], Any] = {}
+
+    def block(self, index: int, linear: Any, sigmoid: Any) -> Any:
+        torch = import_torch()
+        key = (index, tuple(linear.weight.shape), linear.weight.dtype)
+        stale = self.previous.get(key)
+        self.previous[key] = linear.weight.detach().clone()
+        calls = []
+
+        def forward(a: Any) -> Any:
+            calls.append(a)
+            if len(calls) == 1 or stale is None:
+                return sigmoid(linear(a))
+            weight = stale + (linear.weight - linear.weight.detach())  # the stale values, the gradient still reaching w
+            return sigmoid(torch.nn.functional.linear(a, weight, linear.bias))
+
+        return forward
+
+
+MUTANTS = (AveragedMicroBatches, DroppedMicroBatch, GradNotZeroed, AveragedPerExample, BroadcastFirstExample, StaleRemat)
 
 
 def backend_name(adapter: type[TrainingMutant]) -> str:
