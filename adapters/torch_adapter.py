@@ -25,6 +25,10 @@ Execution paths, each putting a different piece of torch's machinery on trial:
   older one, whose input must require grad for the parameters to get gradients): the forward keeps no
   intermediates, and ``backward()`` recomputes each block before differentiating it. The recomputed forward must
   give the same gradients;
+* ``compile-dynamic``: ``compile`` with ``dynamic=True``, one graph with symbolic sizes for many shapes (the bugs of
+  symbolic-shape code live there); opt-in, and pooled like ``compile``;
+* ``compile-func``: ``torch.compile`` around ``torch.func.grad`` of the network written as a function of its
+  parameters (pytorch/pytorch#136662 was a silent wrong gradient of that composition); opt-in, pooled;
 * ``ddp``: ``DistributedDataParallel`` over gloo in R rank processes, each with a slice of the batch; DDP
   returns the mean over ranks of their gradients and the adapter returns R times it, the gradient of the
   summed cost (:mod:`backprop_conformance.adapters.torch_ddp`). Opt-in: it starts R processes.
@@ -70,7 +74,19 @@ from backprop_conformance.reference.dtypes import round_to
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
-PATHS = ("eager", "func", "mse", "accumulate", "per-example", "checkpoint", "checkpoint-reentrant", "compile", "ddp")
+PATHS = (
+    "eager",
+    "func",
+    "mse",
+    "accumulate",
+    "per-example",
+    "checkpoint",
+    "checkpoint-reentrant",
+    "compile",
+    "compile-dynamic",
+    "compile-func",
+    "ddp",
+)
 DEFAULT_PATHS = ("eager", "func", "mse")
 ACCUMULATION = {"float16": "float32", "bfloat16": "float32"}
 """float16 and bfloat16 dot products and sums accumulate in float32 in torch on CPU. Measured (torch
@@ -114,7 +130,7 @@ class TorchAdapter(Adapter):
             default_paths=DEFAULT_PATHS,
             devices=devices,
             accumulation=dict(ACCUMULATION),
-            shape_compiled_paths=("compile",),
+            shape_compiled_paths=("compile", "compile-dynamic", "compile-func"),
             environment=(torch_ddp.RANKS_VARIABLE, torch_ddp.HOOK_VARIABLE),
             ranks={"ddp": torch_ddp.world_size()},
             levels=dict.fromkeys(PATHS, aten_levels()),
@@ -421,33 +437,69 @@ def _func(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
 
 
 @functools.cache
-def _compiled_forward_cost() -> Callable[[Any, Any, Any], Any]:
-    """One ``torch.compile``-d forward-and-cost function per process.
+def _compiled_forward_cost(dynamic: bool = False) -> Callable[[Any, Any, Any], Any]:
+    """One ``torch.compile``-d forward-and-cost function per process (and per ``dynamic``).
 
     Created once so that Dynamo's cache (keyed by this function's code) is reused: a second call with
     the same architecture, dtype and device runs the compiled graphs again, even though every call
-    builds a new model (parameters are graph inputs, not constants).
+    builds a new model (parameters are graph inputs, not constants). ``dynamic=True`` asks for one graph with
+    symbolic sizes for many shapes, where the bugs of symbolic-shape code live.
     """
     import torch
 
     def forward_cost(model: Any, x: Any, y: Any) -> Any:
         return quadratic_cost(model(x), y)
 
-    return torch.compile(forward_cost, fullgraph=True)
+    return torch.compile(forward_cost, fullgraph=True, dynamic=dynamic or None)
 
 
-def _compile(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
+def _recompiles_unlimited() -> contextlib.AbstractContextManager[Any]:
+    """Dynamo's recompile limits lifted for the call (:data:`RECOMPILE_LIMIT`)."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT)
+
+
+def _compile(model: Any, recorder: Recorder, x: Any, y: Any, *, dynamic: bool = False) -> _PathResult:
     """Forward and cost compiled by ``torch.compile``; ``backward()`` runs the backward graph compiled with it.
 
     δ^l is not available: the recorded z^l are outputs of the compiled graph beside the cost, not on
     the path from the parameters to it, so autograd never fills their ``.grad``.
     """
-    import torch._dynamo
-
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT):
-        cost = _compiled_forward_cost()(model, x, y)
+    with _recompiles_unlimited():
+        cost = _compiled_forward_cost(dynamic)(model, x, y)
         cost.backward()
     return _tape_result(recorder, cost, delta=None)
+
+
+@functools.cache
+def _compiled_grad() -> Callable[[Any, Any, Any], Any]:
+    """``torch.compile(torch.func.grad(cost))`` of the network written as a function of its (w^l, b^l) list, once per process.
+
+    A pure function of the parameters, as a torch.func user writes it (``F.linear``, ``torch.sigmoid``), so that no
+    module object is a guard of the compiled graph; z^l and a^l are auxiliary outputs.
+    """
+    import torch
+
+    def cost_of(params: list[tuple[Any, Any]], x: Any, y: Any) -> tuple[Any, tuple[Any, list[Any], list[Any]]]:
+        a, zs, activations = x, [], []
+        for w, b in params:
+            z = torch.nn.functional.linear(a, w, b)
+            a = torch.sigmoid(z)
+            zs.append(z)
+            activations.append(a)
+        cost = quadratic_cost(a, y)
+        return cost, (cost, zs, activations)
+
+    return torch.compile(torch.func.grad(cost_of, has_aux=True), fullgraph=True)
+
+
+def _compile_func(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
+    """``torch.compile`` around ``torch.func.grad``: the functorch transform traced and compiled by Dynamo and Inductor."""
+    params = [(m.weight.detach(), m.bias.detach()) for m in recorder.linears]
+    with _recompiles_unlimited():
+        grads, (cost, z, a) = _compiled_grad()(params, x, y)
+    return _PathResult(grad_w=[w for w, _ in grads], grad_b=[b for _, b in grads], cost=cost, z=z, a=a, delta=None)
 
 
 _PATHS: dict[str, Callable[[Any, Recorder, Any, Any], _PathResult]] = {
@@ -455,6 +507,8 @@ _PATHS: dict[str, Callable[[Any, Recorder, Any, Any], _PathResult]] = {
     "func": _func,
     "mse": _mse,
     "compile": _compile,
+    "compile-dynamic": functools.partial(_compile, dynamic=True),
+    "compile-func": _compile_func,
 }
 
 

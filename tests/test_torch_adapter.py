@@ -193,7 +193,11 @@ def test_capabilities() -> None:
     assert caps.name == "torch"
     assert caps.version == torch.__version__
     assert caps.dtypes == ("float64", "float32", "float16", "bfloat16")
-    assert set(caps.paths) == {"eager", "func", "mse", "accumulate", "per-example", "compile", "ddp"}
+    assert set(caps.paths) == {
+        *("eager", "func", "mse", "accumulate", "per-example", "checkpoint", "checkpoint-reentrant"),
+        *("compile", "compile-dynamic", "compile-func", "ddp"),
+    }
+    assert caps.shape_compiled_paths == ("compile", "compile-dynamic", "compile-func")
     assert "compile" not in caps.default_paths and "ddp" not in caps.default_paths and set(caps.default_paths) <= set(caps.paths)
     assert caps.default_paths == ("eager", "func", "mse"), "the training-loop paths are opt-in: a default run's time is unchanged"
     assert caps.micro_batch_paths == ("accumulate",) and caps.per_example_paths == ("per-example",)
@@ -216,7 +220,8 @@ def test_registry_finds_the_adapter() -> None:
         ),
         (
             {"dtype": "float32", "path": "jit"},
-            "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, accumulate, per-example, compile, ddp",
+            "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, accumulate, per-example, checkpoint, "
+            "checkpoint-reentrant, compile, compile-dynamic, compile-func, ddp",
         ),
         ({"dtype": "float32", "path": "eager", "device": "tpu"}, "adapter 'torch': unsupported device 'tpu'; valid devices are cpu"),
     ],
