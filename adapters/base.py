@@ -210,6 +210,13 @@ class Capabilities:
         device_dtypes: for a device whose formats differ from :attr:`dtypes`, the ones it supports there (a subset
             of :attr:`dtypes`): ``{"cuda": ("float32", "float16", "bfloat16")}`` for a framework whose float64 runs on
             the CPU only. A device not named supports every one of :attr:`dtypes`.
+        micro_batch_paths: the paths that accumulate gradients over micro-batches (torch's ``accumulate``): they split
+            the batch as :attr:`~backprop_conformance.reference.model.Batch.micro_batches` says (in one piece when it is
+            None), the suite draws k and the split for them, and the bound charges the k − 1 additions of the partial
+            sums (:func:`~backprop_conformance.reference.error_bound.micro_batch_accumulation_bound`).
+        per_example_paths: the paths that compute each example's own gradient and sum the B of them (``vmap(grad)``):
+            the bound charges that sum as B partial sums, and the per-example gradients the path returns
+            (:attr:`AdapterOutput.per_example`) are judged too, each against the reference of its one example.
         frameworks: for an adapter that wraps other frameworks (Flax runs on JAX), their names and the versions
             in use (``{"jax": jax.__version__}``). A known-defect entry with ``framework = "jax"`` is matched
             against this version instead of :attr:`version`: a wrapper's defect usually lives underneath.
@@ -239,6 +246,8 @@ class Capabilities:
     frameworks: Mapping[str, str] = field(default_factory=dict)
     policies: Mapping[str, MixedPolicy | Mapping[str, str]] = field(default_factory=dict)
     default_dtypes: tuple[str, ...] | None = None
+    micro_batch_paths: tuple[str, ...] = ()
+    per_example_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -267,6 +276,20 @@ class Capabilities:
         stray = [p for p in compiled if p not in paths]
         if stray:
             raise CapabilitiesError(f"adapter {name!r}: shape-compiled path {', '.join(map(repr, stray))} is not among its paths")
+        accumulating = {}
+        for attribute in ("micro_batch_paths", "per_example_paths"):
+            accumulating[attribute] = _check_names(name, attribute, getattr(self, attribute), allow_empty=True)
+            stray = [p for p in accumulating[attribute] if p not in paths]
+            if stray:
+                raise CapabilitiesError(
+                    f"adapter {name!r}: {attribute} names {', '.join(map(repr, stray))}, not among its paths {list(paths)}"
+                )
+        both = set(accumulating["micro_batch_paths"]) & set(accumulating["per_example_paths"])
+        if both:
+            raise CapabilitiesError(
+                f"adapter {name!r}: path {sorted(both)[0]!r} is declared both a micro-batch and a per-example path; a path sums its "
+                "batch one way"
+            )
         devices = _check_names(name, "devices", self.devices)
         environment = self.environment
         if isinstance(environment, str) or not isinstance(environment, (tuple, list)):
@@ -297,6 +320,8 @@ class Capabilities:
             ("frameworks", frameworks),
             ("policies", policies),
             ("default_dtypes", default_dtypes),
+            ("micro_batch_paths", accumulating["micro_batch_paths"]),
+            ("per_example_paths", accumulating["per_example_paths"]),
         ):
             object.__setattr__(self, attribute, value)
 
@@ -312,6 +337,21 @@ class Capabilities:
     def ranks_of(self, path: str) -> int:
         """R, the number of data-parallel ranks ``path`` combines (1 unless declared in :attr:`ranks`)."""
         return self.ranks.get(path, 1)
+
+    def in_one_piece(self, path: str) -> bool:
+        """True unless ``path`` makes its sums over the batch from partial sums: data-parallel ranks, micro-batches or
+        per-example gradients (what a mixed-precision policy's bound does not model)."""
+        return self.ranks_of(path) == 1 and path not in self.micro_batch_paths and path not in self.per_example_paths
+
+    def partial_sums(self, path: str | None, batch: Batch) -> int:
+        """k, the number of partial sums ``path`` adds to make each sum over ``batch``: its micro-batches on a
+        :attr:`micro_batch_paths` path, its B examples on a :attr:`per_example_paths` path, else 1 (the bound of a
+        data-parallel path charges its ranks apart, :meth:`ranks_of`)."""
+        if path in self.micro_batch_paths:
+            return len(batch.micro_batches or (batch.size,))
+        if path in self.per_example_paths:
+            return batch.size
+        return 1
 
     def levels_of(self, path: str) -> tuple[Level, ...]:
         """The dispatch levels declared for ``path`` (none: it runs only at the level of the process testing it)."""
@@ -506,6 +546,10 @@ class AdapterOutput:
     example, shape (B, n(l)), or None where the framework cannot expose them. They must come from
     the same computation as the gradients: read from a second one, they may describe a different
     computation, and the diagnosis "first divergence" would then mislead.
+
+    ``per_example``, on a path of :attr:`Capabilities.per_example_paths`, holds each example's own gradient before
+    the sum, with a leading axis of the B examples: ``per_example.w[l]`` of shape (B, n(l), n(l−1)), ``.b[l]`` of
+    shape (B, n(l)), in the carrier dtype; the suite judges each against the reference of its one example.
     """
 
     gradients: Gradients
@@ -513,6 +557,7 @@ class AdapterOutput:
     a: Mapping[int, np.ndarray] | None = None
     z: Mapping[int, np.ndarray] | None = None
     delta: Mapping[int, np.ndarray] | None = None
+    per_example: Gradients | None = None
 
     def check(self, where: str, network: Network, batch: Batch, dtype: str) -> None:
         """Raise :class:`AdapterContractError` unless this output has the contract's keys, shapes and dtypes."""
@@ -722,6 +767,8 @@ def check_output(where: str, network: Network, batch: Batch, dtype: str, output:
                     f"{where}: {name} holds {parameter_name(kind, l, idx)} = {got[idx]!r}, which is not a {dtype} value: "
                     f"the adapter returned higher-precision results than the format it was asked for"
                 )
+    if output.per_example is not None:
+        _check_per_example(where, network, batch, carrier, output.per_example)
     if not isinstance(output.cost, (float, int, np.floating)) or isinstance(output.cost, bool):
         raise AdapterContractError(f"{where}: cost is a {type(output.cost).__name__}, expected a Python float")
     B = batch.size
@@ -771,3 +818,22 @@ def _check_intermediates(where: str, symbol: str, values: Mapping[int, np.ndarra
         shape = np.shape(arr)
         if shape != (B, widths[l - 1]):
             raise AdapterContractError(f"{where}: {symbol}^{l} has shape {shape}, expected (B, n({l})) = ({B}, {widths[l - 1]})")
+
+
+def _check_per_example(where: str, network: Network, batch: Batch, carrier: np.dtype, per_example: object) -> None:
+    """Per-example gradients keyed by the page's layers, each with a leading axis of the B examples, in the carrier dtype."""
+    if not isinstance(per_example, Gradients):
+        raise AdapterContractError(f"{where}: AdapterOutput.per_example is a {type(per_example).__name__}, expected Gradients")
+    for kind, params, grads in (("w", network.w, per_example.w), ("b", network.b, per_example.b)):
+        if sorted(grads) != list(network.layers):
+            raise AdapterContractError(
+                f"{where}: per-example gradients of {kind}^l are keyed by {sorted(grads)}, expected {list(network.layers)}"
+            )
+        for l in network.layers:
+            got = np.asarray(grads[l])
+            want = (batch.size, *params[l].shape)
+            if got.shape != want or got.dtype != carrier:
+                raise AdapterContractError(
+                    f"{where}: per-example ∂C_x/∂{kind}^{l} has shape {got.shape} and dtype {got.dtype}, expected {want} "
+                    f"(B = {batch.size} examples first) and {carrier}"
+                )

@@ -14,6 +14,8 @@ Execution paths, each one of JAX's own ways to get a gradient:
 * ``"vjp"``: ``jax.vjp`` with the cotangent 1 applied by hand, the primitive under ``jax.grad``. It also returns
   δ^l = ∂C/∂z^l, by differentiating with respect to a zero perturbation added to every z^l: the cotangent of
   that perturbation is δ^l itself, so the page's error terms come out of the same backward pass for free.
+* ``"accumulate"`` and ``"per-example"``: the training-loop paths, gradients accumulated over micro-batches in
+  ``lax.scan`` and ``vmap(grad)`` summed (:mod:`backprop_conformance.adapters.jax_training`). Opt-in.
 * ``"sharded"``: ``jax.jit(jax.value_and_grad(...))`` with the batch sharded over a mesh of N CPU devices, so that
   XLA's partitioner inserts the cross-device sum; it runs in a worker process that has N host devices
   (:mod:`backprop_conformance.adapters.jax_sharded`). Opt-in, like every data-parallel path.
@@ -31,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from backprop_conformance.adapters import jax_sharded
+from backprop_conformance.adapters import jax_sharded, jax_training
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities, RequestError
 from backprop_conformance.adapters.dispatch import xla_configuration, xla_levels
 from backprop_conformance.adapters.jax_model import (
@@ -50,7 +52,7 @@ from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
-PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp", "sharded")
+PATHS: tuple[str, ...] = ("grad", "jit", "jacfwd", "vjp", "sharded", *jax_training.PATHS)
 DEFAULT_PATHS: tuple[str, ...] = ("jit",)
 """The paths a plain ``pytest conformance`` runs: ``jit``, the canonical ``jax.jit(jax.grad(loss))`` training
 step.
@@ -107,6 +109,8 @@ class JaxAdapter(Adapter):
             levels=dict.fromkeys(PATHS, xla_levels()),
             policies=POLICIES,
             default_dtypes=DTYPES,
+            micro_batch_paths=("accumulate",),
+            per_example_paths=("per-example",),
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -146,6 +150,8 @@ class JaxAdapter(Adapter):
         if path == "sharded":
             jax_sharded.shared_worker(self.caps.ranks_of("sharded")).start(wait=False)
             return
+        if path in jax_training.PATHS:  # compiled on first use (:mod:`~backprop_conformance.adapters.jax_training`)
+            return
         for widths, batch_size in shapes:
             PRECOMPILER.submit((path, dtype, device, tuple(widths), batch_size))
 
@@ -173,6 +179,8 @@ class JaxAdapter(Adapter):
         if path == "sharded":
             return _run_sharded(network, batch, dtype=dtype, device=device, devices=self.caps.ranks_of("sharded"))
         with precision_scope(dtype):
+            if path in jax_training.PATHS:
+                return jax_training.run(network, batch, dtype=dtype, path=path, device=device)
             return _run(network, batch, dtype=dtype, path=path, device=device)
 
 

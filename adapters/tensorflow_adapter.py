@@ -17,9 +17,12 @@ Execution paths, each one of TensorFlow's ways to run the same training step:
 
 * ``eager``: ``tf.GradientTape`` op by op (eager execution, TensorFlow's default);
 * ``function``: the same step in ``tf.function`` (graph mode, Grappler's optimisations);
-* ``xla``: ``tf.function(jit_compile=True)``, the step compiled by XLA.
+* ``xla``: ``tf.function(jit_compile=True)``, the step compiled by XLA;
+* ``recompute``: rematerialization, eager, each layer's block through ``tf.recompute_grad``: the tape keeps no
+  intermediates of the block, and its gradient recomputes the block's forward first. The recomputed forward must
+  give the same gradients. It has no δ^l (the recomputed z^l are not tensors the tape saw).
 
-Every path returns δ^l = ∂C/∂z^l from the same backward pass as the gradients: the tape is asked for the
+Every other path returns δ^l = ∂C/∂z^l from the same backward pass as the gradients: the tape is asked for the
 gradient with respect to the parameters *and* the recorded z^l in one ``tape.gradient`` call.
 
 What TensorFlow does that the verdicts depend on:
@@ -63,7 +66,7 @@ from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
-PATHS: tuple[str, ...] = ("eager", "function", "xla")
+PATHS: tuple[str, ...] = ("eager", "function", "xla", "recompute")
 SHAPE_COMPILED_PATHS: tuple[str, ...] = ("function", "xla")
 """``tf.function`` traces a new graph, and XLA compiles a new program, for every new input shape."""
 
@@ -179,9 +182,9 @@ class TensorFlowAdapter(Adapter):
         """
         tf = _tf()
         with pinned_numerics(), tf.device(_device_name(device)):
-            if path == "eager":
+            if path in ("eager", "recompute"):
                 model = _model_class()(network.widths, dtype)
-                step: Callable[[Any, Any], tuple[Any, ...]] = functools.partial(_step, model)
+                step: Callable[[Any, Any], tuple[Any, ...]] = functools.partial(_step if path == "eager" else _recomputed_step, model)
             else:
                 model, step = _compiled_step(path, network.widths, dtype, device)
             model.assign(network, dtype)
@@ -302,7 +305,7 @@ class _StepResult:
     activations: list[Any]
     grad_w: list[Any]
     grad_b: list[Any]
-    deltas: list[Any]
+    deltas: list[Any] | None
 
 
 def _step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
@@ -321,6 +324,30 @@ def _step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
     gradients = tape.gradient(cost, parameters + zs)
     count = len(parameters)
     return cost, zs, activations, gradients[0:count:2], gradients[1:count:2], gradients[count:]
+
+
+def _recomputed_step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
+    """:func:`_step` with each layer's block under ``tf.recompute_grad``; z^l are the forward's, δ^l is None."""
+    tf = _tf()
+    zs: list[Any] = []
+
+    def block(layer: Any) -> Callable[[Any], Any]:
+        def forward(t: Any) -> Any:
+            z, a = layer(t)
+            if len(zs) < len(model.layers):  # the forward's z^l; the recompute, during tape.gradient, comes after
+                zs.append(z)
+            return a
+
+        return tf.recompute_grad(forward)
+
+    with tf.GradientTape() as tape:
+        activations = [x]
+        for layer in model.layers:
+            activations.append(block(layer)(activations[-1]))
+        # C = Σ_x ½ Σ_j (y_j − a^L_j)²
+        cost = 0.5 * tf.reduce_sum(tf.square(y - activations[-1]))
+    gradients = tape.gradient(cost, model.parameters)
+    return cost, zs, activations, gradients[0::2], gradients[1::2], None
 
 
 _STEPS: OrderedDict[tuple[str, tuple[int, ...], str, str], tuple[Any, Callable[[Any, Any], tuple[Any, ...]]]] = OrderedDict()
@@ -365,5 +392,5 @@ def _to_output(result: _StepResult, dtype: str) -> AdapterOutput:
         cost=float(tf.cast(result.cost, tf.float64).numpy()),
         a=by_layer(result.activations, first=1),
         z=by_layer(result.zs),
-        delta=by_layer(result.deltas),
+        delta=by_layer(result.deltas) if result.deltas is not None else None,
     )

@@ -14,6 +14,21 @@ Execution paths, each putting a different piece of torch's machinery on trial:
   compiles the backward graph), then ``C.backward()``. Supported but not a default path: it compiles anew
   for every architecture, batch size and dtype, and its first compilation in a process is the slowest of all
   (``python -m benchmarks.bench_torch_adapter``).
+* ``accumulate``: gradient accumulation, as a training loop with micro-batches writes it: the batch split as
+  :attr:`~backprop_conformance.reference.model.Batch.micro_batches` says (drawn by the suite, uneven splits included),
+  ``cost_i.backward()`` once per micro-batch into the same ``.grad``, the k costs added. Autograd's accumulation of
+  ``.grad`` (``AccumulateGrad``) is on trial, and the bound charges its k − 1 additions;
+* ``per-example``: ``torch.func.vmap(torch.func.grad(cost of one example))``, the per-example gradients of DP-SGD
+  libraries, summed over the batch; the per-example gradients are returned too and judged one by one;
+* ``checkpoint`` and ``checkpoint-reentrant``: rematerialization, each Linear + Sigmoid block through
+  ``torch.utils.checkpoint.checkpoint`` (``use_reentrant=False``, the recommended implementation, and ``True``, the
+  older one, whose input must require grad for the parameters to get gradients): the forward keeps no
+  intermediates, and ``backward()`` recomputes each block before differentiating it. The recomputed forward must
+  give the same gradients;
+* ``compile-dynamic``: ``compile`` with ``dynamic=True``, one graph with symbolic sizes for many shapes (the bugs of
+  symbolic-shape code live there); opt-in, and pooled like ``compile``;
+* ``compile-func``: ``torch.compile`` around ``torch.func.grad`` of the network written as a function of its
+  parameters (pytorch/pytorch#136662 was a silent wrong gradient of that composition); opt-in, pooled;
 * ``ddp``: ``DistributedDataParallel`` over gloo in R rank processes, each with a slice of the batch; DDP
   returns the mean over ranks of their gradients and the adapter returns R times it, the gradient of the
   summed cost (:mod:`backprop_conformance.adapters.torch_ddp`). Opt-in: it starts R processes.
@@ -33,6 +48,7 @@ methods.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +77,19 @@ from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
-PATHS = ("eager", "func", "mse", "compile", "ddp")
+PATHS = (
+    "eager",
+    "func",
+    "mse",
+    "accumulate",
+    "per-example",
+    "checkpoint",
+    "checkpoint-reentrant",
+    "compile",
+    "compile-dynamic",
+    "compile-func",
+    "ddp",
+)
 DEFAULT_PATHS = ("eager", "func", "mse")
 ACCUMULATION = {"float16": "float32", "bfloat16": "float32"}
 """float16 and bfloat16 dot products and sums accumulate in float32 in torch on CPU. Measured (torch
@@ -114,12 +142,14 @@ class TorchAdapter(Adapter):
             default_paths=DEFAULT_PATHS,
             devices=devices,
             accumulation=dict(ACCUMULATION),
-            shape_compiled_paths=("compile",),
+            shape_compiled_paths=("compile", "compile-dynamic", "compile-func"),
             environment=(torch_ddp.RANKS_VARIABLE, torch_ddp.HOOK_VARIABLE),
             ranks={"ddp": torch_ddp.world_size()},
             levels=dict.fromkeys(PATHS, aten_levels()),
             policies=POLICIES,
             default_dtypes=DTYPES,
+            micro_batch_paths=("accumulate",),
+            per_example_paths=("per-example",),
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -165,13 +195,128 @@ class TorchAdapter(Adapter):
         torch = import_torch()
         tdtype = storage_dtype(dtype)
         with ieee_arithmetic(device), _serial_when_small(network, batch), torch.inference_mode(False), torch.enable_grad():
-            model = build(network, tdtype, device)
+            model = self.fresh_model(network, tdtype, device)
             x = torch.tensor(batch.x, dtype=tdtype, device=device)
             y = torch.tensor(batch.y, dtype=tdtype, device=device)
             recorder = Recorder(model)
             with autocast(dtype, device):
-                result = _PATHS[path](model, recorder, x, y)
+                if path == "accumulate":
+                    result = self._accumulate(model, recorder, x, y, self.micro_batch_pieces(batch))
+                elif path == "per-example":
+                    result = self._per_example(model, recorder, x, y)
+                elif path.startswith("checkpoint"):
+                    result = self._checkpointed(model, recorder, x, y, reentrant=path == "checkpoint-reentrant")
+                else:
+                    result = _PATHS[path](model, recorder, x, y)
         return _to_output(result, x, dtype)
+
+    # The training-loop paths' steps, one public method each, so that a planted bug is a subclass overriding one
+    # (tests/training_mutants.py).
+
+    def fresh_model(self, network: Network, tdtype: Any, device: str) -> Any:
+        """The model a call computes with: built anew, so that its ``.grad`` starts empty (no step's gradient leaks into the next)."""
+        return build(network, tdtype, device)
+
+    def micro_batch_pieces(self, batch: Batch) -> tuple[slice, ...]:
+        """The micro-batches the ``accumulate`` path runs, as slices of the batch: every one, as the batch's split says."""
+        return batch.pieces
+
+    def micro_batch_cost(self, cost: Any, micro_batches: int) -> Any:
+        """The cost each micro-batch differentiates: its own part of the page's summed cost, unscaled."""
+        return cost
+
+    def per_example_sum(self, per_example: Any) -> Any:
+        """∂C/∂θ from the per-example gradients (leading axis: the B examples): their sum, as the page's cost is a sum."""
+        return per_example.sum(0)
+
+    def per_example_terms(self, per_example: Any) -> Any:
+        """The per-example gradients as the path returns and sums them: as ``vmap(grad)`` computed them."""
+        return per_example
+
+    def micro_batch_backward(self, cost: Any, index: int, micro_batches: int) -> None:
+        """Micro-batch ``index`` (0-based) of ``micro_batches``: its cost's gradient accumulated into ``.grad``."""
+        cost.backward()
+
+    def block(self, index: int, linear: Any, sigmoid: Any) -> Callable[[Any], Any]:
+        """Layer ``index + 2``'s block as the function ``checkpoint`` runs, in the forward and again in the recompute."""
+
+        def forward(a: Any) -> Any:
+            return sigmoid(linear(a))
+
+        return forward
+
+    def _checkpointed(self, model: Any, recorder: Recorder, x: Any, y: Any, *, reentrant: bool) -> _PathResult:
+        """Every block through ``torch.utils.checkpoint.checkpoint``, then ``backward()``, which recomputes each block.
+
+        z^l and a^l are the forward's (the recompute records them again, after); δ^l is not available, since the
+        forward's z^l are not the tensors backward differentiates. The reentrant implementation needs an input that
+        requires grad (else the first block's parameters get none), as its documentation says; x is given one.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        a = x.detach().requires_grad_(True) if reentrant else x
+        modules = list(model)
+        for index in range(len(modules) // 2):
+            a = checkpoint(self.block(index, modules[2 * index], modules[2 * index + 1]), a, use_reentrant=reentrant)
+        depth = len(recorder.linears)
+        cost = quadratic_cost(a, y)
+        z, activations = recorder.z[:depth], recorder.a[:depth]
+        cost.backward()
+        return dataclasses.replace(_tape_result(recorder, cost, None), z=[v.detach() for v in z], a=[v.detach() for v in activations])
+
+    def _accumulate(self, model: Any, recorder: Recorder, x: Any, y: Any, pieces: tuple[slice, ...]) -> _PathResult:
+        """``cost_i.backward()`` once per micro-batch, into the same ``.grad``; the costs added, in the format, in order.
+
+        z^l, a^l and δ^l (the retained z^l's ``.grad``) of the micro-batches are joined back into the batch's.
+        """
+        torch = import_torch()
+        total = None
+        for index, piece in enumerate(pieces):
+            first = len(recorder.z)
+            a_L = model(x[piece])
+            for z in recorder.z[first:]:
+                z.retain_grad()
+            cost = self.micro_batch_cost(quadratic_cost(a_L, y[piece]), len(pieces))
+            self.micro_batch_backward(cost, index, len(pieces))
+            total = cost.detach() if total is None else total + cost.detach()
+        depth = len(recorder.linears)
+
+        def joined(values: list[Any]) -> list[Any]:
+            return [torch.cat([v.detach() for v in values[l::depth]]) for l in range(depth)]
+
+        grads = [z.grad for z in recorder.z]
+        result = _tape_result(recorder, total, joined(grads) if all(g is not None for g in grads) else None)
+        return dataclasses.replace(result, z=joined(recorder.z), a=joined(recorder.a))
+
+    def _per_example(self, model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
+        """``vmap(grad(cost of one example))`` over the batch; the B gradients summed, and kept for their own verdict.
+
+        z^l and a^l are auxiliary outputs of the one traced forward pass (stacked by vmap), as on the ``func`` path.
+        """
+        torch = import_torch()
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        depth = len(recorder.linears)
+
+        def cost_of(parameters: dict[str, Any], x_one: Any, y_one: Any) -> tuple[Any, tuple[Any, list[Any], list[Any]]]:
+            a_L = torch.func.functional_call(model, parameters, (x_one,))
+            cost = quadratic_cost(a_L, y_one)
+            return cost, (cost, list(recorder.z[-depth:]), list(recorder.a[-depth:]))
+
+        grads, (costs, z, a) = torch.func.vmap(torch.func.grad(cost_of, has_aux=True), in_dims=(None, 0, 0))(params, x, y)
+        terms = {name: self.per_example_terms(g) for name, g in grads.items()}
+        names = [name for name, _ in model.named_parameters()]
+        weights = [n for n in names if n.endswith("weight")]
+        biases = [n for n in names if n.endswith("bias")]
+        return _PathResult(
+            grad_w=[self.per_example_sum(terms[n]) for n in weights],
+            grad_b=[self.per_example_sum(terms[n]) for n in biases],
+            cost=costs.sum(),
+            z=z,
+            a=a,
+            delta=None,
+            per_example_w=[terms[n] for n in weights],
+            per_example_b=[terms[n] for n in biases],
+        )
 
     def _ddp_group(self, device: str) -> torch_ddp.DdpGroup:
         return torch_ddp.group(self.caps.ranks_of("ddp"), self.ddp_comm_hook or torch_ddp.comm_hook(), device)
@@ -246,6 +391,8 @@ class _PathResult:
     z: list[Any]
     a: list[Any]
     delta: list[Any] | None
+    per_example_w: list[Any] | None = None
+    per_example_b: list[Any] | None = None
 
 
 def _tape_result(recorder: Recorder, cost: Any, delta: list[Any] | None) -> _PathResult:
@@ -305,33 +452,69 @@ def _func(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
 
 
 @functools.cache
-def _compiled_forward_cost() -> Callable[[Any, Any, Any], Any]:
-    """One ``torch.compile``-d forward-and-cost function per process.
+def _compiled_forward_cost(dynamic: bool = False) -> Callable[[Any, Any, Any], Any]:
+    """One ``torch.compile``-d forward-and-cost function per process (and per ``dynamic``).
 
     Created once so that Dynamo's cache (keyed by this function's code) is reused: a second call with
     the same architecture, dtype and device runs the compiled graphs again, even though every call
-    builds a new model (parameters are graph inputs, not constants).
+    builds a new model (parameters are graph inputs, not constants). ``dynamic=True`` asks for one graph with
+    symbolic sizes for many shapes, where the bugs of symbolic-shape code live.
     """
     import torch
 
     def forward_cost(model: Any, x: Any, y: Any) -> Any:
         return quadratic_cost(model(x), y)
 
-    return torch.compile(forward_cost, fullgraph=True)
+    return torch.compile(forward_cost, fullgraph=True, dynamic=dynamic or None)
 
 
-def _compile(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
+def _recompiles_unlimited() -> contextlib.AbstractContextManager[Any]:
+    """Dynamo's recompile limits lifted for the call (:data:`RECOMPILE_LIMIT`)."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT)
+
+
+def _compile(model: Any, recorder: Recorder, x: Any, y: Any, *, dynamic: bool = False) -> _PathResult:
     """Forward and cost compiled by ``torch.compile``; ``backward()`` runs the backward graph compiled with it.
 
     δ^l is not available: the recorded z^l are outputs of the compiled graph beside the cost, not on
     the path from the parameters to it, so autograd never fills their ``.grad``.
     """
-    import torch._dynamo
-
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT):
-        cost = _compiled_forward_cost()(model, x, y)
+    with _recompiles_unlimited():
+        cost = _compiled_forward_cost(dynamic)(model, x, y)
         cost.backward()
     return _tape_result(recorder, cost, delta=None)
+
+
+@functools.cache
+def _compiled_grad() -> Callable[[Any, Any, Any], Any]:
+    """``torch.compile(torch.func.grad(cost))`` of the network written as a function of its (w^l, b^l) list, once per process.
+
+    A pure function of the parameters, as a torch.func user writes it (``F.linear``, ``torch.sigmoid``), so that no
+    module object is a guard of the compiled graph; z^l and a^l are auxiliary outputs.
+    """
+    import torch
+
+    def cost_of(params: list[tuple[Any, Any]], x: Any, y: Any) -> tuple[Any, tuple[Any, list[Any], list[Any]]]:
+        a, zs, activations = x, [], []
+        for w, b in params:
+            z = torch.nn.functional.linear(a, w, b)
+            a = torch.sigmoid(z)
+            zs.append(z)
+            activations.append(a)
+        cost = quadratic_cost(a, y)
+        return cost, (cost, zs, activations)
+
+    return torch.compile(torch.func.grad(cost_of, has_aux=True), fullgraph=True)
+
+
+def _compile_func(model: Any, recorder: Recorder, x: Any, y: Any) -> _PathResult:
+    """``torch.compile`` around ``torch.func.grad``: the functorch transform traced and compiled by Dynamo and Inductor."""
+    params = [(m.weight.detach(), m.bias.detach()) for m in recorder.linears]
+    with _recompiles_unlimited():
+        grads, (cost, z, a) = _compiled_grad()(params, x, y)
+    return _PathResult(grad_w=[w for w, _ in grads], grad_b=[b for _, b in grads], cost=cost, z=z, a=a, delta=None)
 
 
 _PATHS: dict[str, Callable[[Any, Recorder, Any, Any], _PathResult]] = {
@@ -339,6 +522,8 @@ _PATHS: dict[str, Callable[[Any, Recorder, Any, Any], _PathResult]] = {
     "func": _func,
     "mse": _mse,
     "compile": _compile,
+    "compile-dynamic": functools.partial(_compile, dynamic=True),
+    "compile-func": _compile_func,
 }
 
 
@@ -350,4 +535,9 @@ def _to_output(result: _PathResult, x: Any, dtype: str) -> AdapterOutput:
         a=by_layer([x, *result.a], dtype, first=1),
         z=by_layer(result.z, dtype),
         delta=by_layer(result.delta, dtype) if result.delta is not None else None,
+        per_example=(
+            Gradients(by_layer(result.per_example_w, dtype), by_layer(result.per_example_b or [], dtype))
+            if result.per_example_w is not None
+            else None
+        ),
     )

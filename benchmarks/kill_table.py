@@ -9,7 +9,9 @@ float64``, ``contract float32``), and the evidence: the worst element's error/bo
 JSON report, or the first line of the contract's message. The correct variants follow, with their worst
 passing ratio from the same report. Each run is one ``pytest conformance`` subprocess with every adapter
 of the catalogue (:func:`backprop_conformance.conformance.runner.run_suite`), exactly what
-``tests/test_mutants.py`` runs.
+``tests/test_mutants.py`` runs. The training-loop bugs planted in torch's ``accumulate`` and ``per-example`` paths
+(``tests/training_mutants.py``) run in the same subprocess and follow in a table of their own, with the words of the
+message that name each (the accumulation diagnosis, or the contract's complaint).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from backprop_conformance.conformance.runner import Outcome, SuiteRun, run_suite
+from tests import training_mutants
 from tests.mutants import CONFORMANCE_ONLY, CORRECT, MUTANTS, PATH, ManualBackprop, backend_name, bug, cells
 
 MAX_MESSAGE = 160
@@ -35,8 +38,20 @@ def _item(outcome: Outcome) -> str:
     return f"{test} {outcome.cell.split(f'-{PATH}-', 1)[1]}"
 
 
-def _conformance_items(run: SuiteRun, adapter: type[ManualBackprop]) -> list[Outcome]:
-    return [o for o in run.items(cells(adapter)) if o.test.startswith(("test_contract[", "test_gradients["))]
+def _conformance_items(run: SuiteRun, adapter: type[ManualBackprop] | type[training_mutants.TrainingMutant]) -> list[Outcome]:
+    ids = training_mutants.cells(adapter) if issubclass(adapter, training_mutants.TrainingMutant) else cells(adapter)  # type: ignore[arg-type]
+    return [o for o in run.items(ids) if o.test.startswith(("test_contract[", "test_gradients["))]
+
+
+def _naming(failed: list[Outcome]) -> str:
+    """The line of the first failure's message that names the bug: the accumulation diagnosis, else its first line."""
+    for outcome in failed:
+        for line in outcome.message.splitlines():
+            contract = "gradients must not accumulate"
+            if "accumulation: " in line or contract in line:
+                text = "contract: " + line[line.index(contract) :] if contract in line else line.split("accumulation: ", 1)[1]
+                return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+    return failed[0].message.splitlines()[0][:MAX_MESSAGE] if failed and failed[0].message else "-"
 
 
 def _evidence(run: SuiteRun, failed: list[Outcome]) -> str:
@@ -84,6 +99,13 @@ def table(runs: list[SuiteRun]) -> str:
             kills = sum(any(o.failed for o in _conformance_items(run, mutant)) for run in runs)
             row += f" {kills}/{len(runs)} |"
         lines.append(row)
+    lines += ["", "| training-loop mutant | path | bug | caught by | named as |", "|---|---|---|---|---|"]
+    for mutant in training_mutants.MUTANTS:
+        failed = [o for o in _conformance_items(first, mutant) if o.failed]
+        caught = ", ".join(_item(o) for o in failed) or "**nothing: not caught**"
+        named = _naming(failed) if failed else "-"
+        mark = "" if mutant.bug in " ".join(o.message for o in failed) else " **(not named)**"
+        lines.append(f"| `{mutant.__name__}` | {mutant.path} | {_cell(bug(mutant))} | {caught} | {_cell(named)}{mark} |")
     lines += ["", "| correct variant | how it rounds differently | result | worst ratio |", "|---|---|---|---|"]
     for variant in CORRECT:
         outcomes = [o for run in runs for o in _conformance_items(run, variant)]
@@ -93,7 +115,11 @@ def table(runs: list[SuiteRun]) -> str:
         how = _cell(bug(variant).removeprefix("Correct: "))
         lines.append(f"| `{variant.__name__}` | {how} | {result} | {_worst(first, variant)} |")
     seconds = ", ".join(f"{run.seconds:.0f}" for run in runs)
-    lines += ["", f"{len(MUTANTS)} mutants, {len(CORRECT)} correct variants; wall time per run (s): {seconds}"]
+    lines += [
+        "",
+        f"{len(MUTANTS)} mutants, {len(training_mutants.MUTANTS)} training-loop mutants, {len(CORRECT)} correct variants; "
+        f"wall time per run (s): {seconds}",
+    ]
     return "\n".join(lines)
 
 
@@ -104,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
     backends = [arg for adapter in (*CORRECT, *MUTANTS) for arg in ("--conformance-backend", backend_name(adapter))]
+    backends += [arg for mutant in training_mutants.MUTANTS for arg in ("--conformance-backend", training_mutants.backend_name(mutant))]
     with tempfile.TemporaryDirectory(prefix="kill-table-") as tmp:
         runs = [run_suite([*backends, *CONFORMANCE_ONLY], Path(tmp) / f"run{i}") for i in range(args.runs)]
     print(table(runs))
-    missed = [m.__name__ for m in MUTANTS if not all(any(o.failed for o in _conformance_items(run, m)) for run in runs)]
+    missed = [
+        m.__name__
+        for m in (*MUTANTS, *training_mutants.MUTANTS)
+        if not all(any(o.failed for o in _conformance_items(run, m)) for run in runs)
+    ]
     wrong = [v.__name__ for v in CORRECT if not all(o.outcome == "passed" for run in runs for o in _conformance_items(run, v))]
     return 1 if missed or wrong else 0
 

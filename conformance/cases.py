@@ -35,8 +35,9 @@ from backprop_conformance.reference.dtypes import FORMATS, MIXED, is_representab
 from backprop_conformance.reference.model import Batch, ModelError, Network, check_compatible
 
 SCHEMA = "backprop-conformance/case/3"
-"""Version 3 added ``dispatch`` (the configuration that picked the kernels) and the cell's ``level``; version 2 added
-``environment`` and ``kind``. Files of versions 1 and 2 (which lack them) are still read."""
+"""Version 3 added ``dispatch`` (the configuration that picked the kernels) and the cell's ``level``, and may hold
+``batch.micro_batches`` (the split of a path that accumulates gradients; optional, so a case without it reads as
+before); version 2 added ``environment`` and ``kind``. Files of versions 1 and 2 (which lack them) are still read."""
 
 READABLE = (SCHEMA, "backprop-conformance/case/2", "backprop-conformance/case/1")
 
@@ -95,7 +96,11 @@ def to_json(case: Case) -> dict[str, Any]:
             "w": {str(l): net.w[l].tolist() for l in net.layers},
             "b": {str(l): net.b[l].tolist() for l in net.layers},
         },
-        "batch": {"x": batch.x.tolist(), "y": batch.y.tolist()},
+        "batch": {
+            "x": batch.x.tolist(),
+            "y": batch.y.tolist(),
+            **({"micro_batches": list(batch.micro_batches)} if batch.micro_batches else {}),
+        },
         "failure": case.failure,
     }
 
@@ -233,11 +238,14 @@ def from_json(data: object, source: str) -> Case:
             if not re.fullmatch(r"[1-9][0-9]{0,3}", key):
                 raise r.fail(f"parameters.{kind_name}", f"key {key!r} is not a layer number l = 2..L")
             layers[kind_name][int(key)] = r.matrix(value, f"parameters.{kind_name}.{key}", ndim)
-    batch_data = r.object(top["batch"], "batch", ("x", "y"))
+    batch_data = r.object(top["batch"], "batch", ("x", "y"), optional=("micro_batches",))
     x, y = r.matrix(batch_data["x"], "batch.x", 2), r.matrix(batch_data["y"], "batch.y", 2)
+    split = batch_data.get("micro_batches")
+    if split is not None and (not isinstance(split, list) or any(isinstance(n, bool) or not isinstance(n, int) for n in split)):
+        raise r.fail("batch.micro_batches", f"expected a list of whole micro-batch sizes, got {_kind(split)}")
     try:
         network = Network(layers["w"], layers["b"])
-        batch = Batch(x, y)
+        batch = Batch(x, y, split)
         check_compatible(network, batch)
     except ModelError as exc:
         raise CaseError(f"{source}: {exc}") from None

@@ -118,7 +118,8 @@ def select_cells(
     valid names, so that a typo cannot silently select nothing. A loaded backend that the filters
     leave without a cell (``--conformance-path jit`` beside torch, which has no jit) is returned with
     the reason, for the run to report: a requested backend must never vanish from a run unnoticed. A mixed-precision
-    policy runs on the paths that compute in one piece only: its bound has no term for combining data-parallel ranks.
+    policy runs on the paths that compute in one piece only: its bound has no term for combining data-parallel ranks,
+    micro-batches or per-example gradients.
     """
     loaded = [b.capabilities for b in backends if b.capabilities is not None]
     if loaded:
@@ -137,7 +138,7 @@ def select_cells(
             Cell(caps.name, path, dtype, device, level)
             for path in chosen
             for dtype in ([d for d in caps.dtypes if d in dtypes] if dtypes else caps.default_dtypes or caps.dtypes)
-            if dtype not in caps.policies or caps.ranks_of(path) == 1
+            if dtype not in caps.policies or caps.in_one_piece(path)
             for device in [d for d in caps.devices if d in devices and dtype in caps.dtypes_on(d)]
             for level in _levels(caps, path, device, levels)
         ]

@@ -19,7 +19,7 @@ from backprop_conformance.conformance import fidelity, timing
 from backprop_conformance.conformance.cells import Backend, Cell
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import CellResult
-from backprop_conformance.conformance.strategies import Limits, covering, problems
+from backprop_conformance.conformance.strategies import Limits, covering, covering_split, problems
 from backprop_conformance.conformance.trial import CellTrial, check_cell
 from backprop_conformance.conformance.verdict import Verdict, judge_exactness
 
@@ -50,7 +50,10 @@ class Checks:
         caps = self.backend(cell).capabilities
         assert caps is not None
         with timing.timed("generation"):
-            return data.draw(problems(cell.dtype, self.limits, pooled=cell.path in caps.shape_compiled_paths), label="problem")
+            drawn = problems(
+                cell.dtype, self.limits, pooled=cell.path in caps.shape_compiled_paths, split=cell.path in caps.micro_batch_paths
+            )
+            return data.draw(drawn, label="problem")
 
     def check_contract(self, cell: Cell) -> None:
         """The adapter contract, once per cell (:mod:`~backprop_conformance.adapters.selfcheck`)."""
@@ -95,7 +98,7 @@ class Checks:
         pooled = cell.path in caps.shape_compiled_paths
         with timing.timed("generation"):
             shapes = self.limits.pool if pooled and self.limits.covering else self.limits.covering
-            designed = covering(cell.dtype, shapes)
+            designed = (covering_split if cell.path in caps.micro_batch_paths else covering)(cell.dtype, shapes)
 
         def fail(message: str) -> None:
             raise AssertionError(message)  # the message alone: no introspection of the Verdict object

@@ -16,7 +16,7 @@ import numpy as np
 
 from backprop_conformance.conformance.blas_threads import serial_blas
 from backprop_conformance.reference.dtypes import float_format, round_to
-from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, tolerance
+from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, micro_batch_tolerance
 from backprop_conformance.reference.mixed_precision import MixedPolicy, mixed_tolerance
 from backprop_conformance.reference.model import Batch, Network
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
@@ -52,7 +52,7 @@ class Problem:
     def _tolerances(self) -> dict[tuple[float | int, ...], ErrorBounds]:
         return {}
 
-    def tolerance(self, framework: Precision | MixedPolicy) -> ErrorBounds:
+    def tolerance(self, framework: Precision | MixedPolicy, partial_sums: int = 1) -> ErrorBounds:
         """The verdict's tolerance at this point for a framework of precision ``framework``.
 
         A :attr:`shared` problem -- a covering design's, the same object in every cell of a format
@@ -60,21 +60,36 @@ class Problem:
         whose frameworks round alike (torch's three paths, JAX) share the bound instead of computing it again: two
         precisions with equal constants give equal bounds (:meth:`~backprop_conformance.reference.error_bound.Precision.constants`).
         Any other problem is judged once, and computes it afresh. A mixed-precision cell's ``framework`` is its declared
-        policy, judged by the bound that follows it operation by operation.
+        policy, judged by the bound that follows it operation by operation; it runs only on paths that compute each sum
+        in one piece (:func:`~backprop_conformance.conformance.cells.select_cells`). ``partial_sums`` is k for a framework
+        that adds each sum over the batch from k partial sums (micro-batches, per-example gradients:
+        :meth:`~backprop_conformance.adapters.base.Capabilities.partial_sums`).
         """
         if not self.shared:
-            return self._tolerance(framework)
-        key = framework.constants()
+            return self._tolerance(framework, partial_sums)
+        key = (*framework.constants(), partial_sums)
         if key not in self._tolerances:
-            self._tolerances[key] = self._tolerance(framework)
+            self._tolerances[key] = self._tolerance(framework, partial_sums)
         return self._tolerances[key]
 
-    def _tolerance(self, framework: Precision | MixedPolicy) -> ErrorBounds:
+    def _tolerance(self, framework: Precision | MixedPolicy, partial_sums: int) -> ErrorBounds:
         trace = self.trace
         with serial_blas(self.network, self.batch.size):
             if isinstance(framework, MixedPolicy):
+                if partial_sums != 1:
+                    raise ValueError(f"a mixed-precision policy's bound has no term for {partial_sums} partial sums")
                 return mixed_tolerance(self.network, self.batch, trace, framework, K)
-            return tolerance(self.network, self.batch, trace, framework)
+            return micro_batch_tolerance(self.network, self.batch, trace, framework, partial_sums)
+
+    def split(self, micro_batches: tuple[int, ...] | None) -> Problem:
+        """The same problem with its batch split into micro-batches of these sizes (:attr:`Batch.micro_batches`).
+
+        The reference's trace is the same whatever the split, so it is carried over, not computed again.
+        """
+        problem = Problem(self.network, self.batch.split(micro_batches), self.dtype, self.shared)
+        if "trace" in self.__dict__:
+            problem.__dict__["trace"] = self.trace
+        return problem
 
     @property
     def max_abs_z(self) -> float:
@@ -92,7 +107,11 @@ class Problem:
 
     def describe(self) -> str:
         """One line for failure messages: architecture, batch size, saturation."""
-        return f"widths {self.network.widths} (L = {self.network.depth}), batch B = {self.batch.size}, max |z| = {self.max_abs_z:.4g}"
+        split = self.batch.micro_batches
+        pieces = f" in {len(split)} micro-batches {'+'.join(map(str, split))}" if split is not None else ""
+        return (
+            f"widths {self.network.widths} (L = {self.network.depth}), batch B = {self.batch.size}{pieces}, max |z| = {self.max_abs_z:.4g}"
+        )
 
 
 def contract_problem(dtype: str) -> Problem:

@@ -107,7 +107,9 @@ def replay(
                 status = max(status, FAILED)
                 continue
             try:
-                verdict = judge(cell.id, problem, output, caps.precision(want_dtype, path))
+                verdict = judge(
+                    cell.id, problem, output, caps.precision(want_dtype, path), partial_sums=caps.partial_sums(path, problem.batch)
+                )
             except VacuousBound as exc:
                 print(f"error: {cell.id}: this case cannot be judged in {want_dtype}: {exc}", file=err)
                 status = max(status, USAGE)

@@ -241,10 +241,42 @@ def _coin(draw: st.DrawFn, odds: int) -> bool:
     return float(np.random.default_rng(seed).random()) * odds < 1
 
 
+MAX_MICRO_BATCHES = 8
+"""The most micro-batches a path that accumulates gradients is given (at most B): gradient-accumulation loops use a few."""
+
+
+@functools.cache
+def _micro_batch_counts(batch_size: int) -> st.SearchStrategy[int]:
+    return st.integers(1, min(batch_size, MAX_MICRO_BATCHES))
+
+
+@functools.cache
+def _cuts(batch_size: int, count: int) -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(1, batch_size - 1), min_size=count, max_size=count, unique=True)
+
+
+def even_split(batch_size: int, k: int) -> tuple[int, ...]:
+    """B examples in k micro-batches as equal as they can be, the larger first (``numpy.array_split``'s sizes)."""
+    return tuple(batch_size // k + (1 if i < batch_size % k else 0) for i in range(k))
+
+
+def _micro_batches(draw: st.DrawFn, batch_size: int) -> tuple[int, ...]:
+    """k micro-batch sizes summing to B: k from 1 to :data:`MAX_MICRO_BATCHES`, then an even split or cuts anywhere
+    (an uneven split: a last micro-batch of one, a first that holds nearly everything). Shrinks toward one piece."""
+    k = draw(_micro_batch_counts(batch_size), label="micro-batches k")
+    if k == 1 or draw(_BOOLEANS, label="uneven split"):
+        cuts = sorted(draw(_cuts(batch_size, k - 1), label="micro-batch cuts")) if k > 1 else []
+        ends = [*cuts, batch_size]
+        return tuple(end - start for start, end in zip([0, *cuts], ends, strict=True))
+    return even_split(batch_size, k)
+
+
 @functools.cache
 @st.composite
-def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, pooled: bool = True) -> Problem:
-    """A network and batch in ``dtype`` (held in float64, see :class:`Problem`); ``pooled`` for a path that compiles per shape."""
+def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, pooled: bool = True, split: bool = False) -> Problem:
+    """A network and batch in ``dtype`` (held in float64, see :class:`Problem`); ``pooled`` for a path that compiles per shape,
+    ``split`` for one that accumulates gradients over micro-batches (the batch then carries a drawn split,
+    :attr:`~backprop_conformance.reference.model.Batch.micro_batches`)."""
     float_format(dtype)
     shape = draw(shapes(limits, pooled))
     weight_scale = draw(_WEIGHT_SCALES, label="weight scale")
@@ -254,7 +286,7 @@ def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, poole
     seed = draw(_SEEDS, label="seed")
     problem = build(dtype, shape, weight_scale, bias_scale, input_scale, targets, seed)
     assume(_fits(problem))
-    return problem
+    return problem.split(_micro_batches(draw, problem.batch.size)) if split else problem
 
 
 COVERING_RETRIES = 8
@@ -287,6 +319,20 @@ def covering(dtype: str, shapes: tuple[tuple[tuple[int, ...], int], ...]) -> tup
             if not _fits(problem):
                 raise ValueError(f"the covering shape {shape} cannot hold a {dtype} problem within the format's range")
         made.append(problem)
+    return tuple(made)
+
+
+@functools.cache
+def covering_split(dtype: str, shapes: tuple[tuple[tuple[int, ...], int], ...]) -> tuple[Problem, ...]:
+    """:func:`covering`'s problems for a path that accumulates gradients, each batch split into micro-batches: k cycles
+    through 2, 3 and 5 (at most B), the split even for every other problem and uneven for the rest (a first
+    micro-batch of one example, the others even), so that the design reaches both in every run."""
+    made = []
+    for i, problem in enumerate(covering(dtype, shapes)):
+        B = problem.batch.size
+        k = min(B, (2, 3, 5)[i % 3])
+        sizes = even_split(B, k) if i % 2 == 0 or k < 2 else (1, *even_split(B - 1, k - 1))
+        made.append(problem.split(sizes))
     return tuple(made)
 
 

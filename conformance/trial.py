@@ -117,7 +117,8 @@ class CellTrial:
             problem.trace  # noqa: B018 (computed here so that its time is the reference's, not the bound's)
         with timed("bound"):
             try:
-                verdict = judge(self.cell.id, problem, output, self.precision, with_cost=self.with_cost)
+                partial_sums = self.backend.capabilities.partial_sums(self.cell.path, problem.batch)  # type: ignore[union-attr]
+                verdict = judge(self.cell.id, problem, output, self.precision, with_cost=self.with_cost, partial_sums=partial_sums)
             except VacuousBound as exc:
                 self._unjudgeable(exc)
                 return None

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters.base import AdapterOutput
-from backprop_conformance.conformance import loss_scale
+from backprop_conformance.conformance import loss_scale, micro_batches
 from backprop_conformance.conformance.data_parallel import diagnose
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.ratios import format_mismatch, format_ratio
-from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision
+from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, per_example_tolerance
 from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Gradients, parameter_name
 
@@ -185,6 +185,7 @@ class Verdict:
     standard: str = CONFORMANCE
     data_parallel: str = ""
     loss_scale: str = ""
+    accumulation: str = ""
 
     @property
     def cost_failed(self) -> bool:
@@ -225,6 +226,8 @@ class Verdict:
             lines.append(f"  data-parallel: {self.data_parallel}")
         if self.loss_scale:
             lines.append(f"  loss scale: {self.loss_scale}")
+        if self.accumulation:
+            lines.append(f"  accumulation: {self.accumulation}")
         lines.append(f"  case: {self.problem.describe()}")
         return "\n".join(lines)
 
@@ -259,28 +262,84 @@ def first_divergence(output: AdapterOutput, problem: Problem, tol: ErrorBounds) 
     return f"none: every exposed intermediate ({', '.join(compared)}) is within its bound, so the error arises in the gradient step itself"
 
 
-def judge(cell: str, problem: Problem, output: AdapterOutput, framework: Precision | MixedPolicy, *, with_cost: bool = True) -> Verdict:
+def judge(
+    cell: str,
+    problem: Problem,
+    output: AdapterOutput,
+    framework: Precision | MixedPolicy,
+    *,
+    with_cost: bool = True,
+    partial_sums: int = 1,
+) -> Verdict:
     """Compare an adapter's gradients and cost with the reference at ``problem``, element by element.
 
     The output's form must already have passed the contract (:meth:`~backprop_conformance.adapters.base.Adapter.compute`).
     The cost is judged beside the gradients: a framework whose gradients are right for a wrong cost (a
     lost 1/2 compensated elsewhere, a mean) is not computing the page's network. ``with_cost=False``
     judges the gradients alone, for a computation that returns no cost (the Python API's ``check_gradients``).
+    ``partial_sums`` is k for a path that adds each sum over the batch from k partial sums
+    (:meth:`~backprop_conformance.adapters.base.Capabilities.partial_sums`); per-example gradients the output holds
+    (:attr:`~backprop_conformance.adapters.base.AdapterOutput.per_example`) are judged with the sums.
     """
     trace = problem.trace
-    tol = problem.tolerance(framework)
-    gradients = compare_gradients(output.gradients, trace.gradients, tol.gradients)
+    tol = problem.tolerance(framework, partial_sums)
+    sums = gradients = compare_gradients(output.gradients, trace.gradients, tol.gradients)
+    if output.per_example is not None:
+        gradients = _merged(sums, compare_per_example(problem, output.per_example, framework))
     cost = Mismatch("C (the cost)", float(output.cost), trace.cost, tol.cost) if with_cost else None
     verdict = Verdict(cell, problem, gradients, cost)
     if verdict.passed:
         return verdict
-    data_parallel = scaled = ""
-    if not gradients.passed and isinstance(framework, Precision):
+    data_parallel = accumulation = scaled = ""
+    if not sums.passed and isinstance(framework, Precision):
         data_parallel = diagnose(problem, output.gradients, tol.gradients, framework, problem.dtype)
-    elif not gradients.passed:
+        if partial_sums > 1:
+            accumulation = micro_batches.diagnose(problem, output.gradients, tol.gradients, per_example=output.per_example is not None)
+    elif not sums.passed:
         scaled = loss_scale.diagnose(problem, output.gradients, tol.gradients)
-    divergence = first_divergence(output, problem, tol)
-    return Verdict(cell, problem, gradients, verdict.cost, divergence, data_parallel=data_parallel, loss_scale=scaled)
+    return Verdict(
+        cell,
+        problem,
+        gradients,
+        verdict.cost,
+        first_divergence(output, problem, tol),
+        data_parallel=data_parallel,
+        loss_scale=scaled,
+        accumulation=accumulation,
+    )
+
+
+def compare_per_example(problem: Problem, per_example: Gradients, framework: Precision) -> GradientComparison:
+    """Each example's own gradient against the reference of that one example, ∂C_x/∂w^l_jk = δ^l_j a^{l−1}_k and
+    ∂C_x/∂b^l_j = δ^l_j, within :func:`~backprop_conformance.reference.error_bound.per_example_tolerance`.
+
+    Checked beside their sum, because a sum can be right while its terms are not (two examples' gradients swapped).
+    """
+    trace = problem.trace
+    bound = per_example_tolerance(problem.network, problem.batch, trace, framework)
+    want = Gradients(
+        {l: trace.delta[l][:, :, None] * trace.a[l - 1][:, None, :] for l in problem.network.layers},
+        {l: np.asarray(trace.delta[l]) for l in problem.network.layers},
+    )
+    worst = 0.0
+    mismatches: list[Mismatch] = []
+    elements = 0
+    for kind, l, w in want.items():
+
+        def name(idx: tuple[int, ...], kind: str = kind, l: int = l) -> str:
+            return f"{parameter_name(kind, l, idx[1:])} of example {idx[0] + 1} alone"
+
+        ratio, bad = compare_arrays(name, getattr(per_example, kind)[l], w, getattr(bound, kind)[l])
+        worst = max(worst, ratio)
+        mismatches += bad
+        elements += w.size
+    return GradientComparison(worst, tuple(mismatches), elements)
+
+
+def _merged(sums: GradientComparison, terms: GradientComparison) -> GradientComparison:
+    """The sums' comparison and their terms' as one, worst mismatch first."""
+    mismatches = sorted((*sums.mismatches, *terms.mismatches), key=lambda m: m.ratio, reverse=True)
+    return GradientComparison(max(sums.worst_ratio, terms.worst_ratio), tuple(mismatches), sums.elements + terms.elements)
 
 
 def judge_exactness(cell: str, problem: Problem, output: AdapterOutput, exact: Gradients, bound: Gradients) -> Verdict:

@@ -525,3 +525,99 @@ def tolerance(
     if framework.constants() == reference.constants():
         return _scaled_in_place(error_bounds(network, batch, trace, reference), 2 * k)
     return _scaled_in_place(error_bounds(network, batch, trace, framework), k, add=error_bounds(network, batch, trace, reference))
+
+
+def batch_sum_magnitudes(trace: BackpropTrace) -> tuple[Gradients, float]:
+    """S, the sums of the terms' magnitudes of the three sums over the batch: Σ_x |δ^l_j||a^{l−1}_k| and Σ_x |δ^l_j| per
+    layer, and Σ_x Σ_j ½ r_j² for the cost (r = a^L − y)."""
+    layers = sorted(trace.delta)
+    delta = {l: np.abs(np.asarray(trace.delta[l], dtype=np.float64)) for l in layers}
+    a = {l: np.abs(np.asarray(trace.a[l - 1], dtype=np.float64)) for l in layers}
+    r = np.asarray(trace.dC_da[max(layers)], dtype=np.float64)
+    return Gradients({l: delta[l].T @ a[l] for l in layers}, {l: delta[l].sum(axis=0) for l in layers}), float(np.sum(0.5 * r * r))
+
+
+@_rounded_up
+def micro_batch_accumulation_bound(
+    magnitude: np.ndarray | float, local_error: np.ndarray | float, micro_batches: int, precision: Precision
+) -> np.ndarray | float:
+    """E_k = γ_{k−1}(u) (S + E_local) + kη; 0 when k = 1: the accumulation of k micro-batches' partial sums.
+
+    A training loop that accumulates gradients splits the batch into k micro-batches of B_1 + ... + B_k = B examples,
+    computes each micro-batch's sum p̂_i (its error is the single-batch bound over its own examples, with γ_{B_i} ≤ γ_B
+    and the final rounding to storage u|p_i|, so the k of them together stay within E_local, the whole batch's bound),
+    and adds the k partial sums: ``.grad`` += p̂_i in torch, a carry in JAX's scan, in the gradients' storage format
+    (u, not the accumulation's u_a). Whatever the order, k terms are added by k − 1 roundings, and Higham's bound for
+    any summation tree gives |fl(Σ_i p̂_i) − Σ_i p̂_i| ≤ γ_{k−1} Σ_i |p̂_i| ≤ γ_{k−1} (S + E_local); kη is underflow.
+    The same holds for the sum of B per-example gradients, each rounded to storage first (k = B, one example each).
+    Derivation: docs/error-bound.md, "Micro-batch accumulation".
+    """
+    if micro_batches < 1:
+        raise ValueError(f"micro_batches must be ≥ 1, got {micro_batches!r}")
+    if micro_batches == 1:
+        return np.zeros_like(magnitude) if isinstance(magnitude, np.ndarray) else 0.0
+    return gamma(micro_batches - 1, precision.u) * (magnitude + local_error) + micro_batches * precision.eta
+
+
+def accumulated_error_bounds(bounds: ErrorBounds, trace: BackpropTrace, micro_batches: int, precision: Precision) -> ErrorBounds:
+    """``bounds`` (one computation's, :func:`error_bounds`) with each sum over the batch -- ∂C/∂w^l, ∂C/∂b^l and C -- charged
+    the accumulation of its ``micro_batches`` partial sums (:func:`micro_batch_accumulation_bound`); the per-example
+    quantities do not depend on the split and are unchanged."""
+    if micro_batches == 1:
+        return bounds
+    magnitude, half_squares = batch_sum_magnitudes(trace)
+
+    def charged(size: Mapping[int, np.ndarray], local: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+        return {l: local[l] + micro_batch_accumulation_bound(size[l], local[l], micro_batches, precision) for l in local}
+
+    gradients = Gradients(charged(magnitude.w, bounds.gradients.w), charged(magnitude.b, bounds.gradients.b))
+    cost = bounds.cost + float(micro_batch_accumulation_bound(half_squares, bounds.cost, micro_batches, precision))
+    return dataclasses.replace(bounds, gradients=gradients, cost=cost)
+
+
+def micro_batch_tolerance(network: Network, batch: Batch, trace: BackpropTrace, framework: Precision, micro_batches: int) -> ErrorBounds:
+    """The verdict's tolerance, K·(E(framework) + E(float64 reference)), for a framework that accumulates ``micro_batches``
+    partial sums of each sum over the batch (the reference computes the batch in one piece); :func:`tolerance` when 1."""
+    if micro_batches == 1:
+        return tolerance(network, batch, trace, framework)
+    accumulated = accumulated_error_bounds(error_bounds(network, batch, trace, framework), trace, micro_batches, framework)
+    return (accumulated + error_bounds(network, batch, trace, FLOAT64)).scaled(K)
+
+
+@_rounded_up
+def _per_example_weight_bound(
+    E_delta: np.ndarray, delta: np.ndarray, a_prev: np.ndarray, E_a_prev: np.ndarray, u_a: float, precision: Precision
+) -> np.ndarray:
+    abs_delta, abs_a = np.abs(delta)[:, :, None], np.abs(a_prev)[:, None, :]
+    E_d, E_a = E_delta[:, :, None], E_a_prev[:, None, :]
+    return E_d * (abs_a + E_a) + abs_delta * E_a + (precision.u + gamma(1, u_a)) * abs_delta * abs_a + 2 * precision.eta
+
+
+def per_example_gradient_bounds(bounds: ErrorBounds, trace: BackpropTrace, precision: Precision) -> Gradients:
+    """Bounds on each example's own gradient, ∂C_x/∂w^l_jk = δ^l_j a^{l−1}_k and ∂C_x/∂b^l_j = δ^l_j, arrays of shape
+    (B, n(l), n(l−1)) and (B, n(l)): :func:`weight_gradient_bound` and :func:`bias_gradient_bound` for a batch of one.
+
+    ``bounds`` is the whole batch's (:func:`error_bounds`): E_δ and E_a are per example and do not depend on B, so one
+    computation bounds the B gradients a per-example transform (``vmap(grad)``) returns.
+    """
+    layers = sorted(bounds.delta)
+    w = {
+        l: _per_example_weight_bound(bounds.delta[l], trace.delta[l], trace.a[l - 1], bounds.a[l - 1], precision.u_a, precision)
+        for l in layers
+    }
+    b = {
+        l: (bounds.delta[l] + (precision.u + gamma(1, precision.u_bias_sum)) * np.abs(trace.delta[l]) + precision.eta)
+        * (1 + EVALUATION_MARGIN)
+        for l in layers
+    }
+    return Gradients(w, b)
+
+
+def per_example_tolerance(
+    network: Network, batch: Batch, trace: BackpropTrace, framework: Precision, reference: Precision = FLOAT64, k: float = K
+) -> Gradients:
+    """The verdict's tolerance for each example's own gradient: K·(E(framework) + E(reference)) of
+    :func:`per_example_gradient_bounds`, arrays with a leading axis of the B examples."""
+    fw = per_example_gradient_bounds(error_bounds(network, batch, trace, framework), trace, framework)
+    ref = per_example_gradient_bounds(error_bounds(network, batch, trace, reference), trace, reference)
+    return Gradients({l: k * (fw.w[l] + ref.w[l]) for l in fw.w}, {l: k * (fw.b[l] + ref.b[l]) for l in fw.b})

@@ -160,12 +160,20 @@ class Network:
 
 @dataclass(frozen=True)
 class Batch:
-    """B examples: inputs ``x`` of shape (B, n(1)) and targets ``y`` of shape (B, n(L))."""
+    """B examples: inputs ``x`` of shape (B, n(1)) and targets ``y`` of shape (B, n(L)).
+
+    ``micro_batches``, when given, is how a training loop that accumulates gradients splits the batch: the sizes
+    (B_1, ..., B_k) of k consecutive micro-batches, each ≥ 1, summing to B. The page's gradient does not depend on
+    it (the batch sum is the same sum however it is split); a path that accumulates (torch's ``accumulate``) splits
+    the batch as it says, and the error bound charges the k − 1 additions of the partial sums
+    (:func:`~backprop_conformance.reference.error_bound.micro_batch_accumulation_bound`). None: one piece.
+    """
 
     x: np.ndarray
     y: np.ndarray
+    micro_batches: tuple[int, ...] | None = None
 
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, micro_batches: Sequence[int] | None = None) -> None:
         xa = _check_float_array(x, "x (the inputs)")
         ya = _check_float_array(y, "y (the targets)")
         if xa.ndim != 2 or ya.ndim != 2:
@@ -180,17 +188,41 @@ class Batch:
             raise ModelError(f"x has dtype {xa.dtype} but y has {ya.dtype}; use one dtype")
         object.__setattr__(self, "x", _frozen(xa))
         object.__setattr__(self, "y", _frozen(ya))
+        object.__setattr__(self, "micro_batches", None if micro_batches is None else _check_split(micro_batches, xa.shape[0]))
 
     @property
     def size(self) -> int:
         """B, the number of examples."""
         return self.x.shape[0]
 
+    @property
+    def pieces(self) -> tuple[slice, ...]:
+        """The micro-batches as consecutive slices of the examples (one slice of all B when there is no split)."""
+        sizes = self.micro_batches or (self.size,)
+        ends = np.cumsum(sizes).tolist()
+        return tuple(slice(end - n, end) for n, end in zip(sizes, ends, strict=True))
+
     def astype(self, dtype: np.dtype | type) -> Batch:
-        return Batch(self.x.astype(dtype), self.y.astype(dtype))
+        return Batch(self.x.astype(dtype), self.y.astype(dtype), self.micro_batches)
 
     def map(self, fn: object) -> Batch:
-        return Batch(fn(self.x), fn(self.y))  # type: ignore[operator]
+        return Batch(fn(self.x), fn(self.y), self.micro_batches)  # type: ignore[operator]
+
+    def split(self, micro_batches: Sequence[int] | None) -> Batch:
+        """The same examples, split into micro-batches of the given sizes (None: in one piece)."""
+        return Batch(self.x, self.y, micro_batches)
+
+
+def _check_split(micro_batches: object, batch_size: int) -> tuple[int, ...]:
+    """``micro_batches`` as a tuple of whole sizes ≥ 1 summing to B, or a :class:`ModelError` saying what is wrong."""
+    if isinstance(micro_batches, (str, bytes)) or not isinstance(micro_batches, Sequence):
+        raise ModelError(f"micro_batches must be a sequence of micro-batch sizes, got {type(micro_batches).__name__}")
+    sizes = tuple(micro_batches)
+    if not sizes or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in sizes):
+        raise ModelError(f"micro_batches must be whole sizes ≥ 1 (at least one), got {list(sizes)!r}")
+    if sum(sizes) != batch_size:
+        raise ModelError(f"micro_batches {list(sizes)} sum to {sum(sizes)}, but the batch has B = {batch_size} examples")
+    return tuple(int(n) for n in sizes)
 
 
 def check_compatible(network: Network, batch: Batch) -> None:

@@ -49,26 +49,33 @@ def no_all_reduce(state, bucket):
     return future
 
 
+def one_path(caps: Capabilities, name: str, path: str) -> Capabilities:
+    """The built-in torch adapter's capabilities narrowed to one path and :data:`DTYPES`, that path's own declarations
+    (its ranks, levels, and whether it accumulates) kept as they are."""
+    return dataclasses.replace(
+        caps,
+        name=name,
+        dtypes=DTYPES,
+        paths=(path,),
+        default_paths=(path,),
+        shape_compiled_paths=(),
+        accumulation={},
+        policies={},
+        default_dtypes=None,
+        ranks={p: n for p, n in caps.ranks.items() if p == path},
+        levels={path: caps.levels_of(path)},
+        micro_batch_paths=tuple(p for p in caps.micro_batch_paths if p == path),
+        per_example_paths=tuple(p for p in caps.per_example_paths if p == path),
+    )
+
+
 class _DdpMutant(TorchAdapter):
     name: ClassVar[str] = ""
     bug: ClassVar[str] = ""
     """Words the failure message must contain: the diagnosis naming this bug."""
 
     def capabilities(self) -> Capabilities:
-        caps = super().capabilities()
-        return dataclasses.replace(
-            caps,
-            name=self.name,
-            dtypes=DTYPES,
-            paths=("ddp",),
-            default_paths=("ddp",),
-            shape_compiled_paths=(),
-            accumulation={},
-            policies={},
-            default_dtypes=None,
-            ranks={"ddp": caps.ranks_of("ddp")},
-            levels={"ddp": caps.levels_of("ddp")},
-        )
+        return one_path(super().capabilities(), self.name, "ddp")
 
 
 class MeanAsSum(_DdpMutant):

@@ -31,12 +31,17 @@ from backprop_conformance.reference.error_bound import (
     ErrorBounds,
     K,
     Precision,
+    accumulated_error_bounds,
     activation_bound,
+    batch_sum_magnitudes,
     bias_gradient_bound,
     error_bounds,
     gamma,
+    micro_batch_accumulation_bound,
+    micro_batch_tolerance,
     output_activation_gradient_bound,
     output_error_bound,
+    per_example_tolerance,
     product_error,
     sigma_deviation,
     sigma_prime_bound,
@@ -851,3 +856,103 @@ def test_the_float16_reference_is_not_described_by_float32_storage() -> None:
     gw, gb = dict(low.gradients.w), dict(low.gradients.b)
     assert _gradient_ratio(gw, gb, reference, tolerance(network, batch, reference, Precision.of("float16"))) <= 1.0
     assert _gradient_ratio(gw, gb, reference, tolerance(network, batch, reference, Precision.of("float32"))) > 1.0
+
+
+# --- micro-batch accumulation and per-example gradients ---------------------------------------------------------
+
+
+def test_one_micro_batch_charges_nothing_and_k_charge_gamma_k_minus_1_at_storage() -> None:
+    p = Precision.of("float16", accumulation="float32")
+    assert micro_batch_accumulation_bound(3.0, 1.0, 1, p) == 0.0
+    assert micro_batch_accumulation_bound(3.0, 1.0, 4, p) == pytest.approx(gamma(3, p.u) * 4.0 + 4 * p.eta, rel=1e-8)
+    assert micro_batch_accumulation_bound(3.0, 1.0, 4, p) >= gamma(3, p.u) * 4.0 + 4 * p.eta  # raised, never lowered
+    with pytest.raises(ValueError, match="micro_batches must be"):
+        micro_batch_accumulation_bound(3.0, 1.0, 0, p)
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16", "float32"])
+@given(
+    terms=st.lists(st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False), min_size=1, max_size=12),
+    order=st.randoms(use_true_random=False),
+)
+@settings(max_examples=200, deadline=None)
+def test_accumulating_rounded_partial_sums_in_any_order_stays_within_the_bound(name: str, terms: list[float], order: object) -> None:
+    """k partial sums p_i, each rounded to storage (error within E_local), then added in the format in a random order:
+    the total error is within E_local plus the accumulation's bound."""
+    fmt = float_format(name)
+    p = Precision.of(name)
+    exact = np.array(terms, dtype=np.float64)
+    stored = round_to(name, exact).astype(np.float64)
+    local = float(np.sum(np.abs(stored - exact)))
+    picks = list(range(len(terms)))
+    order.shuffle(picks)  # type: ignore[attr-defined]
+    total = np.array(0.0, dtype=fmt.carrier)
+    for i in picks:
+        total = round_to(name, np.array(np.float64(total) + stored[i]))
+    error = abs(float(total) - float(np.sum(exact)))
+    S = float(np.sum(np.abs(exact)))
+    assert error <= local + micro_batch_accumulation_bound(S, local, len(terms), p)
+
+
+@pytest.mark.parametrize("k", [2, 4, 8, 16])
+def test_the_accumulation_bound_is_nearly_attained(k: int) -> None:
+    """Not loose: 1 plus k − 1 increments of just over half an ulp, accumulated in float16, each addition rounds up by
+    just under half an ulp, so the error reaches more than 95 % of γ_{k−1}(u)·S."""
+    p = Precision.of("float16")
+    ulp = 2.0**-10
+    step = round_to("float16", np.array(0.51 * ulp)).astype(np.float64)
+    total = np.float16(1.0)
+    for _ in range(k - 1):
+        total = np.float16(np.float32(total) + np.float32(step))
+    exact = 1.0 + (k - 1) * float(step)
+    S = exact
+    bound = micro_batch_accumulation_bound(S, 0.0, k, p)
+    error = abs(float(total) - exact)
+    assert error <= bound
+    assert error >= 0.95 * gamma(k - 1, p.u) * S
+
+
+@pytest.mark.parametrize("name", ["float64", "float32", "float16", "bfloat16"])
+@given(case=cases(), k=st.integers(1, 8))
+@settings(max_examples=20, deadline=None)
+def test_micro_batch_tolerance_adds_exactly_the_accumulation_of_the_three_batch_sums(
+    name: str, case: tuple[Network, Batch], k: int
+) -> None:
+    """K·(E + E_ref) with E charged the accumulation: never below the one-piece tolerance, equal to it for k = 1, and above
+    it by no more than K times the accumulation term (the bound is not made looser anywhere else)."""
+    network, batch = rounded(name, *case)
+    trace = backprop(network, batch)
+    p = Precision.of(name)
+    single = tolerance(network, batch, trace, p)
+    split = micro_batch_tolerance(network, batch, trace, p, k)
+    fw = error_bounds(network, batch, trace, p)
+    magnitude, half_squares = batch_sum_magnitudes(trace)
+    accumulated = accumulated_error_bounds(fw, trace, k, p)
+    for kind, l, bound in single.gradients.items():
+        got = getattr(split.gradients, kind)[l]
+        extra = micro_batch_accumulation_bound(getattr(magnitude, kind)[l], getattr(fw.gradients, kind)[l], k, p)
+        assert np.all(got >= bound * (1 - 1e-12))
+        assert np.allclose(got, bound + K * extra, rtol=1e-9, atol=0)
+        assert np.array_equal(getattr(accumulated.gradients, kind)[l], getattr(fw.gradients, kind)[l] + extra)
+    assert split.cost >= single.cost * (1 - 1e-12)
+    assert split.cost == pytest.approx(single.cost + K * micro_batch_accumulation_bound(half_squares, fw.cost, k, p), rel=1e-9)
+    for field in ("z", "a", "delta"):
+        for l, values in getattr(single, field).items():
+            assert np.allclose(getattr(split, field)[l], values, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("float32", np.float32), ("float16", np.float16)])
+@given(case=cases())
+@settings(max_examples=20, deadline=None)
+def test_per_example_gradients_in_lower_precision_stay_within_their_tolerance(name: str, dtype: type, case: tuple[Network, Batch]) -> None:
+    """Each example's own gradient δ^l_j a^{l−1}_k computed in float32/float16 numpy (a correct computation) is within
+    :func:`per_example_tolerance` of the float64 reference's, and a gradient borrowed from the wrong example is not."""
+    network, batch = rounded(name, *case)
+    reference = backprop(network, batch)
+    low = backprop(network, batch, dtype=dtype)
+    bound = per_example_tolerance(network, batch, reference, Precision.of(name))
+    for l in network.layers:
+        got = (low.delta[l][:, :, None] * low.a[l - 1][:, None, :]).astype(np.float64)
+        want = reference.delta[l][:, :, None] * reference.a[l - 1][:, None, :]
+        assert np.all(np.abs(got - want) <= bound.w[l])
+        assert np.all(np.abs(low.delta[l].astype(np.float64) - reference.delta[l]) <= bound.b[l])

@@ -194,8 +194,14 @@ def test_capabilities() -> None:
     assert caps.version == torch.__version__
     assert caps.dtypes == ("float64", "float32", "float16", "bfloat16", "mixed-bfloat16", "mixed-float16")
     assert caps.default_dtypes == ("float64", "float32", "float16", "bfloat16"), "mixed-precision cells are opt-in"
-    assert set(caps.paths) == {"eager", "func", "mse", "compile", "ddp"}
+    assert set(caps.paths) == {
+        *("eager", "func", "mse", "accumulate", "per-example", "checkpoint", "checkpoint-reentrant"),
+        *("compile", "compile-dynamic", "compile-func", "ddp"),
+    }
+    assert caps.shape_compiled_paths == ("compile", "compile-dynamic", "compile-func")
     assert "compile" not in caps.default_paths and "ddp" not in caps.default_paths and set(caps.default_paths) <= set(caps.paths)
+    assert caps.default_paths == ("eager", "func", "mse"), "the training-loop paths are opt-in: a default run's time is unchanged"
+    assert caps.micro_batch_paths == ("accumulate",) and caps.per_example_paths == ("per-example",)
     assert caps.ranks == {"ddp": 2}, "the data-parallel path declares its ranks, so that the bound charges the all-reduce"
     assert caps.accumulation_of("float16") == caps.accumulation_of("bfloat16") == "float32"
     assert caps.accumulation_of("float32") == "float32" and caps.accumulation_of("float64") == "float64"
@@ -214,7 +220,11 @@ def test_registry_finds_the_adapter() -> None:
             "adapter 'torch': unsupported dtype 'float8'; valid dtypes are float64, float32, float16, bfloat16, "
             "mixed-bfloat16, mixed-float16",
         ),
-        ({"dtype": "float32", "path": "jit"}, "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, compile, ddp"),
+        (
+            {"dtype": "float32", "path": "jit"},
+            "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, accumulate, per-example, checkpoint, "
+            "checkpoint-reentrant, compile, compile-dynamic, compile-func, ddp",
+        ),
         ({"dtype": "float32", "path": "eager", "device": "tpu"}, "adapter 'torch': unsupported device 'tpu'; valid devices are cpu"),
     ],
 )
