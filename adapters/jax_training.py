@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters.base import AdapterOutput, RequestError
-from backprop_conformance.adapters.jax_model import by_layer, forward, import_jax, parameters, put
+from backprop_conformance.adapters.jax_model import by_layer, compute_format, forward, import_jax, parameters, put
 from backprop_conformance.reference.dtypes import float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
@@ -78,9 +78,11 @@ def _per_example() -> Any:
 
 
 @functools.cache
-def _rematerialized(policy: str) -> Any:
+def _rematerialized(policy: str, compute: str | None) -> Any:
     """``jax.jit(jax.grad(cost))`` with every layer under ``jax.checkpoint(policy=...)``: the backward pass recomputes
-    what the policy did not save. (params, x, y) → (gradients, (C, [z^l], [a^l]))."""
+    what the policy did not save. (params, x, y) → (gradients, (C, [z^l], [a^l])). ``compute``, for a mixed-precision
+    policy, is the format the layers compute in, the float32 parameters and inputs cast to it inside the forward pass
+    as :func:`~backprop_conformance.adapters.jax_model.forward` does."""
     jax = import_jax()
     jnp = jax.numpy
 
@@ -90,6 +92,9 @@ def _rematerialized(policy: str) -> Any:
         return z, jax.nn.sigmoid(z)
 
     def cost(params: Any, x: Any, y: Any) -> Any:
+        if compute is not None:
+            params = [(w.astype(compute), b.astype(compute)) for w, b in params]
+            x = x.astype(compute)
         a, zs, activations = x, [], [x]
         for w, b in params:
             z, a = layer(w, b, a)
@@ -124,7 +129,7 @@ def run(network: Network, batch: Batch, *, dtype: str, path: str, device: str) -
     if path == "accumulate":
         gradients, (cost, zs, activations) = _accumulated()(params, x, y, masks(batch, dtype, device))
     elif path in REMAT_POLICIES:
-        gradients, (cost, zs, activations) = _rematerialized(REMAT_POLICIES[path])(params, x, y)
+        gradients, (cost, zs, activations) = _rematerialized(REMAT_POLICIES[path], compute_format(dtype))(params, x, y)
     else:
         gradients, terms, (cost, zs, activations) = _per_example()(params, x, y)
         per_example = Gradients(by_layer([w for w, _ in terms], carrier), by_layer([b for _, b in terms], carrier))

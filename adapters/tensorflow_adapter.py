@@ -344,8 +344,8 @@ def _recomputed_step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
         activations = [x]
         for layer in model.layers:
             activations.append(block(layer)(activations[-1]))
-        # C = Σ_x ½ Σ_j (y_j − a^L_j)²
-        cost = 0.5 * tf.reduce_sum(tf.square(y - activations[-1]))
+        # C = Σ_x ½ Σ_j (y_j − a^L_j)², as in _step (a mixed cell's cost is float32)
+        cost = 0.5 * tf.reduce_sum(tf.square(y - tf.cast(activations[-1], y.dtype)))
     gradients = tape.gradient(cost, model.parameters)
     return cost, zs, activations, gradients[0::2], gradients[1::2], None
 

@@ -8,8 +8,11 @@ sample is not far below 1), and a computation that rounds coarser than the decla
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import suite
 
 from backprop_conformance.adapters.base import Capabilities, CapabilitiesError
 from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
@@ -210,3 +213,35 @@ def test_a_loss_scale_beyond_the_largest_exact_scale_can_overflow_float16() -> N
             over = Simulation(policy, loss_scale=largest * 2.0**8).run(network, batch)
         overflowed += not all(np.all(np.isfinite(g)) for _, _, g in over.gradients.items())
     assert overflowed > 0, "no network overflowed at 256 times the largest exact scale: the scale is not the largest"
+
+
+@pytest.mark.parametrize(
+    ("backend", "paths"),
+    [
+        ("torch", ("checkpoint", "checkpoint-reentrant", "accumulate", "per-example")),
+        ("jax", ("remat", "remat-dots", "accumulate", "per-example")),
+        ("tensorflow", ("recompute",)),
+    ],
+)
+def test_mixed_cells_on_the_training_loop_paths(tmp_path: Path, backend: str, paths: tuple[str, ...]) -> None:
+    """A policy runs on every training-loop path that computes in one piece, and passes there: a path written without
+    the policy's casts (a remat computing in float32, a recompute whose cost stays in bfloat16) is refused by the contract.
+    Paths that add partial sums (micro-batches, per-example gradients) get no mixed cell: the policy's bound has no
+    term for them."""
+    pytest.importorskip({"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}[backend])
+    selection = [a for p in paths for a in ("--conformance-path", p)]
+    run = suite(
+        tmp_path,
+        "--conformance-backend",
+        backend,
+        *selection,
+        "--conformance-dtype",
+        "mixed-bfloat16",
+        "--conformance-max-examples",
+        "5",
+    )
+    assert run.returncode == 0, run.explain()
+    assert run.report is not None, run.explain()
+    one_piece = [p for p in paths if p not in ("accumulate", "per-example")]
+    assert sorted(c.id for c in run.report.cells) == sorted(f"{backend}-{p}-mixed-bfloat16" for p in one_piece)
+    assert all(c.status == "passed" and c.examples == 5 for c in run.report.cells), run.explain()
