@@ -14,7 +14,7 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 from backprop_conformance.conformance import blas_threads
 from backprop_conformance.conformance.blas_threads import THREADED_FROM, largest_product, serial_blas
 from backprop_conformance.conformance.problems import Problem
-from backprop_conformance.reference.error_bound import FLOAT64, Precision, tolerance
+from backprop_conformance.reference.error_bound import FLOAT64, Precision, micro_batch_tolerance, tolerance
 from backprop_conformance.reference.vectorized import backprop
 from benchmarks.bench_reference import random_problem
 
@@ -51,10 +51,10 @@ def test_a_problems_trace_and_tolerance_are_computed_on_one_thread(monkeypatch: 
 
     def recording(*args: object) -> object:
         seen.append(blas_threads_now())
-        return (backprop if len(args) == 2 else tolerance)(*args)
+        return (backprop if len(args) == 2 else micro_batch_tolerance)(*args)
 
     monkeypatch.setattr("backprop_conformance.conformance.problems.backprop", recording)
-    monkeypatch.setattr("backprop_conformance.conformance.problems.tolerance", recording)
+    monkeypatch.setattr("backprop_conformance.conformance.problems.micro_batch_tolerance", recording)
     network, batch = random_problem((32, 64, 64, 10), 16)
     with threadpool_limits(limits=2, user_api="blas"):
         Problem(network, batch, "float64").tolerance(FLOAT64)
