@@ -327,3 +327,53 @@ def test_a_backend_left_without_cells_fails_a_required_run(tmp_path: Path) -> No
     """Under --conformance-require, a backend that tests nothing is as much a failure as one that is not installed."""
     run = suite(tmp_path, *NO_CELL_ARGS, "--conformance-require")
     assert_usage_error(run, f"--conformance-require: {NO_CELL_NOTE}")
+
+
+def test_a_path_that_runs_some_dtypes_gets_cells_for_those_only() -> None:
+    caps = Capabilities(
+        name="torch",
+        framework="PyTorch",
+        version="0",
+        dtypes=("float32", "float16"),
+        paths=("eager", "grad-scaler"),
+        default_paths=("eager", "grad-scaler"),
+        path_dtypes={"grad-scaler": ("float32",)},
+    )
+    cells = select([backend(caps)])
+    assert ids(cells) == ["torch-eager-float32", "torch-eager-float16", "torch-grad-scaler-float32"]
+    assert caps.dtypes_of_path("grad-scaler") == ("float32",) and caps.dtypes_of_path("eager") == ("float32", "float16")
+
+
+@pytest.mark.parametrize(
+    ("declared", "wanted"),
+    [
+        ({"jit": ("float32",)}, "path_dtypes names path 'jit', which is not among its paths ['p']"),
+        ({"p": ("float16",)}, "path_dtypes['p'] names 'float16', not among its dtypes ['float64', 'float32']"),
+        ("p", "path_dtypes must be a mapping from path to dtypes, got str"),
+    ],
+)
+def test_dtypes_per_path_are_checked_at_load(declared: object, wanted: str) -> None:
+    from backprop_conformance.adapters.base import CapabilitiesError
+
+    with pytest.raises(CapabilitiesError, match=re.escape(wanted)):
+        Capabilities(
+            name="x",
+            framework="X",
+            version="0",
+            dtypes=("float64", "float32"),
+            paths=("p",),
+            default_paths=("p",),
+            path_dtypes=declared,  # type: ignore[arg-type]
+        )
+
+
+def test_a_request_for_a_dtype_its_path_lacks_is_refused() -> None:
+    from backprop_conformance.adapters.base import RequestError
+
+    class Float32Only(ManualBackprop):
+        def capabilities(self) -> Capabilities:
+            return dataclasses.replace(super().capabilities(), path_dtypes={caps_path(): ("float32",)})
+
+    network = Network.from_lists([np.ones((1, 1))], [np.zeros(1)])
+    with pytest.raises(RequestError, match=r"dtype 'float64' is not supported on path 'manual'; there: float32"):
+        Float32Only().check_request(network, None, dtype="float64", path=caps_path(), device="cpu")
