@@ -25,6 +25,7 @@ from mutants import (
     LossScaleNotRemoved,
     LossScaleRemovedTwice,
     ManualBackprop,
+    MasterCopyNotTheParameter,
     MissingFirstLayer,
     ReturnsFloat64,
     SigmaTypo,
@@ -44,6 +45,7 @@ CONTRACT_WORDING: dict[type[ManualBackprop], str] = {
     AccumulatesAcrossCalls: "gradients must not accumulate",
     GradientInComputeFormat: "has dtype float16, expected float32 (the carrier of mixed-float16",
     LooseDeclaration: "which is not a bfloat16 value, yet the declared policy mixed-bfloat16 rounds matmul to bfloat16",
+    MasterCopyNotTheParameter: "negating every parameter left every gradient unchanged: the gradients refer to a copy of the parameters",
 }
 """The contract mutants and the phrase of the contract's checks (:mod:`backprop_conformance.adapters.selfcheck`, or the
 base class's output check) that must name their bug."""
