@@ -147,18 +147,9 @@ def test_the_contract_refuses_a_loss_scale_that_is_not_a_power_of_two(scale: flo
 
 def test_loss_scaled_cells_are_opt_in_and_pass_in_the_suite(tmp_path: Path) -> None:
     pytest.importorskip("torch")
+    selection = ("--conformance-backend", "torch", "--conformance-path", "grad-scaler")
     run = suite(
-        tmp_path,
-        "--conformance-backend",
-        "torch",
-        "--conformance-path",
-        "grad-scaler",
-        "--conformance-dtype",
-        "mixed-float16",
-        "--conformance-dtype",
-        "float16",
-        "--conformance-max-examples",
-        "5",
+        tmp_path, *selection, *("--conformance-dtype", "mixed-float16", "--conformance-dtype", "float16", "--conformance-max-examples", "5")
     )
     assert run.returncode == 0, run.explain()
     assert run.report is not None, run.explain()
