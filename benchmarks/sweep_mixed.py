@@ -5,7 +5,7 @@
     nice python -m benchmarks.sweep_mixed --framework torch --framework flax     # some frameworks only
 
 Every framework path that has mixed-precision cells runs each cell (``mixed-bfloat16``, ``mixed-float16``) on
-examples drawn by the suite's own strategy (``conformance.strategies.problems``, pooled shapes, derandomized), judged
+examples drawn by the suite's own strategy (``conformance.strategies.problems``, pooled shapes, seeded), judged
 as the suite judges them (:func:`~backprop_conformance.conformance.verdict.judge`, the declared policy's bound): the
 ratio is the verdict's, the worst over every gradient element and the cost, and ≤ 1 passes, so every ratio above 1
 is a false alarm on a correct framework. The pure formats the policies are made of (float32, bfloat16, float16) run
@@ -33,10 +33,14 @@ import numpy as np
 
 from backprop_conformance.adapters.base import Adapter, AdapterOutput
 from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.strategies import problems
 from backprop_conformance.conformance.verdict import judge
 from backprop_conformance.reference.error_bound import VacuousBound
 from backprop_conformance.reference.model import Gradients
-from benchmarks.sweep_saturation import suite_problems
+
+CHUNK = 500
+"""Examples drawn at a time: hypothesis keeps what it draws, with each example's reference trace, and 10,000 of them
+at once exhausted 23 GB; a chunk is drawn, judged and dropped before the next."""
 
 POLICIES = ("mixed-bfloat16", "mixed-float16")
 FORMATS = ("float32", "bfloat16", "float16")
@@ -135,13 +139,31 @@ HEADER = (
 )
 
 
+def examples(dtype: str, count: int) -> Iterator[Problem]:
+    """``count`` examples of ``dtype`` from the suite's strategy (pooled shapes), :data:`CHUNK` at a time, chunk i drawn
+    with hypothesis seed i, so that a rerun draws the same ones."""
+    from hypothesis import HealthCheck, given, seed, settings
+
+    drawn: list[Problem] = []
+
+    def collect(problem: Problem) -> None:
+        drawn.append(Problem(problem.network, problem.batch, problem.dtype))
+
+    for chunk in range(math.ceil(count / CHUNK)):
+        size = min(CHUNK, count - chunk * CHUNK)
+        settled = settings(max_examples=size, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+        seed(chunk)(settled(given(problems(dtype))(collect)))()
+        while drawn:
+            yield drawn.pop(0)
+
+
 def sweep(runners: list[tuple[str, Adapter, str]], dtype: str, count: int) -> dict[str, Tally]:
     """Every runner that has ``dtype`` on ``count`` suite examples of it."""
     mine = [(label, adapter, path) for label, adapter, path in runners if dtype in adapter.caps.dtypes_of_path(path)]
     tallies = {label: Tally() for label, _, _ in mine}
     if not mine:
         return tallies
-    for index, drawn in enumerate(suite_problems(dtype, count)):
+    for index, drawn in enumerate(examples(dtype, count)):
         problem = Problem(drawn.network, drawn.batch, drawn.dtype, shared=True)
         for label, adapter, path in mine:
             framework = adapter.caps.precision(dtype, path)
