@@ -224,7 +224,7 @@ def test_registry_finds_the_adapter() -> None:
         (
             {"dtype": "float32", "path": "jit"},
             "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, accumulate, per-example, checkpoint, "
-            "checkpoint-reentrant, compile, compile-dynamic, compile-func, ddp",
+            "checkpoint-reentrant, compile, compile-dynamic, compile-func, grad-scaler, ddp",
         ),
         ({"dtype": "float32", "path": "eager", "device": "tpu"}, "adapter 'torch': unsupported device 'tpu'; valid devices are cpu"),
     ],
