@@ -37,6 +37,7 @@ example later with an argument error. The interface is versioned (:data:`PLUGIN_
 from __future__ import annotations
 
 import abc
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,6 +211,9 @@ class Capabilities:
         device_dtypes: for a device whose formats differ from :attr:`dtypes`, the ones it supports there (a subset
             of :attr:`dtypes`): ``{"cuda": ("float32", "float16", "bfloat16")}`` for a framework whose float64 runs on
             the CPU only. A device not named supports every one of :attr:`dtypes`.
+        path_dtypes: for a path that runs only some of :attr:`dtypes`, those (a subset): torch's ``grad-scaler``, whose
+            ``GradScaler`` refuses to unscale float16 and bfloat16 parameters' gradients, runs the formats whose
+            parameters are float32 or wider and the mixed-precision policies. A path not named runs every one.
         micro_batch_paths: the paths that accumulate gradients over micro-batches (torch's ``accumulate``): they split
             the batch as :attr:`~backprop_conformance.reference.model.Batch.micro_batches` says (in one piece when it is
             None), the suite draws k and the split for them, and the bound charges the k − 1 additions of the partial
@@ -243,6 +247,7 @@ class Capabilities:
     ranks: Mapping[str, int] = field(default_factory=dict)
     levels: Mapping[str, tuple[Level, ...]] = field(default_factory=dict)
     device_dtypes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    path_dtypes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     frameworks: Mapping[str, str] = field(default_factory=dict)
     policies: Mapping[str, MixedPolicy | Mapping[str, str]] = field(default_factory=dict)
     default_dtypes: tuple[str, ...] | None = None
@@ -299,7 +304,8 @@ class Capabilities:
         accumulation = _check_accumulation(name, dtypes, self.accumulation)
         ranks = _check_ranks(name, paths, self.ranks)
         levels = _check_levels(name, paths, self.levels)
-        device_dtypes = _check_device_dtypes(name, devices, dtypes, self.device_dtypes)
+        device_dtypes = _check_dtype_subsets(name, "device_dtypes", "device", devices, dtypes, self.device_dtypes)
+        path_dtypes = _check_dtype_subsets(name, "path_dtypes", "path", paths, dtypes, self.path_dtypes)
         frameworks = _check_frameworks(name, self.frameworks)
         policies = _check_policies(name, dtypes, self.policies)
         default_dtypes = dtypes if self.default_dtypes is None else _check_names(name, "default_dtypes", self.default_dtypes)
@@ -317,6 +323,7 @@ class Capabilities:
             ("ranks", ranks),
             ("levels", levels),
             ("device_dtypes", device_dtypes),
+            ("path_dtypes", path_dtypes),
             ("frameworks", frameworks),
             ("policies", policies),
             ("default_dtypes", default_dtypes),
@@ -333,6 +340,10 @@ class Capabilities:
     def dtypes_on(self, device: str) -> tuple[str, ...]:
         """The formats the adapter supports on ``device``: :attr:`device_dtypes`' entry for it, else every one."""
         return self.device_dtypes.get(device, self.dtypes)
+
+    def dtypes_of_path(self, path: str) -> tuple[str, ...]:
+        """The formats ``path`` runs: :attr:`path_dtypes`' entry for it, else every one of :attr:`dtypes`."""
+        return self.path_dtypes.get(path, self.dtypes)
 
     def ranks_of(self, path: str) -> int:
         """R, the number of data-parallel ranks ``path`` combines (1 unless declared in :attr:`ranks`)."""
@@ -469,24 +480,24 @@ MAX_RANKS = 1024
 """The most data-parallel ranks a path may declare; more is a typo, and would mean as many processes."""
 
 
-def _check_device_dtypes(name: str, devices: tuple[str, ...], dtypes: tuple[str, ...], declared: object) -> Mapping[str, tuple[str, ...]]:
-    """Validate ``device_dtypes`` (see :class:`Capabilities`): each key a declared device, each value a non-empty
-    subset of the declared dtypes; return a frozen copy."""
+def _check_dtype_subsets(
+    name: str, attribute: str, what: str, keys: tuple[str, ...], dtypes: tuple[str, ...], declared: object
+) -> Mapping[str, tuple[str, ...]]:
+    """Validate ``device_dtypes`` or ``path_dtypes`` (see :class:`Capabilities`): each key a declared device (path), each
+    value a non-empty subset of the declared dtypes; return a frozen copy."""
     if not isinstance(declared, Mapping):
-        raise CapabilitiesError(f"adapter {name!r}: device_dtypes must be a mapping from device to dtypes, got {type(declared).__name__}")
+        raise CapabilitiesError(f"adapter {name!r}: {attribute} must be a mapping from {what} to dtypes, got {type(declared).__name__}")
     frozen: dict[str, tuple[str, ...]] = {}
-    for device, formats in declared.items():
-        if device not in devices:
-            raise CapabilitiesError(
-                f"adapter {name!r}: device_dtypes names device {device!r}, which is not among its devices {list(devices)}"
-            )
-        chosen = _check_names(name, f"device_dtypes[{device!r}]", formats)
+    for key, formats in declared.items():
+        if key not in keys:
+            raise CapabilitiesError(f"adapter {name!r}: {attribute} names {what} {key!r}, which is not among its {what}s {list(keys)}")
+        chosen = _check_names(name, f"{attribute}[{key!r}]", formats)
         stray = [d for d in chosen if d not in dtypes]
         if stray:
             raise CapabilitiesError(
-                f"adapter {name!r}: device_dtypes[{device!r}] names {', '.join(map(repr, stray))}, not among its dtypes {list(dtypes)}"
+                f"adapter {name!r}: {attribute}[{key!r}] names {', '.join(map(repr, stray))}, not among its dtypes {list(dtypes)}"
             )
-        frozen[device] = chosen
+        frozen[key] = chosen
     return frozen
 
 
@@ -558,6 +569,7 @@ class AdapterOutput:
     z: Mapping[int, np.ndarray] | None = None
     delta: Mapping[int, np.ndarray] | None = None
     per_example: Gradients | None = None
+    loss_scale: float | None = None
 
     def check(self, where: str, network: Network, batch: Batch, dtype: str) -> None:
         """Raise :class:`AdapterContractError` unless this output has the contract's keys, shapes and dtypes."""
@@ -672,6 +684,10 @@ class Adapter(abc.ABC):
             raise RequestError(
                 f"adapter {caps.name!r}: dtype {dtype!r} is not supported on {device!r}; there: {', '.join(caps.dtypes_on(device))}"
             )
+        if path is not None and dtype not in caps.dtypes_of_path(path):
+            raise RequestError(
+                f"adapter {caps.name!r}: dtype {dtype!r} is not supported on path {path!r}; there: {', '.join(caps.dtypes_of_path(path))}"
+            )
         if not isinstance(network, Network):
             raise RequestError(
                 f"adapter {caps.name!r}: expected a backprop_conformance.reference.model.Network, got {type(network).__name__}"
@@ -771,6 +787,14 @@ def check_output(where: str, network: Network, batch: Batch, dtype: str, output:
         _check_per_example(where, network, batch, carrier, output.per_example)
     if not isinstance(output.cost, (float, int, np.floating)) or isinstance(output.cost, bool):
         raise AdapterContractError(f"{where}: cost is a {type(output.cost).__name__}, expected a Python float")
+    if output.loss_scale is not None:
+        scale = output.loss_scale
+        exact = isinstance(scale, (float, int, np.floating)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0
+        if not exact or math.frexp(scale)[0] != 0.5:
+            raise AdapterContractError(
+                f"{where}: loss_scale is {scale!r}; a loss scale is a positive power of two (2^16), the only scales whose "
+                "multiplication and division change no rounding"
+            )
     B = batch.size
     widths = network.widths
     for symbol, values, first in (("a", output.a, 1), ("z", output.z, 2), ("δ", output.delta, 2)):

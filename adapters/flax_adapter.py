@@ -27,6 +27,12 @@ Why the details below matter for a verdict, and for a run's cost:
 * Flax's σ is ``jax.nn.sigmoid`` and its gradient JAX's, so Flax's known defects are JAX's: the adapter declares
   the JAX version it runs on (:attr:`Capabilities.frameworks`), which known-defect entries can be keyed by.
 * Importing this module does not import Flax or JAX (adapter contract).
+
+Mixed precision (opt-in cells ``mixed-bfloat16`` and ``mixed-float16``) is Flax's own: every ``nnx.Linear`` gets
+``param_dtype=float32`` and ``dtype`` the compute format, so it keeps float32 parameters and casts its input, kernel
+and bias to the compute format inside the forward pass, as the JAX adapter's policy does by hand; the policy is the
+JAX adapter's (:data:`~backprop_conformance.adapters.jax_adapter.POLICIES`), since the arithmetic is XLA's in both.
+The zero perturbations are in the compute format, so that adding them leaves z^l where the layer rounded it.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ import numpy as np
 
 from backprop_conformance.adapters import zero_probes
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities
-from backprop_conformance.reference.dtypes import float_format
+from backprop_conformance.adapters.jax_adapter import POLICIES
+from backprop_conformance.reference.dtypes import MIXED, float_format
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
@@ -86,14 +93,14 @@ def _model_class() -> type:
         return lambda key, shape, dtype: value
 
     class MLP(nnx.Module):
-        def __init__(self, parameters: list[tuple[Any, Any]], dtype: Any, rngs: Any) -> None:
+        def __init__(self, parameters: list[tuple[Any, Any]], dtype: Any, param_dtype: Any, rngs: Any) -> None:
             highest = jax.lax.Precision.HIGHEST
             self.layers = nnx.List(
                 [
                     nnx.Linear(
                         *kernel.shape,
                         dtype=dtype,
-                        param_dtype=dtype,
+                        param_dtype=param_dtype,
                         precision=highest,
                         kernel_init=given(kernel),
                         bias_init=given(bias),
@@ -110,12 +117,19 @@ def _model_class() -> type:
     return MLP
 
 
+def _formats(dtype: str) -> tuple[Any, Any]:
+    """(parameter format, compute format) as JAX dtypes: a format's own twice, or a mixed policy's storage and compute."""
+    jax, _ = _modules()
+    storage, compute = MIXED.get(dtype, (dtype, dtype))
+    return jax.numpy.dtype(storage), jax.numpy.dtype(compute)
+
+
 def _model(network: Network, dtype: str) -> Any:
-    """The model holding w^l (as the kernel (w^l)ᵀ) and b^l."""
-    jax, nnx = _modules()
-    jdtype = jax.numpy.dtype(dtype)
-    parameters = [(_put(network.w[l].T, jdtype), _put(network.b[l], jdtype)) for l in network.layers]
-    return _model_class()(parameters, jdtype, nnx.Rngs(0))
+    """The model holding w^l (as the kernel (w^l)ᵀ) and b^l, in the parameter format, computing in the compute format."""
+    _, nnx = _modules()
+    stored, computed = _formats(dtype)
+    parameters = [(_put(network.w[l].T, stored), _put(network.b[l], stored)) for l in network.layers]
+    return _model_class()(parameters, computed, stored, nnx.Rngs(0))
 
 
 def _put(array: np.ndarray, dtype: Any) -> Any:
@@ -153,12 +167,14 @@ class FlaxAdapter(Adapter):
             name="flax",
             framework="Flax NNX",
             version=importlib.metadata.version("flax"),
-            dtypes=DTYPES,
+            dtypes=(*DTYPES, *POLICIES),
             paths=PATHS,
             default_paths=DEFAULT_PATHS,
             accumulation=dict(ACCUMULATION),
             shape_compiled_paths=PATHS,
             frameworks={"jax": jax.__version__},
+            policies=POLICIES,
+            default_dtypes=DTYPES,
         )
 
     def use_cache(self, directory: Path) -> str | None:
@@ -178,14 +194,12 @@ class FlaxAdapter(Adapter):
 
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
         """∂C/∂w^l and ∂C/∂b^l (l = 2..L), with a^l, z^l and δ^l from the same pass, computed by Flax in ``dtype``."""
-        jax, _ = _modules()
-        jnp = jax.numpy
         carrier = float_format(dtype).carrier
         with _precision_scope(dtype):
-            jdtype = jnp.dtype(dtype)
+            stored, computed = _formats(dtype)
             model = _model(network, dtype)
-            x, y = _put(batch.x, jdtype), _put(batch.y, jdtype)
-            zeros = [_put(np.zeros((batch.size, width)), jdtype) for width in network.widths[1:]]
+            x, y = _put(batch.x, stored), _put(batch.y, stored)
+            zeros = [_put(np.zeros((batch.size, width)), computed) for width in network.widths[1:]]
             (grads, deltas), (cost, zs, activations) = _differentiated(path)(model, zeros, x, y)
 
             def by_layer(arrays: list[Any], first: int = 2) -> dict[int, np.ndarray]:

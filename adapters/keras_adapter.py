@@ -7,7 +7,9 @@ suite's layout round trip checks it). The cost is the page's C = ½ Σ (y − a^
 outputs, written with ``keras.ops`` as a user would write a custom loss.
 
 **Paths are the Keras backends**: ``torch``, ``tensorflow`` and ``jax``; the first two are default paths where
-installed, ``jax`` is opt-in (:data:`DEFAULT_PATHS`). Each runs the training step the way ``model.fit`` runs it by
+installed, ``jax`` is opt-in (:data:`DEFAULT_PATHS`). Each backend also has an opt-in loss-scaling path,
+``torch-loss-scale`` and so on (:data:`LOSS_SCALED_PATHS`): the same step on the cost scaled by
+``keras.optimizers.LossScaleOptimizer``, whose unscaled gradients are returned. Each runs the training step the way ``model.fit`` runs it by
 default on a CPU with that backend: torch's autograd eagerly, TensorFlow's ``tf.GradientTape`` inside a
 ``tf.function`` (Keras enables XLA only where there is an accelerator), JAX's ``jax.value_and_grad`` of
 ``model.stateless_call`` under ``jax.jit``. The a^l come from the same forward pass as
@@ -71,8 +73,25 @@ compiled by XLA per network shape and dtype, and compiling ``value_and_grad`` of
 what the ``jax`` adapter's hand-written network does, so the ``jax`` path alone takes longer than ``torch`` and
 ``tensorflow`` together (figures and commands: ``docs/backends.md``)."""
 
-SHAPE_COMPILED_PATHS: tuple[str, ...] = ("jax", "tensorflow")
+LOSS_SCALE = "-loss-scale"
+"""The suffix of a backend's loss-scaling path: ``torch-loss-scale`` runs the ``torch`` backend's step on the cost
+scaled by ``keras.optimizers.LossScaleOptimizer``, and returns the gradients it unscales (``keras_in_process``)."""
+
+LOSS_SCALED_PATHS: tuple[str, ...] = tuple(f"{backend}{LOSS_SCALE}" for backend in BACKENDS)
+"""One loss-scaling path per backend, opt-in."""
+
+LOSS_SCALED_DTYPES: tuple[str, ...] = ("float32", "mixed-bfloat16", "mixed-float16")
+"""What the loss-scaling paths run: float32 variables, which ``LossScaleOptimizer`` divides in float32, as in Keras'
+mixed policies (the optimizer wraps a ``mixed_float16`` model's by default)."""
+
+SHAPE_COMPILED_PATHS: tuple[str, ...] = ("jax", "tensorflow", "jax" + LOSS_SCALE, "tensorflow" + LOSS_SCALE)
 """``jax.jit`` compiles and ``tf.function`` traces the step anew for every network shape; torch runs eagerly."""
+
+
+def backend_of(path: str) -> str:
+    """The Keras backend a path runs on: the path itself, or a loss-scaling path's without :data:`LOSS_SCALE`."""
+    return path.removesuffix(LOSS_SCALE)
+
 
 WORKER_TARGET = "backprop_conformance.adapters.keras_in_process:KerasInProcess"
 """What each backend's worker process hosts: Keras on the backend that process imported."""
@@ -178,21 +197,23 @@ class KerasAdapter(Adapter):
             + ")",
             version=importlib.metadata.version("keras"),
             dtypes=(*DTYPES, *POLICIES),
-            paths=tuple(BACKENDS),
+            paths=(*BACKENDS, *LOSS_SCALED_PATHS),
             default_paths=tuple(p for p in DEFAULT_PATHS if p in installed),
             accumulation=dict(ACCUMULATION),
             shape_compiled_paths=SHAPE_COMPILED_PATHS,
             environment=ENVIRONMENT,
-            levels={path: levels() for path, levels in LEVELS.items()},
+            levels={path: LEVELS[backend_of(path)]() for path in (*BACKENDS, *LOSS_SCALED_PATHS)},
             policies=POLICIES,
             default_dtypes=DTYPES,
+            path_dtypes=dict.fromkeys(LOSS_SCALED_PATHS, LOSS_SCALED_DTYPES),
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
         """The configuration of ``path``'s backend, as its framework reports it in the backend's worker."""
-        if not _installed(BACKENDS[path]):
+        backend = backend_of(path)
+        if not _installed(BACKENDS[backend]):
             return {}
-        return self._worker(path).call("dispatch", path)
+        return self._worker(backend).call("dispatch", backend)
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """The layout round trip through every backend whose worker is running, which must all agree.
@@ -214,10 +235,11 @@ class KerasAdapter(Adapter):
         return first
 
     def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
-        """The gradients of C on the ``path`` backend, computed in its worker process (``KerasInProcess.run``)."""
-        if not _installed(BACKENDS[path]):
-            raise RequestError(f"adapter 'keras': path {path!r} needs Keras' {path} backend, and {BACKENDS[path]} is not installed")
-        return self._worker(path).call("run", network, batch, dtype=dtype, path=path, device=device)
+        """The gradients of C on ``path``'s backend, computed in its worker process (``KerasInProcess.run``)."""
+        backend = backend_of(path)
+        if not _installed(BACKENDS[backend]):
+            raise RequestError(f"adapter 'keras': path {path!r} needs Keras' {backend} backend, and {BACKENDS[backend]} is not installed")
+        return self._worker(backend).call("run", network, batch, dtype=dtype, path=path, device=device)
 
     def prepare(self, path: str, dtype: str, device: str, shapes: Sequence[tuple[tuple[int, ...], int]]) -> None:
         """Start ``path``'s worker process now, and warm it up in the background until this run first needs it.
@@ -226,9 +248,10 @@ class KerasAdapter(Adapter):
         of a backend's first request; a backend that compiles per shape traces its step anew for each of ``shapes``.
         All of it then overlaps the tests that run before this backend's first one (:class:`_Warming`).
         """
-        if path in BACKENDS and _installed(BACKENDS[path]):
-            _shared_worker(path).start(wait=False)
-            warming = _warming(path)
+        backend = backend_of(path)
+        if backend in BACKENDS and _installed(BACKENDS[backend]):
+            _shared_worker(backend).start(wait=False)
+            warming = _warming(backend)
             for widths, batch_size in shapes or [FIRST_STEP_SHAPE]:
                 warming.submit((tuple(widths), batch_size, dtype, device))
 
@@ -237,12 +260,12 @@ class KerasAdapter(Adapter):
         for warming in _WARMING.values():
             warming.stop()
 
-    def _worker(self, path: str) -> workers.Worker:
-        """``path``'s worker, for a request of this run: its warm-up stops here (:class:`_Warming`)."""
-        if path not in self._used:
-            self._used.append(path)
-        _warming(path).stop()
-        return _shared_worker(path)
+    def _worker(self, backend: str) -> workers.Worker:
+        """``backend``'s worker, for a request of this run: its warm-up stops here (:class:`_Warming`)."""
+        if backend not in self._used:
+            self._used.append(backend)
+        _warming(backend).stop()
+        return _shared_worker(backend)
 
 
 FIRST_STEP_SHAPE: tuple[tuple[int, ...], int] = ((2, 3, 2), 2)
@@ -295,6 +318,6 @@ def _shared_worker(path: str) -> workers.Worker:
 def _first_installed(caps: Capabilities) -> str:
     """The first installed default path, else the first installed path: the backend a round trip goes through first."""
     for path in (*caps.default_paths, *caps.paths):
-        if _installed(BACKENDS[path]):
-            return path
+        if _installed(BACKENDS[backend_of(path)]):
+            return backend_of(path)
     raise RequestError(f"adapter 'keras': none of Keras' backends ({', '.join(BACKENDS)}) is installed; install one of them")

@@ -10,6 +10,7 @@ here because only a process that has imported Keras on a backend can build them;
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +27,8 @@ from backprop_conformance.adapters.keras_adapter import (
     ENVIRONMENT,
     KERAS_POLICIES,
     LEVELS,
+    LOSS_SCALE,
+    LOSS_SCALED_DTYPES,
     POLICIES,
     SHAPE_COMPILED_PATHS,
 )
@@ -41,7 +44,7 @@ def _keras() -> Any:
 
 
 class KerasInProcess(Adapter):
-    """Keras on the backend this process imported: one path, the backend's name.
+    """Keras on the backend this process imported: the backend's name as its path, and its loss-scaling path.
 
     The worker processes of :class:`~backprop_conformance.adapters.keras_adapter.KerasAdapter` host it. It also runs
     directly, one backend per process, as a plug-in: ``KERAS_BACKEND=torch python -m pytest conformance
@@ -58,6 +61,7 @@ class KerasInProcess(Adapter):
         if backend not in BACKENDS:
             raise CapabilitiesError(f"adapter 'keras-in-process': Keras backend {backend!r} is not one of {', '.join(BACKENDS)}")
         dtypes = DTYPES
+        scaled = backend + LOSS_SCALE
         if backend == "jax":
             import jax
 
@@ -68,14 +72,15 @@ class KerasInProcess(Adapter):
             framework=f"Keras on {backend}",
             version=keras.__version__,
             dtypes=(*dtypes, *POLICIES),
-            paths=(backend,),
+            paths=(backend, scaled),
             default_paths=(backend,),
             accumulation={d: ACCUMULATION[d] for d in ACCUMULATION if d in dtypes},
-            shape_compiled_paths=(backend,) if backend in SHAPE_COMPILED_PATHS else (),
+            shape_compiled_paths=tuple(p for p in (backend, scaled) if p in SHAPE_COMPILED_PATHS),
             environment=("KERAS_BACKEND", "JAX_ENABLE_X64", *ENVIRONMENT),
-            levels={backend: LEVELS[backend]()},
+            levels=dict.fromkeys((backend, scaled), LEVELS[backend]()),
             policies=POLICIES,
             default_dtypes=dtypes,
+            path_dtypes={scaled: LOSS_SCALED_DTYPES},
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -115,7 +120,11 @@ class KerasInProcess(Adapter):
             model = _model(network.widths, dtype)
             model.assign(network, dtype)
             x, y = _tensor(batch.x, dtype), _tensor(batch.y, dtype)
-            cost, activations, grad_w, grad_b = _STEPS[backend](model, x, y)
+            if path.endswith(LOSS_SCALE):
+                cost, activations, grad_w, grad_b, scale = _loss_scaled_step(backend, model, x, y)
+            else:
+                cost, activations, grad_w, grad_b = _STEPS[backend](model, x, y, None)
+                scale = None
         carrier = float_format(dtype).carrier
 
         def by_layer(values: list[Any], first: int = 2, transpose: bool = False) -> dict[int, np.ndarray]:
@@ -125,6 +134,7 @@ class KerasInProcess(Adapter):
             gradients=Gradients(by_layer(grad_w, transpose=True), by_layer(grad_b)),
             cost=float(_to_numpy(cost, np.dtype(np.float64))),
             a=by_layer([x, *activations], first=1),
+            loss_scale=scale,
         )
 
 
@@ -198,6 +208,7 @@ class _Model:
         self.view = keras.Model(self.sequential.inputs, [layer.output for layer in self.layers])
         self.variables = [v for layer in self.layers for v in (layer.kernel, layer.bias)]
         self.compiled: Callable[..., Any] | None = None
+        self.loss_scaling: _LossScaling | None = None
 
     def assign(self, network: Network, dtype: str) -> None:
         """Every kernel to w^l transposed (Keras' (in, out) layout), every bias to b^l."""
@@ -244,24 +255,28 @@ def _cost(a_L: Any, y: Any) -> Any:
     return 0.5 * keras.ops.sum(keras.ops.square(y - keras.ops.cast(a_L, y.dtype)))
 
 
-def _tensorflow_step(model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
-    """``tf.GradientTape`` in a ``tf.function`` per model, as Keras' TensorFlow trainer runs ``train_step``."""
+def _tensorflow_step(model: _Model, x: Any, y: Any, scale: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
+    """``tf.GradientTape`` in a ``tf.function`` per model, as Keras' TensorFlow trainer runs ``train_step``.
+
+    Every step returns the cost, the a^l and the gradients of the cost multiplied by ``scale`` (a loss scale, as
+    ``optimizer.scale_loss`` multiplies it in Keras' trainers), or of the cost itself when ``scale`` is None."""
     import tensorflow as tf
 
     if model.compiled is None:
 
-        def step(x: Any, y: Any) -> tuple[Any, list[Any], list[Any]]:
+        def step(x: Any, y: Any, scale: Any) -> tuple[Any, list[Any], list[Any]]:
             with tf.GradientTape() as tape:
                 activations = _as_list(model.view(x))
                 cost = _cost(activations[-1], y)
-            return cost, activations, tape.gradient(cost, model.variables)
+                scaled = cost if scale is None else cost * scale
+            return cost, activations, tape.gradient(scaled, model.variables)
 
         model.compiled = tf.function(step, autograph=False)
-    cost, activations, gradients = model.compiled(x, y)
+    cost, activations, gradients = model.compiled(x, y, scale)
     return cost, _as_list(activations), gradients[0::2], gradients[1::2]
 
 
-def _torch_step(model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
+def _torch_step(model: _Model, x: Any, y: Any, scale: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
     """Autograd, eagerly, as Keras' torch trainer runs ``train_step``: forward, ``backward()``, each variable's ``.grad``.
 
     Every ``.grad`` is set to None first, as the trainer's ``zero_grad`` does each step: the model is reused from one
@@ -274,26 +289,27 @@ def _torch_step(model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any
     with torch.enable_grad():
         activations = _as_list(model.view(x))
         cost = _cost(activations[-1], y)
-        cost.backward()
+        (cost if scale is None else cost * scale).backward()
     gradients = [v.value.grad for v in model.variables]
     return cost.detach(), [a.detach() for a in activations], gradients[0::2], gradients[1::2]
 
 
-def _jax_step(model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
+def _jax_step(model: _Model, x: Any, y: Any, scale: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
     """``jax.jit(jax.value_and_grad(...))`` of ``stateless_call``, as Keras' JAX trainer computes gradients."""
     import jax
 
     if model.compiled is None:
         non_trainable = [v.value for v in model.view.non_trainable_variables]
 
-        def cost_of(values: list[Any], x: Any, y: Any) -> tuple[Any, list[Any]]:
+        def cost_of(values: list[Any], x: Any, y: Any, scale: Any) -> tuple[Any, tuple[Any, list[Any]]]:
             # stateless_call takes the view's trainable variables in its own order; map ours onto them.
             outputs, _ = model.view.stateless_call(_ordered(model, values), non_trainable, x)
             activations = _as_list(outputs)
-            return _cost(activations[-1], y), activations
+            cost = _cost(activations[-1], y)
+            return (cost if scale is None else cost * scale), (cost, activations)
 
         model.compiled = jax.jit(jax.value_and_grad(cost_of, has_aux=True))
-    (cost, activations), gradients = model.compiled([v.value for v in model.variables], x, y)
+    (_, (cost, activations)), gradients = model.compiled([v.value for v in model.variables], x, y, scale)
     return cost, activations, gradients[0::2], gradients[1::2]
 
 
@@ -303,8 +319,66 @@ def _ordered(model: _Model, values: list[Any]) -> list[Any]:
     return [values[position[id(v)]] for v in model.view.trainable_variables]
 
 
-_STEPS: dict[str, Callable[[_Model, Any, Any], tuple[Any, list[Any], list[Any], list[Any]]]] = {
+_STEPS: dict[str, Callable[[_Model, Any, Any, Any], tuple[Any, list[Any], list[Any], list[Any]]]] = {
     "tensorflow": _tensorflow_step,
     "torch": _torch_step,
     "jax": _jax_step,
 }
+
+
+class _LossScaling:
+    """A model's ``keras.optimizers.LossScaleOptimizer``, its ``stateless_apply`` (jitted on JAX, as the JAX trainer
+    runs it) and its variables' values as built, from which every call starts (scale 2^15, Keras' default)."""
+
+    def __init__(self, backend: str, model: _Model) -> None:
+        keras = _keras()
+        self.optimizer = keras.optimizers.LossScaleOptimizer(_hands_back()(learning_rate=0.0))
+        self.optimizer.build(model.variables)
+        self.initial = [keras.ops.convert_to_tensor(v.value) for v in self.optimizer.variables]
+        self.scale_index = next(i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer.dynamic_scale)
+        if backend == "jax":
+            import jax
+
+            self.apply: Callable[..., Any] = jax.jit(self.optimizer.stateless_apply)
+        else:
+            self.apply = self.optimizer.stateless_apply
+
+
+@functools.cache
+def _hands_back() -> type[Any]:
+    """An inner optimizer whose step replaces each variable by the gradient it is given (the class, made once Keras is imported).
+
+    ``LossScaleOptimizer`` hands its inner optimizer the unscaled gradients, and only when they are finite; with this
+    one inside, the variables its ``stateless_apply`` returns are those gradients, as the optimizer would have stepped
+    with them, and the variables unchanged when it skipped the step.
+    """
+    keras = _keras()
+
+    class HandsBack(keras.optimizers.SGD):  # type: ignore[misc, name-defined]
+        def stateless_apply(
+            self, optimizer_variables: list[Any], grads: list[Any], trainable_variables: list[Any]
+        ) -> tuple[list[Any], list[Any]]:
+            return list(grads), [keras.ops.convert_to_tensor(v) for v in optimizer_variables]
+
+    return HandsBack
+
+
+def _loss_scaled_step(backend: str, model: _Model, x: Any, y: Any) -> tuple[Any, list[Any], list[Any], list[Any], float]:
+    """The backend's step on the cost scaled by ``LossScaleOptimizer.dynamic_scale``, the gradients unscaled by its
+    ``stateless_apply``; a step whose gradients overflowed is skipped and the scale halved by the optimizer, and the step
+    runs again at the halved scale, as the next training step would. Returns the scale of the step taken beside the rest.
+    """
+    keras = _keras()
+    if model.loss_scaling is None:
+        model.loss_scaling = _LossScaling(backend, model)
+    scaling = model.loss_scaling
+    state = list(scaling.initial)
+    values = [keras.ops.convert_to_tensor(v.value) for v in model.variables]
+    while True:
+        scale = keras.ops.convert_to_tensor(state[scaling.scale_index])
+        cost, activations, grad_w, grad_b = _STEPS[backend](model, x, y, scale)
+        gradients = [g for pair in zip(grad_w, grad_b, strict=True) for g in pair]
+        unscaled, state = scaling.apply(state, gradients, values)
+        used = float(keras.ops.convert_to_numpy(scale))
+        if float(keras.ops.convert_to_numpy(state[scaling.scale_index])) >= used or used <= 1:
+            return cost, activations, list(unscaled[0::2]), list(unscaled[1::2]), used

@@ -5,7 +5,8 @@ transposed layout, or one that changes from one call to the next is the adapter'
 before any verdict (the suite runs them once per cell; plug-in authors can call :func:`check_contract`
 directly) so that an adapter bug is reported as one, naming the adapter, the path, the parameter in
 the page's indices and what was expected, instead of surfacing as a numpy broadcast error or as a
-misleading gradient mismatch. The shapes and dtypes of every output are checked by
+misleading gradient mismatch. One more is about what the gradient refers to: a call with other parameters must give
+other gradients (:func:`check_reads_parameters`). The shapes and dtypes of every output are checked by
 :meth:`~backprop_conformance.adapters.base.Adapter.compute` on every call; what is here needs more
 than one call.
 """
@@ -16,6 +17,7 @@ import numpy as np
 
 from backprop_conformance.adapters.base import Adapter, AdapterContractError
 from backprop_conformance.reference.model import Batch, Network, parameter_name
+from backprop_conformance.reference.vectorized import backprop
 
 
 def check_roundtrip(adapter: Adapter, path: str, dtype: str, device: str, network: Network) -> None:
@@ -57,7 +59,33 @@ def check_repeatable(adapter: Adapter, path: str, dtype: str, device: str, netwo
             )
 
 
+def check_reads_parameters(adapter: Adapter, path: str, dtype: str, device: str, network: Network, batch: Batch) -> None:
+    """A call with every parameter negated must return other gradients: the gradient refers to the parameters given.
+
+    A framework that computes with a copy of its parameters (mixed precision's compute copy, cast from the float32
+    master copy) can compute with a copy that is not the parameter: cast when the model was built, before the
+    parameters were assigned, or cached from an earlier call of the same shape. Its gradients are self-consistent and
+    repeatable, and the round trip reads the master copy back unchanged, so only a call with other parameters shows
+    it. Negation is exact in every format and changes every z^l, hence the reference's gradients, which are compared
+    first (a network of zeros is its own negation).
+    """
+    negated = Network({l: -w for l, w in network.w.items()}, {l: -b for l, b in network.b.items()})
+    want, want_negated = (backprop(n, batch).gradients for n in (network, negated))
+    if all(np.array_equal(g, (want_negated.w if kind == "w" else want_negated.b)[l]) for kind, l, g in want.items()):
+        return
+    first = adapter.compute(network, batch, dtype=dtype, path=path, device=device)
+    second = adapter.compute(negated, batch, dtype=dtype, path=path, device=device)
+    if all(np.array_equal(g, (second.gradients.w if kind == "w" else second.gradients.b)[l]) for kind, l, g in first.gradients.items()):
+        raise AdapterContractError(
+            f"{adapter.where(path, dtype)}: negating every parameter left every gradient unchanged: the gradients refer to a "
+            "copy of the parameters other than those given (a compute copy cast before the parameters were assigned to "
+            "the master copy, or kept from an earlier call); the gradient must be taken at the parameters the suite passes"
+        )
+
+
 def check_contract(adapter: Adapter, path: str, dtype: str, device: str, network: Network, batch: Batch) -> None:
-    """Every contract check on one input: layout round trip, output shapes and dtypes, repeatability."""
+    """Every contract check on one input: layout round trip, output shapes and dtypes, repeatability, and that the
+    gradients refer to the parameters given."""
     check_roundtrip(adapter, path, dtype, device, network)
     check_repeatable(adapter, path, dtype, device, network, batch)
+    check_reads_parameters(adapter, path, dtype, device, network, batch)

@@ -29,6 +29,12 @@ Execution paths, each putting a different piece of torch's machinery on trial:
   symbolic-shape code live there); opt-in, and pooled like ``compile``;
 * ``compile-func``: ``torch.compile`` around ``torch.func.grad`` of the network written as a function of its
   parameters (pytorch/pytorch#136662 was a silent wrong gradient of that composition); opt-in, pooled;
+* ``grad-scaler``: ``torch.amp.GradScaler``, the loss scaling of a float16 training loop: the cost multiplied by S
+  (2^16 to start, GradScaler's default) before ``backward()``, the gradients divided by S with ``unscale_``, and a step
+  whose gradients overflowed skipped and S halved (``update()``), the step then retried as the next one would be. The
+  gradients returned are the ones the optimizer steps with, and the scale is returned beside them
+  (:attr:`~backprop_conformance.adapters.base.AdapterOutput.loss_scale`). Opt-in; it runs the formats whose parameters
+  are float32 or wider and the mixed-precision policies, since GradScaler refuses to unscale float16 gradients;
 * ``ddp``: ``DistributedDataParallel`` over gloo in R rank processes, each with a slice of the batch; DDP
   returns the mean over ranks of their gradients and the adapter returns R times it, the gradient of the
   summed cost (:mod:`backprop_conformance.adapters.torch_ddp`). Opt-in: it starts R processes.
@@ -88,6 +94,7 @@ PATHS = (
     "compile",
     "compile-dynamic",
     "compile-func",
+    "grad-scaler",
     "ddp",
 )
 DEFAULT_PATHS = ("eager", "func", "mse")
@@ -107,6 +114,13 @@ format and returns its product there, accumulated in float32 (as every float16 a
 ``y − a`` is promoted to float32 by the float32 target, so the cost, its sums and ∂C/∂a^L are float32 until autograd
 casts ∂C/∂a^L back to the compute format; the weight and bias gradients come out of the compute-format backward and
 are cast to the float32 parameters' format."""
+
+
+INITIAL_LOSS_SCALE = 2.0**16
+"""The ``grad-scaler`` path's first loss scale: ``GradScaler``'s own default ``init_scale``."""
+LOSS_SCALED_DTYPES = ("float64", "float32", *POLICIES)
+"""The dtypes of the ``grad-scaler`` path: ``unscale_`` raises "Attempting to unscale FP16 gradients" for float16
+parameters (and bfloat16's), so loss scaling runs with float32 parameters, as a mixed-precision policy keeps them."""
 
 
 RECOMPILE_LIMIT = 4096
@@ -150,6 +164,7 @@ class TorchAdapter(Adapter):
             default_dtypes=DTYPES,
             micro_batch_paths=("accumulate",),
             per_example_paths=("per-example",),
+            path_dtypes={"grad-scaler": LOSS_SCALED_DTYPES},
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -204,6 +219,8 @@ class TorchAdapter(Adapter):
                     result = self._accumulate(model, recorder, x, y, self.micro_batch_pieces(batch))
                 elif path == "per-example":
                     result = self._per_example(model, recorder, x, y)
+                elif path == "grad-scaler":
+                    result = self._grad_scaled(model, recorder, x, y, device)
                 elif path.startswith("checkpoint"):
                     result = self._checkpointed(model, recorder, x, y, reentrant=path == "checkpoint-reentrant")
                 else:
@@ -263,6 +280,31 @@ class TorchAdapter(Adapter):
         z, activations = recorder.z[:depth], recorder.a[:depth]
         cost.backward()
         return dataclasses.replace(_tape_result(recorder, cost, None), z=[v.detach() for v in z], a=[v.detach() for v in activations])
+
+    def _grad_scaled(self, model: Any, recorder: Recorder, x: Any, y: Any, device: str) -> _PathResult:
+        """``scaler.scale(cost).backward()``, ``scaler.unscale_(optimizer)``, ``scaler.step``, ``scaler.update()``, as the
+        training loop of torch's AMP recipe writes it, until a step is taken.
+
+        The optimizer is SGD at learning rate 0, so that a step leaves the parameters as they are; the gradients are
+        then ``.grad`` as ``unscale_`` left it, the ones the step used. A step is skipped when ``unscale_`` found a
+        non-finite gradient, which ``update()`` shows by halving the scale: the forward and backward passes then run
+        again at the halved scale. δ^l is not returned: z^l's ``.grad`` holds S·δ^l, in the compute format.
+        """
+        torch = import_torch()
+        scaler = torch.amp.GradScaler(device, init_scale=INITIAL_LOSS_SCALE)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        while True:
+            recorder.z.clear()
+            recorder.a.clear()
+            optimizer.zero_grad(set_to_none=True)
+            cost = quadratic_cost(model(x), y)
+            scaler.scale(cost).backward()
+            scaler.unscale_(optimizer)
+            scale = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() >= scale or scale <= 1:
+                return dataclasses.replace(_tape_result(recorder, cost, None), loss_scale=scale)
 
     def _accumulate(self, model: Any, recorder: Recorder, x: Any, y: Any, pieces: tuple[slice, ...]) -> _PathResult:
         """``cost_i.backward()`` once per micro-batch, into the same ``.grad``; the costs added, in the format, in order.
@@ -393,6 +435,7 @@ class _PathResult:
     delta: list[Any] | None
     per_example_w: list[Any] | None = None
     per_example_b: list[Any] | None = None
+    loss_scale: float | None = None
 
 
 def _tape_result(recorder: Recorder, cost: Any, delta: list[Any] | None) -> _PathResult:
@@ -540,4 +583,5 @@ def _to_output(result: _PathResult, x: Any, dtype: str) -> AdapterOutput:
             if result.per_example_w is not None
             else None
         ),
+        loss_scale=result.loss_scale,
     )

@@ -32,10 +32,11 @@ MAX_MESSAGE = 160
 CONTRACT_PREFIX = re.compile(r"^(?:[\w.]+\.)?AdapterContractError: adapter '[^']*', path '[^']*', dtype \w+: ")
 
 
-def _item(outcome: Outcome) -> str:
-    """``test_gradients[mut-no-half-manual-float64]`` -> ``gradients float64`` (``gradients mixed-bfloat16`` for a policy)."""
+def _item(outcome: Outcome, path: str = PATH) -> str:
+    """``test_gradients[mut-no-half-manual-float64]`` -> ``gradients float64`` (``gradients mixed-bfloat16`` for a policy);
+    ``path`` is the cell's path (a training-loop mutant's is its own)."""
     test = outcome.test.split("[", 1)[0].removeprefix("test_")
-    return f"{test} {outcome.cell.split(f'-{PATH}-', 1)[1]}"
+    return f"{test} {outcome.cell.split(f'-{path}-', 1)[1]}"
 
 
 def _conformance_items(run: SuiteRun, adapter: type[ManualBackprop] | type[training_mutants.TrainingMutant]) -> list[Outcome]:
@@ -102,7 +103,7 @@ def table(runs: list[SuiteRun]) -> str:
     lines += ["", "| training-loop mutant | path | bug | caught by | named as |", "|---|---|---|---|---|"]
     for mutant in training_mutants.MUTANTS:
         failed = [o for o in _conformance_items(first, mutant) if o.failed]
-        caught = ", ".join(_item(o) for o in failed) or "**nothing: not caught**"
+        caught = ", ".join(_item(o, mutant.path) for o in failed) or "**nothing: not caught**"
         named = _naming(failed) if failed else "-"
         mark = "" if mutant.bug in " ".join(o.message for o in failed) else " **(not named)**"
         lines.append(f"| `{mutant.__name__}` | {mutant.path} | {_cell(bug(mutant))} | {caught} | {_cell(named)}{mark} |")

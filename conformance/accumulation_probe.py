@@ -25,6 +25,15 @@ wider format (float32 for float16 and bfloat16, float64 for float32); both ``dot
 to be declared. The terms are the values the adapter returns, rounded to the format: a framework that sums
 wider intermediates than it returns (a fused backward pass) shows as accumulating in the format, which keeps
 the declaration on the safe side.
+
+A mixed-precision policy (``--dtype mixed-bfloat16``) declares its sums in its policy, one format per accumulation,
+either storage (float32) or compute. The probe measures them the same way, with terms in the compute format (the
+casts of the inputs and the parameters are then exact) and the results compared after rounding to the compute
+format: a sum accumulated in float32 lands on the correctly rounded compute-format value in practically every
+trial, whatever format its result is returned in, and one accumulated in the compute format rarely. The measured
+policy is compared with the declared one, and a disagreement fails the command (:func:`policy_disagreements`): a sum
+declared in the compute format that is measured wider would judge the framework by a looser bound than its arithmetic
+earns, and one declared in float32 that is measured in the compute format by a tighter one (false alarms).
 """
 
 from __future__ import annotations
@@ -38,8 +47,8 @@ from typing import TextIO
 
 import numpy as np
 
-from backprop_conformance.adapters.base import OPERATIONS, Adapter, AdapterError
-from backprop_conformance.reference.dtypes import round_to
+from backprop_conformance.adapters.base import OPERATIONS, Adapter, AdapterError, Capabilities
+from backprop_conformance.reference.dtypes import MIXED, round_to
 from backprop_conformance.reference.model import Batch, Network
 
 SIZES: tuple[int, ...] = (16, 1024)
@@ -77,12 +86,19 @@ def exact_sum(p: np.ndarray) -> list[Fraction]:
 
 
 def correctly_rounded(dtype: str, got: Sequence[float], *exact: Sequence[Fraction]) -> int:
-    """How many of ``got`` equal the correctly rounded value, in ``dtype``, of the matching exact sum of one of ``exact``."""
+    """How many of ``got``, rounded to ``dtype``, equal the correctly rounded value, in ``dtype``, of the matching exact
+    sum of one of ``exact``. A result already in ``dtype`` is compared as it is; a mixed-precision policy's results,
+    some returned wider than its compute format, are compared at the compute format's precision."""
     hits = 0
     for i, value in enumerate(got):
         wanted = {float(round_to(dtype, np.float64(float(candidate[i])))) for candidate in exact}
-        hits += int(float(value) in wanted)
+        hits += int(float(round_to(dtype, np.float64(float(value)))) in wanted)
     return hits
+
+
+def term_format(dtype: str) -> str:
+    """The format the probe's terms are drawn in and its sums compared at: ``dtype``, or a policy's compute format."""
+    return MIXED[dtype][1] if dtype in MIXED else dtype
 
 
 @dataclass
@@ -115,7 +131,16 @@ class Measurement:
     error: str = ""
 
     def declaration(self) -> dict[str, str]:
-        """The per-operation accumulation the evidence supports (keys undeclared where it is the dtype itself)."""
+        """The per-operation accumulation the evidence supports (keys undeclared where it is the dtype itself; for a
+        mixed-precision policy, every measured key, in storage or compute format)."""
+        if self.dtype in MIXED and not self.error:
+            storage, compute = MIXED[self.dtype]
+            measured = {}
+            for key in dict.fromkeys(key for _, key, _ in SUMS):
+                verdicts = [v for name, k, _ in SUMS if k == key and (v := self.tallies[name].wide()) is not None]
+                if verdicts:
+                    measured[key] = storage if all(verdicts) else compute
+            return measured
         wider = WIDER.get(self.dtype)
         if wider is None or self.error:
             return {}
@@ -147,36 +172,38 @@ def measure(adapter: Adapter, path: str, dtype: str, *, trials: int = 20, sizes:
 
 
 def _forward_trial(adapter: Adapter, path: str, dtype: str, n: int, rng: np.random.Generator, tally: Tally) -> None:
-    w = _uniform(rng, dtype, (2, n))
-    x = _uniform(rng, dtype, (1, n))
+    fmt = term_format(dtype)
+    w = _uniform(rng, fmt, (2, n))
+    x = _uniform(rng, fmt, (1, n))
     out = adapter.compute(Network({2: w}, {2: np.zeros(2)}), Batch(x, np.zeros((1, 2))), dtype=dtype, path=path)
     if out.z is None:
         tally.missing = f"path {path!r} returns no z"
         return
     got = np.asarray(out.z[2], dtype=np.float64)[0]
-    tally.add(n, correctly_rounded(dtype, got, exact_dot(w.T, np.repeat(x.T, 2, axis=1))), 2)
+    tally.add(n, correctly_rounded(fmt, got, exact_dot(w.T, np.repeat(x.T, 2, axis=1))), 2)
 
 
 def _batch_trial(adapter: Adapter, path: str, dtype: str, n: int, rng: np.random.Generator, tallies: Mapping[str, Tally]) -> None:
-    network = Network({2: _uniform(rng, dtype, (2, 1))}, {2: _uniform(rng, dtype, (2,))})
-    x = _uniform(rng, dtype, (n, 1))
+    fmt = term_format(dtype)
+    network = Network({2: _uniform(rng, fmt, (2, 1))}, {2: _uniform(rng, fmt, (2,))})
+    x = _uniform(rng, fmt, (n, 1))
     out = adapter.compute(network, Batch(x, np.zeros((n, 2))), dtype=dtype, path=path)
     if out.delta is None:
         tallies["weight"].missing = tallies["bias"].missing = f"path {path!r} returns no δ"
     else:
         delta = np.asarray(out.delta[2], dtype=np.float64)
         weight = np.asarray(out.gradients.w[2], dtype=np.float64)[:, 0]
-        tallies["weight"].add(n, correctly_rounded(dtype, weight, exact_dot(delta, np.repeat(x, 2, axis=1))), 2)
-        tallies["bias"].add(n, correctly_rounded(dtype, np.asarray(out.gradients.b[2], dtype=np.float64), exact_sum(delta)), 2)
+        tallies["weight"].add(n, correctly_rounded(fmt, weight, exact_dot(delta, np.repeat(x, 2, axis=1))), 2)
+        tallies["bias"].add(n, correctly_rounded(fmt, np.asarray(out.gradients.b[2], dtype=np.float64), exact_sum(delta)), 2)
     if out.a is None:
         tallies["cost"].missing = f"path {path!r} returns no a"
         return
     a = np.asarray(out.a[2], dtype=np.float64).reshape(-1, 1)
-    squares = round_to(dtype, a * a).astype(np.float64)
+    squares = round_to(fmt, a * a).astype(np.float64)
     half = Fraction(1, 2)
     in_format = [half * s for s in exact_sum(squares)]
     exact = [half * s for s in exact_dot(a, a)]
-    tallies["cost"].add(2 * n, correctly_rounded(dtype, [out.cost], in_format, exact), 1)
+    tallies["cost"].add(2 * n, correctly_rounded(fmt, [out.cost], in_format, exact), 1)
 
 
 def probe(adapter: Adapter, paths: Sequence[str], dtypes: Sequence[str], *, trials: int, out: TextIO) -> list[Measurement]:
@@ -209,13 +236,61 @@ def probe(adapter: Adapter, paths: Sequence[str], dtypes: Sequence[str], *, tria
             print(f"  not measured: {'; '.join(missing)}", file=out)
     print("\nmeasured (widest accumulation every probed path supports), beside what the adapter declares:", file=out)
     for dtype in dtypes:
+        if dtype in caps.policies:
+            declared = caps.policies[dtype].formats
+            measured_policy = measured_sums(measurements, dtype)
+            print(
+                f"  {dtype:<9} measured {_sums(measured_policy) or 'nothing'}; declared {_sums({k: declared[k] for k in measured_policy})}",
+                file=out,
+            )
+            continue
         found = [m.declaration() for m in measurements if m.dtype == dtype and not m.error]
         common = {k: v for k, v in found[0].items() if all(f.get(k) == v for f in found)} if found else {}
         measured: object = common or dtype
         if common and set(common) == set(OPERATIONS) and len(set(common.values())) == 1:
             measured = next(iter(common.values()))
         print(f"  {dtype:<9} measured {measured}; declared {caps.accumulation.get(dtype, dtype)}", file=out)
+    for line in policy_disagreements(caps, measurements):
+        print(f"DISAGREES: {line}", file=out)
     return measurements
+
+
+def _sums(formats: Mapping[str, str]) -> str:
+    return ", ".join(f"{key} {fmt}" for key, fmt in formats.items())
+
+
+def measured_sums(measurements: Sequence[Measurement], dtype: str) -> dict[str, str]:
+    """A policy's accumulations as measured on every probed path: storage where every path accumulated wider, else compute."""
+    found = [m.declaration() for m in measurements if m.dtype == dtype and not m.error]
+    compute = MIXED[dtype][1]
+    keys = dict.fromkeys(key for f in found for key in f)
+    return {key: compute if any(f.get(key) == compute for f in found) else MIXED[dtype][0] for key in keys}
+
+
+def policy_disagreements(caps: Capabilities, measurements: Sequence[Measurement]) -> list[str]:
+    """Each accumulation of a declared mixed-precision policy that the measurement contradicts, said in words.
+
+    A policy's sums are part of its declaration, and the bound follows them: a sum declared in the compute format but
+    measured in float32 would loosen the bound beyond what the arithmetic earns (what :func:`check_policy_intermediates
+    <backprop_conformance.adapters.base.check_policy_intermediates>` refuses for z and a), one declared in float32 but
+    measured in the compute format would tighten it into false alarms.
+    """
+    lines = []
+    for dtype in dict.fromkeys(m.dtype for m in measurements):
+        if dtype not in caps.policies:
+            continue
+        policy = caps.policies[dtype]
+        for key, measured in measured_sums(measurements, dtype).items():
+            declared = policy.formats[key]
+            if declared == measured:
+                continue
+            effect = (
+                "a looser bound than its arithmetic earns: declare it as measured"
+                if measured == policy.storage
+                else "a tighter bound than its arithmetic allows (false alarms): declare it as measured"
+            )
+            lines.append(f"{caps.name} {dtype}: {key} declared {declared}, measured {measured}; the declaration gives {effect}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -239,8 +314,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         print(f"accumulation: {exc}", file=err)
         return 2
     caps = adapter.caps
-    # A mixed-precision policy declares its sums in its policy, which this probe does not measure (yet): formats only.
-    formats = tuple(d for d in caps.dtypes if d not in caps.policies)
+    formats = caps.dtypes
     for what, asked, valid in (("path", args.path, caps.paths), ("dtype", args.dtype, formats)):
         stray = [a for a in asked if a not in valid]
         if stray:
@@ -248,10 +322,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return 2
     paths = args.path or [p for p in caps.paths if p not in caps.ranks]
     try:
-        probe(adapter, paths, args.dtype or list(formats), trials=args.trials, out=out)
+        measurements = probe(adapter, paths, args.dtype or list(formats), trials=args.trials, out=out)
     finally:
         adapter.finish()
-    return 0
+    return 1 if policy_disagreements(caps, measurements) else 0
 
 
 def _positive(text: str) -> int:

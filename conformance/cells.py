@@ -138,7 +138,7 @@ def select_cells(
             Cell(caps.name, path, dtype, device, level)
             for path in chosen
             for dtype in ([d for d in caps.dtypes if d in dtypes] if dtypes else caps.default_dtypes or caps.dtypes)
-            if dtype not in caps.policies or caps.in_one_piece(path)
+            if (dtype not in caps.policies or caps.in_one_piece(path)) and dtype in caps.dtypes_of_path(path)
             for device in [d for d in caps.devices if d in devices and dtype in caps.dtypes_on(d)]
             for level in _levels(caps, path, device, levels)
         ]

@@ -174,7 +174,8 @@ class Verdict:
     for the fidelity tier, which judges gradients only). ``worst_ratio`` is the largest error/bound
     ratio over both, infinite when the framework returned a non-finite value. ``data_parallel``, for a
     failing gradient of a data-parallel path, names the bug it matches (:mod:`~backprop_conformance.conformance.data_parallel`);
-    ``loss_scale``, for a failing mixed-precision gradient, a loss scale left in it (:mod:`~backprop_conformance.conformance.loss_scale`).
+    ``loss_scale``, for a failing mixed-precision gradient, a loss scale left in it, and on a loss-scaling path whether
+    the scale it used could change a rounding (:mod:`~backprop_conformance.conformance.loss_scale`).
     """
 
     cell: str
@@ -297,6 +298,9 @@ def judge(
             accumulation = micro_batches.diagnose(problem, output.gradients, tol.gradients, per_example=output.per_example is not None)
     elif not sums.passed:
         scaled = loss_scale.diagnose(problem, output.gradients, tol.gradients)
+    if not sums.passed and output.loss_scale is not None and partial_sums == 1:
+        used = loss_scale.exactness(problem, framework, output.loss_scale)
+        scaled = f"{scaled}; {used}" if scaled else used
     return Verdict(
         cell,
         problem,

@@ -339,7 +339,7 @@ def simulate(network: Network, batch: Batch, policy: MixedPolicy) -> Simulated:
     return Simulation(policy).run(network, batch)
 
 
-def largest_exact_loss_scale(network: Network, trace: BackpropTrace, bounds: ErrorBounds, policy: MixedPolicy) -> float:
+def largest_exact_loss_scale(network: Network, trace: BackpropTrace, bounds: ErrorBounds, policy: MixedPolicy | str) -> float:
     """The largest power of two S by which the cost can be scaled with no rounding changed: every scaled value stays finite.
 
     Multiplying by a power of two is exact in binary floating point unless the product leaves the format's range, and
@@ -352,10 +352,15 @@ def largest_exact_loss_scale(network: Network, trace: BackpropTrace, bounds: Err
     magnitudes plus their errors, are the residual in the cost's format (and σ's), δ^l in σ's, ∂C/∂a^l in the products' (with
     the cast weights), and the gradients' sums, whose partial sums are at most Σ_x |δ||a| and Σ_x |δ|, in the
     gradient's format; the residual is held in σ's format too, once autograd casts it back. S beyond the returned value
-    may overflow one of them.
+    may overflow one of them. ``policy`` is a mixed-precision policy, or the name of the one format a computation runs
+    in end to end (a float32 model under ``GradScaler``).
     """
     L = network.depth
-    w = {l: np.abs(network.w[l].astype(np.float64)) * (1 + policy.u("weights")) for l in network.layers}
+
+    def format_of(operation: str) -> str:
+        return policy.formats[operation] if isinstance(policy, MixedPolicy) else policy
+
+    w = {l: np.abs(network.w[l].astype(np.float64)) * (1 + FORMATS[format_of("weights")].u) for l in network.layers}
     a = {l: np.abs(np.asarray(v, dtype=np.float64)) for l, v in trace.a.items()}
     d = {l: np.abs(np.asarray(trace.delta[l], dtype=np.float64)) + bounds.delta[l] for l in network.layers}
     residual = float(np.max(np.abs(trace.dC_da[L]) + bounds.dC_da[L]))
@@ -366,5 +371,5 @@ def largest_exact_loss_scale(network: Network, trace: BackpropTrace, bounds: Err
         reaches.append((float(np.max(d[l].sum(axis=0))), "gradient"))
         if l > 2:
             reaches.append((float(np.max(d[l] @ w[l])), "matmul"))
-    scale = min((FORMATS[policy.formats[op]].largest / m for m, op in reaches if m > 0), default=np.inf)
+    scale = min((FORMATS[format_of(op)].largest / m for m, op in reaches if m > 0), default=np.inf)
     return float(2.0 ** np.floor(np.log2(scale))) if np.isfinite(scale) else float("inf")

@@ -51,7 +51,7 @@ def no_all_reduce(state, bucket):
 
 def one_path(caps: Capabilities, name: str, path: str) -> Capabilities:
     """The built-in torch adapter's capabilities narrowed to one path and :data:`DTYPES`, that path's own declarations
-    (its ranks, levels, and whether it accumulates) kept as they are."""
+    (its ranks, levels, dtypes, and whether it accumulates) kept as they are."""
     return dataclasses.replace(
         caps,
         name=name,
@@ -64,6 +64,7 @@ def one_path(caps: Capabilities, name: str, path: str) -> Capabilities:
         default_dtypes=None,
         ranks={p: n for p, n in caps.ranks.items() if p == path},
         levels={path: caps.levels_of(path)},
+        path_dtypes={p: tuple(d for d in dtypes if d in DTYPES) for p, dtypes in caps.path_dtypes.items() if p == path},
         micro_batch_paths=tuple(p for p in caps.micro_batch_paths if p == path),
         per_example_paths=tuple(p for p in caps.per_example_paths if p == path),
     )

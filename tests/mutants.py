@@ -389,6 +389,26 @@ class LooseDeclaration(ManualMixed):
         return MixedPolicy.of(dtype, **ManualMixed.declared)
 
 
+class MasterCopyNotTheParameter(ManualMixed):
+    """The bfloat16 compute copy is cast from the float32 master copy when the model is built, before the parameters are
+    assigned to the master: the gradient refers to the initial weights, not the parameters.
+
+    The master copy, which the round trip reads back, holds the parameters; the forward and backward passes read the
+    compute copy of the initializer's values (a fixed draw per shape, biases 0), so the output is repeatable and
+    self-consistent. Caught by: the contract ("negating every parameter left every gradient unchanged: the gradients
+    refer to a copy of the parameters other than those given"), and the gradients.
+    """
+
+    name = "mut-mixed-master-copy"
+
+    def run(self, network: Network, batch: Batch, *, dtype: str, path: str, device: str = "cpu") -> AdapterOutput:
+        initial = Network(
+            {l: round_to("float32", np.random.default_rng(w.shape).uniform(-1, 1, w.shape)).astype(w.dtype) for l, w in network.w.items()},
+            {l: np.zeros_like(b) for l, b in network.b.items()},
+        )
+        return super().run(initial, batch, dtype=dtype, path=path, device=device)
+
+
 CORRECT: tuple[type[ManualBackprop], ...] = (
     ManualBackprop,
     OutputSigmaPrime,
@@ -771,6 +791,7 @@ MUTANTS: tuple[type[ManualBackprop], ...] = (
     SigmaPrimeFromComputeActivation,
     AccumulationInComputeFormat,
     LooseDeclaration,
+    MasterCopyNotTheParameter,
 )
 """Adapters with one planted bug each; the default suite must fail every one."""
 

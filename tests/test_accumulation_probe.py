@@ -9,14 +9,25 @@ from __future__ import annotations
 import importlib.util
 import io
 from fractions import Fraction
+from typing import ClassVar
 
 import numpy as np
 import pytest
+from mutants import AccumulationInComputeFormat, ManualMixed
 
 from backprop_conformance.adapters.base import OPERATIONS, Adapter, AdapterOutput, Capabilities
 from backprop_conformance.adapters.example_numpy import NumpyAdapter
 from backprop_conformance.conformance.__main__ import main as commands
-from backprop_conformance.conformance.accumulation_probe import correctly_rounded, exact_dot, exact_sum, measure
+from backprop_conformance.conformance.accumulation_probe import (
+    Measurement,
+    correctly_rounded,
+    exact_dot,
+    exact_sum,
+    measure,
+    measured_sums,
+    policy_disagreements,
+)
+from backprop_conformance.reference.mixed_precision import MixedPolicy
 from backprop_conformance.reference.model import Batch, Gradients, Network
 
 EXAMPLE = "backprop_conformance.adapters.example_numpy:NumpyAdapter"
@@ -118,3 +129,49 @@ def test_output_names_every_sum(capsys: pytest.CaptureFixture[str]) -> None:
     out = io.StringIO(capsys.readouterr().out).read()
     for heading in ("dot (z = w·a)", "dot (∂C/∂w = Σ δ·a)", "batch_sum (∂C/∂b = Σ δ)", "cost_sum (C = Σ ½a²)"):
         assert heading in out
+
+
+class DeclaresBiasSumInBfloat16(ManualMixed):
+    """Computes every sum in float32, as :class:`~mutants.ManualMixed` does, but declares the bias gradient's batch sum
+    in bfloat16: a looser bound than its arithmetic earns."""
+
+    name = "declares-bf16-batch-sum"
+    declared: ClassVar[dict[str, str]] = {**ManualMixed.declared, "batch_sum": "bfloat16"}
+
+    def computed(self, dtype: str) -> MixedPolicy:
+        return MixedPolicy.of(dtype, **ManualMixed.declared)
+
+
+def _policy_measurement(adapter: Adapter) -> list[Measurement]:
+    return [measure(adapter, "manual", "mixed-bfloat16", trials=3)]
+
+
+def test_a_mixed_policy_is_measured_as_it_computes_and_agrees_with_an_honest_declaration() -> None:
+    adapter = ManualMixed()
+    measurements = _policy_measurement(adapter)
+    assert measured_sums(measurements, "mixed-bfloat16") == {"dot": "float32", "batch_sum": "float32", "cost_sum": "float32"}
+    assert policy_disagreements(adapter.caps, measurements) == []
+
+
+def test_a_policy_declaring_float32_sums_it_computes_in_bfloat16_is_flagged() -> None:
+    adapter = AccumulationInComputeFormat()
+    measurements = _policy_measurement(adapter)
+    assert measured_sums(measurements, "mixed-bfloat16") == {"dot": "bfloat16", "batch_sum": "bfloat16", "cost_sum": "bfloat16"}
+    lines = policy_disagreements(adapter.caps, measurements)
+    assert len(lines) == 3 and all("declared float32, measured bfloat16" in line and "false alarms" in line for line in lines)
+
+
+def test_a_policy_declaring_a_coarser_sum_than_it_computes_is_refused() -> None:
+    adapter = DeclaresBiasSumInBfloat16()
+    lines = policy_disagreements(adapter.caps, _policy_measurement(adapter))
+    assert lines == [
+        "declares-bf16-batch-sum mixed-bfloat16: batch_sum declared bfloat16, measured float32; the declaration gives a "
+        "looser bound than its arithmetic earns: declare it as measured"
+    ]
+
+
+def test_the_command_fails_on_a_policy_the_measurement_contradicts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert commands(["accumulation", "mutants:ManualMixed", "--dtype", "mixed-bfloat16", "--trials", "2"]) == 0
+    assert "mixed-bfloat16 measured dot float32, batch_sum float32, cost_sum float32; declared dot float32" in capsys.readouterr().out
+    assert commands(["accumulation", "mutants:AccumulationInComputeFormat", "--dtype", "mixed-bfloat16", "--trials", "2"]) == 1
+    assert "DISAGREES: mut-mixed-bf16-accumulation mixed-bfloat16: dot declared float32, measured bfloat16" in capsys.readouterr().out

@@ -151,15 +151,18 @@ def test_dtypes_declared_per_device_select_only_those_cells() -> None:
 
 
 @pytest.mark.parametrize(
-    ("declared", "wanted"),
+    ("attribute", "declared", "wanted"),
     [
-        ({"tpu": ("float32",)}, "device_dtypes names device 'tpu', which is not among its devices ['cpu', 'cuda']"),
-        ({"cuda": ("float16",)}, "device_dtypes['cuda'] names 'float16', not among its dtypes ['float64', 'float32']"),
-        ({"cuda": ()}, "device_dtypes['cuda']"),
-        (["cuda"], "device_dtypes must be a mapping from device to dtypes, got list"),
+        ("device_dtypes", {"tpu": ("float32",)}, "device_dtypes names device 'tpu', which is not among its devices ['cpu', 'cuda']"),
+        ("device_dtypes", {"cuda": ("float16",)}, "device_dtypes['cuda'] names 'float16', not among its dtypes ['float64', 'float32']"),
+        ("device_dtypes", {"cuda": ()}, "device_dtypes['cuda']"),
+        ("device_dtypes", ["cuda"], "device_dtypes must be a mapping from device to dtypes, got list"),
+        ("path_dtypes", {"jit": ("float32",)}, "path_dtypes names path 'jit', which is not among its paths ['p']"),
+        ("path_dtypes", {"p": ("float16",)}, "path_dtypes['p'] names 'float16', not among its dtypes ['float64', 'float32']"),
+        ("path_dtypes", "p", "path_dtypes must be a mapping from path to dtypes, got str"),
     ],
 )
-def test_dtypes_per_device_are_checked_at_load(declared: object, wanted: str) -> None:
+def test_dtypes_per_device_and_per_path_are_checked_at_load(attribute: str, declared: object, wanted: str) -> None:
     from backprop_conformance.adapters.base import CapabilitiesError
 
     with pytest.raises(CapabilitiesError, match=re.escape(wanted)):
@@ -171,20 +174,28 @@ def test_dtypes_per_device_are_checked_at_load(declared: object, wanted: str) ->
             paths=("p",),
             default_paths=("p",),
             devices=("cpu", "cuda"),
-            device_dtypes=declared,  # type: ignore[arg-type]
+            **{attribute: declared},  # type: ignore[arg-type]
         )
 
 
-def test_a_request_for_a_dtype_its_device_lacks_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("changes", "device", "wanted"),
+    [
+        ({"devices": ("cpu", "cuda"), "device_dtypes": {"cuda": ("float32",)}}, "cuda", "is not supported on 'cuda'; there: float32"),
+        ({"path_dtypes": {"manual": ("float32",)}}, "cpu", "is not supported on path 'manual'; there: float32"),
+    ],
+    ids=["device", "path"],
+)
+def test_a_request_for_a_dtype_its_device_or_path_lacks_is_refused(changes: dict[str, object], device: str, wanted: str) -> None:
     from backprop_conformance.adapters.base import RequestError
 
-    class CpuFloat64(ManualBackprop):
+    class Float32There(ManualBackprop):
         def capabilities(self) -> Capabilities:
-            return dataclasses.replace(super().capabilities(), devices=("cpu", "cuda"), device_dtypes={"cuda": ("float32",)})
+            return dataclasses.replace(super().capabilities(), **changes)  # type: ignore[arg-type]
 
     network = Network.from_lists([np.ones((1, 1))], [np.zeros(1)])
-    with pytest.raises(RequestError, match=r"dtype 'float64' is not supported on 'cuda'; there: float32"):
-        CpuFloat64().check_request(network, None, dtype="float64", path=caps_path(), device="cuda")
+    with pytest.raises(RequestError, match=re.escape(f"dtype 'float64' {wanted}")):
+        Float32There().check_request(network, None, dtype="float64", path=caps_path(), device=device)
 
 
 def caps_path() -> str:
@@ -327,3 +338,18 @@ def test_a_backend_left_without_cells_fails_a_required_run(tmp_path: Path) -> No
     """Under --conformance-require, a backend that tests nothing is as much a failure as one that is not installed."""
     run = suite(tmp_path, *NO_CELL_ARGS, "--conformance-require")
     assert_usage_error(run, f"--conformance-require: {NO_CELL_NOTE}")
+
+
+def test_a_path_that_runs_some_dtypes_gets_cells_for_those_only() -> None:
+    caps = Capabilities(
+        name="torch",
+        framework="PyTorch",
+        version="0",
+        dtypes=("float32", "float16"),
+        paths=("eager", "grad-scaler"),
+        default_paths=("eager", "grad-scaler"),
+        path_dtypes={"grad-scaler": ("float32",)},
+    )
+    cells = select([backend(caps)])
+    assert ids(cells) == ["torch-eager-float32", "torch-eager-float16", "torch-grad-scaler-float32"]
+    assert caps.dtypes_of_path("grad-scaler") == ("float32",) and caps.dtypes_of_path("eager") == ("float32", "float16")

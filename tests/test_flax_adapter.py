@@ -15,6 +15,7 @@ from networks import problem
 from backprop_conformance.adapters.registry import resolve
 from backprop_conformance.adapters.selfcheck import check_contract
 from backprop_conformance.conformance.api import check_adapter
+from backprop_conformance.reference.dtypes import is_representable
 from backprop_conformance.reference.model import Network
 from backprop_conformance.reference.vectorized import backprop
 
@@ -24,6 +25,7 @@ if importlib.util.find_spec("flax") is None:
 import jax
 
 from backprop_conformance.adapters.flax_adapter import DEFAULT_PATHS, DTYPES, PATHS, FlaxAdapter
+from backprop_conformance.adapters.jax_adapter import POLICIES
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,9 @@ def test_registered_as_a_built_in_that_declares_the_jax_underneath() -> None:
     loaded = resolve("flax").load()
     caps = loaded.caps
     assert type(loaded) is FlaxAdapter
-    assert (caps.name, caps.dtypes, caps.paths, caps.default_paths) == ("flax", DTYPES, PATHS, DEFAULT_PATHS)
+    assert (caps.name, caps.dtypes, caps.paths, caps.default_paths) == ("flax", (*DTYPES, *POLICIES), PATHS, DEFAULT_PATHS)
+    assert caps.default_dtypes == DTYPES, "mixed-precision cells are opt-in"
+    assert caps.policies == POLICIES, "Flax's arithmetic is XLA's: the JAX adapter's policy"
     assert caps.default_paths == ("jit",), "eager nnx.grad compiles every primitive per shape: opt-in"
     assert set(caps.shape_compiled_paths) == set(PATHS)
     assert caps.frameworks == {"jax": jax.__version__}
@@ -82,3 +86,17 @@ def test_models_are_filled_not_initialised(adapter: FlaxAdapter) -> None:
     network = Network.from_lists([np.arange(6.0).reshape(3, 2) / 8], [np.array([0.5, -0.25, 1.0])])
     back = adapter.round_trip(network, dtype="float32")
     assert np.array_equal(back.w[2], network.w[2]) and np.array_equal(back.b[2], network.b[2])
+
+
+@pytest.mark.parametrize("dtype", list(POLICIES))
+def test_mixed_cells_conform_and_compute_in_the_compute_format(adapter: FlaxAdapter, dtype: str, tmp_path: Path) -> None:
+    """``param_dtype=float32, dtype=<compute>``: float32 parameters and gradients, z^l, δ^l and the gradients' values in
+    the compute format (the contract refuses a z^l or a^l finer than the declared policy), and the policy's bound met."""
+    check = check_adapter(adapter, paths=["jit"], dtypes=[dtype], max_examples=8, case_dir=tmp_path)
+    assert check.passed, check.message()
+    network, batch = problem("float32", (3, 5, 2), 4, seed=7)
+    out = adapter.compute(network, batch, dtype=dtype, path="jit")
+    compute = POLICIES[dtype].compute
+    assert all(g.dtype == np.float32 for _, _, g in out.gradients.items())
+    assert all(is_representable(compute, v) for values in (out.z, out.delta) for v in values.values())
+    assert all(is_representable(compute, g) for _, _, g in out.gradients.items()), "gradients come back through the casts"

@@ -111,7 +111,7 @@ def test_each_backend_runs_in_a_worker_of_its_own(path: str) -> None:
     worker = workers.shared(keras_adapter.WORKER_TARGET, keras_adapter.WORKER_ENVIRONMENT[path])
     assert worker.pid is not None and worker.pid != os.getpid()
     hosted = worker.call("capabilities")
-    assert hosted.paths == (path,), f"the {path} worker runs Keras on {hosted.paths}"
+    assert hosted.paths == (path, f"{path}-loss-scale"), f"the {path} worker runs Keras on {hosted.paths}"
     assert "float64" in hosted.dtypes, "float64 must be available on every backend's worker (JAX needs JAX_ENABLE_X64)"
 
 
@@ -173,9 +173,11 @@ def test_capabilities() -> None:
     caps = ADAPTER.caps
     assert (caps.name, caps.version) == ("keras", KERAS_VERSION)
     assert caps.framework.startswith("Keras (")
-    assert caps.paths == ("torch", "tensorflow", "jax")
+    assert caps.paths == ("torch", "tensorflow", "jax", "torch-loss-scale", "tensorflow-loss-scale", "jax-loss-scale")
     assert caps.default_paths == tuple(p for p in ("torch", "tensorflow") if p in INSTALLED)
-    assert caps.shape_compiled_paths == ("jax", "tensorflow")
+    assert caps.shape_compiled_paths == ("jax", "tensorflow", "jax-loss-scale", "tensorflow-loss-scale")
+    assert caps.dtypes_of_path("jax-loss-scale") == ("float32", "mixed-bfloat16", "mixed-float16")
+    assert caps.dtypes_of_path("jax") == caps.dtypes
     assert "KERAS_BACKEND" not in caps.environment, "each worker's KERAS_BACKEND comes from its path, not from the run"
     assert caps.accumulation_of("float16", "dot") == caps.accumulation_of("bfloat16", "dot") == "float32"
     assert caps.accumulation_of("float16", "batch_sum") == "float16"

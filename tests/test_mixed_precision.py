@@ -245,3 +245,28 @@ def test_mixed_cells_on_the_training_loop_paths(tmp_path: Path, backend: str, pa
     one_piece = [p for p in paths if p not in ("accumulate", "per-example")]
     assert sorted(c.id for c in run.report.cells) == sorted(f"{backend}-{p}-mixed-bfloat16" for p in one_piece)
     assert all(c.status == "passed" and c.examples == 5 for c in run.report.cells), run.explain()
+
+
+def test_mixed_cells_pass_with_onednn_off(tmp_path: Path) -> None:
+    """TensorFlow's mixed cells (and Keras' on TensorFlow, loss scaling included) at the dispatch level that turns oneDNN
+    off, in a worker process: another set of bfloat16 and float16 kernels, judged by the same declared policy."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("keras")
+    selection = [
+        *("--conformance-backend", "tensorflow", "--conformance-backend", "keras"),
+        *("--conformance-path", "eager", "--conformance-path", "tensorflow-loss-scale"),
+    ]
+    run = suite(
+        tmp_path,
+        *selection,
+        *("--conformance-dtype", "mixed-bfloat16", "--conformance-dtype", "mixed-float16"),
+        *("--conformance-dispatch", "onednn-off", "--conformance-max-examples", "5"),
+    )
+    assert run.returncode == 0, run.explain()
+    assert run.report is not None, run.explain()
+    assert sorted(c.id for c in run.report.cells) == [
+        f"{cell}-{dtype}-onednn-off"
+        for cell in ("keras-tensorflow-loss-scale", "tensorflow-eager")
+        for dtype in ("mixed-bfloat16", "mixed-float16")
+    ]
+    assert all(c.status == "passed" and c.examples == 5 for c in run.report.cells), run.explain()

@@ -196,8 +196,9 @@ def test_capabilities() -> None:
     assert caps.default_dtypes == ("float64", "float32", "float16", "bfloat16"), "mixed-precision cells are opt-in"
     assert set(caps.paths) == {
         *("eager", "func", "mse", "accumulate", "per-example", "checkpoint", "checkpoint-reentrant"),
-        *("compile", "compile-dynamic", "compile-func", "ddp"),
+        *("compile", "compile-dynamic", "compile-func", "grad-scaler", "ddp"),
     }
+    assert caps.dtypes_of_path("grad-scaler") == ("float64", "float32", "mixed-bfloat16", "mixed-float16")
     assert caps.shape_compiled_paths == ("compile", "compile-dynamic", "compile-func")
     assert "compile" not in caps.default_paths and "ddp" not in caps.default_paths and set(caps.default_paths) <= set(caps.paths)
     assert caps.default_paths == ("eager", "func", "mse"), "the training-loop paths are opt-in: a default run's time is unchanged"
@@ -223,7 +224,7 @@ def test_registry_finds_the_adapter() -> None:
         (
             {"dtype": "float32", "path": "jit"},
             "adapter 'torch': unsupported path 'jit'; valid paths are eager, func, mse, accumulate, per-example, checkpoint, "
-            "checkpoint-reentrant, compile, compile-dynamic, compile-func, ddp",
+            "checkpoint-reentrant, compile, compile-dynamic, compile-func, grad-scaler, ddp",
         ),
         ({"dtype": "float32", "path": "eager", "device": "tpu"}, "adapter 'torch': unsupported device 'tpu'; valid devices are cpu"),
     ],
