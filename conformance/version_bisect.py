@@ -50,6 +50,12 @@ DEFAULT_MAX_DOWNLOAD_MB = 1000.0
 """Larger than any CPU build of a supported framework (torch's CPU wheel is about 200 MB, jaxlib's about 80 MB); smaller
 than the CUDA builds the public index serves for torch (several GB with their nvidia-* dependencies)."""
 
+CPU_BUILDS = {
+    "torch": "; PyPI's torch is a CUDA build (about 2.7 GB with its nvidia-* wheels): install the CPU build from PyTorch's "
+    "index with --index-url https://download.pytorch.org/whl/cpu (or raise --max-download-mb)"
+}
+"""What a refusal adds for a framework whose public index serves GPU builds: where its CPU builds are (docs/ci.md)."""
+
 REPLAY_TIMEOUT = 900.0
 """Seconds one replay may take in its environment: importing a framework and one network's gradients, generously."""
 
@@ -126,7 +132,8 @@ class Environments:
             return None, Outcome(
                 version,
                 "refused",
-                f"the download would be {size / 1e6:.0f} MB (largest: {biggest}), over --max-download-mb {self.max_download_mb:g}",
+                f"the download would be {size / 1e6:.0f} MB (largest: {biggest}), over --max-download-mb {self.max_download_mb:g}"
+                + CPU_BUILDS.get(distribution(package), "; raise --max-download-mb, or name an index with smaller builds"),
             )
         done = subprocess.run([*pip, "--quiet", wanted], capture_output=True, text=True, check=False)
         if done.returncode != 0:

@@ -177,7 +177,13 @@ def test_a_download_over_the_limit_is_refused_not_installed(
     cache = tmp_path / "environments"
     assert commands(bisect(case, index, cache, "1.0.0", extra=("--max-download-mb", "0.0001"))) == 0
     out = capsys.readouterr().out
-    assert "tinyfw 1.0.0" in out and "refused" in out and "tinyfw-1.0.0-py3-none-any.whl" in out and "over --max-download-mb 0.0001" in out
+    assert (
+        "tinyfw 1.0.0" in out
+        and "refused" in out
+        and "tinyfw-1.0.0-py3-none-any.whl" in out
+        and "over --max-download-mb 0.0001" in out
+        and "raise --max-download-mb, or name an index" in out
+    )
     assert not any(cache.iterdir())
 
 
