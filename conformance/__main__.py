@@ -71,7 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", default="conformance-page", help="directory for index.html and the case files it links (default: ./conformance-page)"
     )
     bp = sub.add_parser("bisect", help="replay a case file against versions of its framework, each in its own virtual environment")
-    bp.add_argument("case", help="a case file written by a failing run (conformance-cases/*.json)")
+    bp.add_argument("case", nargs="?", default=None, help="a case file written by a failing run (conformance-cases/*.json)")
+    bp.add_argument(
+        "--fidelity",
+        default=None,
+        metavar="TEST_ID",
+        help="bisect a fidelity test's cell instead of a case file: test_sigmoid_prime_fidelity[jax-jit-float64-saturated]",
+    )
     bp.add_argument("--versions", nargs="+", required=True, metavar="VERSION", help="versions of the framework to try (any order)")
     bp.add_argument("--package", default=None, help="distribution to install at each version; default: the built-in backend's framework")
     bp.add_argument("--backend", action="append", default=[], help="adapter to replay with (as for replay); default: the case's own")
@@ -108,7 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from backprop_conformance.conformance.version_bisect import main as bisect_main
 
             return bisect_main(
-                args.case, args.versions, args.package, args.backend, args.index_url, args.find_links, args.cache_dir, args.max_download_mb
+                args.case,
+                args.fidelity,
+                args.versions,
+                args.package,
+                args.backend,
+                args.index_url,
+                args.find_links,
+                args.cache_dir,
+                args.max_download_mb,
             )
         if args.command == "page":
             from backprop_conformance.conformance.page import main as page_main

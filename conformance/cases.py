@@ -29,22 +29,25 @@ import numpy as np
 from backprop_conformance.adapters.base import SAFE_NAME
 from backprop_conformance.conformance import jsonfile
 from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.fidelity import FIDELITY_TESTS
 from backprop_conformance.conformance.outputs import write_atomically
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.reference.dtypes import FORMATS, MIXED, is_representable
 from backprop_conformance.reference.model import Batch, ModelError, Network, check_compatible
 
-SCHEMA = "backprop-conformance/case/3"
-"""Version 3 added ``dispatch`` (the configuration that picked the kernels) and the cell's ``level``, and may hold
-``batch.micro_batches`` (the split of a path that accumulates gradients; optional, so a case without it reads as
-before); version 2 added ``environment`` and ``kind``. Files of versions 1 and 2 (which lack them) are still read."""
+SCHEMA = "backprop-conformance/case/4"
+"""Version 4 may hold ``fidelity`` (the fidelity test and case whose exactness bound judges the case; optional, so a
+case without it is a conformance case as before); version 3 added ``dispatch`` (the configuration that picked the
+kernels) and the cell's ``level``, and may hold ``batch.micro_batches`` (the split of a path that accumulates
+gradients; optional, so a case without it reads as before); version 2 added ``environment`` and ``kind``. Files of
+versions 1 to 3 (which lack them) are still read."""
 
-READABLE = (SCHEMA, "backprop-conformance/case/2", "backprop-conformance/case/1")
+READABLE = (SCHEMA, "backprop-conformance/case/3", "backprop-conformance/case/2", "backprop-conformance/case/1")
 
-KINDS = ("shrunk", "worst")
+KINDS = ("shrunk", "worst", "fixed")
 """A failing cell writes the example hypothesis shrank to (the smallest that fails) and the one that
 failed worst (the largest error/bound ratio): a shrunk example can sit just over the bound while the
-run saw one far beyond it."""
+run saw one far beyond it. A fidelity case is ``fixed``: its test's one problem, drawn by no one."""
 
 MAX_LAYERS = 256
 """More layers than any profile generates (16 at most); a file claiming more is refused, not processed."""
@@ -63,6 +66,9 @@ class Case:
     the adapter declared as deciding what its framework computes (``KERAS_BACKEND``), as they were, and those its
     dispatch level forced. ``dispatch`` is the configuration that picked the kernels
     (:mod:`~backprop_conformance.adapters.dispatch`): the same input can fail on one CPU and pass on another.
+    ``fidelity`` is None for a conformance case (judged with the error bound), else the fidelity test and its case
+    (``("test_sigmoid_prime_fidelity", "saturated")``), whose exactness bound judges it
+    (:mod:`~backprop_conformance.conformance.fidelity`).
     """
 
     problem: Problem
@@ -73,6 +79,7 @@ class Case:
     environment: Mapping[str, str | None] = field(default_factory=dict)
     kind: str = "shrunk"
     dispatch: Mapping[str, str] = field(default_factory=dict)
+    fidelity: tuple[str, str] | None = None
 
 
 def to_json(case: Case) -> dict[str, Any]:
@@ -102,6 +109,7 @@ def to_json(case: Case) -> dict[str, Any]:
             **({"micro_batches": list(batch.micro_batches)} if batch.micro_batches else {}),
         },
         "failure": case.failure,
+        **({"fidelity": {"test": case.fidelity[0], "case": case.fidelity[1]}} if case.fidelity else {}),
     }
 
 
@@ -202,6 +210,7 @@ def from_json(data: object, source: str) -> Case:
             *(("kind", "environment") if version >= 2 else ()),
             *(("dispatch",) if version >= 3 else ()),
         ),
+        optional=("fidelity",) if version >= 4 else (),
     )
     cell_data = r.object(top["cell"], "cell", ("backend", "path", "dtype", "device", *(("level",) if version >= 3 else ())))
     dtype = r.text(cell_data["dtype"], "cell.dtype")
@@ -225,6 +234,7 @@ def from_json(data: object, source: str) -> Case:
     if kind not in KINDS:
         raise r.fail("kind", f"{kind!r}; expected one of {', '.join(KINDS)}")
     failure = r.text(top["failure"], "failure")
+    judged_by = None if top.get("fidelity") is None else _fidelity(r, top["fidelity"], dtype)
     params = r.object(top["parameters"], "parameters", ("w", "b"))
     layers: dict[str, dict[int, np.ndarray]] = {}
     for kind_name, ndim in (("w", 2), ("b", 1)):
@@ -258,7 +268,20 @@ def from_json(data: object, source: str) -> Case:
             raise r.fail(
                 where, f"holds values that are not {dtype} values; a case holds the exact point the framework was given, in its format"
             )
-    return Case(Problem(network, batch, dtype), cell, adapter, versions, failure, environment, kind, configuration)
+    return Case(Problem(network, batch, dtype), cell, adapter, versions, failure, environment, kind, configuration, judged_by)
+
+
+def _fidelity(r: _Reader, value: object, dtype: str) -> tuple[str, str]:
+    """The ``fidelity`` field: a fidelity test the suite has and one of its cases, in one of the four formats."""
+    data = r.object(value, "fidelity", ("test", "case"))
+    test, case = r.text(data["test"], "fidelity.test"), r.text(data["case"], "fidelity.case")
+    if test not in FIDELITY_TESTS:
+        raise r.fail("fidelity.test", f"{test!r} is not a fidelity test; the suite has {', '.join(FIDELITY_TESTS)}")
+    if case not in FIDELITY_TESTS[test]:
+        raise r.fail("fidelity.case", f"{case!r} is not a case of {test}; it has {', '.join(FIDELITY_TESTS[test])}")
+    if dtype not in FORMATS:
+        raise r.fail("cell.dtype", f"a fidelity case is judged in one of the formats {', '.join(FORMATS)}, not {dtype!r}")
+    return test, case
 
 
 def write(case: Case, directory: Path) -> Path:

@@ -21,7 +21,7 @@ from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import CellResult
 from backprop_conformance.conformance.strategies import Limits, covering, covering_split, problems
 from backprop_conformance.conformance.trial import CellTrial, check_cell
-from backprop_conformance.conformance.verdict import Verdict, judge_exactness
+from backprop_conformance.conformance.verdict import Verdict
 
 TRIAL_KEY = pytest.StashKey[CellTrial]()
 
@@ -68,19 +68,10 @@ class Checks:
         __tracebackhide__ = True
         backend = self.backend(cell)
         assert backend.adapter is not None and backend.capabilities is not None
-        if test == "test_sigmoid_prime_fidelity":
-            problem = fidelity.unit_problem(cell.dtype, next(r for r in fidelity.regions(cell.dtype) if r.name == case))
-        else:
-            problem = fidelity.network_problem(cell.dtype, case)
-        with timing.timed("reference"):
-            exact = fidelity.exact_gradients(problem)
-            if test == "test_sigmoid_prime_fidelity":
-                bound = fidelity.unit_tolerance(cell.dtype, exact)
-            else:
-                bound = fidelity.network_tolerance(problem, backend.capabilities.precision(cell.dtype, cell.path))
+        problem = fidelity.problem_of(test, case, cell.dtype)
         with timing.timed("framework"):
             output = backend.adapter.compute(problem.network, problem.batch, dtype=cell.dtype, path=cell.path, device=cell.device)
-        verdict = judge_exactness(cell.id, problem, output, exact, bound)
+        verdict = fidelity.judge(test, cell.id, problem, output, backend.capabilities.precision(cell.dtype, cell.path))
         if not verdict.passed:
             raise AssertionError(verdict.message())
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backprop_conformance.adapters.base import AdapterOutput
+from backprop_conformance.conformance import timing
 from backprop_conformance.conformance.problems import Problem
+from backprop_conformance.conformance.verdict import Verdict, judge_exactness
 from backprop_conformance.reference.dtypes import float_format, round_to
 from backprop_conformance.reference.error_bound import C_SIGMA, K, Precision, error_bounds
 from backprop_conformance.reference.model import Batch, Gradients, Network
@@ -97,6 +100,24 @@ def network_problem(dtype: str, regime: str) -> Problem:
         b3 = b3 + (saturated.low + saturated.high) / 2 - problem.trace.z[3].mean(axis=0)
         problem = Problem.rounded(Network({2: w2, 3: w3}, {2: b2, 3: b3}), Batch(x, y), dtype)
     return problem
+
+
+def problem_of(test: str, case: str, dtype: str) -> Problem:
+    """The problem of fidelity ``test``'s ``case`` in ``dtype``: a unit problem over the region, or a small network."""
+    if test == "test_sigmoid_prime_fidelity":
+        return unit_problem(dtype, next(r for r in regions(dtype) if r.name == case))
+    return network_problem(dtype, case)
+
+
+def judge(test: str, cell: str, problem: Problem, output: AdapterOutput, framework: Precision) -> Verdict:
+    """The verdict of fidelity ``test`` on ``output``: its gradients against the oracle's within the test's exactness bound.
+
+    The run's test and the replay of a fidelity case file both judge here, so that a case replays as it failed.
+    """
+    with timing.timed("reference"):
+        exact = exact_gradients(problem)
+        bound = unit_tolerance(problem.dtype, exact) if test == "test_sigmoid_prime_fidelity" else network_tolerance(problem, framework)
+    return judge_exactness(cell, problem, output, exact, bound)
 
 
 def exact_gradients(problem: Problem) -> Gradients:

@@ -22,10 +22,11 @@ from backprop_conformance.adapters import dispatch
 from backprop_conformance.adapters.at_level import AtLevel
 from backprop_conformance.adapters.base import Adapter, AdapterError
 from backprop_conformance.adapters.registry import known_specs
-from backprop_conformance.conformance import cases
+from backprop_conformance.conformance import cases, fidelity
 from backprop_conformance.conformance.cells import Cell, SelectionError, load_backends
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.verdict import judge
+from backprop_conformance.reference.dtypes import FORMATS
 from backprop_conformance.reference.error_bound import VacuousBound
 
 PASSED, FAILED, USAGE = 0, 1, 2
@@ -63,6 +64,8 @@ def replay(
         print(f"error: {exc}", file=err)
         return USAGE
     print(f"case {case_path} ({case.kind} example): {case.problem.describe()}, found in {case.cell.id}", file=out)
+    if case.fidelity:
+        print(f"judged by the fidelity tier's exactness bound: {case.fidelity[0]}, case {case.fidelity[1]}", file=out)
     for name, value in case.environment.items():
         now = os.environ.get(name)
         note = "" if now == value else f" (now {now!r}: set it as recorded to replay the same computation)"
@@ -86,7 +89,15 @@ def replay(
             if unknown:
                 print(f"error: {caps.name} has no {what} {', '.join(unknown)}; it offers {', '.join(offered)}", file=err)
                 return USAGE
-        problem = case.problem if want_dtype == case.cell.dtype else Problem.rounded(case.problem.network, case.problem.batch, want_dtype)
+        if case.fidelity and want_dtype != case.cell.dtype:
+            if want_dtype not in FORMATS:
+                print(f"error: a fidelity case is judged in one of the formats {', '.join(FORMATS)}, not {want_dtype}", file=err)
+                return USAGE
+            problem = fidelity.problem_of(*case.fidelity, want_dtype)  # its test's problem in that format: regions differ
+        elif want_dtype != case.cell.dtype:
+            problem = Problem.rounded(case.problem.network, case.problem.batch, want_dtype)
+        else:
+            problem = case.problem
         for path in chosen:
             adapter: Adapter = backend.adapter
             level = next((lv for lv in caps.levels_of(path) if lv.name == case.cell.level and want_device == "cpu"), None)
@@ -107,9 +118,12 @@ def replay(
                 status = max(status, FAILED)
                 continue
             try:
-                verdict = judge(
-                    cell.id, problem, output, caps.precision(want_dtype, path), partial_sums=caps.partial_sums(path, problem.batch)
-                )
+                if case.fidelity:
+                    verdict = fidelity.judge(case.fidelity[0], cell.id, problem, output, caps.precision(want_dtype, path))
+                else:
+                    verdict = judge(
+                        cell.id, problem, output, caps.precision(want_dtype, path), partial_sums=caps.partial_sums(path, problem.batch)
+                    )
             except VacuousBound as exc:
                 print(f"error: {cell.id}: this case cannot be judged in {want_dtype}: {exc}", file=err)
                 status = max(status, USAGE)

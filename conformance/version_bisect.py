@@ -40,7 +40,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from backprop_conformance.conformance import cases
+from backprop_conformance.conformance import cases, fidelity_cases
 from backprop_conformance.conformance.options import default_cache_dir
 
 PACKAGES = {"torch": "torch", "jax": "jax[cpu]", "tensorflow": "tensorflow", "keras": "keras", "mlx": "mlx[cpu]", "flax": "flax"}
@@ -49,6 +49,12 @@ PACKAGES = {"torch": "torch", "jax": "jax[cpu]", "tensorflow": "tensorflow", "ke
 DEFAULT_MAX_DOWNLOAD_MB = 1000.0
 """Larger than any CPU build of a supported framework (torch's CPU wheel is about 200 MB, jaxlib's about 80 MB); smaller
 than the CUDA builds the public index serves for torch (several GB with their nvidia-* dependencies)."""
+
+CPU_BUILDS = {
+    "torch": "; PyPI's torch is a CUDA build (about 2.7 GB with its nvidia-* wheels): install the CPU build from PyTorch's "
+    "index with --index-url https://download.pytorch.org/whl/cpu (or raise --max-download-mb)"
+}
+"""What a refusal adds for a framework whose public index serves GPU builds: where its CPU builds are (docs/ci.md)."""
 
 REPLAY_TIMEOUT = 900.0
 """Seconds one replay may take in its environment: importing a framework and one network's gradients, generously."""
@@ -126,7 +132,8 @@ class Environments:
             return None, Outcome(
                 version,
                 "refused",
-                f"the download would be {size / 1e6:.0f} MB (largest: {biggest}), over --max-download-mb {self.max_download_mb:g}",
+                f"the download would be {size / 1e6:.0f} MB (largest: {biggest}), over --max-download-mb {self.max_download_mb:g}"
+                + CPU_BUILDS.get(distribution(package), "; raise --max-download-mb, or name an index with smaller builds"),
             )
         done = subprocess.run([*pip, "--quiet", wanted], capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -244,7 +251,8 @@ def bisect(
 
 
 def main(
-    case: str,
+    case: str | None,
+    fidelity: str | None,
     versions: Sequence[str],
     package: str | None,
     backends: Sequence[str],
@@ -253,16 +261,26 @@ def main(
     cache_dir: str | None,
     max_download_mb: float,
 ) -> int:
-    """Exit status 0 when every requested version was judged or refused with a reason; 2 for a request that cannot be made."""
+    """Exit status 0 when every requested version was judged or refused with a reason; 2 for a request that cannot be made.
+
+    ``fidelity`` (a fidelity test id) instead of ``case``: the case file is written from the suite's fidelity tables
+    into the cache directory (:mod:`~backprop_conformance.conformance.fidelity_cases`) and bisected like any other.
+    """
     root = Path(cache_dir) if cache_dir else Path(default_cache_dir()) / "bisect"
     environments = Environments(root, pip_options(index_url, find_links), max_download_mb)
     try:
+        if (case is None) == (fidelity is None):
+            raise BisectError("give either a case file or --fidelity TEST_ID (a fidelity test's id), not both or neither")
         if not versions:
             raise BisectError("--versions: give at least one version")
         if not max_download_mb > 0:
             raise BisectError(f"--max-download-mb must be a positive number of megabytes, got {max_download_mb:g}")
+        if fidelity is not None:
+            case = str(fidelity_cases.write(fidelity, root / "fidelity-cases"))
+            print(f"fidelity case {fidelity}: {case}")
+        assert case is not None
         outcomes = bisect(Path(case), versions, package=package, backends=backends, environments=environments)
-    except (BisectError, cases.CaseError) as exc:
+    except (BisectError, cases.CaseError, fidelity_cases.FidelityIdError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE
     found = changes(outcomes)

@@ -6,11 +6,16 @@ built as wheels into a PEP 503 index in a temporary directory, and a plug-in ada
 through whichever ``tinyfw`` the environment imports. The case file is the failure of that adapter on a fixed
 network. The bisect must install each version from the index into its own environment, replay the case there, and
 name 2.0.0 as the first version that fails.
+
+Its σ′ is the fidelity tier's subject: exact (σ(z)σ(−z)) in 0.9.0 and a(1 − a) from 1.0.0 on, which the conformance
+bound allows and the fidelity tier's exactness bound does not. ``bisect --fidelity`` of the saturated σ′ cell must
+name 1.0.0.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import zipfile
 from pathlib import Path
@@ -25,6 +30,7 @@ from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.version_bisect import Outcome, changes
 
 CORRECT, BUGGY = ("0.9.0", "1.0.0"), ("2.0.0", "2.1.0")
+EXACT_SIGMA_PRIME = ("0.9.0",)
 ADAPTER = '''"""A plug-in adapter for tinyfw: the example's numpy backprop, with tinyfw's bias gradient."""
 import dataclasses
 
@@ -44,14 +50,31 @@ class TinyAdapter(NumpyAdapter):
         out = super().run(network, batch, dtype=dtype, path=path, device=device)
         grads = Gradients(out.gradients.w, {l: tinyfw.bias_gradient(g) for l, g in out.gradients.b.items()})
         return dataclasses.replace(out, gradients=grads)
+
+
+class TinySigmoidAdapter(TinyAdapter):
+    """tinyfw's σ′ at the output layer (the example's exact one elsewhere): a one-layer network's bias gradient."""
+
+    def run(self, network, batch, *, dtype, path, device="cpu"):
+        out = NumpyAdapter.run(self, network, batch, dtype=dtype, path=path, device=device)
+        L = network.depth
+        delta = (out.a[L] - batch.y.astype(dtype)) * tinyfw.sigmoid_prime(out.z[L], out.a[L])
+        return dataclasses.replace(out, gradients=Gradients(out.gradients.w, {**out.gradients.b, L: delta.sum(axis=0)}))
 '''
 
 
 def wheel(directory: Path, version: str) -> Path:
     """A pure-Python wheel of tinyfw ``version``, written by hand (a zip with its dist-info and RECORD)."""
     scale = "1.0" if version in CORRECT else "1.0 + 2.0**-20"
+    sigma_prime = (
+        "e = numpy.exp(-numpy.abs(z))\n    return (1 / (1 + e)) * (e / (1 + e))" if version in EXACT_SIGMA_PRIME else "return a * (1 - a)"
+    )
+    source = (
+        f'import numpy\n\n__version__ = "{version}"\n\n\ndef bias_gradient(g):\n    return g * ({scale})\n\n\n'
+        f"def sigmoid_prime(z, a):\n    {sigma_prime}\n"
+    )
     files = {
-        "tinyfw/__init__.py": f'__version__ = "{version}"\n\n\ndef bias_gradient(g):\n    return g * ({scale})\n',
+        "tinyfw/__init__.py": source,
         f"tinyfw-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: tinyfw\nVersion: {version}\n",
         f"tinyfw-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test_bisect\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
@@ -154,7 +177,13 @@ def test_a_download_over_the_limit_is_refused_not_installed(
     cache = tmp_path / "environments"
     assert commands(bisect(case, index, cache, "1.0.0", extra=("--max-download-mb", "0.0001"))) == 0
     out = capsys.readouterr().out
-    assert "tinyfw 1.0.0" in out and "refused" in out and "tinyfw-1.0.0-py3-none-any.whl" in out and "over --max-download-mb 0.0001" in out
+    assert (
+        "tinyfw 1.0.0" in out
+        and "refused" in out
+        and "tinyfw-1.0.0-py3-none-any.whl" in out
+        and "over --max-download-mb 0.0001" in out
+        and "raise --max-download-mb, or name an index" in out
+    )
     assert not any(cache.iterdir())
 
 
@@ -189,3 +218,32 @@ def test_changes_skip_versions_that_could_not_be_judged() -> None:
         Outcome("5", "pass", ""),
     ]
     assert [(a.version, b.version) for a, b in changes(outcomes)] == [("1", "3"), ("4", "5")]
+
+
+def test_bisect_of_a_fidelity_cell_finds_the_release_that_lost_exactness(
+    index: str, plugin: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No case file: the fidelity test id is enough; the bisect writes the case and judges it with the exactness bound."""
+    cache = tmp_path / "environments"
+    test_id = "test_sigmoid_prime_fidelity[tiny-manual-float64-saturated]"
+    command = ["bisect", "--fidelity", test_id, "--versions", "2.0.0", "0.9.0", "1.0.0", "--package", "tinyfw"]
+    assert commands([*command, "--backend", "tinyadapter:TinySigmoidAdapter", "--index-url", index, "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert verdicts(out) == {"0.9.0": "pass", "1.0.0": "fail", "2.0.0": "fail"}, out
+    assert "first change: pass in 0.9.0, fail from 1.0.0" in out
+    assert "exceed the exactness bound" in next(line for line in out.splitlines() if line.startswith("tinyfw 1.0.0"))
+    written = next(line for line in out.splitlines() if line.startswith(f"fidelity case {test_id}: ")).rsplit(": ", 1)[1]
+    case = cases.read(Path(written))
+    assert Path(written).parent == cache / "fidelity-cases"
+    assert case.fidelity == ("test_sigmoid_prime_fidelity", "saturated") and case.cell == Cell("tiny", "manual", "float64")
+    # The same versions, conformance-judged: a(1 − a) is within the conformance bound, so 1.0.0 passes there.
+    conformance = cases.write(dataclasses.replace(case, fidelity=None, kind="worst"), tmp_path)
+    command = ["bisect", str(conformance), "--versions", "0.9.0", "1.0.0", "--package", "tinyfw"]
+    assert commands([*command, "--backend", "tinyadapter:TinySigmoidAdapter", "--index-url", index, "--cache-dir", str(cache)]) == 0
+    assert verdicts(capsys.readouterr().out) == {"0.9.0": "pass", "1.0.0": "pass"}
+
+
+def test_a_case_file_and_a_fidelity_id_together_are_a_usage_error(case: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    command = ["bisect", str(case), "--fidelity", "test_sigmoid_prime_fidelity[jax-jit-float64-saturated]", "--versions", "1.0.0"]
+    assert commands([*command, "--cache-dir", str(tmp_path)]) == 2
+    assert "give either a case file or --fidelity TEST_ID (a fidelity test's id), not both or neither" in capsys.readouterr().err

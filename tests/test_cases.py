@@ -25,6 +25,7 @@ from networks import tiny_problem
 from backprop_conformance.conformance import cases, provenance
 from backprop_conformance.conformance.__main__ import main as replay_main
 from backprop_conformance.conformance.cells import Cell
+from backprop_conformance.conformance.fidelity import FIDELITY_TESTS
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.reference.dtypes import FORMATS
 from backprop_conformance.reference.model import Batch, Network
@@ -68,7 +69,8 @@ def case_objects(draw: st.DrawFn) -> cases.Case:
     adapter = draw(st.sampled_from([cell.backend, "tests.mutants:ManualBackprop"]))
     environment = draw(st.dictionaries(st.sampled_from(["KERAS_BACKEND", "XLA_FLAGS"]), st.none() | st.text(max_size=8), max_size=2))
     kind = draw(st.sampled_from(cases.KINDS))
-    return cases.Case(problem, cell, adapter, versions, draw(st.text(max_size=40)), environment, kind)
+    judged_by = draw(st.none() | st.sampled_from([(test, case) for test, names in FIDELITY_TESTS.items() for case in names]))
+    return cases.Case(problem, cell, adapter, versions, draw(st.text(max_size=40)), environment, kind, fidelity=judged_by)
 
 
 def bits(array: np.ndarray) -> np.ndarray:
@@ -81,7 +83,7 @@ def assert_identical(got: cases.Case, want: cases.Case) -> None:
     assert got.adapter == want.adapter
     assert got.versions == want.versions
     assert got.failure == want.failure
-    assert got.environment == want.environment and got.kind == want.kind
+    assert got.environment == want.environment and got.kind == want.kind and got.fidelity == want.fidelity
     assert got.problem.dtype == want.problem.dtype
     g, w = got.problem, want.problem
     assert list(g.network.layers) == list(w.network.layers)
@@ -277,6 +279,21 @@ MALFORMED_CASES: dict[str, tuple[Callable[[dict], str], str]] = {
     "path-with-a-separator": (edit("cell", "path", value="a/b"), "field cell.path: 'a/b' is not a valid name"),
     "device-not-declared": (edit("cell", "device", value="tpu"), "ok-stable has no device tpu; it offers cpu"),
     "failure-a-list": (edit("failure", value=["x"]), "field failure: expected a string, got list"),
+    "fidelity-unknown-test": (
+        edit("fidelity", value={"test": "test_gradients", "case": "saturated"}),
+        "field fidelity.test: 'test_gradients' is not a fidelity test; the suite has test_sigmoid_prime_fidelity, test_network_fidelity",
+    ),
+    "fidelity-unknown-case": (
+        edit("fidelity", value={"test": "test_network_fidelity", "case": "saturated"}),
+        "field fidelity.case: 'saturated' is not a case of test_network_fidelity; it has unsaturated, saturated-output",
+    ),
+    "fidelity-a-string": (edit("fidelity", value="saturated"), "field fidelity: expected an object, got str 'saturated'"),
+    "fidelity-in-a-version-3-file": (
+        lambda d: edit("fidelity", value={"test": "test_network_fidelity", "case": "unsaturated"})(
+            replaced(d, "backprop-conformance/case/3", "schema")
+        ),
+        "field (top level): unknown key(s) 'fidelity'",
+    ),
 }
 
 

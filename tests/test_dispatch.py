@@ -328,7 +328,7 @@ def test_replay_runs_a_case_at_its_recorded_level_and_says_what_differs(tmp_path
     assert status == 1, output
     path = Path(data["cells"][0]["case_files"][0])
     recorded = json.loads(path.read_text())
-    assert recorded["schema"] == "backprop-conformance/case/3" and recorded["cell"]["level"] == "kernel-wide"
+    assert recorded["schema"] == "backprop-conformance/case/4" and recorded["cell"]["level"] == "kernel-wide"
     replay = (str(path), "--backend", "tests.level_adapters:WideKernelBug")
     done = replay_command(*replay, cwd=REPO_ROOT, tmp=tmp_path)
     assert done.returncode == 1 and "FAIL wide-kernel-bug-manual-float64-kernel-wide" in done.stdout, done.stdout + done.stderr
