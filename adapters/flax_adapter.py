@@ -178,10 +178,19 @@ class FlaxAdapter(Adapter):
         )
 
     def use_cache(self, directory: Path) -> str | None:
-        """JAX's persistent compilation cache, as the JAX adapter sets it (``nnx.jit`` compiles through ``jax.jit``)."""
-        from backprop_conformance.adapters.jax_adapter import JaxAdapter
+        """JAX's persistent compilation cache, as the JAX adapter sets it (``nnx.jit`` compiles through ``jax.jit``).
 
-        return JaxAdapter().use_cache(directory)
+        The cache is JAX's, one per process: in a run with the JAX backend it is already set, in JAX's directory,
+        and the header line says that Flax shares it rather than repeating JAX's line under JAX's name.
+        """
+        from backprop_conformance.adapters.jax_adapter import JaxAdapter
+        from backprop_conformance.adapters.jax_model import import_jax
+
+        configured = import_jax().config.jax_compilation_cache_dir
+        line = JaxAdapter().use_cache(directory)
+        if configured is not None:
+            return f"flax: shares JAX's compilation cache ({configured}): nnx.jit compiles through jax.jit"
+        return None if line is None else "flax: " + line.removeprefix("jax: ")
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         """Build the model with w^l, b^l and read its ``Linear`` layers' kernel (transposed back) and bias."""

@@ -100,3 +100,30 @@ def test_mixed_cells_conform_and_compute_in_the_compute_format(adapter: FlaxAdap
     assert all(g.dtype == np.float32 for _, _, g in out.gradients.items())
     assert all(is_representable(compute, v) for values in (out.z, out.delta) for v in values.values())
     assert all(is_representable(compute, g) for _, _, g in out.gradients.items()), "gradients come back through the casts"
+
+
+def test_the_header_names_flax_s_cache_as_jax_s_when_they_share_it(tmp_path: Path) -> None:
+    """Flax compiles through jax.jit, so its cache is JAX's: alone, Flax sets it in its own directory and says so under
+    its own name; after the JAX adapter set it, Flax's line says it shares JAX's directory instead of repeating JAX's
+    line under JAX's name. Each in a fresh process, since the cache is a process-wide setting."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from backprop_conformance.adapters.flax_adapter import FlaxAdapter\n"
+        "from backprop_conformance.adapters.jax_adapter import JaxAdapter\n"
+        "root = Path(sys.argv[1])\n"
+        "if sys.argv[2] == 'both': print(JaxAdapter().use_cache(root / 'jax'))\n"
+        "print(FlaxAdapter().use_cache(root / 'flax'))\n"
+    )
+
+    def lines(mode: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path), mode], capture_output=True, text=True, check=True)
+        return done.stdout.splitlines()
+
+    (alone,) = lines("alone")
+    assert alone.startswith(f"flax: persistent compilation cache in {tmp_path / 'flax'} "), alone
+    jax_line, flax_line = lines("both")
+    assert jax_line.startswith(f"jax: persistent compilation cache in {tmp_path / 'jax'} "), jax_line
+    assert flax_line == f"flax: shares JAX's compilation cache ({tmp_path / 'jax'}): nnx.jit compiles through jax.jit", flax_line
