@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters.base import AdapterOutput
-from backprop_conformance.conformance import loss_scale, micro_batches
+from backprop_conformance.conformance import layer_reuse, loss_scale, micro_batches
 from backprop_conformance.conformance.data_parallel import diagnose
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.ratios import format_mismatch, format_ratio
@@ -174,7 +174,9 @@ class Verdict:
     for the fidelity tier, which judges gradients only). ``worst_ratio`` is the largest error/bound
     ratio over both, infinite when the framework returned a non-finite value. ``data_parallel``, for a
     failing gradient of a data-parallel path, names the bug it matches (:mod:`~backprop_conformance.conformance.data_parallel`);
-    ``loss_scale``, for a failing mixed-precision gradient, a loss scale left in it (:mod:`~backprop_conformance.conformance.loss_scale`).
+    ``loss_scale``, for a failing mixed-precision gradient, a loss scale left in it (:mod:`~backprop_conformance.conformance.loss_scale`);
+    ``layers``, for a z^l outside its bound, another layer's parameters used in its place
+    (:mod:`~backprop_conformance.conformance.layer_reuse`).
     """
 
     cell: str
@@ -186,6 +188,7 @@ class Verdict:
     data_parallel: str = ""
     loss_scale: str = ""
     accumulation: str = ""
+    layers: str = ""
 
     @property
     def cost_failed(self) -> bool:
@@ -228,6 +231,8 @@ class Verdict:
             lines.append(f"  loss scale: {self.loss_scale}")
         if self.accumulation:
             lines.append(f"  accumulation: {self.accumulation}")
+        if self.layers:
+            lines.append(f"  layers: {self.layers}")
         lines.append(f"  case: {self.problem.describe()}")
         return "\n".join(lines)
 
@@ -306,6 +311,7 @@ def judge(
         data_parallel=data_parallel,
         loss_scale=scaled,
         accumulation=accumulation,
+        layers=layer_reuse.diagnose(problem, output, tol),
     )
 
 
