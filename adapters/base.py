@@ -221,6 +221,10 @@ class Capabilities:
         per_example_paths: the paths that compute each example's own gradient and sum the B of them (``vmap(grad)``):
             the bound charges that sum as B partial sums, and the per-example gradients the path returns
             (:attr:`AdapterOutput.per_example`) are judged too, each against the reference of its one example.
+        layer_scan_paths: the paths that run the hidden layers as a scan over stacked weights (``lax.scan``), which
+            needs every hidden layer of one width: the suite draws only networks n(1), h, ..., h, n(L) with L ≥ 3 for
+            them (:func:`~backprop_conformance.conformance.strategies.equal_hidden`), its covering design and shape
+            pool mapped to that form, and the path may refuse any other network.
         frameworks: for an adapter that wraps other frameworks (Flax runs on JAX), their names and the versions
             in use (``{"jax": jax.__version__}``). A known-defect entry with ``framework = "jax"`` is matched
             against this version instead of :attr:`version`: a wrapper's defect usually lives underneath.
@@ -253,6 +257,7 @@ class Capabilities:
     default_dtypes: tuple[str, ...] | None = None
     micro_batch_paths: tuple[str, ...] = ()
     per_example_paths: tuple[str, ...] = ()
+    layer_scan_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -282,7 +287,7 @@ class Capabilities:
         if stray:
             raise CapabilitiesError(f"adapter {name!r}: shape-compiled path {', '.join(map(repr, stray))} is not among its paths")
         accumulating = {}
-        for attribute in ("micro_batch_paths", "per_example_paths"):
+        for attribute in ("micro_batch_paths", "per_example_paths", "layer_scan_paths"):
             accumulating[attribute] = _check_names(name, attribute, getattr(self, attribute), allow_empty=True)
             stray = [p for p in accumulating[attribute] if p not in paths]
             if stray:
@@ -329,6 +334,7 @@ class Capabilities:
             ("default_dtypes", default_dtypes),
             ("micro_batch_paths", accumulating["micro_batch_paths"]),
             ("per_example_paths", accumulating["per_example_paths"]),
+            ("layer_scan_paths", accumulating["layer_scan_paths"]),
         ):
             object.__setattr__(self, attribute, value)
 

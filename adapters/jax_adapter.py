@@ -14,8 +14,11 @@ Execution paths, each one of JAX's own ways to get a gradient:
 * ``"vjp"``: ``jax.vjp`` with the cotangent 1 applied by hand, the primitive under ``jax.grad``. It also returns
   δ^l = ∂C/∂z^l, by differentiating with respect to a zero perturbation added to every z^l: the cotangent of
   that perturbation is δ^l itself, so the page's error terms come out of the same backward pass for free.
-* ``"accumulate"`` and ``"per-example"``: the training-loop paths, gradients accumulated over micro-batches in
-  ``lax.scan`` and ``vmap(grad)`` summed (:mod:`backprop_conformance.adapters.jax_training`). Opt-in.
+* the training-loop paths (:mod:`backprop_conformance.adapters.jax_training`), all opt-in: ``"accumulate"``
+  (gradients accumulated over micro-batches in ``lax.scan``), ``"per-example"`` (``vmap(grad)`` summed), ``"remat"``
+  and ``"remat-dots"`` (``jax.checkpoint``), ``"scan"`` (the hidden layers as ``lax.scan`` over stacked weights) and
+  ``"jit-donate"`` (``jax.jit`` with the parameters' buffers donated). Their steps where bugs live are the adapter's
+  hook methods (:class:`~backprop_conformance.adapters.jax_training.Hooks`).
 * ``"sharded"``: ``jax.jit(jax.value_and_grad(...))`` with the batch sharded over a mesh of N CPU devices, so that
   XLA's partitioner inserts the cross-device sum; it runs in a worker process that has N host devices
   (:mod:`backprop_conformance.adapters.jax_sharded`). Opt-in, like every data-parallel path.
@@ -31,7 +34,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from backprop_conformance.adapters import jax_sharded, jax_training
 from backprop_conformance.adapters.base import Adapter, AdapterOutput, Capabilities, RequestError
@@ -111,6 +114,7 @@ class JaxAdapter(Adapter):
             default_dtypes=DTYPES,
             micro_batch_paths=("accumulate",),
             per_example_paths=("per-example",),
+            layer_scan_paths=("scan",),
         )
 
     def dispatch(self, path: str) -> Mapping[str, str]:
@@ -180,8 +184,35 @@ class JaxAdapter(Adapter):
             return _run_sharded(network, batch, dtype=dtype, device=device, devices=self.caps.ranks_of("sharded"))
         with precision_scope(dtype):
             if path in jax_training.PATHS:
-                return jax_training.run(network, batch, dtype=dtype, path=path, device=device)
+                return jax_training.run(network, batch, dtype=dtype, path=path, device=device, hooks=self)
             return _run(network, batch, dtype=dtype, path=path, device=device)
+
+    # The training-loop paths' steps (:class:`~backprop_conformance.adapters.jax_training.Hooks`), one method each, so that a
+    # planted bug is a subclass overriding one (tests/training_mutants.py). Those that run inside a program are traced.
+
+    def micro_batch_pieces(self, batch: Batch) -> tuple[slice, ...]:
+        """The micro-batches ``accumulate`` runs, as slices of the batch: every one, as the batch's split says."""
+        return batch.pieces
+
+    def micro_batch_cost(self, cost: Any, micro_batches: Any) -> Any:
+        """The cost each micro-batch differentiates: its own part of the page's summed cost, unscaled."""
+        return cost
+
+    def per_example_terms(self, per_example: Any) -> Any:
+        """The per-example gradients as ``per-example`` returns and sums them: as ``vmap(grad)`` computed them."""
+        return per_example
+
+    def per_example_sum(self, per_example: Any) -> Any:
+        """∂C/∂θ from the per-example gradients (leading axis: the B examples): their sum, as the page's cost is a sum."""
+        return per_example.sum(0)
+
+    def checkpointed(self, layer: Any, policy: Any) -> Any:
+        """``layer`` under ``jax.checkpoint(policy=policy)``: the backward pass recomputes what the policy did not save."""
+        return import_jax().checkpoint(layer, policy=policy)
+
+    def scan_step_parameters(self, step: tuple[Any, Any], stacked: tuple[Any, Any]) -> tuple[Any, Any]:
+        """The (w, b) a step of the layer scan computes with: its own slice of the stack, as ``lax.scan`` hands it over."""
+        return step
 
 
 def _run_sharded(network: Network, batch: Batch, *, dtype: str, device: str, devices: int) -> AdapterOutput:

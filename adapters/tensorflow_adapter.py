@@ -184,13 +184,21 @@ class TensorFlowAdapter(Adapter):
         with pinned_numerics(), tf.device(_device_name(device)):
             if path in ("eager", "recompute"):
                 model = _model_class()(network.widths, dtype)
-                step: Callable[[Any, Any], tuple[Any, ...]] = functools.partial(_step if path == "eager" else _recomputed_step, model)
+                step: Callable[[Any, Any], tuple[Any, ...]] = (
+                    functools.partial(_step, model) if path == "eager" else functools.partial(_recomputed_step, model, self.recompute_block)
+                )
             else:
                 model, step = _compiled_step(path, network.widths, dtype, device)
             model.assign(network, dtype)
             x, y = _constant(batch.x, dtype), _constant(batch.y, dtype)
             result = _StepResult(*step(x, y))
         return _to_output(result, dtype)
+
+    def recompute_block(self, index: int, layer: Any) -> Callable[[Any], tuple[Any, Any]]:
+        """Layer ``index + 2``'s block, a^{l−1} → (z^l, a^l), as the ``recompute`` path hands it to ``tf.recompute_grad``,
+        which runs it in the forward pass and again in the backward pass: the layer itself. A hook, so that a planted
+        bug is a subclass overriding it (tests/training_mutants.py)."""
+        return layer
 
 
 @contextlib.contextmanager
@@ -326,14 +334,17 @@ def _step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
     return cost, zs, activations, gradients[0:count:2], gradients[1:count:2], gradients[count:]
 
 
-def _recomputed_step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
-    """:func:`_step` with each layer's block under ``tf.recompute_grad``; z^l are the forward's, δ^l is None."""
+def _recomputed_step(model: Any, block_of: Callable[[int, Any], Callable[[Any], tuple[Any, Any]]], x: Any, y: Any) -> tuple[Any, ...]:
+    """:func:`_step` with each layer's block (``block_of(index, layer)``) under ``tf.recompute_grad``; z^l are the
+    forward's, δ^l is None."""
     tf = _tf()
     zs: list[Any] = []
 
-    def block(layer: Any) -> Callable[[Any], Any]:
+    def block(index: int, layer: Any) -> Callable[[Any], Any]:
+        computed = block_of(index, layer)
+
         def forward(t: Any) -> Any:
-            z, a = layer(t)
+            z, a = computed(t)
             if len(zs) < len(model.layers):  # the forward's z^l; the recompute, during tape.gradient, comes after
                 zs.append(z)
             return a
@@ -342,8 +353,8 @@ def _recomputed_step(model: Any, x: Any, y: Any) -> tuple[Any, ...]:
 
     with tf.GradientTape() as tape:
         activations = [x]
-        for layer in model.layers:
-            activations.append(block(layer)(activations[-1]))
+        for index, layer in enumerate(model.layers):
+            activations.append(block(index, layer)(activations[-1]))
         # C = Σ_x ½ Σ_j (y_j − a^L_j)², as in _step (a mixed cell's cost is float32)
         cost = 0.5 * tf.reduce_sum(tf.square(y - tf.cast(activations[-1], y.dtype)))
     gradients = tape.gradient(cost, model.parameters)

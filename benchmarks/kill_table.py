@@ -9,9 +9,10 @@ float64``, ``contract float32``), and the evidence: the worst element's error/bo
 JSON report, or the first line of the contract's message. The correct variants follow, with their worst
 passing ratio from the same report. Each run is one ``pytest conformance`` subprocess with every adapter
 of the catalogue (:func:`backprop_conformance.conformance.runner.run_suite`), exactly what
-``tests/test_mutants.py`` runs. The training-loop bugs planted in torch's ``accumulate`` and ``per-example`` paths
-(``tests/training_mutants.py``) run in the same subprocess and follow in a table of their own, with the words of the
-message that name each (the accumulation diagnosis, or the contract's complaint).
+``tests/test_mutants.py`` runs. The training-loop bugs planted in torch's, JAX's and TensorFlow's training-loop paths
+(``tests/training_mutants.py``: accumulation, per-example gradients, rematerialization, the layer scan) run in the same
+subprocess and follow in a table of their own, with the words of the message that name each (the accumulation or
+layer diagnosis, the first divergence, or the contract's complaint).
 """
 
 from __future__ import annotations
@@ -45,14 +46,23 @@ def _conformance_items(run: SuiteRun, adapter: type[ManualBackprop] | type[train
 
 
 def _naming(failed: list[Outcome]) -> str:
-    """The line of the first failure's message that names the bug: the accumulation diagnosis, else its first line."""
-    for outcome in failed:
-        for line in outcome.message.splitlines():
-            contract = "gradients must not accumulate"
-            if "accumulation: " in line or contract in line:
-                text = "contract: " + line[line.index(contract) :] if contract in line else line.split("accumulation: ", 1)[1]
-                return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+    """The line of the failures' messages that names the bug: the accumulation or layer diagnosis, the contract's
+    complaint, else the first divergence (a remat bug's: none, the error arises in the gradient step), else the first line."""
+    contract = "gradients must not accumulate"
+    lines = [line.strip() for outcome in failed for line in outcome.message.splitlines()]
+    for line in lines:
+        if contract in line:
+            return _trimmed("contract: " + line[line.index(contract) :])
+        if line.startswith(("accumulation: ", "layers: ")):
+            return _trimmed(line.split(": ", 1)[1])
+    divergence = next((line for line in lines if line.startswith("first divergence: ")), None)
+    if divergence is not None:
+        return _trimmed(divergence)
     return failed[0].message.splitlines()[0][:MAX_MESSAGE] if failed and failed[0].message else "-"
+
+
+def _trimmed(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
 def _evidence(run: SuiteRun, failed: list[Outcome]) -> str:

@@ -34,7 +34,7 @@ from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.ratios import format_ratio
 from backprop_conformance.conformance.report import CellResult
 from backprop_conformance.conformance.reproducers import replay_command
-from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, covering, covering_split, problems
+from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, design, problems
 from backprop_conformance.conformance.trial import AdapterRaised, CellTrial, check_cell
 from backprop_conformance.conformance.verdict import Verdict, judge
 from backprop_conformance.reference.dtypes import FORMATS, is_representable, round_to
@@ -159,10 +159,11 @@ def _check_cell(backend: Backend, cell: Cell, max_examples: int, seed: int | Non
         raise ConformanceFailure(message)
 
     def draw(data: st.DataObject) -> Problem:
-        return data.draw(problems(cell.dtype, DEFAULT_LIMITS, pooled=pooled, split=split), label="problem")
+        return data.draw(problems(cell.dtype, DEFAULT_LIMITS, pooled=pooled, split=split, scanned=scanned), label="problem")
 
     split = cell.path in backend.capabilities.micro_batch_paths
-    designed = (covering_split if split else covering)(cell.dtype, DEFAULT_LIMITS.pool if pooled else DEFAULT_LIMITS.covering)
+    scanned = cell.path in backend.capabilities.layer_scan_paths
+    designed = design(cell.dtype, DEFAULT_LIMITS.pool if pooled else DEFAULT_LIMITS.covering, split=split, scanned=scanned)
     failure = ""
     try:
         check_cell(cell.id, trial.run, draw, running, designed, fail, seed=seed)

@@ -19,7 +19,7 @@ from backprop_conformance.conformance import fidelity, timing
 from backprop_conformance.conformance.cells import Backend, Cell
 from backprop_conformance.conformance.problems import Problem, contract_problem
 from backprop_conformance.conformance.report import CellResult
-from backprop_conformance.conformance.strategies import Limits, covering, covering_split, problems
+from backprop_conformance.conformance.strategies import Limits, design, problems
 from backprop_conformance.conformance.trial import CellTrial, check_cell
 from backprop_conformance.conformance.verdict import Verdict
 
@@ -51,7 +51,11 @@ class Checks:
         assert caps is not None
         with timing.timed("generation"):
             drawn = problems(
-                cell.dtype, self.limits, pooled=cell.path in caps.shape_compiled_paths, split=cell.path in caps.micro_batch_paths
+                cell.dtype,
+                self.limits,
+                pooled=cell.path in caps.shape_compiled_paths,
+                split=cell.path in caps.micro_batch_paths,
+                scanned=cell.path in caps.layer_scan_paths,
             )
             return data.draw(drawn, label="problem")
 
@@ -89,7 +93,7 @@ class Checks:
         pooled = cell.path in caps.shape_compiled_paths
         with timing.timed("generation"):
             shapes = self.limits.pool if pooled and self.limits.covering else self.limits.covering
-            designed = (covering_split if cell.path in caps.micro_batch_paths else covering)(cell.dtype, shapes)
+            designed = design(cell.dtype, shapes, split=cell.path in caps.micro_batch_paths, scanned=cell.path in caps.layer_scan_paths)
 
         def fail(message: str) -> None:
             raise AssertionError(message)  # the message alone: no introspection of the Verdict object

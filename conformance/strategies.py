@@ -218,15 +218,62 @@ def architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int
     return tuple(widths)
 
 
+def equal_hidden(shape: tuple[tuple[int, ...], int]) -> tuple[tuple[int, ...], int]:
+    """``shape`` with every hidden layer as wide as its first, (n(1), h, ..., h, n(L)): the networks a path that runs its
+    hidden layers as a scan over stacked weights can take (:attr:`~backprop_conformance.adapters.base.Capabilities.layer_scan_paths`).
+
+    A network without a hidden layer (L = 2) gets one as wide as its output, (n(1), n(2), n(2)): a scan needs a
+    hidden layer to start from. Used to map the covering design and the shape pool, so that such a path runs the
+    same batches, inputs, outputs and first hidden widths as every other path.
+    """
+    widths, batch_size = shape
+    if len(widths) == 2:
+        return (widths[0], widths[1], widths[1]), batch_size
+    return (widths[0], *(widths[1],) * (len(widths) - 2), widths[-1]), batch_size
+
+
+@functools.cache
+def equal_hidden_shapes(shapes: tuple[tuple[tuple[int, ...], int], ...]) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """:func:`equal_hidden` of each shape, in order, each once (two shapes may map to the same)."""
+    return tuple(dict.fromkeys(equal_hidden(shape) for shape in shapes))
+
+
+@functools.cache
+def _scan_depths(max_depth: int) -> st.SearchStrategy[int]:
+    return st.one_of(st.integers(3, min(4, max_depth)), st.integers(min(5, max_depth), max_depth))
+
+
 @functools.cache
 @st.composite
-def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS, pooled: bool = True) -> tuple[tuple[int, ...], int]:
+def equal_hidden_architectures(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS) -> tuple[int, ...]:
+    """Widths (n(1), h, ..., h, n(L)), L ≥ 3: one hidden width h for every hidden layer, for a path that scans them.
+
+    Half of the networks have L ≥ 5, so that the scan runs over two or more stacked layers (L − 3 of them: the first
+    hidden layer, fed by n(1) inputs, and the output layer are outside the stack), where a scan step that reads the
+    wrong slice of the stack shows; L = 3 scans none, and L = 4 one.
+    """
+    depth = draw(_scan_depths(limits.max_depth), label="L")
+    first = draw(dimension(limits.max_width, "n(1)"))
+    hidden = draw(dimension(limits.max_width, "h, every hidden width"))
+    return (first, *(hidden,) * (depth - 2), draw(dimension(limits.max_width, "n(L)")))
+
+
+@functools.cache
+def _pooled_equal_hidden(limits: Limits) -> st.SearchStrategy[tuple[tuple[int, ...], int]]:
+    return st.sampled_from(equal_hidden_shapes(limits.pool))
+
+
+@functools.cache
+@st.composite
+def shapes(draw: st.DrawFn, limits: Limits = DEFAULT_LIMITS, pooled: bool = True, scanned: bool = False) -> tuple[tuple[int, ...], int]:
     """(widths, batch size): free for a path that does not compile per shape; for one that does, from the
     limits' pool (ordered small to large, so that a failure shrinks toward the smallest pooled network),
-    or now and then free where the limits allow it (:attr:`Limits.free_odds`)."""
+    or now and then free where the limits allow it (:attr:`Limits.free_odds`). ``scanned``: every hidden layer
+    of one width (:func:`equal_hidden`), the pool mapped to that form."""
     if pooled and (limits.free_odds is None or not _coin(draw, limits.free_odds)):
-        return draw(_pooled(limits), label="pooled shape")
-    return draw(architectures(limits)), draw(dimension(limits.max_batch, "B"))
+        return draw(_pooled_equal_hidden(limits) if scanned else _pooled(limits), label="pooled shape")
+    widths = draw(equal_hidden_architectures(limits) if scanned else architectures(limits))
+    return widths, draw(dimension(limits.max_batch, "B"))
 
 
 def _coin(draw: st.DrawFn, odds: int) -> bool:
@@ -273,12 +320,15 @@ def _micro_batches(draw: st.DrawFn, batch_size: int) -> tuple[int, ...]:
 
 @functools.cache
 @st.composite
-def problems(draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, pooled: bool = True, split: bool = False) -> Problem:
+def problems(
+    draw: st.DrawFn, dtype: str, limits: Limits = DEFAULT_LIMITS, pooled: bool = True, split: bool = False, scanned: bool = False
+) -> Problem:
     """A network and batch in ``dtype`` (held in float64, see :class:`Problem`); ``pooled`` for a path that compiles per shape,
     ``split`` for one that accumulates gradients over micro-batches (the batch then carries a drawn split,
-    :attr:`~backprop_conformance.reference.model.Batch.micro_batches`)."""
+    :attr:`~backprop_conformance.reference.model.Batch.micro_batches`), ``scanned`` for one that runs its hidden layers
+    as a scan (every hidden layer of one width, :func:`equal_hidden`)."""
     float_format(dtype)
-    shape = draw(shapes(limits, pooled))
+    shape = draw(shapes(limits, pooled, scanned))
     weight_scale = draw(_WEIGHT_SCALES, label="weight scale")
     bias_scale = draw(_BIAS_SCALES[dtype], label="bias scale")
     input_scale = draw(_INPUT_SCALES, label="input scale")
@@ -334,6 +384,16 @@ def covering_split(dtype: str, shapes: tuple[tuple[tuple[int, ...], int], ...]) 
         sizes = even_split(B, k) if i % 2 == 0 or k < 2 else (1, *even_split(B - 1, k - 1))
         made.append(problem.split(sizes))
     return tuple(made)
+
+
+def design(
+    dtype: str, shapes: tuple[tuple[tuple[int, ...], int], ...], *, split: bool = False, scanned: bool = False
+) -> tuple[Problem, ...]:
+    """The designed problems a cell runs after its generated ones: :func:`covering` over ``shapes`` (the covering design,
+    or the pool of a path that compiles per shape), split into micro-batches for a path that accumulates
+    (:func:`covering_split`), each shape's hidden layers made equal for a path that scans them (:func:`equal_hidden`)."""
+    designed = equal_hidden_shapes(shapes) if scanned else shapes
+    return (covering_split if split else covering)(dtype, designed)
 
 
 def build(

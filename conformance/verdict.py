@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.adapters.base import AdapterOutput
-from backprop_conformance.conformance import loss_scale, micro_batches
+from backprop_conformance.conformance import layer_reuse, loss_scale, micro_batches
 from backprop_conformance.conformance.data_parallel import diagnose
 from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.ratios import format_mismatch, format_ratio
@@ -175,7 +175,9 @@ class Verdict:
     ratio over both, infinite when the framework returned a non-finite value. ``data_parallel``, for a
     failing gradient of a data-parallel path, names the bug it matches (:mod:`~backprop_conformance.conformance.data_parallel`);
     ``loss_scale``, for a failing mixed-precision gradient, a loss scale left in it, and on a loss-scaling path whether
-    the scale it used could change a rounding (:mod:`~backprop_conformance.conformance.loss_scale`).
+    the scale it used could change a rounding (:mod:`~backprop_conformance.conformance.loss_scale`);
+    ``layers``, for a z^l outside its bound, another layer's parameters used in its place
+    (:mod:`~backprop_conformance.conformance.layer_reuse`).
     """
 
     cell: str
@@ -187,6 +189,7 @@ class Verdict:
     data_parallel: str = ""
     loss_scale: str = ""
     accumulation: str = ""
+    layers: str = ""
 
     @property
     def cost_failed(self) -> bool:
@@ -229,6 +232,8 @@ class Verdict:
             lines.append(f"  loss scale: {self.loss_scale}")
         if self.accumulation:
             lines.append(f"  accumulation: {self.accumulation}")
+        if self.layers:
+            lines.append(f"  layers: {self.layers}")
         lines.append(f"  case: {self.problem.describe()}")
         return "\n".join(lines)
 
@@ -310,6 +315,7 @@ def judge(
         data_parallel=data_parallel,
         loss_scale=scaled,
         accumulation=accumulation,
+        layers=layer_reuse.diagnose(problem, output, tol),
     )
 
 

@@ -50,15 +50,15 @@ def no_all_reduce(state, bucket):
 
 
 def one_path(caps: Capabilities, name: str, path: str) -> Capabilities:
-    """The built-in torch adapter's capabilities narrowed to one path and :data:`DTYPES`, that path's own declarations
-    (its ranks, levels, dtypes, and whether it accumulates) kept as they are."""
+    """A built-in adapter's capabilities narrowed to one path and :data:`DTYPES`, that path's own declarations (its
+    ranks, levels, dtypes, whether it compiles per shape, accumulates or scans its layers) kept as they are."""
     return dataclasses.replace(
         caps,
         name=name,
         dtypes=DTYPES,
         paths=(path,),
         default_paths=(path,),
-        shape_compiled_paths=(),
+        shape_compiled_paths=tuple(p for p in caps.shape_compiled_paths if p == path),
         accumulation={},
         policies={},
         default_dtypes=None,
@@ -67,6 +67,7 @@ def one_path(caps: Capabilities, name: str, path: str) -> Capabilities:
         path_dtypes={p: tuple(d for d in dtypes if d in DTYPES) for p, dtypes in caps.path_dtypes.items() if p == path},
         micro_batch_paths=tuple(p for p in caps.micro_batch_paths if p == path),
         per_example_paths=tuple(p for p in caps.per_example_paths if p == path),
+        layer_scan_paths=tuple(p for p in caps.layer_scan_paths if p == path),
     )
 
 

@@ -26,7 +26,7 @@ from backprop_conformance.adapters.base import AdapterContractError, AdapterOutp
 from backprop_conformance.conformance import cases
 from backprop_conformance.conformance.cells import Cell
 from backprop_conformance.conformance.micro_batches import diagnose
-from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, build, covering_split, even_split, problems
+from backprop_conformance.conformance.strategies import DEFAULT_LIMITS, build, covering_split, design, equal_hidden, even_split, problems
 from backprop_conformance.conformance.verdict import judge
 from backprop_conformance.reference.model import Batch, Gradients, ModelError
 
@@ -178,28 +178,46 @@ def test_each_accumulation_signature_is_named() -> None:
     assert diagnose(problem.split(None), G, tol, per_example=False) == ""
 
 
-def test_the_suite_names_each_planted_training_loop_bug(tmp_path: Path) -> None:
-    """The real suite on torch's training-loop paths: correct torch passes, each planted bug fails, and its message says which."""
-    args = ["--conformance-backend", "torch"]
-    for path in ("accumulate", "per-example", "checkpoint"):
+MUTANT_RUNS = {
+    "torch": (training_mutants.TorchMutant, ("accumulate", "per-example", "checkpoint"), "25"),
+    "jax": (training_mutants.JaxMutant, ("accumulate", "per-example", "remat", "scan"), "12"),
+    "tensorflow": (training_mutants.TensorFlowMutant, ("recompute",), "12"),
+}
+"""Per backend: the base of its planted bugs, the correct paths run beside them, and the examples per cell (JAX's and
+TensorFlow's mutants compile or trace per shape, and each is caught within its first examples)."""
+
+
+@pytest.mark.parametrize("backend", MUTANT_RUNS)
+def test_the_suite_names_each_planted_training_loop_bug(tmp_path: Path, backend: str) -> None:
+    """The real suite on a backend's training-loop paths: the correct backend passes, each planted bug fails, and its
+    message says which."""
+    pytest.importorskip(backend)
+    base, paths, examples = MUTANT_RUNS[backend]
+    mutants = [m for m in training_mutants.MUTANTS if issubclass(m, base)]
+    args = ["--conformance-backend", backend]
+    for path in paths:
         args += ["--conformance-path", path]
     for dtype in training_mutants.DTYPES:
         args += ["--conformance-dtype", dtype]
-    for mutant in training_mutants.MUTANTS:
+    for mutant in mutants:
         args += ["--conformance-backend", training_mutants.backend_name(mutant)]
-    run = suite(tmp_path, *args, "--conformance-max-examples", "25")
+    run = suite(tmp_path, *args, "--conformance-max-examples", examples)
     assert run.returncode == 1, run.explain()
     assert run.report is not None, run.explain()
     for dtype in training_mutants.DTYPES:
-        for path in ("accumulate", "per-example", "checkpoint"):
-            assert run.report.cell(f"torch-{path}-{dtype}").status == "passed", run.explain()  # type: ignore[union-attr]
-    for mutant in training_mutants.MUTANTS:
+        for path in paths:
+            assert run.report.cell(f"{backend}-{path}-{dtype}").status == "passed", run.explain()  # type: ignore[union-attr]
+    for mutant in mutants:
         for cell in training_mutants.cells(mutant):
             assert run.report.cell(cell).status == "failed", f"{cell} passed"  # type: ignore[union-attr]
             failures = [o for o in run.items([cell]) if o.failed]
             assert failures and all(mutant.bug in o.message for o in failures), (
                 f"{cell}: the message does not name the bug ({mutant.bug!r}):\n" + "\n".join(o.message[:1500] for o in failures)
             )
+
+
+def test_every_planted_training_loop_bug_is_run_by_the_suite_test() -> None:
+    assert all(any(issubclass(m, base) for base, _, _ in MUTANT_RUNS.values()) for m in training_mutants.MUTANTS)
 
 
 # JAX's paths.
@@ -230,11 +248,11 @@ def test_jax_masks_cover_each_example_once_and_refuse_more_micro_batches_than_th
     from backprop_conformance.adapters.base import RequestError
 
     batch = Batch(np.zeros((7, 1)), np.zeros((7, 1)), (2, 1, 4))
-    rows = np.asarray(jax_training.masks(batch, "float32", "cpu"))[..., 0]
+    rows = np.asarray(jax_training.masks(batch.pieces, batch.size, "float32", "cpu"))[..., 0]
     assert rows.shape == (jax_training.SCAN_STEPS, 7)
     assert np.array_equal(rows.sum(axis=0), np.ones(7)) and np.array_equal(rows[:3].sum(axis=1), [2, 1, 4]) and not rows[3:].any()
     with pytest.raises(RequestError, match="at most 8 micro-batches, got 9"):
-        jax_training.masks(Batch(np.zeros((9, 1)), np.zeros((9, 1)), (1,) * 9), "float32", "cpu")
+        jax_training.masks(Batch(np.zeros((9, 1)), np.zeros((9, 1)), (1,) * 9).pieces, 9, "float32", "cpu")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
@@ -286,3 +304,96 @@ def test_torch_compile_variants_agree_with_the_reference(torch_adapter: Any, pat
         verdict = judge(f"torch-{path}", problem, output, torch_adapter.caps.precision("float32", path))
         assert verdict.passed, verdict.message()
         assert output.z is not None and output.a is not None and output.delta is None
+
+
+# Layers as a scan (JAX's ``scan``), and donated buffers (``jit-donate``).
+
+
+def test_a_scanned_path_draws_equal_hidden_widths_and_maps_the_design_to_them() -> None:
+    assert equal_hidden(((3, 5, 7, 2), 4)) == ((3, 5, 5, 2), 4)
+    assert equal_hidden(((3, 2), 4)) == ((3, 2, 2), 4)
+    assert equal_hidden(((3, 5, 2), 4)) == ((3, 5, 2), 4)
+    depths: set[int] = set()
+
+    @given(data=st.data())
+    @settings(max_examples=80, deadline=None, database=None)
+    def draw(data: st.DataObject) -> None:
+        for pooled in (False, True):
+            widths = data.draw(problems("float32", DEFAULT_LIMITS, pooled=pooled, scanned=True)).network.widths
+            assert len(widths) >= 3 and len(set(widths[1:-1])) == 1, widths
+            depths.add(len(widths))
+
+    draw()
+    assert max(depths) >= 5  # two or more stacked layers, where a scan step reading the wrong slice shows
+    for split in (False, True):
+        designed = design("float32", DEFAULT_LIMITS.covering, split=split, scanned=True)
+        assert all(len(set(p.network.widths[1:-1])) == 1 for p in designed)
+        assert all((p.batch.micro_batches is not None) == split for p in designed)
+    assert [p.network.widths for p in design("float32", DEFAULT_LIMITS.covering)] == [w for w, _ in DEFAULT_LIMITS.covering]
+
+
+def test_the_paths_declared_to_scan_their_layers_are_validated() -> None:
+    base = Capabilities(name="x", framework="X", version="1", dtypes=("float32",), paths=("eager", "scan"), default_paths=("eager",))
+    assert dataclasses.replace(base, layer_scan_paths=("scan",)).layer_scan_paths == ("scan",)
+    with pytest.raises(CapabilitiesError, match="layer_scan_paths names 'jit', not among its paths"):
+        dataclasses.replace(base, layer_scan_paths=("jit",))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16", "mixed-bfloat16"])
+def test_jax_scans_the_hidden_layers_within_the_bound(jax_adapter: Any, dtype: str) -> None:
+    """Every depth: no hidden layer (L = 2), one (L = 3, an empty scan), and scans of one and of four stacked layers."""
+    for widths in ((5, 3), (5, 7, 3), (5, 7, 7, 3), (5, 7, 7, 7, 7, 7, 3)):
+        problem = build(dtype, (widths, 6), 1.0, 1.0, 1.0, "uniform", len(widths))
+        output = jax_adapter.compute(problem.network, problem.batch, dtype=dtype, path="scan")
+        verdict = judge("jax-scan", problem, output, jax_adapter.caps.precision(dtype, "scan"))
+        assert verdict.passed, verdict.message()
+        assert output.z is not None and sorted(output.z) == list(problem.network.layers)
+
+
+def test_jax_scan_refuses_unequal_hidden_widths_by_name(jax_adapter: Any) -> None:
+    from backprop_conformance.adapters.base import RequestError
+
+    problem = build("float32", ((3, 5, 6, 2), 4), 1.0, 1.0, 1.0, "uniform", 1)
+    with pytest.raises(RequestError, match=r"every hidden layer of one width .*got widths \(3, 5, 6, 2\)"):
+        jax_adapter.compute(problem.network, problem.batch, dtype="float32", path="scan")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_jax_donated_buffers_give_the_gradients_of_jit_and_are_donated(jax_adapter: Any, dtype: str) -> None:
+    """``jit-donate`` returns bit for bit what ``jit`` returns (the same program, its parameter buffers donated), and the
+    compiled program does alias the parameters to its outputs: the donation is real."""
+    from backprop_conformance.adapters import jax_training
+    from backprop_conformance.adapters.jax_model import parameters, precision_scope, put
+
+    problem = build(dtype, ((6, 9, 9, 2), 7), 1.0, 1.0, 1.0, "uniform", 5)
+    donated = jax_adapter.compute(problem.network, problem.batch, dtype=dtype, path="jit-donate")
+    plain = jax_adapter.compute(problem.network, problem.batch, dtype=dtype, path="jit")
+    for (kind, l, got), (_, _, want) in zip(donated.gradients.items(), plain.gradients.items(), strict=True):
+        assert np.array_equal(got, want), f"jit-donate ∂C/∂{kind}^{l} differs from jit's"
+    with precision_scope(dtype):
+        x, y = put(problem.batch.x, dtype, "cpu"), put(problem.batch.y, dtype, "cpu")
+        compiled = jax_training._donated(None).lower(parameters(problem.network, dtype, "cpu"), x, y).compile()
+    assert "input_output_alias" in compiled.as_text()
+
+
+def test_a_layer_computed_with_another_layers_parameters_is_named() -> None:
+    from backprop_conformance.adapters.base import AdapterOutput
+    from backprop_conformance.conformance.layer_reuse import diagnose as reuse
+    from backprop_conformance.reference.vectorized import activation, weighted_input
+
+    problem = build("float64", ((3, 4, 4, 4, 4, 2), 5), 1.0, 1.0, 1.0, "uniform", 6)
+    network, trace = problem.network, problem.trace
+    tol = problem.tolerance(training_mutants.JaxScanFirstLayer().caps.precision("float64"))
+    right = AdapterOutput(trace.gradients, trace.cost, a=dict(trace.a), z=dict(trace.z))
+    assert reuse(problem, right, tol) == ""
+    a, z = {1: trace.a[1]}, {}
+    for l in network.layers:
+        m = 3 if l in (4, 5) else l  # layers 4 and 5 run layer 3's parameters
+        z[l] = weighted_input(network.w[m], a[l - 1], network.b[m])
+        a[l], _ = activation(z[l])
+    wrong = AdapterOutput(trace.gradients, trace.cost, a=a, z=z)
+    assert "z^4, z^5 computed with layer 3's parameters (w^3, b^3)" in reuse(problem, wrong, tol)
+    assert reuse(problem, AdapterOutput(trace.gradients, trace.cost), tol) == ""  # no intermediates: nothing to name
+    z_off = dict(z)
+    z_off[4] = z[4] + 1.0  # a z^4 that is no layer's: the first divergence unexplained, nothing named
+    assert reuse(problem, AdapterOutput(trace.gradients, trace.cost, a=a, z=z_off), tol) == ""
