@@ -240,17 +240,18 @@ def pool_design(size: int, candidates: Sequence[Shape], space: set[tuple[str, in
     chosen = list(CORNERS)
     reached = covered(chosen)
     remaining = [s for s in candidates if s not in chosen]
+    classes = {s: covered([s]) for s in remaining}  # once per candidate, not once per candidate and round: it ran at every import
     fixed, per_mac = EXAMPLE_SECONDS
 
     def value(shape: Shape) -> tuple[float, int]:
-        gain = sum(share.get(c, 0.0) for c in covered([shape]) - reached)
+        gain = sum(share.get(c, 0.0) for c in classes[shape] - reached)
         seconds = COMPILE_SECONDS + examples / size * (fixed + per_mac * _cost(shape))
         return gain / seconds, -_cost(shape)
 
     while len(chosen) < size and remaining:
         best = max(remaining, key=value)
         chosen.append(best)
-        reached |= covered([best])
+        reached |= classes[best]
         remaining.remove(best)
     return tuple(sorted(chosen, key=_cost))
 

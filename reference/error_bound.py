@@ -253,7 +253,14 @@ def weighted_input_bound(
     """
     n = abs_w.shape[1]
     u, g = precision.u, gamma(n + 1, precision.u_a)
-    return E_a_prev @ abs_w.T + (g + 2 * u) * (np.abs(a_prev) @ abs_w.T) + (g + u) * abs_b + (2 * n + 1) * precision.eta
+    # Σ_k |w_jk| (E_a_k + c|a_k|): both sums in one product, an order docs/error-bound.md proves still rounds within the margin.
+    carried = np.abs(a_prev, dtype=np.float64)
+    carried *= g + 2 * u
+    carried += E_a_prev
+    value = carried @ abs_w.T
+    value += (g + u) * abs_b
+    value += (2 * n + 1) * precision.eta
+    return value
 
 
 @_rounded_up
@@ -334,7 +341,12 @@ def hidden_activation_gradient_bound(
     the dot product's rounding, and η per product and partial sum. ``abs_w_next`` is |w^{l+1}|.
     """
     n = abs_w_next.shape[0]
-    return E_delta_next @ abs_w_next + gamma(n, precision.u_a) * (np.abs(delta_next) @ abs_w_next) + 2 * n * precision.eta
+    carried = np.abs(delta_next, dtype=np.float64)  # Σ_i |w_ij| (E_δ_i + γ_n|δ_i|): both sums in one product, as in weighted_input_bound
+    carried *= gamma(n, precision.u_a)
+    carried += E_delta_next
+    value = carried @ abs_w_next
+    value += 2 * n * precision.eta
+    return value
 
 
 @_rounded_up
@@ -398,10 +410,19 @@ def weight_gradient_bound(
     """
     B = delta.shape[0]
     abs_delta, abs_a = np.abs(delta), np.abs(a_prev)
-    errors = E_delta.T @ (abs_a + E_a_prev) + abs_delta.T @ E_a_prev  # E_δ|a| + E_δ E_a in one product
-    magnitude = abs_delta.T @ abs_a
-    local = errors + (precision.u + gamma(B, precision.u_a)) * magnitude + 2 * B * precision.eta
-    return _with_ranks(local, magnitude, precision)
+    c = precision.u + gamma(B, precision.u_a)
+    if precision.ranks > 1:  # the cross-rank term needs Σ_x |δ||a| on its own
+        errors = E_delta.T @ (abs_a + E_a_prev) + abs_delta.T @ E_a_prev  # E_δ|a| + E_δ E_a in one product
+        magnitude = abs_delta.T @ abs_a
+        local = errors + c * magnitude + 2 * B * precision.eta
+        return _with_ranks(local, magnitude, precision)
+    # Σ_x (E_δ (|a| + E_a) + |δ| (E_a + c|a|)): one product over 2B terms, the order docs/error-bound.md proves safe.
+    carried = abs_a * c
+    carried += E_a_prev
+    abs_a += E_a_prev
+    value = np.concatenate((E_delta, abs_delta)).T @ np.concatenate((abs_a, carried))
+    value += 2 * B * precision.eta
+    return value
 
 
 @_rounded_up
