@@ -36,6 +36,7 @@ these parameters (``tests/shape_mutants.py``), on a sample drawn after the desig
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 
 Shape = tuple[tuple[int, ...], int]
@@ -244,7 +245,9 @@ def pool_design(size: int, candidates: Sequence[Shape], space: set[tuple[str, in
     fixed, per_mac = EXAMPLE_SECONDS
 
     def value(shape: Shape) -> tuple[float, int]:
-        gain = sum(share.get(c, 0.0) for c in classes[shape] - reached)
+        # fsum: a set of string tuples iterates in an order PYTHONHASHSEED picks, and a rounded sum in that order
+        # could break a near-tie differently in each process (xdist workers, a replay); the exact sum cannot.
+        gain = math.fsum(share.get(c, 0.0) for c in classes[shape] - reached)
         seconds = COMPILE_SECONDS + examples / size * (fixed + per_mac * _cost(shape))
         return gain / seconds, -_cost(shape)
 
