@@ -187,9 +187,9 @@ class FlaxAdapter(Adapter):
         from backprop_conformance.adapters.jax_model import import_jax
 
         configured = import_jax().config.jax_compilation_cache_dir
-        line = JaxAdapter().use_cache(directory)
         if configured is not None:
             return f"flax: shares JAX's compilation cache ({configured}): nnx.jit compiles through jax.jit"
+        line = JaxAdapter().use_cache(directory)
         return None if line is None else "flax: " + line.removeprefix("jax: ")
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
