@@ -106,6 +106,24 @@ def test_every_documented_or_configured_suite_option_exists() -> None:
     assert not unknown, "options pytest does not accept: " + ", ".join(unknown)
 
 
+NOT_IN_THE_TOX_MATRIX = {"all": "the workflow's conformance jobs run it, one backend and shard per job, and merge the shards"}
+"""tox envs of ``env_list`` that the workflow's tox job leaves out, each with the job that runs it instead."""
+
+
+def test_the_workflow_runs_every_tox_env() -> None:
+    """Opt-in cells (data-parallel, mixed precision, training-loop paths, dispatch levels) run nowhere by default: the
+    workflow's tox matrix is where CI runs them, so an env added to tox.ini and forgotten there would never run."""
+    tox = (ROOT / "tox.ini").read_text()
+    env_list = re.search(r"^env_list\s*=\s*(.+)$", tox, re.M)
+    assert env_list, "tox.ini has no env_list"
+    envs = {env.strip() for env in env_list.group(1).split(",")}
+    matrix = re.search(r"^\s*env:\s*\[(.+)\]\s*$", (ROOT / ".github" / "workflows" / "conformance.yml").read_text(), re.M)
+    assert matrix, "the workflow's tox job has no env matrix"
+    missing = envs - {env.strip() for env in matrix.group(1).split(",")} - NOT_IN_THE_TOX_MATRIX.keys()
+    assert not missing, f"tox envs the workflow never runs: {sorted(missing)}"
+    assert {"mixed", "training", "data-parallel", "dispatch"} <= envs, "an opt-in env left tox.ini's env_list"
+
+
 README_WORDS = 1500
 """README.md's length limit: what the suite is, the two commands, the three routes and the layout; reference
 material lives in docs/."""
