@@ -30,6 +30,7 @@ from backprop_conformance.reference.dtypes import FORMATS, MIXED, float_format, 
 from backprop_conformance.reference.error_bound import (
     ErrorBounds,
     Precision,
+    _rounded_up,
     activation_bound,
     bias_gradient_bound,
     cost_bound,
@@ -179,14 +180,40 @@ def _precision(policy: MixedPolicy, rounding: str, accumulation: str = "dot", **
     return Precision(u=policy.u(rounding), u_a=policy.u(accumulation), eta=policy.eta, **per_sum)
 
 
+@_rounded_up
+def rounding_error(u: float, value: np.ndarray | float) -> np.ndarray | float:
+    """u·|value|: what one conversion to a format of unit roundoff u can change ``value`` by, to first order.
+
+    As in the single-format bound, the u·E products (the rounding of a value's own error) are dropped and left to K
+    (docs/error-bound.md, "Mixed precision"). Raised by the evaluation margin like every equation of the chain, so that
+    each term :func:`mixed_error_bounds` adds stays an upper bound after its own float64 rounding (the margin's proof
+    also covers a few additions of raised values: docs/error-bound.md, "The bound's own rounding").
+    """
+    return u * np.abs(value)
+
+
+@_rounded_up
+def cast_parameters_error(u_w: float, operand: np.ndarray, error: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """u_w·((|operand| + error)|w| + |b|): a product's error from reading w (and b) rounded to the weights' format.
+
+    ŵ â − w a = (ŵ − w) â + w (â − a) with |ŵ − w| ≤ u_w|w| and |â| ≤ |a| + E: the first term, exactly (the second is
+    the equation's own). ``w`` (and ``b``) are magnitudes, oriented as the product reads them.
+    """
+    reads = (np.abs(operand) + error) @ w
+    if b is not None:
+        reads += b
+    reads *= u_w
+    return reads
+
+
 def mixed_error_bounds(network: Network, batch: Batch, trace: BackpropTrace, policy: MixedPolicy) -> ErrorBounds:
     """Bounds E on the error of every quantity of a computation done as ``policy`` says (docs/error-bound.md, "Mixed precision").
 
     The chain of :func:`~backprop_conformance.reference.error_bound.error_bounds`, each equation evaluated at the unit
     roundoff of the operation it describes, plus a term for each conversion that narrows a value: the inputs and the
     activations to the matrix products' operand format, the weights and biases to theirs, a^L and y to the cost's
-    format, ∂C/∂a^L back to σ's, ∂C/∂a^l from the products' format to σ's, and the gradients and the cost to storage.
-    A conversion that widens is exact and charged nothing (:meth:`MixedPolicy.cast`).
+    format, ∂C/∂a^L back to σ's, and ∂C/∂a^l from the products' format to σ's. A conversion that widens is exact and
+    charged nothing (:meth:`MixedPolicy.cast`): so is the one of the gradients and the cost to storage.
     """
     L = network.depth
     w, b = ({l: np.abs(p.astype(np.float64)) for l, p in params.items()} for params in (network.w, network.b))
@@ -201,36 +228,31 @@ def mixed_error_bounds(network: Network, batch: Batch, trace: BackpropTrace, pol
     E_z: dict[int, np.ndarray] = {}
     E_s: dict[int, np.ndarray] = {}
     for l in network.layers:
-        reads = u_w * ((np.abs(a[l - 1]) + E_in[l - 1]) @ w[l].T + b[l])
+        reads = cast_parameters_error(u_w, a[l - 1], E_in[l - 1], w[l].T, b[l])
         E_z[l] = weighted_input_bound(w[l], b[l], a[l - 1], E_in[l - 1], matmul) + reads
         E_a[l] = activation_bound(z[l], a[l], E_z[l], sigma)
         E_s[l] = sigma_prime_bound(a[l], E_a[l], sp[l], sigma)
-        E_in[l] = E_a[l] + policy.cast("sigma", "inputs") * np.abs(a[l])
+        E_in[l] = E_a[l] + rounding_error(policy.cast("sigma", "inputs"), a[l])
 
     y = np.asarray(batch.y, dtype=np.float64)
     h = {l: np.asarray(v, dtype=np.float64) for l, v in trace.dC_da.items()}
     delta = {l: np.asarray(v, dtype=np.float64) for l, v in trace.delta.items()}
-    to_cost = E_a[L] + policy.cast("sigma", "cost") * np.abs(a[L]) + policy.cast("storage", "cost") * np.abs(y)
+    to_cost = E_a[L] + rounding_error(policy.cast("sigma", "cost"), a[L]) + rounding_error(policy.cast("storage", "cost"), y)
     E_r = output_activation_gradient_bound(to_cost, h[L], y, _precision(policy, "cost"))
-    E_h: dict[int, np.ndarray] = {L: E_r + policy.cast("cost", "sigma") * np.abs(h[L])}
+    E_h: dict[int, np.ndarray] = {L: E_r + rounding_error(policy.cast("cost", "sigma"), h[L])}
     E_d: dict[int, np.ndarray] = {L: output_error_bound(E_h[L], h[L], sp[L], E_s[L], delta[L], sigma)}
     for l in range(L - 1, 1, -1):
-        reads = u_w * ((np.abs(delta[l + 1]) + E_d[l + 1]) @ w[l + 1])
-        rounded = (policy.u("matmul") + policy.cast("matmul", "sigma")) * np.abs(h[l])
-        E_h[l] = hidden_activation_gradient_bound(w[l + 1], E_d[l + 1], delta[l + 1], matmul) + reads + rounded
+        product = hidden_activation_gradient_bound(w[l + 1], E_d[l + 1], delta[l + 1], matmul)
+        product = product + cast_parameters_error(u_w, delta[l + 1], E_d[l + 1], w[l + 1])
+        E_h[l] = product + rounding_error(policy.u("matmul") + policy.cast("matmul", "sigma"), h[l])
         E_d[l] = hidden_error_bound(E_h[l], h[l], sp[l], E_s[l], delta[l], sigma)
 
+    # The gradients and the cost go to storage by a widening conversion (check_policy keeps every format between storage
+    # and compute), which is exact: nothing is charged for it.
     gradient = _precision(policy, "gradient", batch="batch_sum")
-    to_storage = policy.cast("gradient", "storage")
-    E_w = {}
-    E_b = {}
-    for l in network.layers:
-        E_w[l] = weight_gradient_bound(E_d[l], delta[l], a[l - 1], E_in[l - 1], gradient)
-        E_b[l] = bias_gradient_bound(E_d[l], delta[l], gradient)
-        if to_storage:
-            E_w[l] = E_w[l] + to_storage * np.abs(delta[l].T @ a[l - 1])
-            E_b[l] = E_b[l] + to_storage * np.abs(delta[l].sum(axis=0))
-    E_C = cost_bound(h[L], E_r, _precision(policy, "cost", cost="cost_sum")) + policy.cast("cost", "storage") * abs(trace.cost)
+    E_w = {l: weight_gradient_bound(E_d[l], delta[l], a[l - 1], E_in[l - 1], gradient) for l in network.layers}
+    E_b = {l: bias_gradient_bound(E_d[l], delta[l], gradient) for l in network.layers}
+    E_C = cost_bound(h[L], E_r, _precision(policy, "cost", cost="cost_sum"))
     return ErrorBounds(z=E_z, a=E_a, sigma_prime=E_s, dC_da=E_h, delta=E_d, gradients=Gradients(E_w, E_b), cost=E_C)
 
 

@@ -8,6 +8,7 @@ sample is not far below 1), and a computation that rounds coarser than the decla
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,17 @@ from conftest import suite
 
 from backprop_conformance.adapters.base import Capabilities, CapabilitiesError
 from backprop_conformance.reference.dtypes import float_format, is_representable, round_to
-from backprop_conformance.reference.error_bound import VacuousBound
+from backprop_conformance.reference.error_bound import EVALUATION_MARGIN, VacuousBound
 from backprop_conformance.reference.mixed_precision import (
     POLICY_OPERATIONS,
     MixedPolicy,
     PolicyError,
     Simulation,
     accumulate,
+    cast_parameters_error,
     largest_exact_loss_scale,
     mixed_error_bounds,
+    rounding_error,
     simulate,
 )
 from backprop_conformance.reference.model import Batch, Network
@@ -101,6 +104,22 @@ def test_bound_covers_the_exact_simulation_and_is_not_loose(name: str) -> None:
 def test_a_coarser_computation_leaves_the_declared_bound(declared: str, computed: str) -> None:
     ratios = [r for n, b in NETWORKS if (r := _worst_ratio(n, b, POLICIES[computed], POLICIES[declared])) is not None]
     assert max(ratios) > 2.0, f"{computed} judged as {declared}: worst ratio {max(ratios):.3g}, not caught"
+
+
+def test_the_conversion_terms_are_raised_like_the_equations() -> None:
+    """The terms the chain adds for conversions stay upper bounds after their own float64 rounding: each is raised by the
+    evaluation margin, exactly as every equation is (docs/error-bound.md, "The bound's own rounding")."""
+    raised = (1 + Fraction(EVALUATION_MARGIN)) * (1 - Fraction(2**-50))  # the margin, less a few float64 roundings
+    u = Fraction(2**-8)
+    value = np.array([1 / 3, -2.5, 0.1])
+    got = rounding_error(2.0**-8, value)
+    for g, v in zip(got, value, strict=True):
+        assert Fraction(g) >= u * abs(Fraction(v)) * raised, (g, v)
+    operand, error, w, b = np.array([[0.3, -0.7]]), np.array([[1e-3, 2e-3]]), np.array([[0.9], [1.1]]), np.array([0.2])
+    terms = zip(operand[0], error[0], w[:, 0], strict=True)
+    exact = u * (sum((abs(Fraction(o)) + Fraction(e)) * Fraction(v) for o, e, v in terms) + Fraction(b[0]))
+    got_reads = cast_parameters_error(2.0**-8, operand, error, w, b)
+    assert Fraction(got_reads[0, 0]) >= exact * raised, (got_reads, float(exact))
 
 
 def test_accumulate_rounds_every_partial_sum() -> None:
