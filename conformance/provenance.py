@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from backprop_conformance.adapters.base import PLUGIN_INTERFACE
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """The checkout's top level (where ``conformance/`` sits) when the suite runs from a clone."""
 
@@ -54,7 +56,12 @@ def suite_checkout() -> dict[str, Any]:
 
 
 def suite() -> dict[str, Any]:
-    return {"version": suite_version(), **suite_checkout()}
+    """The suite's version, its checkout, and the plug-in interface it offers adapters.
+
+    The interface version is recorded because a report judges third-party adapters too: one written for another
+    interface is refused at load, so a report's cells were all run through this one (docs/adapters.md).
+    """
+    return {"version": suite_version(), "plugin_interface": PLUGIN_INTERFACE, **suite_checkout()}
 
 
 def environment() -> dict[str, Any]:

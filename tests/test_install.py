@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from backprop_conformance.adapters.base import PLUGIN_INTERFACE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
@@ -160,6 +162,7 @@ def test_console_script_runs_the_suite_from_an_empty_directory(installed: Instal
     data = json.loads((installed.workdir / "report.json").read_text(encoding="utf-8"))
     assert [(c["id"], c["status"], c["examples"]) for c in data["cells"]] == [("torch-eager-float32", "passed", 3)]
     assert data["suite"]["commit"] is None, "an installed copy reports no checkout"
+    assert data["suite"]["plugin_interface"] == PLUGIN_INTERFACE, data["suite"]
 
 
 def test_help_shows_the_suites_options_first(installed: Installed) -> None:

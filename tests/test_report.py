@@ -115,6 +115,12 @@ def test_suite_commit_is_this_checkouts_head() -> None:
     assert isinstance(suite["dirty"], bool)
 
 
+def test_the_report_records_the_plug_in_interface_it_ran_adapters_through() -> None:
+    from backprop_conformance.adapters.base import PLUGIN_INTERFACE
+
+    assert provenance.suite()["plugin_interface"] == PLUGIN_INTERFACE
+
+
 def test_suite_commit_is_null_without_git(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_git(*args: object, **kwargs: object) -> None:
         raise FileNotFoundError("git")
