@@ -382,8 +382,16 @@ class Capabilities:
         """
         if dtype in self.policies:
             return self.policies[dtype]
-        accumulation = {op: self.accumulation_of(dtype, op) for op in OPERATIONS}
-        return Precision.of(dtype, accumulation, ranks=1 if path is None else self.ranks_of(path))
+        ranks = 1 if path is None else self.ranks_of(path)
+        key = (dtype, ranks)
+        if key not in self._precisions:  # asked once per example; Precision is immutable, so one object serves them all
+            accumulation = {op: self.accumulation_of(dtype, op) for op in OPERATIONS}
+            self._precisions[key] = Precision.of(dtype, accumulation, ranks=ranks)
+        return self._precisions[key]
+
+    @cached_property
+    def _precisions(self) -> dict[tuple[str, int], Precision]:
+        return {}
 
     def describe_accumulation(self) -> str:
         """The declared accumulation in one phrase for the run's header and report, e.g. ``float16→float32``."""

@@ -14,6 +14,7 @@ cannot disagree. Examples: ``docs/api.md``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,17 +219,13 @@ class _FunctionAdapter(Adapter):
 
     def capabilities(self) -> Capabilities:
         name = getattr(self.grad_fn, "__name__", "grad_fn").strip("<>") or "grad_fn"
-        safe = "".join(ch if ch.isalnum() or ch in "_.+-" else "_" for ch in name)[:64]
-        narrower = [d for d in self.dtypes if d != "float64"] if self.accumulation else []
-        return Capabilities(
-            name=safe,
-            framework=f"the function {getattr(self.grad_fn, '__qualname__', name)}",
-            version="n/a",
-            dtypes=self.dtypes,
-            paths=("call",),
-            default_paths=("call",),
-            accumulation={d: self.accumulation for d in narrower},
-        )
+        qualname = getattr(self.grad_fn, "__qualname__", name)
+        accumulation = self.accumulation
+        try:
+            declared = tuple(sorted(accumulation.items())) if isinstance(accumulation, Mapping) else accumulation
+            return _function_capabilities(name, qualname, self.dtypes, declared)
+        except TypeError:  # a declaration that cannot be a key (not format names): built afresh, and refused by its own check
+            return _function_capabilities.__wrapped__(name, qualname, self.dtypes, accumulation)
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         return network.astype(FORMATS[dtype].carrier)
@@ -246,6 +243,30 @@ class _FunctionAdapter(Adapter):
         self.returned_cost = len(returned) >= 3
         a, z, delta = _intermediates(returned[3], network, dtype) if len(returned) == 4 else (None, None, None)
         return AdapterOutput(Gradients(dw, db), float(returned[2]) if self.returned_cost else 0.0, a=a, z=z, delta=delta)
+
+
+@functools.lru_cache(maxsize=64)
+def _function_capabilities(
+    name: str, qualname: str, dtypes: tuple[str, ...], accumulation: str | tuple[tuple[str, str], ...] | Mapping[str, str] | None
+) -> Capabilities:
+    """The capabilities of a function adapter, built and checked once per declaration.
+
+    Why cached: :func:`check_gradients` makes a new adapter for every call, and checking a declaration costs about a
+    twentieth of a whole check of a small network. ``accumulation`` is the declared one, a mapping given as its sorted
+    items (the mapping itself when its items cannot be sorted or hashed).
+    """
+    safe = "".join(ch if ch.isalnum() or ch in "_.+-" else "_" for ch in name)[:64]
+    narrower = [d for d in dtypes if d != "float64"] if accumulation else []
+    declared = dict(accumulation) if isinstance(accumulation, tuple) else accumulation
+    return Capabilities(
+        name=safe,
+        framework=f"the function {qualname}",
+        version="n/a",
+        dtypes=dtypes,
+        paths=("call",),
+        default_paths=("call",),
+        accumulation={d: declared for d in narrower},
+    )
 
 
 INTERMEDIATES = ("a", "z", "delta")

@@ -40,8 +40,28 @@ def largest_product(network: Network, batch_size: int) -> int:
     return batch_size * max(widths[i] * widths[i + 1] for i in range(len(widths) - 1))
 
 
+class _OneThread:
+    """numpy's BLAS libraries on one thread inside, each given back its own count after.
+
+    threadpoolctl's ``limit`` does the same, but gathers every library's description at each entry: a hundredth of a
+    small network's whole check, twice per check. This reads and sets the counts through the controllers found once,
+    and touches only a library not already on one thread (a count it cannot read is left alone).
+    """
+
+    __slots__ = ("_restore",)
+
+    def __enter__(self) -> None:
+        self._restore = [(lib, n) for lib in _blas().lib_controllers if (n := lib.num_threads) is not None and n != 1]
+        for lib, _ in self._restore:
+            lib.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        for lib, n in self._restore:
+            lib.set_num_threads(n)
+
+
 def serial_blas(network: Network, batch_size: int) -> AbstractContextManager[object]:
     """A context in which numpy's BLAS runs on one thread, unless ``network``'s products are large enough to share."""
     if largest_product(network, batch_size) >= THREADED_FROM:
         return nullcontext()
-    return _blas().limit(limits=1)
+    return _OneThread()

@@ -76,29 +76,33 @@ def _ratio(framework: float, reference: float, bound: float) -> float:
     return diff / bound if bound > 0 else float("inf")
 
 
-def _ratios(got: object, want: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Elementwise (got as float64, error/bound ratio): 0 where exact, ∞ where non-finite or over a zero bound."""
+def _quiet() -> np.errstate:
+    """numpy's floating-point warnings off while ratios are computed: an infinite or huge value is a failure, not a warning."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+def _ratios(got: object, want: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Elementwise (got as float64, error/bound ratio), 0 where exact, ∞ where non-finite or over a zero bound, and
+    the worst ratio (0 for no element). Called inside :func:`_quiet`, entered once for many arrays."""
     fw = np.asarray(got, dtype=np.float64)
     ref = np.asarray(want, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # an infinite or huge value is a failure, not a warning
-        # |fw − ref| / bound in one array: the rule below gives the same value wherever this one is not NaN.
-        ratio = np.subtract(fw, ref)
-        np.abs(ratio, out=ratio)
-        np.divide(ratio, bound, out=ratio)
-        if np.isnan(np.max(ratio, initial=0.0)):  # a non-finite value, or 0/0: the rule element by element
-            finite = np.isfinite(fw) & np.isfinite(ref)
-            diff = np.where(finite, np.abs(fw - ref), np.inf)
-            ratio = np.where(diff == 0, 0.0, diff / bound)
-    return fw, ratio
+    # |fw − ref| / bound in one array: the rule below gives the same value wherever this one is not NaN.
+    ratio = np.subtract(fw, ref)
+    np.abs(ratio, out=ratio)
+    np.divide(ratio, bound, out=ratio)
+    worst = float(np.max(ratio, initial=0.0))
+    if worst != worst:  # NaN: a non-finite value, or 0/0: the rule element by element
+        finite = np.isfinite(fw) & np.isfinite(ref)
+        diff = np.where(finite, np.abs(fw - ref), np.inf)
+        ratio = np.where(diff == 0, 0.0, diff / bound)
+        worst = float(np.max(ratio, initial=0.0))
+    return fw, ratio, worst
 
 
-def compare_arrays(
-    name_of: Callable[[tuple[int, ...]], str], got: object, want: np.ndarray, bound: np.ndarray
-) -> tuple[float, list[Mismatch]]:
-    """Worst ratio and the failing elements (ratio > 1) of one array; ``name_of`` names an element by its index."""
-    fw, ratio = _ratios(got, want, bound)
-    worst = float(np.max(ratio)) if ratio.size else 0.0
-    if worst <= 1:  # nearly every array of a run: nothing to list (a NaN worst, which hides the others, goes on)
+def _judged(name_of: Callable[[tuple[int, ...]], str], got: object, want: np.ndarray, bound: np.ndarray) -> tuple[float, list[Mismatch]]:
+    """:func:`compare_arrays` inside :func:`_quiet`."""
+    fw, ratio, worst = _ratios(got, want, bound)
+    if worst <= 1:  # nearly every array of a run: nothing to list
         return worst, []
     mismatches = [
         Mismatch(name_of(idx), float(fw[idx]), float(want[idx]), float(bound[idx]))
@@ -107,11 +111,20 @@ def compare_arrays(
     return worst, mismatches
 
 
+def compare_arrays(
+    name_of: Callable[[tuple[int, ...]], str], got: object, want: np.ndarray, bound: np.ndarray
+) -> tuple[float, list[Mismatch]]:
+    """Worst ratio and the failing elements (ratio > 1) of one array; ``name_of`` names an element by its index."""
+    with _quiet():
+        return _judged(name_of, got, want, bound)
+
+
 def worst_ratio(got: Mapping[int, np.ndarray] | None, want: Mapping[int, np.ndarray], bound: Mapping[int, np.ndarray]) -> float:
     """The worst error/bound ratio over one per-layer quantity (z, a or δ); 0 when the adapter did not expose it."""
     if got is None:
         return 0.0
-    return max((float(np.max(_ratios(got[l], want[l], bound[l])[1], initial=0.0)) for l in got), default=0.0)
+    with _quiet():
+        return max((_ratios(got[l], want[l], bound[l])[2] for l in got), default=0.0)
 
 
 @dataclass(frozen=True)
@@ -146,20 +159,37 @@ def compare_gradients(got: Gradients, want: Gradients, bound: Gradients) -> Grad
     Shapes must already match (the adapter contract checks them); a mismatch raises instead of
     broadcasting into a meaningless comparison.
     """
-    worst = 0.0
-    mismatches: list[Mismatch] = []
-    elements = 0
-    for kind, l, w in want.items():
-        g = (got.w if kind == "w" else got.b)[l]
-        e = (bound.w if kind == "w" else bound.b)[l]
+    arrays = [(kind, l, (got.w if kind == "w" else got.b)[l], w, (bound.w if kind == "w" else bound.b)[l]) for kind, l, w in want.items()]
+    for kind, l, g, w, _ in arrays:
         if np.shape(g) != w.shape:
             raise ValueError(f"∂C/∂{kind}^{l} has shape {np.shape(g)}, expected {w.shape}")
-        ratio, bad = compare_arrays(lambda idx, k=kind, layer=l: parameter_name(k, layer, idx), g, w, e)
-        worst = max(worst, ratio)
-        mismatches += bad
-        elements += w.size
+    elements = sum(w.size for _, _, _, w, _ in arrays)
+    with _quiet():  # entered once for every array: a context per array cost more than a small array's comparison
+        if elements <= JOINED_UP_TO:
+            worst = _ratios(*(_joined(arrays, i) for i in (2, 3, 4)))[2]
+            if worst <= 1:  # the same ratios, element for element, so the same worst; nothing to list
+                return GradientComparison(worst, (), elements)
+        worst = 0.0
+        mismatches: list[Mismatch] = []
+        for kind, l, g, w, e in arrays:
+            ratio, bad = _judged(lambda idx, k=kind, layer=l: parameter_name(k, layer, idx), g, w, e)
+            worst = max(worst, ratio)
+            mismatches += bad
     mismatches.sort(key=lambda m: m.ratio, reverse=True)
     return GradientComparison(worst, tuple(mismatches), elements)
+
+
+JOINED_UP_TO = 2**16
+"""Gradient elements up to which :func:`compare_gradients` compares every array at once, joined into one.
+
+A small network's comparison is numpy's per-call overhead, five calls per array: joined, it is three joins and five
+calls. Above this the three copies cost more than the calls they save. An element's ratio is the same number either
+way, so is the worst; a failing comparison goes array by array, to name its elements."""
+
+
+def _joined(arrays: list[tuple[str, int, object, np.ndarray, np.ndarray]], part: int) -> np.ndarray:
+    """One part (2: the framework's, 3: the reference's, 4: the bound) of every array, raveled and joined in float64."""
+    return np.concatenate([np.ravel(item[part]) for item in arrays], dtype=np.float64)
 
 
 def assert_within_bound(got: Gradients, want: Gradients, bound: Gradients, what: str) -> GradientComparison:

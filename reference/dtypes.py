@@ -8,6 +8,7 @@ representable in bfloat16 (:func:`round_to` produces them, :func:`is_representab
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,12 +96,14 @@ def round_to(name: str, values: np.ndarray) -> np.ndarray:
         return np.asarray(values).astype(fmt.carrier)
 
 
+@functools.cache
 def holds_only(name: str, dtype: np.dtype) -> bool:
     """True when an array of ``dtype`` can hold nothing but values of the named format, whatever its elements.
 
     IEEE formats nest: a float16 or float32 array holds only values of every wider IEEE format. bfloat16 nests in
     none of numpy's dtypes. A check of a request's arrays asks this first, so that valid float64 requests cost no
-    pass over their values.
+    pass over their values; the answer is kept per (name, dtype), since asking numpy costs more than a small array's
+    check.
     """
     if name == "bfloat16" or not np.issubdtype(dtype, np.floating):
         return False
@@ -114,10 +117,10 @@ def is_representable(name: str, values: np.ndarray) -> bool:
     *correct* is the verdict's business, not the format check's.
     """
     arr = np.asarray(values)
+    if holds_only(name, arr.dtype):  # asked first: kept per dtype, and False for any dtype that is not floating
+        return True
     if not np.issubdtype(arr.dtype, np.floating):
         return False
-    if holds_only(name, arr.dtype):
-        return True
     finite = np.isfinite(arr)
     as64 = arr.astype(np.float64)[finite]
     back = round_to(name, as64).astype(np.float64)

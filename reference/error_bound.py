@@ -31,7 +31,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -73,13 +73,28 @@ def _rounded_up(equation: Callable[..., _Bound]) -> Callable[..., _Bound]:
     @functools.wraps(equation)
     def raised(*args: object, **kwargs: object) -> _Bound:
         value = equation(*args, **kwargs)
-        fresh = isinstance(value, np.ndarray) and value.base is None and value.flags.writeable
-        if fresh and all(value is not a for a in (*args, *kwargs.values())):
-            value *= 1 + EVALUATION_MARGIN  # an array the equation just made: the same product, without a new array
+        if isinstance(value, np.ndarray) and value.base is None and value.flags.writeable and _not_given(value, args, kwargs):
+            value *= _RAISED  # an array the equation just made: the same product, without a new array
             return value  # type: ignore[return-value]
-        return value * (1 + EVALUATION_MARGIN)
+        return value * _RAISED
 
     return raised
+
+
+_RAISED = 1 + EVALUATION_MARGIN
+"""The factor :func:`_rounded_up` multiplies by, 1 + 2^−30: exact in float64, so computing it once changes no bit."""
+
+
+def _not_given(value: np.ndarray, args: tuple[object, ...], kwargs: Mapping[str, object]) -> bool:
+    """Whether ``value`` is none of an equation's arguments (a plain loop: a generator over them cost more than the
+    multiplication, once per equation)."""
+    for given in args:
+        if given is value:
+            return False
+    for given in kwargs.values():
+        if given is value:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -203,6 +218,10 @@ def _combine(x: ErrorBounds, y: ErrorBounds, op: object) -> ErrorBounds:
     )
 
 
+SATURATED = 40.0
+"""|z| from which σ(|z|) = 1/(1 + e^{−|z|}) is exactly 1 in float64: e^{−40} < 2^−54, so 1 + e^{−|z|} rounds to 1."""
+
+
 def sigma_deviation(z: np.ndarray, E_z: np.ndarray) -> np.ndarray:
     """Δσ^l_j = max |σ(ẑ^l_j) − σ(z^l_j)| over every ẑ^l_j with |ẑ^l_j − z^l_j| ≤ E_z^l_j, in closed form:
 
@@ -221,7 +240,22 @@ def sigma_deviation(z: np.ndarray, E_z: np.ndarray) -> np.ndarray:
     """
     magnitude = np.abs(z)
     # σ(|z|) is 1/(1 + e^{−|z|}): sigmoid's own formula for a non-negative argument, bit for bit, in fewer calls.
-    return -np.expm1(-E_z) * (1 / (1 + np.exp(-magnitude))) * sigmoid(E_z - magnitude)
+    # Each step is written into an array made here, the same operations in the same order as
+    # −expm1(−E_z) · (1/(1 + e^{−|z|})) · σ(E_z − |z|), without a new array per step.
+    deviation = np.negative(E_z)
+    np.expm1(deviation, out=deviation)
+    np.negative(deviation, out=deviation)
+    # |z| capped at SATURATED: from there 1 + e^{−|z|} rounds to 1, so σ(|z|) is 1 either way, and numpy's exp of a
+    # saturated unit's −|z| (a subnormal or zero result) costs up to fifty times a normal one.
+    sigma_abs = np.minimum(magnitude, SATURATED)
+    np.negative(sigma_abs, out=sigma_abs)
+    np.exp(sigma_abs, out=sigma_abs)
+    np.add(1, sigma_abs, out=sigma_abs)
+    np.divide(1, sigma_abs, out=sigma_abs)
+    deviation *= sigma_abs
+    np.subtract(E_z, magnitude, out=magnitude)
+    deviation *= sigmoid(magnitude)
+    return deviation
 
 
 @_rounded_up
@@ -271,7 +305,9 @@ def activation_bound(z: np.ndarray, a: np.ndarray, E_z: np.ndarray, precision: P
     plus the evaluation of σ itself (c_σ ulps) and underflow (η: a σ(z) below the format's smallest
     normal number may be flushed to zero).
     """
-    return sigma_deviation(z, E_z) + precision.c_sigma * precision.u * a + precision.eta
+    value = sigma_deviation(z, E_z) + precision.c_sigma * precision.u * a  # a new array: the last sum goes into it
+    value += precision.eta
+    return value
 
 
 @_rounded_up
@@ -434,8 +470,8 @@ def bias_gradient_bound(E_delta: np.ndarray, delta: np.ndarray, precision: Preci
     R data-parallel ranks, plus the combination of their partial sums (:func:`cross_rank_reduction_bound`).
     """
     B = delta.shape[0]
-    magnitude = np.abs(delta).sum(axis=0)
-    local = E_delta.sum(axis=0) + (precision.u + gamma(B, precision.u_bias_sum)) * magnitude + B * precision.eta
+    magnitude = np.add.reduce(np.abs(delta), axis=0)  # the kernel .sum(axis=0) runs, without its Python layers
+    local = np.add.reduce(E_delta, axis=0) + (precision.u + gamma(B, precision.u_bias_sum)) * magnitude + B * precision.eta
     return _with_ranks(local, magnitude, precision)
 
 
@@ -450,10 +486,45 @@ def cost_bound(r: np.ndarray, E_h_L: np.ndarray, precision: Precision) -> float:
     ranks, each its slice's cost, plus the sum of their R costs (:func:`cross_rank_reduction_bound`).
     """
     N = r.size
-    half_squares = float(np.sum(0.5 * r * r))
-    propagated = float(np.sum(np.abs(r) * E_h_L + 0.5 * E_h_L * E_h_L))
+    # np.add.reduce over every axis: the kernel np.sum runs, without its Python layers.
+    half_squares = float(np.add.reduce(0.5 * r * r, axis=None))
+    propagated = float(np.add.reduce(np.abs(r) * E_h_L + 0.5 * E_h_L * E_h_L, axis=None))
     local = propagated + (2 * precision.u + gamma(N, precision.u_cost_sum)) * half_squares + 2 * N * precision.eta
+    if precision.ranks == 1:  # the cross-rank term is 0, and adding 0 to a positive bound changes no bit
+        return local
     return local + float(cross_rank_reduction_bound(half_squares, local, precision))
+
+
+class _TraceValues(NamedTuple):
+    """What every precision's bound reads from one trace: |w^l|, |b^l|, a^l, z^l, σ′(z^l), y, ∂C/∂a^l and δ^l in float64.
+
+    The same for the framework's precision and the reference's, so :func:`tolerance` takes them once for both: σ′
+    alone, one exponential per unit, cost a tenth of a tolerance (a saturated unit's exponential is a subnormal
+    number, many times slower than a normal one).
+    """
+
+    absw: dict[int, np.ndarray]
+    absb: dict[int, np.ndarray]
+    a: dict[int, np.ndarray]
+    z: dict[int, np.ndarray]
+    sp: dict[int, np.ndarray]
+    y: np.ndarray
+    h: dict[int, np.ndarray]
+    delta: dict[int, np.ndarray]
+
+
+def _trace_values(network: Network, batch: Batch, trace: BackpropTrace) -> _TraceValues:
+    z = {l: np.asarray(v, dtype=np.float64) for l, v in trace.z.items()}
+    return _TraceValues(
+        absw={l: np.abs(network.w[l].astype(np.float64, copy=False)) for l in network.layers},
+        absb={l: np.abs(network.b[l].astype(np.float64, copy=False)) for l in network.layers},
+        a={l: np.asarray(v, dtype=np.float64) for l, v in trace.a.items()},
+        z=z,
+        sp={l: sigmoid_prime(z[l]) for l in network.layers},
+        y=np.asarray(batch.y, dtype=np.float64),
+        h={l: np.asarray(v, dtype=np.float64) for l, v in trace.dC_da.items()},
+        delta={l: np.asarray(v, dtype=np.float64) for l, v in trace.delta.items()},
+    )
 
 
 def error_bounds(
@@ -473,17 +544,19 @@ def error_bounds(
     σ(z)σ(−z) evaluated in the format (a few ulps *relative*), instead of the a(1 − a) that frameworks
     compute, whose error is absolute (≈ u·a): the exactness standard of the suite's fidelity tier.
     """
-    L = network.depth
-    absw = {l: np.abs(network.w[l].astype(np.float64, copy=False)) for l in network.layers}
-    absb = {l: np.abs(network.b[l].astype(np.float64, copy=False)) for l in network.layers}
-    a = {l: np.asarray(v, dtype=np.float64) for l, v in trace.a.items()}
-    z = {l: np.asarray(v, dtype=np.float64) for l, v in trace.z.items()}
-    sp = {l: sigmoid_prime(z[l]) for l in network.layers}
+    return _error_bounds(_trace_values(network, batch, trace), precision, stable_sigma_prime)
+
+
+def _error_bounds(values: _TraceValues, precision: Precision, stable_sigma_prime: bool = False) -> ErrorBounds:
+    """:func:`error_bounds` from the trace's values (:func:`_trace_values`), which several precisions' bounds share."""
+    absw, absb, a, z, sp, y, h, delta = values
+    layers = range(2, len(z) + 2)
+    L = layers[-1]
 
     E_a: dict[int, np.ndarray] = {1: input_bound(a[1], precision)}
     E_z: dict[int, np.ndarray] = {}
     E_s: dict[int, np.ndarray] = {}
-    for l in network.layers:
+    for l in layers:
         E_z[l] = weighted_input_bound(absw[l], absb[l], a[l - 1], E_a[l - 1], precision)
         E_a[l] = activation_bound(z[l], a[l], E_z[l], precision)
         if stable_sigma_prime:
@@ -491,17 +564,14 @@ def error_bounds(
         else:
             E_s[l] = sigma_prime_bound(a[l], E_a[l], sp[l], precision)
 
-    y = np.asarray(batch.y, dtype=np.float64)
-    h = {l: np.asarray(v, dtype=np.float64) for l, v in trace.dC_da.items()}
-    delta = {l: np.asarray(v, dtype=np.float64) for l, v in trace.delta.items()}
     E_h: dict[int, np.ndarray] = {L: output_activation_gradient_bound(E_a[L], h[L], y, precision)}
     E_d: dict[int, np.ndarray] = {L: output_error_bound(E_h[L], h[L], sp[L], E_s[L], delta[L], precision)}
     for l in range(L - 1, 1, -1):
         E_h[l] = hidden_activation_gradient_bound(absw[l + 1], E_d[l + 1], delta[l + 1], precision)
         E_d[l] = hidden_error_bound(E_h[l], h[l], sp[l], E_s[l], delta[l], precision)
 
-    E_w = {l: weight_gradient_bound(E_d[l], delta[l], a[l - 1], E_a[l - 1], precision) for l in network.layers}
-    E_b = {l: bias_gradient_bound(E_d[l], delta[l], precision) for l in network.layers}
+    E_w = {l: weight_gradient_bound(E_d[l], delta[l], a[l - 1], E_a[l - 1], precision) for l in layers}
+    E_b = {l: bias_gradient_bound(E_d[l], delta[l], precision) for l in layers}
     E_C = cost_bound(h[L], E_h[L], precision)
     # adopt: the arrays were just computed and nothing else holds them, so they are frozen instead of copied.
     return ErrorBounds(z=E_z, a=E_a, sigma_prime=E_s, dC_da=E_h, delta=E_d, gradients=Gradients.adopt(E_w, E_b), cost=E_C)
@@ -541,11 +611,12 @@ def tolerance(
     A framework computing at the reference's own precision (the built-in adapters' float64 cells, all but the
     data-parallel ones, whose R differs) has E(framework) = E(reference), and the tolerance is then 2K·E(reference),
     computed once: the bound is about a fifth of a torch cell's time, and 2K·E equals K·(E + E) bit for bit (doubling is
-    exact).
+    exact). Otherwise the two bounds share what they read from the trace (:class:`_TraceValues`).
     """
+    values = _trace_values(network, batch, trace)
     if framework.constants() == reference.constants():
-        return _scaled_in_place(error_bounds(network, batch, trace, reference), 2 * k)
-    return _scaled_in_place(error_bounds(network, batch, trace, framework), k, add=error_bounds(network, batch, trace, reference))
+        return _scaled_in_place(_error_bounds(values, reference), 2 * k)
+    return _scaled_in_place(_error_bounds(values, framework), k, add=_error_bounds(values, reference))
 
 
 def batch_sum_magnitudes(trace: BackpropTrace) -> tuple[Gradients, float]:
@@ -601,8 +672,9 @@ def micro_batch_tolerance(network: Network, batch: Batch, trace: BackpropTrace, 
     partial sums of each sum over the batch (the reference computes the batch in one piece); :func:`tolerance` when 1."""
     if micro_batches == 1:
         return tolerance(network, batch, trace, framework)
-    accumulated = accumulated_error_bounds(error_bounds(network, batch, trace, framework), trace, micro_batches, framework)
-    return (accumulated + error_bounds(network, batch, trace, FLOAT64)).scaled(K)
+    values = _trace_values(network, batch, trace)
+    accumulated = accumulated_error_bounds(_error_bounds(values, framework), trace, micro_batches, framework)
+    return (accumulated + _error_bounds(values, FLOAT64)).scaled(K)
 
 
 @_rounded_up
@@ -639,6 +711,7 @@ def per_example_tolerance(
 ) -> Gradients:
     """The verdict's tolerance for each example's own gradient: K·(E(framework) + E(reference)) of
     :func:`per_example_gradient_bounds`, arrays with a leading axis of the B examples."""
-    fw = per_example_gradient_bounds(error_bounds(network, batch, trace, framework), trace, framework)
-    ref = per_example_gradient_bounds(error_bounds(network, batch, trace, reference), trace, reference)
+    values = _trace_values(network, batch, trace)
+    fw = per_example_gradient_bounds(_error_bounds(values, framework), trace, framework)
+    ref = per_example_gradient_bounds(_error_bounds(values, reference), trace, reference)
     return Gradients({l: k * (fw.w[l] + ref.w[l]) for l in fw.w}, {l: k * (fw.b[l] + ref.b[l]) for l in fw.b})

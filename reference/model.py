@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 
 import numpy as np
@@ -131,9 +132,9 @@ class Network:
         """L, the number of layers counting the input layer."""
         return len(self.w) + 1
 
-    @property
+    @cached_property
     def widths(self) -> tuple[int, ...]:
-        """(n(1), ..., n(L))."""
+        """(n(1), ..., n(L)); kept once asked, since the parameters cannot change (every check asks it several times)."""
         return (self.w[2].shape[1], *tuple(self.w[l].shape[0] for l in range(2, self.depth + 1)))
 
     @property

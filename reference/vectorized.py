@@ -20,6 +20,7 @@ point it implements.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,21 +137,31 @@ def _layer_buffers(widths: tuple[int, ...], batch_size: int, dtype: np.dtype) ->
     run on the same operands (``tests/test_vectorized.py``); the price is that one array of a trace
     keeps the whole block alive.
     """
-    B, itemsize = batch_size, dtype.itemsize
-    shapes = {}
-    for l in range(2, len(widths) + 1):
-        n, n_prev = widths[l - 1], widths[l - 2]
-        shapes[l] = ((B, n), (B, n), (B, n), (B, n), (n, n_prev), (n,))
-    # Byte offset of each view, every one rounded up to a multiple of _ALIGNMENT.
-    offsets, end = [], 0
-    for layer in shapes.values():
-        for shape in layer:
-            offsets.append(end)
-            end += -(-math.prod(shape) * itemsize // _ALIGNMENT) * _ALIGNMENT
+    layout, end = _layout(widths, batch_size, dtype)
     block = np.empty(end + _ALIGNMENT, np.uint8)
     start = -block.__array_interface__["data"][0] % _ALIGNMENT
-    position = iter(offsets)
-    return {l: _LayerBuffers(*(np.ndarray(shape, dtype, block, start + next(position)) for shape in layer)) for l, layer in shapes.items()}
+    return {l: _LayerBuffers(*(np.ndarray(shape, dtype, block, start + offset) for shape, offset in views)) for l, views in layout}
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(
+    widths: tuple[int, ...], batch_size: int, dtype: np.dtype
+) -> tuple[tuple[tuple[int, tuple[tuple[tuple[int, ...], int], ...]], ...], int]:
+    """The views of :func:`_layer_buffers` for one shape, as (l, ((shape, byte offset) per view)) per layer, and the
+    block's size: computed once per shape, since a small network's backward pass costs little more than laying it out.
+
+    Every offset is rounded up to a multiple of :data:`_ALIGNMENT`.
+    """
+    B, itemsize = batch_size, dtype.itemsize
+    layers, end = [], 0
+    for l in range(2, len(widths) + 1):
+        n, n_prev = widths[l - 1], widths[l - 2]
+        views = []
+        for shape in ((B, n), (B, n), (B, n), (B, n), (n, n_prev), (n,)):
+            views.append((shape, end))
+            end += -(-math.prod(shape) * itemsize // _ALIGNMENT) * _ALIGNMENT
+        layers.append((l, tuple(views)))
+    return tuple(layers), end
 
 
 @dataclass(frozen=True)
