@@ -116,7 +116,7 @@ class KerasInProcess(Adapter):
         """∂C/∂w^l and ∂C/∂b^l of C = Σ_x ½ Σ_j (y_j − a^L_j)² on this process's backend, with a^l from the same pass."""
         keras = _keras()
         backend = keras.backend.backend()
-        with _pinned_numerics(backend, device):
+        with _pinned_numerics(backend, device), _threads(backend, network, batch):
             model = _model(network.widths, dtype)
             model.assign(network, dtype)
             x, y = _tensor(batch.x, dtype), _tensor(batch.y, dtype)
@@ -161,6 +161,21 @@ def _pinned_numerics(backend: str, device: str) -> Iterator[None]:
 
         with jax.default_matmul_precision("highest"):
             yield
+
+
+def _threads(backend: str, network: Network, batch: Batch) -> contextlib.AbstractContextManager[Any]:
+    """On torch, one intra-op thread for a call whose tensors are all small, as the ``torch`` adapter runs it
+    (:func:`~backprop_conformance.adapters.torch_model.serial_when_small`); the other backends' thread pools as they are.
+
+    Why: torch's kernels are serial below its grain size anyway, and its second thread spins around every operation
+    meanwhile. In this worker that spinning was most of a default run's Keras torch cells: the covering design's
+    networks (batches and widths up to 192) cost three to five times the CPU with two threads (``docs/speed.md``).
+    """
+    if backend != "torch":
+        return contextlib.nullcontext()
+    from backprop_conformance.adapters.torch_model import serial_when_small
+
+    return serial_when_small(network, batch)
 
 
 def _tensor(values: np.ndarray, dtype: str) -> Any:

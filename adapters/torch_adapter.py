@@ -45,7 +45,8 @@ builds a fresh model (no gradient can accumulate from one call into the next), i
 touching torch's random number generator (its state is restored after construction), pins float32 matrix products to IEEE
 arithmetic (no TF32 on CUDA, no bf16 through oneDNN on CPU, no reduced-precision float16/bfloat16
 reductions in cuBLAS) only for the duration of the call, and restores every flag it touched. Small calls run
-with one intra-op thread, where torch's kernels are serial anyway (:func:`_serial_when_small`), restored too.
+with one intra-op thread, where torch's kernels are serial anyway (:func:`~backprop_conformance.adapters.torch_model.serial_when_small`),
+restored too.
 
 Importing this module does not import torch (see :mod:`backprop_conformance.adapters.base`); torch is imported inside the
 methods.
@@ -56,7 +57,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -75,6 +76,7 @@ from backprop_conformance.adapters.torch_model import (
     import_torch,
     mse_cost,
     quadratic_cost,
+    serial_when_small,
     storage_dtype,
     to_numpy,
 )
@@ -209,7 +211,7 @@ class TorchAdapter(Adapter):
             return self._run_ddp(network, batch, dtype, device)
         torch = import_torch()
         tdtype = storage_dtype(dtype)
-        with ieee_arithmetic(device), _serial_when_small(network, batch), torch.inference_mode(False), torch.enable_grad():
+        with ieee_arithmetic(device), serial_when_small(network, batch), torch.inference_mode(False), torch.enable_grad():
             model = self.fresh_model(network, tdtype, device)
             x = torch.tensor(batch.x, dtype=tdtype, device=device)
             y = torch.tensor(batch.y, dtype=tdtype, device=device)
@@ -387,40 +389,6 @@ class TorchAdapter(Adapter):
             return round_to(dtype, np.asarray(g, dtype=np.float64) * ranks)
 
         return Gradients({l: scaled(g) for l, g in mean.w.items()}, {l: scaled(g) for l, g in mean.b.items()})
-
-
-SERIAL_BELOW = 32768
-"""Elements: a call whose every tensor is smaller runs torch with one intra-op thread (:func:`_serial_when_small`).
-
-It is torch's own grain size (``at::internal::GRAIN_SIZE``): its CPU kernels split an operation across threads
-only from this many elements, so below it they run the same serial code either way, and the only work a second
-thread gets is BLAS's and OpenMP's start-up and spin-waiting around each operation."""
-
-
-@contextlib.contextmanager
-def _serial_when_small(network: Network, batch: Batch) -> Iterator[None]:
-    """One intra-op thread for the call when every tensor of it is under :data:`SERIAL_BELOW` elements; restored after.
-
-    Why: on the suite's networks (width ≤ 96, batch ≤ 24 by default) torch's second thread only waits, and it
-    waits by spinning on a core, so it slows the call and anything else the machine runs; beside a process that
-    keeps one core busy (as the JAX compilation ahead of need does) the spinning thread competes with it, and a
-    cell takes several times longer than with one thread. Larger problems (the ``large`` profile) keep the user's
-    thread count, where threads pay and where torch's parallel kernels are what the user runs.
-    ``torch.set_num_threads`` is process-wide, so it is set for
-    the call only, as the arithmetic flags are.
-    """
-    torch = import_torch()
-    widest = max(network.widths)
-    largest = max(batch.size * widest, *(w.size for w in network.w.values()))
-    threads = torch.get_num_threads()
-    if largest >= SERIAL_BELOW or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from backprop_conformance.reference.dtypes import MIXED, float_format
-from backprop_conformance.reference.model import Network
+from backprop_conformance.reference.model import Batch, Network
 
 
 def import_torch() -> Any:
@@ -89,6 +89,40 @@ def ieee_arithmetic(device: str) -> Iterator[None]:
     finally:
         for setter, value in reversed(pinned):
             setter(value)
+
+
+SERIAL_BELOW = 32768
+"""Elements: a call whose every tensor is smaller runs torch with one intra-op thread (:func:`serial_when_small`).
+
+It is torch's own grain size (``at::internal::GRAIN_SIZE``): its CPU kernels split an operation across threads
+only from this many elements, so below it they run the same serial code either way, and the only work a second
+thread gets is BLAS's and OpenMP's start-up and spin-waiting around each operation."""
+
+
+@contextlib.contextmanager
+def serial_when_small(network: Network, batch: Batch) -> Iterator[None]:
+    """One intra-op thread for the call when every tensor of it is under :data:`SERIAL_BELOW` elements; restored after.
+
+    Why: on the suite's networks (width ≤ 192, batch ≤ 192 in the covering design) torch's second thread only waits, and it
+    waits by spinning on a core, so it slows the call and anything else the machine runs; beside a process that
+    keeps one core busy (as the JAX compilation ahead of need does) the spinning thread competes with it, and a
+    cell takes several times longer than with one thread. Larger problems (the ``large`` profile) keep the user's
+    thread count, where threads pay and where torch's parallel kernels are what the user runs.
+    ``torch.set_num_threads`` is process-wide, so it is set for
+    the call only, as the arithmetic flags are.
+    """
+    torch = import_torch()
+    widest = max(network.widths)
+    largest = max(batch.size * widest, *(w.size for w in network.w.values()))
+    threads = torch.get_num_threads()
+    if largest >= SERIAL_BELOW or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def storage_dtype(dtype: str) -> Any:

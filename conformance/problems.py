@@ -18,7 +18,7 @@ from backprop_conformance.conformance.blas_threads import serial_blas
 from backprop_conformance.reference.dtypes import float_format, round_to
 from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, micro_batch_tolerance
 from backprop_conformance.reference.mixed_precision import MixedPolicy, mixed_tolerance
-from backprop_conformance.reference.model import Batch, Network
+from backprop_conformance.reference.model import Batch, Gradients, Network
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
 
 
@@ -30,7 +30,8 @@ class Problem:
     batch: Batch
     dtype: str
     shared: bool = field(default=False, compare=False)
-    """Whether this problem is judged in many cells (a covering design's): its tolerances are then kept per precision."""
+    """Whether this problem is judged in many cells (a covering design's): its gradients' and cost's bounds are then
+    kept per precision (:meth:`judged_bounds`)."""
 
     @classmethod
     def rounded(cls, network: Network, batch: Batch, dtype: str) -> Problem:
@@ -49,28 +50,42 @@ class Problem:
             return backprop(self.network, self.batch)
 
     @cached_property
-    def _tolerances(self) -> dict[tuple[float | int, ...], ErrorBounds]:
+    def _judged(self) -> dict[tuple[float | int, ...], tuple[Gradients, float]]:
         return {}
 
     def tolerance(self, framework: Precision | MixedPolicy, partial_sums: int = 1) -> ErrorBounds:
-        """The verdict's tolerance at this point for a framework of precision ``framework``.
+        """The verdict's tolerance at this point for a framework of precision ``framework``: every bound, the per-example
+        ones included, which the diagnosis of a failing example reads.
+
+        A mixed-precision cell's ``framework`` is its declared policy, judged by the bound that follows it operation by
+        operation; it runs only on paths that compute each sum in one piece
+        (:func:`~backprop_conformance.conformance.cells.select_cells`). ``partial_sums`` is k for a framework that adds
+        each sum over the batch from k partial sums (micro-batches, per-example gradients:
+        :meth:`~backprop_conformance.adapters.base.Capabilities.partial_sums`). Computed afresh at each call: a
+        :attr:`shared` problem keeps only what :meth:`judged_bounds` returns (it says why), and any other problem is
+        judged once, and its caller keeps what it needs.
+        """
+        bounds = self._tolerance(framework, partial_sums)
+        if self.shared:
+            self._judged.setdefault((*framework.constants(), partial_sums), (bounds.gradients, bounds.cost))
+        return bounds
+
+    def judged_bounds(self, framework: Precision | MixedPolicy, partial_sums: int = 1) -> tuple[Gradients, float]:
+        """The bounds on the gradients and on the cost (:meth:`tolerance`'s), all that the verdict of a passing example reads.
 
         A :attr:`shared` problem -- a covering design's, the same object in every cell of a format
-        (:func:`~backprop_conformance.conformance.strategies.covering`) -- computes it once per precision, so that cells
+        (:func:`~backprop_conformance.conformance.strategies.covering`) -- computes them once per precision, so that cells
         whose frameworks round alike (torch's three paths, JAX) share the bound instead of computing it again: two
         precisions with equal constants give equal bounds (:meth:`~backprop_conformance.reference.error_bound.Precision.constants`).
-        Any other problem is judged once, and computes it afresh. A mixed-precision cell's ``framework`` is its declared
-        policy, judged by the bound that follows it operation by operation; it runs only on paths that compute each sum
-        in one piece (:func:`~backprop_conformance.conformance.cells.select_cells`). ``partial_sums`` is k for a framework
-        that adds each sum over the batch from k partial sums (micro-batches, per-example gradients:
-        :meth:`~backprop_conformance.adapters.base.Capabilities.partial_sums`).
+        It keeps these alone, not the per-example bounds (five arrays of B·n(l) per layer, only a failure's diagnosis
+        reads them): the design's problems live for the whole run, and keeping every bound of every format and
+        precision held about a gigabyte more than the gradients' bounds do (``docs/speed.md``).
         """
-        if not self.shared:
-            return self._tolerance(framework, partial_sums)
         key = (*framework.constants(), partial_sums)
-        if key not in self._tolerances:
-            self._tolerances[key] = self._tolerance(framework, partial_sums)
-        return self._tolerances[key]
+        if self.shared and key in self._judged:
+            return self._judged[key]
+        bounds = self.tolerance(framework, partial_sums)
+        return bounds.gradients, bounds.cost
 
     def _tolerance(self, framework: Precision | MixedPolicy, partial_sums: int) -> ErrorBounds:
         trace = self.trace

@@ -323,14 +323,19 @@ def judge(
     (:attr:`~backprop_conformance.adapters.base.AdapterOutput.per_example`) are judged with the sums.
     """
     trace = problem.trace
-    tol = problem.tolerance(framework, partial_sums)
-    sums = gradients = compare_gradients(output.gradients, trace.gradients, tol.gradients)
+    # A problem judged once computes every bound now, for the diagnosis a failure needs; a shared one reads the bounds
+    # it keeps, and computes the rest only if this example fails (Problem.judged_bounds).
+    tol = None if problem.shared else problem.tolerance(framework, partial_sums)
+    gradient_bounds, cost_bound = problem.judged_bounds(framework, partial_sums) if tol is None else (tol.gradients, tol.cost)
+    sums = gradients = compare_gradients(output.gradients, trace.gradients, gradient_bounds)
     if output.per_example is not None:
         gradients = _merged(sums, compare_per_example(problem, output.per_example, framework))
-    cost = Mismatch("C (the cost)", float(output.cost), trace.cost, tol.cost) if with_cost else None
+    cost = Mismatch("C (the cost)", float(output.cost), trace.cost, cost_bound) if with_cost else None
     verdict = Verdict(cell, problem, gradients, cost)
     if verdict.passed:
         return verdict
+    if tol is None:
+        tol = problem.tolerance(framework, partial_sums)
     data_parallel = accumulation = scaled = ""
     if not sums.passed and isinstance(framework, Precision):
         data_parallel = diagnose(problem, output.gradients, tol.gradients, framework, problem.dtype)

@@ -11,7 +11,10 @@ import math
 
 import numpy as np
 
+from backprop_conformance.conformance import coverage
+from backprop_conformance.conformance.strategies import covering
 from backprop_conformance.conformance.verdict import compare_arrays, worst_ratio
+from backprop_conformance.reference.error_bound import ErrorBounds, Precision
 
 INF, NAN = math.inf, math.nan
 
@@ -57,3 +60,20 @@ def test_finite_ratios_are_the_quotient_bit_for_bit() -> None:
     worst, bad = compare_arrays(_name, got, want, bound)
     assert worst == np.max(expected)
     assert sorted(m.ratio for m in bad) == sorted(expected[expected > 1])
+
+
+def test_a_shared_problem_keeps_the_bounds_a_passing_verdict_reads_and_no_per_example_bound() -> None:
+    """A covering design's problems live for the whole run: each keeps its gradients' and cost's bounds per precision,
+    bit for bit those of the full tolerance, and not the per-example bounds, which are computed again for a diagnosis."""
+    problem = covering("float32", coverage.COVERING[:2])[1]
+    assert problem.shared
+    for precision in (Precision.of("float32"), Precision.of("float32", "float64")):
+        gradients, cost = problem.judged_bounds(precision)
+        full = problem.tolerance(precision)
+        for kind, l, bound in full.gradients.items():
+            assert np.array_equal(getattr(gradients, kind)[l], bound), (kind, l)
+        assert cost == full.cost
+        assert problem.judged_bounds(precision)[0] is gradients, "kept, not computed again"
+        assert problem.tolerance(precision) is not full, "the per-example bounds are not kept"
+    kept = [value for value in vars(problem).values() if isinstance(value, ErrorBounds)]
+    assert kept == [] and len(problem._judged) == 2
