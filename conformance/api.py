@@ -221,11 +221,11 @@ class _FunctionAdapter(Adapter):
         name = getattr(self.grad_fn, "__name__", "grad_fn").strip("<>") or "grad_fn"
         qualname = getattr(self.grad_fn, "__qualname__", name)
         accumulation = self.accumulation
-        try:
-            declared = tuple(sorted(accumulation.items())) if isinstance(accumulation, Mapping) else accumulation
-            return _function_capabilities(name, qualname, self.dtypes, declared)
+        try:  # a mapping as its sorted items, tagged, so that no other declaration (a tuple) can take its key
+            frozen = ("mapping", tuple(sorted(accumulation.items()))) if isinstance(accumulation, Mapping) else ("as given", accumulation)
+            return _cached_capabilities(name, qualname, self.dtypes, frozen)
         except TypeError:  # a declaration that cannot be a key (not format names): built afresh, and refused by its own check
-            return _function_capabilities.__wrapped__(name, qualname, self.dtypes, accumulation)
+            return _function_capabilities(name, qualname, self.dtypes, accumulation)
 
     def load_parameters(self, network: Network, *, dtype: str, device: str = "cpu") -> Network:
         return network.astype(FORMATS[dtype].carrier)
@@ -246,18 +246,22 @@ class _FunctionAdapter(Adapter):
 
 
 @functools.lru_cache(maxsize=64)
-def _function_capabilities(
-    name: str, qualname: str, dtypes: tuple[str, ...], accumulation: str | tuple[tuple[str, str], ...] | Mapping[str, str] | None
-) -> Capabilities:
-    """The capabilities of a function adapter, built and checked once per declaration.
+def _cached_capabilities(name: str, qualname: str, dtypes: tuple[str, ...], frozen: tuple[str, object]) -> Capabilities:
+    """:func:`_function_capabilities`, built and checked once per declaration; ``frozen`` is ``(kind, value)``, a mapping's
+    kind ``"mapping"`` and its value its sorted items, any other declaration's ``"as given"`` and itself.
 
     Why cached: :func:`check_gradients` makes a new adapter for every call, and checking a declaration costs about a
-    twentieth of a whole check of a small network. ``accumulation`` is the declared one, a mapping given as its sorted
-    items (the mapping itself when its items cannot be sorted or hashed).
+    twentieth of a whole check of a small network.
     """
+    kind, value = frozen
+    return _function_capabilities(name, qualname, dtypes, dict(value) if kind == "mapping" else value)
+
+
+def _function_capabilities(name: str, qualname: str, dtypes: tuple[str, ...], accumulation: object) -> Capabilities:
+    """The capabilities of a function adapter: one path, ``call``; ``accumulation`` declared for every narrower format,
+    and checked by :class:`Capabilities` as any adapter's is."""
     safe = "".join(ch if ch.isalnum() or ch in "_.+-" else "_" for ch in name)[:64]
     narrower = [d for d in dtypes if d != "float64"] if accumulation else []
-    declared = dict(accumulation) if isinstance(accumulation, tuple) else accumulation
     return Capabilities(
         name=safe,
         framework=f"the function {qualname}",
@@ -265,7 +269,7 @@ def _function_capabilities(
         dtypes=dtypes,
         paths=("call",),
         default_paths=("call",),
-        accumulation={d: declared for d in narrower},
+        accumulation={d: accumulation for d in narrower},
     )
 
 

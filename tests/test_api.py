@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import backprop_conformance as bc
+from backprop_conformance.adapters.base import CapabilitiesError
 from backprop_conformance.conformance.cases import CaseError
 
 
@@ -116,6 +117,15 @@ def test_unknown_formats_are_refused_with_the_known_ones() -> None:
         bc.check_function(backprop, dtypes=("float8",))
     with pytest.raises(ValueError, match="got \\[\\]"):
         bc.check_function(backprop, dtypes=())
+
+
+@pytest.mark.parametrize("accumulation", [("float32",), (("dot", "float32"),), ["float32"]], ids=["tuple", "pairs", "list"])
+def test_an_accumulation_neither_a_format_nor_a_mapping_is_refused_with_the_rule(accumulation: object) -> None:
+    """Whatever its type, and a second time too: the capabilities are cached per declaration, and a tuple of pairs
+    must not be taken for a mapping's key."""
+    for _ in range(2):
+        with pytest.raises(CapabilitiesError, match="must be a format name or a mapping operation -> format"):
+            bc.check_function(backprop, dtypes=("float32",), accumulation=accumulation, max_examples=2)
 
 
 def test_load_case_refuses_a_malformed_file_naming_it(tmp_path: Path) -> None:
