@@ -16,10 +16,16 @@ import numpy as np
 
 from backprop_conformance.conformance.blas_threads import serial_blas
 from backprop_conformance.reference.dtypes import float_format, round_to
-from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, micro_batch_tolerance
+from backprop_conformance.reference.error_bound import ErrorBounds, K, Precision, gradient_tolerance, micro_batch_tolerance
 from backprop_conformance.reference.mixed_precision import MixedPolicy, mixed_tolerance
 from backprop_conformance.reference.model import Batch, Gradients, Network
 from backprop_conformance.reference.vectorized import BackpropTrace, backprop
+
+LEAN_FROM = 2**20
+"""Numbers in one precision's per-example bounds (five arrays of B·n(l) per layer, l = 2..L) from which a problem judged
+once computes only the bounds a passing verdict reads (:meth:`Problem.judges_lean`): 8 MiB. The ``large`` profile's
+widest example has 39 million (300 MiB per precision, two precisions); the default profile's generated ones at most
+80,640 (B = 24, seven layers of 96)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,19 @@ class Problem:
     shared: bool = field(default=False, compare=False)
     """Whether this problem is judged in many cells (a covering design's): its gradients' and cost's bounds are then
     kept per precision (:meth:`judged_bounds`)."""
+
+    @cached_property
+    def judges_lean(self) -> bool:
+        """Whether a verdict computes the gradients' and the cost's bounds alone first (:meth:`judged_bounds`), and the
+        per-example bounds only if the example fails, instead of every bound at once (:meth:`tolerance`).
+
+        Lean for a :attr:`shared` problem, which keeps its bounds for the whole run, and for one whose per-example bounds
+        hold :data:`LEAN_FROM` numbers or more: at the ``large`` profile they are most of the verdict's peak memory. Not
+        for the others: a failing example then computes its bounds twice, and hypothesis' shrinking judges many failing
+        examples (each 40–50 % dearer, measured), while a small passing example saves only the scaling of its
+        per-example bounds by K.
+        """
+        return self.shared or 5 * self.batch.size * sum(self.network.widths[1:]) >= LEAN_FROM
 
     @classmethod
     def rounded(cls, network: Network, batch: Batch, dtype: str) -> Problem:
@@ -80,12 +99,23 @@ class Problem:
         It keeps these alone, not the per-example bounds (five arrays of B·n(l) per layer, only a failure's diagnosis
         reads them): the design's problems live for the whole run, and keeping every bound of every format and
         precision held about a gigabyte more than the gradients' bounds do (``docs/speed.md``).
+
+        Any problem's bounds for a :class:`Precision` computing each sum in one piece come from
+        :func:`~backprop_conformance.reference.error_bound.gradient_tolerance`, which drops each per-example bound once
+        the recursion has read it: the same bits as :meth:`tolerance`'s, at a fraction of its peak memory. A mixed
+        policy's or a partial-sum path's come from :meth:`tolerance`.
         """
         key = (*framework.constants(), partial_sums)
         if self.shared and key in self._judged:
             return self._judged[key]
-        bounds = self.tolerance(framework, partial_sums)
-        return bounds.gradients, bounds.cost
+        if isinstance(framework, MixedPolicy) or partial_sums != 1:
+            bounds = self.tolerance(framework, partial_sums)
+            return bounds.gradients, bounds.cost
+        with serial_blas(self.network, self.batch.size):
+            judged = gradient_tolerance(self.network, self.batch, self.trace, framework)
+        if self.shared:
+            self._judged[key] = judged
+        return judged
 
     def _tolerance(self, framework: Precision | MixedPolicy, partial_sums: int) -> ErrorBounds:
         trace = self.trace

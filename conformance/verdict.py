@@ -323,9 +323,9 @@ def judge(
     (:attr:`~backprop_conformance.adapters.base.AdapterOutput.per_example`) are judged with the sums.
     """
     trace = problem.trace
-    # A problem judged once computes every bound now, for the diagnosis a failure needs; a shared one reads the bounds
-    # it keeps, and computes the rest only if this example fails (Problem.judged_bounds).
-    tol = None if problem.shared else problem.tolerance(framework, partial_sums)
+    # A small problem judged once computes every bound now, for the diagnosis a failure needs; a shared or a large one
+    # computes the bounds a passing verdict reads, and the rest only if this example fails (Problem.judges_lean).
+    tol = None if problem.judges_lean else problem.tolerance(framework, partial_sums)
     gradient_bounds, cost_bound = problem.judged_bounds(framework, partial_sums) if tol is None else (tol.gradients, tol.cost)
     sums = gradients = compare_gradients(output.gradients, trace.gradients, gradient_bounds)
     if output.per_example is not None:

@@ -547,8 +547,17 @@ def error_bounds(
     return _error_bounds(_trace_values(network, batch, trace), precision, stable_sigma_prime)
 
 
-def _error_bounds(values: _TraceValues, precision: Precision, stable_sigma_prime: bool = False) -> ErrorBounds:
-    """:func:`error_bounds` from the trace's values (:func:`_trace_values`), which several precisions' bounds share."""
+def _error_bounds(values: _TraceValues, precision: Precision, stable_sigma_prime: bool = False, *, per_example: bool = True) -> ErrorBounds:
+    """:func:`error_bounds` from the trace's values (:func:`_trace_values`), which several precisions' bounds share.
+
+    Without ``per_example`` only the bounds on the gradients and the cost are returned (the per-example mappings are
+    empty), and each per-example bound is dropped as soon as the recursion has read it for the last time: E_z^l once
+    E_a^l and E_s^l are made, E_h^l and E_δ^l once layer l − 1's are, E_a^{l−1} and E_s^l once layer l's gradient
+    bounds are. A passing verdict reads nothing else, and at the ``large`` profile each of the five per-example
+    bounds is 60 MiB (``docs/speed.md``). The equations, their arguments and so their bits are the same either way;
+    each layer's gradient bounds are computed as soon as E_δ^l exists instead of after the whole backward pass, which
+    changes no bit, since no equation writes into an array another one reads.
+    """
     absw, absb, a, z, sp, y, h, delta = values
     layers = range(2, len(z) + 2)
     L = layers[-1]
@@ -563,18 +572,27 @@ def _error_bounds(values: _TraceValues, precision: Precision, stable_sigma_prime
             E_s[l] = stable_sigma_prime_bound(z[l], a[l], E_z[l], sp[l], precision)
         else:
             E_s[l] = sigma_prime_bound(a[l], E_a[l], sp[l], precision)
+        if not per_example:
+            del E_z[l]
 
     E_h: dict[int, np.ndarray] = {L: output_activation_gradient_bound(E_a[L], h[L], y, precision)}
     E_d: dict[int, np.ndarray] = {L: output_error_bound(E_h[L], h[L], sp[L], E_s[L], delta[L], precision)}
-    for l in range(L - 1, 1, -1):
-        E_h[l] = hidden_activation_gradient_bound(absw[l + 1], E_d[l + 1], delta[l + 1], precision)
-        E_d[l] = hidden_error_bound(E_h[l], h[l], sp[l], E_s[l], delta[l], precision)
-
-    E_w = {l: weight_gradient_bound(E_d[l], delta[l], a[l - 1], E_a[l - 1], precision) for l in layers}
-    E_b = {l: bias_gradient_bound(E_d[l], delta[l], precision) for l in layers}
     E_C = cost_bound(h[L], E_h[L], precision)
+    E_w: dict[int, np.ndarray] = {}
+    E_b: dict[int, np.ndarray] = {}
+    for l in range(L, 1, -1):
+        E_w[l] = weight_gradient_bound(E_d[l], delta[l], a[l - 1], E_a[l - 1], precision)
+        E_b[l] = bias_gradient_bound(E_d[l], delta[l], precision)
+        if l > 2:
+            E_h[l - 1] = hidden_activation_gradient_bound(absw[l], E_d[l], delta[l], precision)
+            E_d[l - 1] = hidden_error_bound(E_h[l - 1], h[l - 1], sp[l - 1], E_s[l - 1], delta[l - 1], precision)
+        if not per_example:
+            del E_h[l], E_d[l], E_s[l], E_a[l - 1]
     # adopt: the arrays were just computed and nothing else holds them, so they are frozen instead of copied.
-    return ErrorBounds(z=E_z, a=E_a, sigma_prime=E_s, dC_da=E_h, delta=E_d, gradients=Gradients.adopt(E_w, E_b), cost=E_C)
+    gradients = Gradients.adopt({l: E_w[l] for l in layers}, {l: E_b[l] for l in layers})
+    if not per_example:
+        return ErrorBounds(z={}, a={}, sigma_prime={}, dC_da={}, delta={}, gradients=gradients, cost=E_C)
+    return ErrorBounds(z=E_z, a=E_a, sigma_prime=E_s, dC_da=E_h, delta=E_d, gradients=gradients, cost=E_C)
 
 
 def _scaled_in_place(bounds: ErrorBounds, factor: float, add: ErrorBounds | None = None) -> ErrorBounds:
@@ -613,10 +631,33 @@ def tolerance(
     computed once: the bound is about a fifth of a torch cell's time, and 2K·E equals K·(E + E) bit for bit (doubling is
     exact). Otherwise the two bounds share what they read from the trace (:class:`_TraceValues`).
     """
-    values = _trace_values(network, batch, trace)
+    return _tolerance(_trace_values(network, batch, trace), framework, reference, k, per_example=True)
+
+
+def gradient_tolerance(
+    network: Network,
+    batch: Batch,
+    trace: BackpropTrace,
+    framework: Precision,
+    reference: Precision = FLOAT64,
+    k: float = K,
+) -> tuple[Gradients, float]:
+    """:func:`tolerance`'s bounds on the gradients and on the cost, bit for bit, without the per-example bounds.
+
+    All that the verdict of a passing example reads. The recursion still computes every per-example bound (each
+    layer's needs the last), but drops each once read for the last time, and none is scaled by K: at the ``large``
+    profile the verdict's peak memory is the reference's trace and two layers' worth of bounds, not five per layer
+    for each precision. A failing example's diagnosis computes the full :func:`tolerance` again.
+    """
+    bounds = _tolerance(_trace_values(network, batch, trace), framework, reference, k, per_example=False)
+    return bounds.gradients, bounds.cost
+
+
+def _tolerance(values: _TraceValues, framework: Precision, reference: Precision, k: float, *, per_example: bool) -> ErrorBounds:
     if framework.constants() == reference.constants():
-        return _scaled_in_place(_error_bounds(values, reference), 2 * k)
-    return _scaled_in_place(_error_bounds(values, framework), k, add=_error_bounds(values, reference))
+        return _scaled_in_place(_error_bounds(values, reference, per_example=per_example), 2 * k)
+    ours = _error_bounds(values, framework, per_example=per_example)
+    return _scaled_in_place(ours, k, add=_error_bounds(values, reference, per_example=per_example))
 
 
 def batch_sum_magnitudes(trace: BackpropTrace) -> tuple[Gradients, float]:

@@ -14,6 +14,7 @@ perturbation in float32 -- fall outside the tolerance.
 from __future__ import annotations
 
 import math
+import tracemalloc
 from fractions import Fraction
 
 import mpmath
@@ -37,6 +38,7 @@ from backprop_conformance.reference.error_bound import (
     bias_gradient_bound,
     error_bounds,
     gamma,
+    gradient_tolerance,
     micro_batch_accumulation_bound,
     micro_batch_tolerance,
     output_activation_gradient_bound,
@@ -533,6 +535,56 @@ def test_tolerance_computes_one_bound_only_for_a_framework_at_the_references_pre
     assert Precision.of("float64", accumulation="float64").constants() == FLOAT64.constants()
     for l in network.layers:
         np.testing.assert_array_equal(same.gradients.w[l], K * (e_ref.gradients.w[l] + e_ref.gradients.w[l]))
+
+
+@given(
+    case=cases(max_depth=5, max_width=7),
+    k=st.sampled_from([K, 1.0, 3.5]),
+    precision=st.sampled_from(
+        [
+            FLOAT64,
+            Precision.of("float32"),
+            Precision.of("float32", ranks=3),
+            Precision.of("float16", accumulation="float32"),
+            Precision.of("float16", accumulation={"dot": "float32"}),
+            Precision.of("bfloat16", accumulation="float32"),
+        ]
+    ),
+)
+@settings(max_examples=40, deadline=None)
+def test_gradient_tolerance_is_the_tolerances_gradients_and_cost_bit_for_bit(
+    case: tuple[Network, Batch], k: float, precision: Precision
+) -> None:
+    """What a passing verdict reads (issue 27): gradient_tolerance drops the per-example bounds as it goes, and must
+    give the very bits tolerance gives, in both of tolerance's branches (one bound doubled, two bounds summed)."""
+    network, batch = case
+    trace = backprop(network, batch)
+    full = tolerance(network, batch, trace, precision, k=k)
+    gradients, cost = gradient_tolerance(network, batch, trace, precision, k=k)
+    assert [(kind, l) for kind, l, _ in gradients.items()] == [(kind, l) for kind, l, _ in full.gradients.items()]
+    for kind, l, bound in full.gradients.items():
+        np.testing.assert_array_equal(getattr(gradients, kind)[l], bound, err_msg=f"{kind}^{l}")
+    assert cost == full.cost
+
+
+def test_gradient_tolerance_keeps_no_per_example_bound_past_its_last_use() -> None:
+    """The point of gradient_tolerance: at the large profile five per-example bounds of each layer and precision do
+    not fit beside the trace. Measured with tracemalloc (allocation sizes, not time): its peak must stay below what
+    the per-example bounds of the full tolerance alone occupy, so keeping them again would fail here."""
+    network, batch = _random_case(11, (64,) * 9, 256, 1.0)
+    trace = backprop(network, batch)
+    framework = Precision.of("float32")
+    tracemalloc.start()
+    try:
+        gradient_tolerance(network, batch, trace, framework)
+        _, lean_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        full = tolerance(network, batch, trace, framework)
+        _, full_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per_example = sum(array.nbytes for name in ("z", "a", "sigma_prime", "dC_da", "delta") for array in getattr(full, name).values())
+    assert lean_peak < per_example < full_peak, (lean_peak, per_example, full_peak)
 
 
 # --- beyond first order: each term, in exact arithmetic -----------------------------------------------

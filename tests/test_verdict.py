@@ -10,11 +10,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
-from backprop_conformance.conformance import coverage
+from backprop_conformance.adapters.base import AdapterOutput
+from backprop_conformance.conformance import coverage, problems
+from backprop_conformance.conformance.problems import Problem
 from backprop_conformance.conformance.strategies import covering
-from backprop_conformance.conformance.verdict import compare_arrays, worst_ratio
+from backprop_conformance.conformance.verdict import compare_arrays, judge, worst_ratio
 from backprop_conformance.reference.error_bound import ErrorBounds, Precision
+from backprop_conformance.reference.model import Batch, Gradients, Network
 
 INF, NAN = math.inf, math.nan
 
@@ -77,3 +81,42 @@ def test_a_shared_problem_keeps_the_bounds_a_passing_verdict_reads_and_no_per_ex
         assert problem.tolerance(precision) is not full, "the per-example bounds are not kept"
     kept = [value for value in vars(problem).values() if isinstance(value, ErrorBounds)]
     assert kept == [] and len(problem._judged) == 2
+
+
+def test_a_large_problem_judged_lean_gives_the_verdict_and_diagnosis_of_the_full_tolerance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A problem with LEAN_FROM numbers or more in its per-example bounds computes only the gradients' and cost's bounds
+    unless it fails (issue 27: the large profile's peak memory). Whether it passes or fails, with intermediates exposed
+    (so that the diagnosis reads the per-example bounds), its verdict and message must be those of the full tolerance."""
+    rng = np.random.default_rng(5)
+    widths, size = (4, 512, 512, 3), 256
+    w = [rng.normal(0.0, 1.0 / math.sqrt(widths[i]), (widths[i + 1], widths[i])) for i in range(3)]
+    b = [rng.normal(0.0, 0.5, widths[i + 1]) for i in range(3)]
+    batch = Batch(rng.normal(0.0, 1.0, (size, widths[0])), rng.uniform(0.0, 1.0, (size, widths[-1])))
+    problem = Problem.rounded(Network.from_lists(w, b), batch, "float32")
+    precision = Precision.of("float32")
+    trace = problem.trace
+    moved = {l: g.copy() for l, g in trace.gradients.w.items()}
+    moved[3][1, 7] += 1.0
+    z = {l: v.copy() for l, v in trace.z.items()}
+    z[3][0, 0] += 1.0  # the first divergence the diagnosis must name: z^3, from the per-example bounds
+    outputs = {
+        "passing": AdapterOutput(trace.gradients, trace.cost, a=trace.a, z=trace.z, delta=trace.delta),
+        "failing": AdapterOutput(Gradients(moved, dict(trace.gradients.b)), trace.cost, a=trace.a, z=z, delta=trace.delta),
+    }
+
+    def verdicts() -> dict[str, tuple[bool, str]]:
+        judged = {}
+        for name, output in outputs.items():
+            fresh = Problem(problem.network, problem.batch, "float32")
+            fresh.__dict__["trace"] = trace
+            verdict = judge("torch-eager-float32", fresh, output, precision)
+            judged[name] = (fresh.judges_lean, verdict.passed, verdict.message())
+        return judged
+
+    lean = verdicts()
+    monkeypatch.setattr(problems, "LEAN_FROM", 2**62)
+    full = verdicts()
+    assert [judged[0] for judged in lean.values()] == [True, True] and [judged[0] for judged in full.values()] == [False, False]
+    assert lean["passing"][1] and not lean["failing"][1]
+    assert "z^3" in lean["failing"][2]
+    assert {name: judged[1:] for name, judged in lean.items()} == {name: judged[1:] for name, judged in full.items()}
