@@ -645,9 +645,10 @@ def gradient_tolerance(
     """:func:`tolerance`'s bounds on the gradients and on the cost, bit for bit, without the per-example bounds.
 
     All that the verdict of a passing example reads. The recursion still computes every per-example bound (each
-    layer's needs the last), but drops each once read for the last time, and none is scaled by K: at the ``large``
-    profile the verdict's peak memory is the reference's trace and two layers' worth of bounds, not five per layer
-    for each precision. A failing example's diagnosis computes the full :func:`tolerance` again.
+    layer's needs the last), but drops each once read for the last time, and none is scaled by K: at the turn from
+    the forward to the backward pass it holds two of the five per layer (E_a and E_s), and fewer as the backward pass
+    goes down, with the framework's gradient bounds kept while the reference's recursion runs, instead of all five
+    per layer for each precision. A failing example's diagnosis computes the full :func:`tolerance` again.
     """
     bounds = _tolerance(_trace_values(network, batch, trace), framework, reference, k, per_example=False)
     return bounds.gradients, bounds.cost
