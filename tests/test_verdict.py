@@ -104,7 +104,7 @@ def test_a_large_problem_judged_lean_gives_the_verdict_and_diagnosis_of_the_full
         "failing": AdapterOutput(Gradients(moved, dict(trace.gradients.b)), trace.cost, a=trace.a, z=z, delta=trace.delta),
     }
 
-    def verdicts() -> dict[str, tuple[bool, str]]:
+    def verdicts() -> dict[str, tuple[bool, bool, str]]:
         judged = {}
         for name, output in outputs.items():
             fresh = Problem(problem.network, problem.batch, "float32")
